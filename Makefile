@@ -1,0 +1,90 @@
+# clods-pl: the two commands a newcomer needs are `make demo` and `make test`; `make help` lists the rest.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_SPEC ?= torch==2.13.0
+CLI := $(BIN)/clods-pl
+
+CONFIG ?= experiments/flag_tiny.yaml
+RUN ?= runs/demo
+PRESET ?= tiny
+DATA ?= data/$(PRESET)
+SWEEP ?= experiments/sweeps/stage2_gamma_iters.yaml
+PYTEST_ARGS ?=
+
+export OMP_NUM_THREADS ?= 2
+export WANDB_MODE ?= offline
+export WANDB_SILENT ?= true
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test data preview stage1 stage2 stage3 pipeline eval report bench bench-gpu clean \
+        test-slurm slurm-pipeline sweep agent lint
+
+help: ## show this list
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv (if missing) and install clods-pl with its CPU dependencies
+
+data: $(STAMP) ## generate the synthetic dataset PRESET (tiny|small|paper) into DATA and its preview
+	$(CLI) data generate --preset $(PRESET) --out $(DATA)
+	$(CLI) data preview --dataset $(DATA) --out $(DATA)/preview.png
+
+preview: $(STAMP) ## write a contact sheet (views x frames) of DATA
+	$(CLI) data preview --dataset $(DATA) --out $(DATA)/preview.png
+
+stage1: $(STAMP) ## stage 1: fit SMGS appearance on frame 0 (RUN, CONFIG)
+	$(CLI) stage1 --config $(CONFIG) --run_dir $(RUN)
+
+stage2: $(STAMP) ## stage 2: recover mesh sequences by inverse rendering (RUN, CONFIG)
+	$(CLI) stage2 --config $(CONFIG) --run_dir $(RUN)
+
+stage3: $(STAMP) ## stage 3: train MeshGraphNets on the recovered meshes (RUN, CONFIG)
+	$(CLI) stage3 --config $(CONFIG) --run_dir $(RUN)
+
+pipeline: $(STAMP) ## run every stage that is not up to date, then evaluate and report (RUN, CONFIG)
+	$(CLI) pipeline --config $(CONFIG) --run_dir $(RUN)
+
+eval: $(STAMP) ## rollout evaluation against ground-truth meshes -> RUN/eval/metrics.json
+	$(CLI) eval --config $(CONFIG) --run_dir $(RUN)
+
+report: $(STAMP) ## write RUN/report.md with tables, plots and videos
+	$(CLI) report --run_dir $(RUN)
+
+demo: $(STAMP) ## install, generate the tiny dataset, run all stages on the CPU, write the report
+	@test -f data/tiny/dataset.json || $(MAKE) --no-print-directory data PRESET=tiny DATA=data/tiny
+	$(CLI) pipeline --config experiments/flag_tiny.yaml --run_dir $(RUN)
+	@echo "Report: $(RUN)/report.md"
+
+test: $(STAMP) ## install (if needed) and run the test suite (GPU tests skip without CUDA)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP) ## CPU benchmarks -> benchmarks/results/*.json (see BENCHMARKS.md)
+	$(BIN)/python -m benchmarks.run_all --device cpu
+
+bench-gpu: ## GPU benchmarks and gpu-marked tests on a CUDA machine (see benchmarks/gpu.sh)
+	bash benchmarks/gpu.sh
+
+test-slurm: $(STAMP) ## start a local single-node SLURM, submit the tiny pipeline with 2 CPU tasks, check it
+	bash experiments/slurm/test_local_slurm.sh
+
+slurm-pipeline: ## submit the whole pipeline to SLURM as dependent jobs (see experiments/slurm/README.md)
+	bash experiments/slurm/submit_pipeline.sh $(CONFIG) $(RUN)
+
+sweep: $(STAMP) ## create the W&B sweep SWEEP (prints its id)
+	$(BIN)/wandb sweep $(SWEEP)
+
+agent: $(STAMP) ## run a W&B agent for SWEEP_ID
+	$(BIN)/wandb agent $(SWEEP_ID)
+
+clean: ## remove generated data, runs, logs and caches (keeps .venv)
+	rm -rf data runs wandb lightning_logs .pytest_cache
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,0 +1,3 @@
+"""clods-pl: visual-only unsupervised cloth dynamics learning (CloDS) on PyTorch Lightning."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""MeshGraphNets cloth dynamics: features, normalizers, encode-process-decode, message-passing backends."""
