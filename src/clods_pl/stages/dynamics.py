@@ -1,0 +1,324 @@
+"""Stage 3: MeshGraphNets cloth dynamics trained with an autoregressive rollout loss.
+
+``DynamicsDataModule`` keeps whole trajectories in memory (MGN ports are input-bound) and samples windows of
+``rollout_length + 2`` frames. ``DynamicsModule`` rolls the model out ``rollout_length`` steps from the first two
+frames of each window and sums the per-step position MSE on NORMAL nodes; gradients flow through the whole
+rollout. Normalizer statistics (buffers, saved in the checkpoint) accumulate during the first
+``normalizer_steps`` training steps and are frozen afterwards.
+
+Trajectory sources (``data.source``):
+
+* ``recovered``: stage-2 mesh caches ``<mesh_cache_dir>/<traj>.npz`` (key ``verts (T, V, 3)``; must be complete),
+* ``gt``: the dataset's ground-truth meshes (supervised MeshGraphNets, "MGN"),
+* ``gt:N``: ground truth of only the first N training trajectories ("MGN*"),
+* ``mixed:N``: ground truth for the first N training trajectories, recovered meshes for the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from clods_pl.dynamics import MeshGraph, MeshGraphNet, batch_graphs, graph_from_faces
+from clods_pl.errors import ClodsError, DatasetError
+from clods_pl.geometry import NodeType
+
+RUN_MODE = "fit"
+SOURCE_KINDS = ("recovered", "gt", "gt:N", "mixed:N")
+
+
+class DynamicsConfigError(ClodsError):
+    """A stage-3 setting is invalid; the message names the setting."""
+
+
+@dataclass
+class TrajectoryData:
+    """One trajectory in memory.
+
+    Attributes:
+        verts: (T, V, 3) float32 world positions (GT or recovered; HANDLE nodes overwritten by ``handle_pos``).
+        mesh_pos: (V, 2) float32 material coordinates. node_type: (V,) int64. graph: mesh edges, both directions.
+    """
+
+    name: str
+    verts: Tensor
+    mesh_pos: Tensor
+    node_type: Tensor
+    graph: MeshGraph
+    source: str = "gt"
+
+
+def parse_source(source: str) -> tuple[str, int | None]:
+    """``"gt"`` -> ("gt", None), ``"gt:4"`` -> ("gt", 4), ``"mixed:4"`` -> ("mixed", 4), ``"recovered"``."""
+    kind, _, n = source.partition(":")
+    if kind in ("recovered", "gt") and not n:
+        return kind, None
+    if kind in ("gt", "mixed") and n.isdigit():
+        return kind, int(n)
+    raise DynamicsConfigError(f"data.source={source!r} is not one of {SOURCE_KINDS} (N a non-negative integer)")
+
+
+def load_mesh_cache(path: str | os.PathLike, num_frames: int) -> np.ndarray:
+    """Verts (T, V, 3) float32 from a complete stage-2 mesh cache; refuses missing or unfinished caches."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"mesh cache {path} is missing; run stage 2 (clods-pl stage2) or use data.source=gt")
+    with np.load(path, allow_pickle=False) as z:
+        if "verts" not in z.files:
+            raise DatasetError(f"mesh cache {path} has no 'verts' array; re-run stage 2 for this trajectory")
+        verts = np.asarray(z["verts"], dtype=np.float32)
+        done = int(z["frames_done"]) if "frames_done" in z.files else verts.shape[0]
+    if verts.ndim != 3 or verts.shape[-1] != 3:
+        raise DatasetError(f"mesh cache {path}: verts must be (T, V, 3), got {verts.shape}; re-run stage 2")
+    if done < num_frames or verts.shape[0] < num_frames:
+        raise DatasetError(f"mesh cache {path} is incomplete ({done}/{num_frames} frames done); "
+                           "finish stage 2 (clods-pl stage2 resumes it) before stage 3")
+    return verts[:num_frames]
+
+
+def trajectory_data(traj: Any, name: str, verts: np.ndarray | Tensor, source: str) -> TrajectoryData:
+    """Bundle verts with a dataset trajectory's topology; HANDLE nodes follow ``traj.handle_pos`` when given."""
+    verts = torch.as_tensor(np.asarray(verts), dtype=torch.float32).clone()
+    node_type = torch.as_tensor(np.asarray(traj.node_type)).long().reshape(-1)
+    faces = torch.as_tensor(np.asarray(traj.faces)).long()
+    if verts.shape[1] != node_type.shape[0]:
+        raise DatasetError(f"trajectory {name}: {source} verts have {verts.shape[1]} vertices, the mesh has "
+                           f"{node_type.shape[0]}; regenerate the {source} meshes for this dataset")
+    handle_pos = getattr(traj, "handle_pos", None)
+    if handle_pos is not None:
+        idx = torch.nonzero(node_type == int(NodeType.HANDLE)).reshape(-1)
+        hp = torch.as_tensor(np.asarray(handle_pos), dtype=torch.float32)
+        if hp.shape[0] >= verts.shape[0] and hp.shape[1] == idx.numel():
+            verts[:, idx] = hp[: verts.shape[0]]
+    mesh_pos = torch.as_tensor(np.asarray(traj.mesh_pos), dtype=torch.float32)
+    return TrajectoryData(name, verts, mesh_pos, node_type, graph_from_faces(faces, node_type.shape[0]), source)
+
+
+def load_trajectories(dataset: Any, names: Sequence[str], source: str,
+                      mesh_cache_dir: str | None = None) -> list[TrajectoryData]:
+    """Load the trajectories ``names`` of ``dataset`` (a ``clods_pl.data.format.Dataset``) from ``source``.
+
+    ``gt:N`` keeps the first N names with GT; ``mixed:N`` uses GT for the first N and recovered for the rest.
+    """
+    kind, n = parse_source(source)
+    out = []
+    for i, name in enumerate(names):
+        use_gt = kind == "gt" and (n is None or i < n) or kind == "mixed" and i < (n or 0)
+        if kind == "gt" and not use_gt:
+            continue
+        traj = dataset.trajectory(name)
+        if use_gt:
+            out.append(trajectory_data(traj, name, traj.load_gt_verts(), "gt"))
+        else:
+            if not mesh_cache_dir:
+                raise DynamicsConfigError(f"data.source={source!r} needs data.mesh_cache_dir (stage-2 meshes)")
+            verts = load_mesh_cache(Path(mesh_cache_dir) / f"{name}.npz", int(traj.num_frames))
+            out.append(trajectory_data(traj, name, verts, "recovered"))
+    return out
+
+
+def collate_windows(samples: list[tuple[TrajectoryData, Tensor]]) -> dict[str, Any]:
+    """Disjoint union of windows: ``verts (W, sum V, 3)``, ``mesh_pos (sum V, 2)``, ``node_type``, ``graph``."""
+    return {
+        "verts": torch.cat([w for _, w in samples], dim=1),
+        "mesh_pos": torch.cat([t.mesh_pos for t, _ in samples]),
+        "node_type": torch.cat([t.node_type for t, _ in samples]),
+        "graph": batch_graphs([t.graph for t, _ in samples]),
+    }
+
+
+class RandomWindows(Dataset):
+    """``length`` windows of ``window`` frames drawn uniformly over all (trajectory, start) pairs."""
+
+    def __init__(self, trajectories: list[TrajectoryData], window: int, length: int) -> None:
+        self.trajs = [t for t in trajectories if t.verts.shape[0] >= window]
+        if not self.trajs:
+            raise DatasetError(f"no training trajectory has the {window} frames a window needs; "
+                               "lower data.rollout_length or use longer trajectories")
+        self.window, self.length = window, length
+        self.counts = torch.tensor([t.verts.shape[0] - window + 1 for t in self.trajs], dtype=torch.float64)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[TrajectoryData, Tensor]:
+        k = int(torch.multinomial(self.counts, 1))
+        start = int(torch.randint(int(self.counts[k]), ()))
+        t = self.trajs[k]
+        return t, t.verts[start: start + self.window]
+
+
+class FixedWindows(Dataset):
+    """Non-overlapping windows from the start of every trajectory (deterministic; for validation)."""
+
+    def __init__(self, trajectories: list[TrajectoryData], window: int) -> None:
+        self.items = [(t, s) for t in trajectories for s in range(0, t.verts.shape[0] - window + 1, window)]
+        self.window = window
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[TrajectoryData, Tensor]:
+        t, s = self.items[i]
+        return t, t.verts[s: s + self.window]
+
+
+class DynamicsDataModule(L.LightningDataModule):
+    """Windows of ``rollout_length + 2`` frames from in-memory trajectories.
+
+    Args:
+        dataset_dir: dataset root (``clods_pl.data.format``).
+        source: ``recovered`` | ``gt`` | ``gt:N`` | ``mixed:N`` (see module docstring).
+        mesh_cache_dir: folder of stage-2 caches ``<traj>.npz`` (needed by ``recovered`` and ``mixed:N``).
+        rollout_length: autoregressive steps per window. windows_per_epoch: training windows per epoch.
+        batch_size: windows per batch (batched as one disjoint graph). train_split / val_split: dataset splits;
+            ``val_split=None`` disables validation.
+    """
+
+    def __init__(self, dataset_dir: str, source: str = "recovered", mesh_cache_dir: str | None = None,
+                 rollout_length: int = 8, windows_per_epoch: int = 256, batch_size: int = 4,
+                 train_split: str = "train", val_split: str | None = None, num_workers: int = 0) -> None:
+        super().__init__()
+        parse_source(source)
+        self.dataset_dir, self.source, self.mesh_cache_dir = dataset_dir, source, mesh_cache_dir
+        self.rollout_length, self.windows_per_epoch, self.batch_size = rollout_length, windows_per_epoch, batch_size
+        self.train_split, self.val_split, self.num_workers = train_split, val_split, num_workers
+        self.train: list[TrajectoryData] = []
+        self.val: list[TrajectoryData] = []
+
+    def _read_dataset(self) -> Any:
+        from clods_pl.data.format import read_dataset  # noqa: PLC0415  (data package loads lazily)
+
+        return read_dataset(self.dataset_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train:
+            return
+        ds = self._read_dataset()
+        self.train = load_trajectories(ds, list(ds.names(self.train_split)), self.source, self.mesh_cache_dir)
+        if not self.train:
+            raise DatasetError(f"{self.dataset_dir}: split {self.train_split!r} gave no trajectories for "
+                               f"data.source={self.source!r}")
+        if self.val_split:  # validation always against ground truth
+            self.val = load_trajectories(ds, list(ds.names(self.val_split)), "gt")
+
+    @property
+    def window(self) -> int:
+        return self.rollout_length + 2
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(RandomWindows(self.train, self.window, self.windows_per_epoch), self.batch_size,
+                          collate_fn=collate_windows, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.val:
+            return []
+        return DataLoader(FixedWindows(self.val, self.window), self.batch_size, collate_fn=collate_windows,
+                          num_workers=self.num_workers)
+
+
+def exponential_lr_factor(step: int, lr: float, lr_min: float, decay_steps: float) -> float:
+    """Multiplier of ``lr`` at ``step``: ``((lr - lr_min) * 0.1 ** (step / decay_steps) + lr_min) / lr``."""
+    return ((lr - lr_min) * 0.1 ** (step / decay_steps) + lr_min) / lr
+
+
+class DynamicsModule(L.LightningModule):
+    """Trains :class:`MeshGraphNet` with a rollout loss.
+
+    Args:
+        latent, blocks, mlp_layers, message_passing: model size and backend (MGN: 128, 15, 2).
+        rollout_length: steps T of the training rollout (windows must hold T + 2 frames).
+        noise_std, noise_gamma: training noise on x_1 of NORMAL nodes; the step-1 target moves by
+            (1 - gamma) * noise (MGN cloth: 0.003, 0.1).
+        normalizer_steps: training steps that feed the normalizers (MGN: 1000); frozen afterwards.
+        train_during_normalizer_steps: also update weights in those steps (MGN: False, stats only).
+        lr, lr_min, lr_decay_steps: Adam lr decays as (lr - lr_min) 0.1^(step / lr_decay_steps) + lr_min.
+        normalize_loss: divide the position MSE by the mean squared acceleration std (the output normalizer's),
+            i.e. measure errors in normalised-acceleration units, so the loss is O(1) whatever the cloth's scale.
+    """
+
+    def __init__(self, latent: int = 128, blocks: int = 15, mlp_layers: int = 2, message_passing: str = "native",
+                 rollout_length: int = 8, noise_std: float = 0.003, noise_gamma: float = 0.1,
+                 normalizer_steps: int = 1000, train_during_normalizer_steps: bool = False, lr: float = 1e-4,
+                 lr_min: float = 1e-6, lr_decay_steps: float = 5e6, normalize_loss: bool = True) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = MeshGraphNet(latent, blocks, mlp_layers, message_passing)
+        self.register_buffer("train_steps", torch.zeros((), dtype=torch.int64))
+
+    @property
+    def accumulating(self) -> bool:
+        """True while the normalizers still collect statistics."""
+        return int(self.train_steps) < self.hparams.normalizer_steps
+
+    def rollout_loss(self, batch: dict[str, Any], noise: bool, accumulate: bool) -> tuple[Tensor, Tensor]:
+        """Rollout from frames 0, 1 of every window; returns (loss, per-step position MSE (T,) on NORMAL nodes)."""
+        verts, mesh_pos, node_type, graph = batch["verts"], batch["mesh_pos"], batch["node_type"], batch["graph"]
+        steps = self.hparams.rollout_length
+        if verts.shape[0] < steps + 2:
+            raise DynamicsConfigError(f"windows have {verts.shape[0]} frames but model.rollout_length={steps} "
+                                      f"needs {steps + 2}; set data.rollout_length to {steps}")
+        model = self.model
+        normal = node_type == int(NodeType.NORMAL)
+        if accumulate:
+            accel = verts[2:] - 2.0 * verts[1:-1] + verts[:-2]
+            model.output_normalizer.accumulate(accel.reshape(-1, 3))
+        x0, x1 = verts[0], verts[1]
+        targets = verts[2: steps + 2].clone()
+        if noise and self.hparams.noise_std > 0:
+            n = torch.randn_like(x1) * self.hparams.noise_std * normal.unsqueeze(-1)
+            x1 = x1 + n
+            targets[0] = targets[0] + (1.0 - self.hparams.noise_gamma) * n
+        pred = model.rollout(x0, x1, steps, mesh_pos, node_type, graph, prescribed=verts[2: steps + 2],
+                             accumulate=accumulate)
+        per_step = ((pred - targets)[:, normal] ** 2).mean(dim=(1, 2))
+        loss = per_step.sum()
+        if self.hparams.normalize_loss:
+            loss = loss / (model.output_normalizer.std().mean().to(loss.dtype) ** 2).detach()
+        return loss, per_step.detach()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        accumulate = self.accumulating
+        train = not accumulate or self.hparams.train_during_normalizer_steps
+        with torch.set_grad_enabled(train):
+            loss, per_step = self.rollout_loss(batch, noise=True, accumulate=accumulate)
+        self.train_steps += 1
+        bs = len(batch["graph"].batch_num_nodes)
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/rollout_rmse", per_step.mean().sqrt(), batch_size=bs)
+        self.log("train/step1_rmse", per_step[0].sqrt(), batch_size=bs)
+        return loss if train else None
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss, per_step = self.rollout_loss(batch, noise=False, accumulate=False)
+        bs = len(batch["graph"].batch_num_nodes)
+        self.log("val/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("val/rollout_rmse", per_step.mean().sqrt(), batch_size=bs)
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        opt = torch.optim.Adam(self.parameters(), lr=hp.lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: exponential_lr_factor(s, hp.lr, hp.lr_min, hp.lr_decay_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def load_dynamics_model(checkpoint: str | os.PathLike, map_location: str | torch.device = "cpu",
+                        message_passing: str | None = None) -> MeshGraphNet:
+    """The trained :class:`MeshGraphNet` (with its normalizers) of a stage-3 checkpoint, in eval mode."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise DatasetError(f"stage-3 checkpoint {path} is missing; run stage 3 (clods-pl stage3) first")
+    module = DynamicsModule.load_from_checkpoint(str(path), map_location=map_location)
+    model = module.model.eval()
+    if message_passing is not None and message_passing != model.message_passing:
+        model.set_message_passing(message_passing)
+    return model

@@ -1,0 +1,129 @@
+"""Stage 3: trajectory sources, windows, rollout training, checkpoints with normalizers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import lightning as L
+
+from clods_pl.dynamics.synthetic import wave_dataset
+from clods_pl.errors import ClodsError, DatasetError
+from clods_pl.stages.dynamics import (
+    DynamicsDataModule,
+    DynamicsModule,
+    FixedWindows,
+    collate_windows,
+    exponential_lr_factor,
+    load_dynamics_model,
+    load_mesh_cache,
+    load_trajectories,
+    parse_source,
+)
+from clods_pl.utils.files import atomic_savez
+
+
+def _write_cache(folder, name, verts, frames_done):
+    atomic_savez(folder / f"{name}.npz", verts=verts.astype(np.float32), frames_done=np.array(frames_done))
+
+
+def test_sources_gt_n_mixed_and_recovered(tmp_path):
+    ds = wave_dataset(train=3)
+    names = ds.names("train")
+    for n in names:
+        _write_cache(tmp_path, n, ds.trajectory(n).gt_verts + 1.0, 16)
+    gt2 = load_trajectories(ds, names, "gt:2")
+    assert [t.name for t in gt2] == names[:2] and all(t.source == "gt" for t in gt2)
+    mixed = load_trajectories(ds, names, "mixed:1", str(tmp_path))
+    assert [t.source for t in mixed] == ["gt", "recovered", "recovered"]
+    rec = load_trajectories(ds, names, "recovered", str(tmp_path))
+    nt = rec[0].node_type
+    assert torch.allclose(rec[0].verts[:, nt == 0], torch.as_tensor(ds.trajectory(names[0]).gt_verts)[:, nt == 0] + 1)
+    assert rec[0].graph.num_edges == 2 * (5 * 5 + 6 * 4 + 5 * 4)  # 6x5 grid: horizontal + vertical + diagonal
+
+
+def test_incomplete_or_missing_cache_and_bad_source_are_clear_errors(tmp_path):
+    ds = wave_dataset(train=1)
+    name = ds.names("train")[0]
+    _write_cache(tmp_path, name, ds.trajectory(name).gt_verts, 7)
+    with pytest.raises(DatasetError, match="incomplete"):
+        load_mesh_cache(tmp_path / f"{name}.npz", 16)
+    with pytest.raises(DatasetError, match="missing"):
+        load_mesh_cache(tmp_path / "nope.npz", 16)
+    with pytest.raises(ClodsError, match="data.source"):
+        parse_source("gt:x")
+    with pytest.raises(ClodsError, match="mesh_cache_dir"):
+        load_trajectories(ds, [name], "recovered", None)
+    assert exponential_lr_factor(0, 1e-4, 1e-6, 100) == pytest.approx(1.0)
+    assert exponential_lr_factor(10**6, 1e-4, 1e-6, 100) == pytest.approx(1e-2)
+
+
+class _DM(DynamicsDataModule):
+    def __init__(self, dataset, **kw):
+        super().__init__("in-memory", source="gt", **kw)
+        self._ds = dataset
+
+    def _read_dataset(self):
+        return self._ds
+
+
+def _module(**kw):
+    args = dict(latent=16, blocks=2, rollout_length=3, noise_std=0.0, normalizer_steps=3, lr=3e-3, lr_min=1e-5,
+                lr_decay_steps=1e4)
+    args.update(kw)
+    return DynamicsModule(**args)
+
+
+def _val_loss(module, batch):
+    module.eval()
+    with torch.no_grad():
+        return float(module.rollout_loss(batch, noise=False, accumulate=False)[1].sum())
+
+
+def test_short_training_lowers_rollout_loss_and_checkpoint_reloads(tmp_path):
+    L.seed_everything(0)
+    ds = wave_dataset(train=3, frames=12)
+    dm = _DM(ds, rollout_length=3, windows_per_epoch=40, batch_size=2, val_split="test_viewed")
+    module = _module()
+    trainer = L.Trainer(max_epochs=6, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    dm.setup()
+    batch = collate_windows([FixedWindows(dm.train, 5)[i] for i in range(len(FixedWindows(dm.train, 5)))])
+    # statistics come from the first normalizer_steps steps only
+    trainer.fit(module, datamodule=dm)
+    acc = module.model.node_normalizer.num_accumulations.item()
+    assert acc == 3 and int(module.train_steps) == 120
+    after = _val_loss(module, batch)
+    fresh = _module()
+    fresh.model.load_state_dict({k: v for k, v in module.model.state_dict().items() if "normalizer" in k},
+                                strict=False)
+    before = _val_loss(fresh, batch)  # same normalizers, untrained weights
+    assert after < 0.5 * before, (before, after)
+    assert "val/rollout_rmse" in trainer.callback_metrics
+
+    ckpt = tmp_path / "dyn.ckpt"
+    trainer.save_checkpoint(ckpt)
+    model = load_dynamics_model(ckpt)
+    assert torch.equal(model.output_normalizer.acc_sum, module.model.output_normalizer.acc_sum)
+    t = dm.train[0]
+    args = (t.verts[0], t.verts[1], 8, t.mesh_pos, t.node_type, t.graph)
+    with torch.no_grad():
+        assert torch.equal(model.rollout(*args, prescribed=t.verts[2:10]),
+                           module.model.eval().rollout(*args, prescribed=t.verts[2:10]))
+    with pytest.raises(DatasetError, match="missing"):
+        load_dynamics_model(tmp_path / "none.ckpt")
+
+
+def test_noise_moves_step1_target_and_window_length_is_checked():
+    ds = wave_dataset(train=1, frames=8)
+    dm = _DM(ds, rollout_length=2, windows_per_epoch=2, batch_size=1)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["verts"].shape == (4, 30, 3)
+    with pytest.raises(ClodsError, match="rollout_length"):
+        _module(rollout_length=5).rollout_loss(batch, noise=False, accumulate=False)
+    m = _module(rollout_length=2, noise_std=0.01)
+    torch.manual_seed(0)
+    l1 = m.rollout_loss(batch, noise=True, accumulate=False)[1]
+    l0 = m.rollout_loss(batch, noise=False, accumulate=False)[1]
+    assert not torch.allclose(l0, l1)
