@@ -1,0 +1,215 @@
+"""SLURM helpers: environment detection, the requeue/resume decision of a stage, stage-2 array sharding.
+
+Nothing here talks to a SLURM controller; everything reads environment variables and files, so it is testable
+with a monkeypatched environment. The sbatch templates in ``experiments/slurm/`` call the command line at the end
+(``python -m clods_pl.pipeline.slurm shard|resume ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from clods_pl.errors import ClodsError
+
+LAST_CKPT = "last.ckpt"
+STATUS_DONE = "done"
+REQUEUE_SIGNAL = signal.SIGUSR1
+ARRAY_TASK_ID = "SLURM_ARRAY_TASK_ID"
+ARRAY_TASK_COUNT = "SLURM_ARRAY_TASK_COUNT"
+ARRAY_TASK_MIN = "SLURM_ARRAY_TASK_MIN"
+JOB_ID = "SLURM_JOB_ID"
+
+
+class SlurmConfigError(ClodsError):
+    """A SLURM setting (array index, task count, sbatch option) is inconsistent; the message names it."""
+
+
+@dataclass(frozen=True)
+class SlurmInfo:
+    """What this process knows about its SLURM job (all None / False outside SLURM)."""
+
+    in_slurm: bool
+    job_id: str | None
+    array_task_id: int | None
+    array_task_count: int | None
+    node_rank: int | None
+    global_rank: int | None
+    world_size: int | None
+
+
+def _int_or_none(env: Mapping[str, str], key: str) -> int | None:
+    value = env.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise SlurmConfigError(f"environment variable {key}={value!r} is not an integer; unset it or fix the job") from exc
+
+
+def in_slurm() -> bool:
+    """True when Lightning's ``SLURMEnvironment`` detects an ``srun``-launched process (not an interactive shell)."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment  # noqa: PLC0415  (import cost)
+
+    return bool(SLURMEnvironment.detect())
+
+
+def slurm_info(env: Mapping[str, str] | None = None) -> SlurmInfo:
+    """Read the SLURM job variables of ``env`` (default ``os.environ``)."""
+    env = os.environ if env is None else env
+    return SlurmInfo(
+        in_slurm=JOB_ID in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"),
+        job_id=env.get(JOB_ID),
+        array_task_id=_int_or_none(env, ARRAY_TASK_ID),
+        array_task_count=_int_or_none(env, ARRAY_TASK_COUNT),
+        node_rank=_int_or_none(env, "SLURM_NODEID"),
+        global_rank=_int_or_none(env, "SLURM_PROCID"),
+        world_size=_int_or_none(env, "SLURM_NTASKS"),
+    )
+
+
+def slurm_environment(auto_requeue: bool = True):  # -> lightning SLURMEnvironment
+    """Lightning's SLURM cluster environment that requeues the job on ``SIGUSR1`` (``#SBATCH --signal=SIGUSR1@90``)."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment  # noqa: PLC0415
+
+    return SLURMEnvironment(auto_requeue=auto_requeue, requeue_signal=REQUEUE_SIGNAL)
+
+
+def last_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
+    """``<checkpoint_dir>/last.ckpt`` if it exists (written by ModelCheckpoint(save_last=True)), else None."""
+    path = Path(checkpoint_dir) / LAST_CKPT
+    return path if path.is_file() else None
+
+
+def stage_status(manifest_path: str | os.PathLike, stage: str) -> str | None:
+    """Status (``running|done|failed``) of ``stage`` in a run manifest, None when the manifest or stage is absent."""
+    path = Path(manifest_path)
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SlurmConfigError(f"{path} is not valid JSON ({exc.msg}); restore it or delete the run directory") from exc
+    stages = manifest.get("stages", {}) if isinstance(manifest, dict) else {}
+    entry = stages.get(stage) if isinstance(stages, dict) else None
+    return entry.get("status") if isinstance(entry, dict) else None
+
+
+def resume_checkpoint(checkpoint_dir: str | os.PathLike, stage_done: bool) -> Path | None:
+    """The checkpoint a (re)started stage resumes from: ``last.ckpt`` when present and the stage is not done.
+
+    Returns None for a fresh start (no ``last.ckpt``) and for a finished stage (nothing to resume; the orchestrator
+    skips it or starts over on purpose).
+    """
+    if stage_done:
+        return None
+    return last_checkpoint(checkpoint_dir)
+
+
+def run_resume_checkpoint(run_dir: str | os.PathLike, stage: str) -> Path | None:
+    """``resume_checkpoint`` for ``<run_dir>/<stage>/checkpoints`` with the status read from ``<run_dir>/manifest.json``."""
+    run = Path(run_dir)
+    done = stage_status(run / "manifest.json", stage) == STATUS_DONE
+    return resume_checkpoint(run / stage / "checkpoints", done)
+
+
+def shard_trajectories(names: Sequence[str], task_id: int, task_count: int) -> list[str]:
+    """Trajectories of array task ``task_id`` out of ``task_count``: contiguous, balanced, covering ``names`` once.
+
+    The first ``len(names) % task_count`` shards get one extra trajectory; shards are empty when there are more
+    tasks than trajectories. Order follows ``names`` (sort them first for reproducible shards).
+    """
+    if task_count < 1:
+        raise SlurmConfigError(f"array task count {task_count} must be >= 1; submit with --array=0-(N-1)")
+    if not 0 <= task_id < task_count:
+        raise SlurmConfigError(f"array task id {task_id} is outside 0..{task_count - 1}; submit with --array=0-{task_count - 1}")
+    base, extra = divmod(len(names), task_count)
+    start = task_id * base + min(task_id, extra)
+    stop = start + base + (1 if task_id < extra else 0)
+    return list(names[start:stop])
+
+
+def array_shard(names: Sequence[str], env: Mapping[str, str] | None = None) -> list[str]:
+    """This array task's shard of ``names`` from ``SLURM_ARRAY_TASK_ID/COUNT`` (all names outside an array job).
+
+    Array indices are taken relative to ``SLURM_ARRAY_TASK_MIN`` so ``--array=1-4`` works like ``--array=0-3``.
+    """
+    env = os.environ if env is None else env
+    task_id = _int_or_none(env, ARRAY_TASK_ID)
+    if task_id is None:
+        return list(names)
+    count = _int_or_none(env, ARRAY_TASK_COUNT)
+    if count is None:
+        raise SlurmConfigError(f"{ARRAY_TASK_ID} is set but {ARRAY_TASK_COUNT} is not; submit with sbatch --array")
+    low = _int_or_none(env, ARRAY_TASK_MIN) or 0
+    return shard_trajectories(names, task_id - low, count)
+
+
+def dataset_trajectories(dataset_dir: str | os.PathLike, splits: Sequence[str] | None = None) -> list[str]:
+    """Sorted trajectory names of a dataset (optionally only ``splits``), read through ``clods_pl.data.format``."""
+    from clods_pl.data.format import read_dataset  # noqa: PLC0415  (data package loads lazily)
+
+    dataset = read_dataset(dataset_dir)
+    names = _names_from_dataset(dataset, splits)
+    return sorted(names)
+
+
+def _names_from_dataset(dataset, splits: Sequence[str] | None) -> list[str]:
+    if hasattr(dataset, "trajectory_names"):
+        tn = dataset.trajectory_names
+        names = tn(splits) if callable(tn) and splits else (tn() if callable(tn) else tn)
+        return list(names)
+    metas = getattr(dataset, "trajectories", None) or getattr(getattr(dataset, "info", None), "trajectories", None)
+    if metas is None:
+        raise SlurmConfigError("cannot list the dataset's trajectories; pass the names explicitly with --names")
+    items = metas.values() if isinstance(metas, dict) else metas
+    out = []
+    for meta in items:
+        name = meta if isinstance(meta, str) else getattr(meta, "name", None)
+        split = None if isinstance(meta, str) else getattr(meta, "split", None)
+        if name is not None and (not splits or split is None or split in splits):
+            out.append(name)
+    return out
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clods_pl.pipeline.slurm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    shard = sub.add_parser("shard", help="print this array task's trajectories as a JSON list")
+    src = shard.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="dataset root; trajectories are listed from it")
+    src.add_argument("--names", nargs="+", help="explicit trajectory names")
+    shard.add_argument("--splits", nargs="*", default=None, help="only these splits (with --dataset)")
+    shard.add_argument("--task-id", type=int, default=None, help=f"default: ${ARRAY_TASK_ID}")
+    shard.add_argument("--task-count", type=int, default=None, help=f"default: ${ARRAY_TASK_COUNT}")
+    resume = sub.add_parser("resume", help="print the checkpoint a stage resumes from (empty: start fresh)")
+    resume.add_argument("--run_dir", required=True)
+    resume.add_argument("--stage", required=True)
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "shard":
+            names = sorted(args.names) if args.names else dataset_trajectories(args.dataset, args.splits)
+            if args.task_id is not None or args.task_count is not None:
+                if args.task_id is None or args.task_count is None:
+                    raise SlurmConfigError("give both --task-id and --task-count, or neither (then SLURM's are used)")
+                print(json.dumps(shard_trajectories(names, args.task_id, args.task_count)))
+            else:
+                print(json.dumps(array_shard(names)))
+        else:
+            ckpt = run_resume_checkpoint(args.run_dir, args.stage)
+            print("" if ckpt is None else str(ckpt))
+    except ClodsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
