@@ -1,0 +1,56 @@
+"""Rollout videos: predicted vs ground-truth cloth as orthographic wireframes (front and top views)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v2 as imageio
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.tri import Triangulation  # noqa: E402
+
+VIEWS = (("front (x-z)", 0, 2), ("top (x-y)", 0, 1))  # world up is +z; the flag extends towards +x
+
+
+def rollout_frames(pred: np.ndarray, gt: np.ndarray, faces: np.ndarray, title: str = "",
+                   max_frames: int = 60, size_px: int = 480) -> list[np.ndarray]:
+    """RGB frames (H, W, 3) uint8 of GT (grey) and prediction (red) for pred, gt: (T, V, 3), faces (F, 3)."""
+    pred, gt, faces = np.asarray(pred), np.asarray(gt), np.asarray(faces)
+    idx = np.unique(np.linspace(0, len(gt) - 1, min(len(gt), max_frames)).round().astype(int))
+    both = np.concatenate([pred, gt])
+    lo, hi = both.min(axis=(0, 1)), both.max(axis=(0, 1))
+    pad = 0.05 * float((hi - lo).max() + 1e-9)
+    dpi = 80
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size_px / dpi / 1.5, size_px / dpi / 1.5), dpi=dpi)
+    frames = []
+    for t in idx:
+        for ax, (name, a, b) in zip(axes, VIEWS):
+            ax.clear()
+            ax.triplot(Triangulation(gt[t, :, a], gt[t, :, b], faces), color="0.55", lw=0.6)
+            ax.triplot(Triangulation(pred[t, :, a], pred[t, :, b], faces), color="tab:red", lw=0.6)
+            ax.set_xlim(lo[a] - pad, hi[a] + pad)
+            ax.set_ylim(lo[b] - pad, hi[b] + pad)
+            ax.set_aspect("equal")
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(name, fontsize=8)
+        fig.suptitle(f"{title} frame {t}  (grey: GT, red: prediction)", fontsize=8)
+        fig.canvas.draw()
+        frames.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+    plt.close(fig)
+    return frames
+
+
+def write_rollout_video(pred: np.ndarray, gt: np.ndarray, faces: np.ndarray, path: str | Path, fps: int = 10,
+                        title: str = "", max_frames: int = 60) -> Path:
+    """Write ``path`` (``.gif``: no ffmpeg needed; ``.mp4``: needs imageio-ffmpeg) and return it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = rollout_frames(pred, gt, faces, title or path.stem, max_frames)
+    if path.suffix.lower() == ".gif":
+        imageio.mimsave(path, frames, duration=1.0 / fps, loop=0)
+    else:
+        imageio.mimsave(path, frames, fps=fps)
+    return path

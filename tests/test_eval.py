@@ -1,0 +1,87 @@
+"""Rollout evaluation: RMSE splits on hand-made cases, constant-velocity baseline, end-to-end outputs."""
+
+from __future__ import annotations
+
+import json
+
+import imageio.v2 as imageio
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from clods_pl.dynamics.synthetic import InMemoryDataset, InMemoryTrajectory, flag_wave_trajectory, wave_dataset
+from clods_pl.errors import ManifestError
+from clods_pl.report import build_report, rollout_table_markdown
+from clods_pl.stages.dynamics import DynamicsModule
+from clods_pl.stages.evaluation import evaluate_rollouts, run_evaluation
+
+
+def _offset_predictor(x0, x1, steps, mesh_pos, node_type, graph, prescribed):
+    """GT (via prescribed) plus 0.01 * t on every coordinate of frame t = k + 2."""
+    t = torch.arange(2, steps + 2, dtype=prescribed.dtype)[:, None, None]
+    return prescribed + 0.01 * t
+
+
+def test_rmse_split_into_viewed_unviewed_and_interp_extrap_by_hand():
+    ds = InMemoryDataset({"v": flag_wave_trajectory(frames=10), "u": flag_wave_trajectory(frames=14, phase=1.0)},
+                         {"test_viewed": ["v"], "test_unviewed": ["u"]})
+    res = evaluate_rollouts(_offset_predictor, ds, train_horizon=6)
+    err = lambda ts: float(np.sqrt(np.mean((0.01 * np.asarray(ts, dtype=float)) ** 2)))  # noqa: E731
+    s = res["splits"]
+    assert s["test_viewed"]["interpolation"] == pytest.approx(err(range(2, 6)))
+    assert s["test_viewed"]["extrapolation"] == pytest.approx(err(range(6, 10)))
+    assert s["test_unviewed"]["extrapolation"] == pytest.approx(err(range(6, 14)))
+    assert s["all"]["extrapolation"] == pytest.approx(err(list(range(6, 10)) + list(range(6, 14))))
+    assert s["all"]["num_trajectories"] == 2
+    curve = res["per_step_rmse"]["all"]
+    assert curve[:2] == [None, None] and curve[12] == pytest.approx(0.12) and len(curve) == 14
+    # a horizon beyond every trajectory leaves extrapolation empty
+    assert evaluate_rollouts(_offset_predictor, ds, train_horizon=50)["splits"]["all"]["extrapolation"] is None
+
+
+def test_constant_velocity_baseline_exact_on_linear_motion_not_on_waves():
+    wave = flag_wave_trajectory(frames=12)
+    v = np.random.default_rng(0).normal(0, 0.01, size=wave.gt_verts.shape[1:]).astype(np.float32)
+    lin = wave.gt_verts[0][None] + np.arange(12, dtype=np.float32)[:, None, None] * v
+    ds = InMemoryDataset({"lin": InMemoryTrajectory(wave.faces, wave.mesh_pos, wave.node_type, lin), "wave": wave},
+                         {"test_viewed": ["lin"], "test_unviewed": ["wave"]})
+    s = evaluate_rollouts(None, ds, train_horizon=6)["splits"]
+    assert s["test_viewed"]["all"] < 1e-6
+    assert s["test_unviewed"]["all"] > 1e-3
+
+
+def test_run_evaluation_writes_metrics_table_plot_video_and_report(tmp_path):
+    ds = wave_dataset(train=2, test_viewed=1, test_unviewed=1, frames=8, test_frames=12)
+    module = DynamicsModule(latent=8, blocks=1, rollout_length=2, normalizer_steps=0)
+    trainer = L.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(module)
+    ckpt = tmp_path / "recovered.ckpt"
+    trainer.save_checkpoint(ckpt)
+    eval_dir = tmp_path / "run" / "eval"
+    metrics = run_evaluation("in-memory", {"recovered": ckpt, "gt": ckpt}, eval_dir, dataset=ds, videos=1)
+    assert metrics["train_horizon"] == 8
+    assert set(metrics["methods"]) == {"const_vel", "recovered", "gt"}
+    on_disk = json.loads((eval_dir / "metrics.json").read_text())
+    assert on_disk["methods"]["gt"]["splits"]["test_viewed"]["extrapolation"] > 0
+    table = (eval_dir / "rollout_table.md").read_text()
+    assert "| CloDS |" in table and "| MGN |" in table and "| Const. velocity |" in table
+    assert (eval_dir / "rmse_over_steps.png").stat().st_size > 1000
+    gif = eval_dir / metrics["videos"][0]
+    frames = imageio.mimread(gif)
+    assert len(frames) == 12 and frames[0].shape[-1] in (3, 4)
+    report = build_report(tmp_path / "run")
+    text = report.read_text()
+    assert "Rollout RMSE" in text and "rmse_over_steps.png" in text and "videos/" in text
+    with pytest.raises(ManifestError, match="clods-pl eval"):
+        build_report(tmp_path / "empty_run")
+
+
+def test_table_marks_best_and_handles_missing_values():
+    m = {"train_horizon": 5, "methods": {
+        "recovered": {"splits": {"test_viewed": {"interpolation": 0.002, "extrapolation": None}}},
+        "gt:3": {"splits": {"test_viewed": {"interpolation": 0.004, "extrapolation": 0.01}}}}}
+    table = rollout_table_markdown(m)
+    rows = [r for r in table.splitlines() if r.startswith("| ") and "Method" not in r]
+    assert rows[0].startswith("| MGN* (3 GT traj.)") and rows[1].startswith("| CloDS")
+    assert "**2.000**" in rows[1] and "| - |" in rows[1] and "**10.000**" in rows[0]
