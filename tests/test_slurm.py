@@ -124,3 +124,30 @@ def test_local_slurm_cluster() -> None:
     proc = subprocess.run(["bash", str(script)], cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "LOCAL SLURM TEST PASSED" in proc.stdout
+
+
+def test_stage2_shard_from_experiment_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    splits = {"train": ["t2", "t0", "t1"], "val": ["v0"], "test_viewed": ["t1"], "test_unviewed": []}
+    seen: list[str] = []
+
+    def read_dataset(root: str) -> object:
+        seen.append(str(root))
+        return types.SimpleNamespace(names=lambda split: splits[split])
+
+    monkeypatch.setitem(sys.modules, "clods_pl.data.format", types.SimpleNamespace(read_dataset=read_dataset))
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("dataset: data/tiny\nstage2:\n  data:\n    splits: [train, val]\n")
+    assert slurm.stage2_shard_source(cfg) == ("data/tiny", ["train", "val"])
+    dataset, sp = slurm.stage2_shard_source(cfg)
+    assert slurm.dataset_trajectories(dataset, sp) == ["t0", "t1", "t2", "v0"]
+    assert slurm.dataset_trajectories(dataset) == ["t0", "t1", "t2", "v0"]  # stage 2's default splits, unique
+    assert seen == ["data/tiny", "data/tiny"]
+    cfg.write_text("stage2:\n  data:\n    dataset_dir: /d\n")
+    assert slurm.stage2_shard_source(cfg) == ("/d", None)
+    cfg.write_text("stage1: {}\n")
+    with pytest.raises(slurm.SlurmConfigError, match="names no dataset"):
+        slurm.stage2_shard_source(cfg)
+    with pytest.raises(slurm.SlurmConfigError, match="does not exist"):
+        slurm.stage2_shard_source(tmp_path / "missing.yaml")

@@ -152,31 +152,35 @@ def array_shard(names: Sequence[str], env: Mapping[str, str] | None = None) -> l
     return shard_trajectories(names, task_id - low, count)
 
 
+STAGE2_SPLITS = ("train", "val", "test_viewed", "test_unviewed")  # RecoveryDataModule's default splits
+
+
 def dataset_trajectories(dataset_dir: str | os.PathLike, splits: Sequence[str] | None = None) -> list[str]:
-    """Sorted trajectory names of a dataset (optionally only ``splits``), read through ``clods_pl.data.format``."""
+    """Sorted, unique trajectory names of ``splits`` (default: stage 2's) of a dataset (``clods_pl.data.format``)."""
     from clods_pl.data.format import read_dataset  # noqa: PLC0415  (data package loads lazily)
 
     dataset = read_dataset(dataset_dir)
-    names = _names_from_dataset(dataset, splits)
+    names: set[str] = set()
+    for split in splits or STAGE2_SPLITS:
+        names.update(dataset.names(split))
     return sorted(names)
 
 
-def _names_from_dataset(dataset, splits: Sequence[str] | None) -> list[str]:
-    if hasattr(dataset, "trajectory_names"):
-        tn = dataset.trajectory_names
-        names = tn(splits) if callable(tn) and splits else (tn() if callable(tn) else tn)
-        return list(names)
-    metas = getattr(dataset, "trajectories", None) or getattr(getattr(dataset, "info", None), "trajectories", None)
-    if metas is None:
-        raise SlurmConfigError("cannot list the dataset's trajectories; pass the names explicitly with --names")
-    items = metas.values() if isinstance(metas, dict) else metas
-    out = []
-    for meta in items:
-        name = meta if isinstance(meta, str) else getattr(meta, "name", None)
-        split = None if isinstance(meta, str) else getattr(meta, "split", None)
-        if name is not None and (not splits or split is None or split in splits):
-            out.append(name)
-    return out
+def stage2_shard_source(config_path: str | os.PathLike) -> tuple[str, list[str] | None]:
+    """(dataset dir, stage-2 splits or None) of an experiment YAML: ``stage2.data.dataset_dir`` else ``dataset``."""
+    import yaml  # noqa: PLC0415
+
+    path = Path(config_path)
+    if not path.is_file():
+        raise SlurmConfigError(f"experiment config {path} does not exist; pass the YAML given to clods-pl --config")
+    cfg = yaml.safe_load(path.read_text()) or {}
+    data = ((cfg.get("stage2") or {}).get("data") or {}) if isinstance(cfg, dict) else {}
+    dataset = data.get("dataset_dir") or (cfg.get("dataset") if isinstance(cfg, dict) else None)
+    if isinstance(dataset, dict):  # tolerate `dataset: {dir: ...}` / `{path: ...}` layouts
+        dataset = dataset.get("dir") or dataset.get("path") or dataset.get("root")
+    if not dataset:
+        raise SlurmConfigError(f"{path} names no dataset (top-level `dataset:` or stage2.data.dataset_dir); add one")
+    return str(dataset), data.get("splits")
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
@@ -185,6 +189,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     shard = sub.add_parser("shard", help="print this array task's trajectories as a JSON list")
     src = shard.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="dataset root; trajectories are listed from it")
+    src.add_argument("--config", help="experiment YAML; its dataset and stage-2 splits are used")
     src.add_argument("--names", nargs="+", help="explicit trajectory names")
     shard.add_argument("--splits", nargs="*", default=None, help="only these splits (with --dataset)")
     shard.add_argument("--task-id", type=int, default=None, help=f"default: ${ARRAY_TASK_ID}")
@@ -195,7 +200,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.cmd == "shard":
-            names = sorted(args.names) if args.names else dataset_trajectories(args.dataset, args.splits)
+            if args.names:
+                names = sorted(args.names)
+            else:
+                dataset, splits = (args.dataset, None) if args.dataset else stage2_shard_source(args.config)
+                names = dataset_trajectories(dataset, args.splits or splits)
             if args.task_id is not None or args.task_count is not None:
                 if args.task_id is None or args.task_count is None:
                     raise SlurmConfigError("give both --task-id and --task-count, or neither (then SLURM's are used)")
