@@ -123,6 +123,24 @@ def photometric_loss(rgb: Tensor, alpha: Tensor, target_rgba: Tensor, background
     return loss
 
 
+def compose_verts(x_init: Tensor, dx: Tensor, pinned: Tensor, pinned_pos: Tensor) -> Tensor:
+    """(..., V, 3) ``x_init + dx`` with the ``pinned (..., V)`` rows replaced by ``pinned_pos`` (no gradient there)."""
+    return torch.where(pinned[..., None], pinned_pos, x_init + dx)
+
+
+def frame_loss(renderer: Renderer, verts: Tensor, cameras: Any, target: Tensor, background: Tensor,
+               edges: Tensor, rest: Tensor, config: RecoveryConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """Total loss of one trajectory at ``verts (V, 3)`` against ``target (C, H, W, 4)``.
+
+    Returns:
+        (total, photometric (detached), edge (detached)) scalars; total = photo + gamma * edge.
+    """
+    out = renderer.render(verts, cameras, background, config.backend)
+    photo = photometric_loss(out.rgb, out.alpha, target, background, config.alpha_weight)
+    edge = edge_strain_loss(verts, edges, rest)
+    return photo + config.gamma * edge, photo.detach(), edge.detach()
+
+
 # ----- one frame step for a batch of trajectories --------------------------------------------------------------
 @dataclass
 class FrameResult:
@@ -150,16 +168,12 @@ def recover_frame(renderer: Renderer, x_init: Tensor, pinned: Tensor, pinned_pos
     B = x_init.shape[0]
     device = x_init.device
     bg = torch.as_tensor(config.background, dtype=x_init.dtype, device=device)
-    mask = pinned[..., None]
     dx = torch.zeros_like(x_init, requires_grad=True)
     opt = torch.optim.Adam([dx], lr=config.lr)
 
     def losses(b: int) -> tuple[Tensor, Tensor, Tensor]:
-        verts = torch.where(mask[b], pinned_pos[b], x_init[b] + dx[b])
-        out = renderer.render(verts, cameras[b], bg, config.backend)
-        photo = photometric_loss(out.rgb, out.alpha, targets[b], bg, config.alpha_weight)
-        edge = edge_strain_loss(verts, edges, rest[b])
-        return photo + config.gamma * edge, photo.detach(), edge.detach()
+        verts = compose_verts(x_init[b], dx[b], pinned[b], pinned_pos[b])
+        return frame_loss(renderer, verts, cameras[b], targets[b], bg, edges, rest[b], config)
 
     best = [math.inf] * B
     best_dx = torch.zeros_like(x_init)
@@ -189,7 +203,7 @@ def recover_frame(renderer: Renderer, x_init: Tensor, pinned: Tensor, pinned_pos
         total.backward()
         opt.step()
         active = still
-    verts = torch.where(mask, pinned_pos, x_init + best_dx)
+    verts = compose_verts(x_init, best_dx, pinned, pinned_pos)
     return FrameResult(verts.detach(), torch.tensor(best_photo, dtype=torch.float64),
                        torch.tensor(best_edge, dtype=torch.float64), torch.tensor(used, dtype=torch.int64))
 

@@ -1,0 +1,229 @@
+"""Stage 2 recovery: losses and gradients, accuracy on a known sequence, pinned nodes, GT isolation, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clods_pl.errors import ClodsError, ManifestError
+from clods_pl.geometry import unique_edges
+from clods_pl.stages.mesh_cache import MeshCache, MeshCacheError
+from clods_pl.stages.recovery import (RecoveryConfig, RecoveryConfigError, compose_verts, edge_strain_loss,
+                                      frame_loss, open_job, parse_frames, recover_batch, recover_trajectory,
+                                      rest_edge_lengths, train_views)
+from clods_pl.stages.recovery_metrics import flag_size
+from test_recovery_toy import FLAG_W, ToyTrajectory
+
+TESTS_DIR = Path(__file__).resolve().parent
+FAST = dict(iterations=40, lr=3e-3, gamma=1.0, min_iterations=40)  # fixed step count: cheap and deterministic
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny renders are much faster on one thread (and deterministic); restore afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ----- (f) edge loss ----------------------------------------------------------------------------------------
+def test_edge_loss_zero_at_rest_and_gradient_matches_finite_differences() -> None:
+    traj = ToyTrajectory(num_frames=2)
+    edges = unique_edges(traj.faces)
+    verts0 = traj.verts0.double()
+    rest = rest_edge_lengths(verts0, edges)
+    assert float(edge_strain_loss(verts0, edges, rest)) == 0.0
+    # rigid motions keep it (numerically) zero
+    rot = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    assert float(edge_strain_loss(verts0 @ rot.T + 0.3, edges, rest)) < 1e-20
+    x = (verts0 + 0.05 * torch.randn_like(verts0, generator=None)).requires_grad_(True)
+    assert float(edge_strain_loss(x.detach(), edges, rest)) > 0
+    torch.autograd.gradcheck(lambda v: edge_strain_loss(v, edges, rest), (x,), eps=1e-6, atol=1e-6)
+    # batched form equals per-item
+    xb = torch.stack([x.detach(), verts0])
+    assert torch.allclose(edge_strain_loss(xb, edges, rest), torch.stack([edge_strain_loss(x.detach(), edges, rest),
+                                                                          torch.zeros((), dtype=torch.float64)]))
+
+
+# ----- (d) gradient reaches dx; pinned rows get none ---------------------------------------------------------
+def test_loss_gradient_reaches_free_displacements_only() -> None:
+    traj = ToyTrajectory(num_frames=2, views=2, size=16)
+    cfg = RecoveryConfig(gamma=0.5)
+    edges = unique_edges(traj.faces)
+    rest = rest_edge_lengths(traj.verts0.double(), edges)
+    pinned = torch.as_tensor(traj.node_type) == 3
+    renderer = type(traj.renderer)(traj.mesh_pos).double()
+    cams = traj.cameras.to(dtype=torch.float64)
+    target = traj.image_tensor(1).double()
+    bg = torch.ones(3, dtype=torch.float64)
+    x = traj.verts0.double()
+    dx = (0.01 * torch.randn(x.shape, dtype=torch.float64)).requires_grad_(True)
+
+    def f(d: torch.Tensor) -> torch.Tensor:
+        return frame_loss(renderer, compose_verts(x, d, pinned, x), cams, target, bg, edges, rest, cfg)[0]
+
+    f(dx).backward()
+    g = dx.grad
+    assert torch.all(g[pinned] == 0) and float(g[~pinned].abs().sum()) > 0
+    # central finite differences on a few free coordinates
+    free = torch.nonzero(~pinned).flatten()[:3]
+    for i in free.tolist():
+        for k in range(3):
+            e = torch.zeros_like(dx)
+            e[i, k] = 1e-6
+            fd = (f(dx.detach() + e) - f(dx.detach() - e)) / 2e-6
+            assert abs(float(fd) - float(g[i, k])) < 1e-5 + 1e-3 * abs(float(fd))
+
+
+# ----- (d) accuracy and (e) pinned vertices --------------------------------------------------------------------
+def test_recovery_accuracy_on_known_sequence(tmp_path) -> None:
+    traj = ToyTrajectory(num_frames=6, views=4, size=32)
+    cfg = RecoveryConfig(iterations=100, lr=2e-3, gamma=1.0)
+    cache = recover_trajectory("toy", traj, traj.renderer, tmp_path / "toy.npz", "h", cfg)
+    assert cache.complete and cache.frames_done == 6
+    gt = traj.load_gt_verts()
+    rel = np.sqrt(((cache.verts - gt) ** 2).sum(-1).mean(-1)) / flag_size(traj.mesh_pos)
+    assert flag_size(traj.mesh_pos) == pytest.approx(FLAG_W)
+    assert rel.max() < 0.02, rel
+    assert rel[-1] <= 3 * max(rel[1], 1e-4)
+    np.testing.assert_allclose(cache.gt_metrics["rmse"], rel * FLAG_W, rtol=1e-4, atol=1e-7)
+    # the unconstrained start (no optimisation) is much worse: the optimiser did the work
+    still = np.sqrt(((gt[0][None] - gt[1:]) ** 2).sum(-1).mean(-1)) / FLAG_W
+    assert rel[1:].mean() < 0.2 * still.mean()
+    assert (cache.losses[1:] > 0).all() and (cache.iterations[1:] > 0).all()
+
+
+@pytest.mark.parametrize("with_handle_pos", [False, True])
+def test_pinned_vertices_follow_prescription(tmp_path, with_handle_pos) -> None:
+    traj = ToyTrajectory(num_frames=4, views=3, size=20, with_handle_pos=with_handle_pos)
+    pinned = traj.node_type == 3
+    if with_handle_pos:  # move the pole: pinned nodes must follow it exactly
+        traj.handle_pos = traj.handle_pos + torch.tensor([0.0, 0.01, 0.0]) * torch.arange(4.0)[:, None, None]
+    cache = recover_trajectory("toy", traj, traj.renderer, tmp_path / "toy.npz", "h", RecoveryConfig(**FAST))
+    for t in range(4):
+        expected = traj.handle_pos[t] if with_handle_pos else traj.verts0[pinned]
+        np.testing.assert_array_equal(cache.verts[t][pinned.numpy()], expected.numpy())
+    assert not np.allclose(cache.verts[-1][~pinned.numpy()], traj.verts0[~pinned].numpy())
+
+
+# ----- (c) ground truth never enters the optimisation ---------------------------------------------------------
+def test_changing_gt_leaves_recovered_meshes_bit_identical(tmp_path) -> None:
+    runs = {}
+    for offset in (0.0, 0.05):
+        traj = ToyTrajectory(num_frames=4, views=3, size=20, gt_offset=offset)
+        runs[offset] = recover_trajectory("toy", traj, traj.renderer, tmp_path / f"{offset}.npz", "h",
+                                          RecoveryConfig(**FAST))
+    a, b = runs[0.0], runs[0.05]
+    assert np.array_equal(a.verts, b.verts) and np.array_equal(a.losses, b.losses)
+    assert np.array_equal(a.edge_losses, b.edge_losses)
+    assert not np.allclose(a.gt_metrics["rmse"], b.gt_metrics["rmse"])  # the evaluation did see the change
+    no_gt = recover_trajectory("toy", ToyTrajectory(num_frames=4, views=3, size=20), traj.renderer,
+                               tmp_path / "nogt.npz", "h", RecoveryConfig(**FAST), evaluate_gt=False)
+    assert np.array_equal(no_gt.verts, a.verts) and not no_gt.gt_metrics
+
+
+# ----- batching, frame windows, stale stage 1 ---------------------------------------------------------------------
+def test_batched_trajectories_equal_separate_runs_and_frame_windows(tmp_path) -> None:
+    cfg = RecoveryConfig(iterations=30, lr=3e-3, plateau_patience=5, min_iterations=3)
+    trajs = {"a": ToyTrajectory(num_frames=4, views=3, size=20),
+             "b": ToyTrajectory(num_frames=4, views=3, size=20, with_handle_pos=True)}
+    trajs["b"]._gt = trajs["b"]._gt * torch.tensor([1.0, -1.0, 1.0])  # a different motion, same rest shape
+    trajs["b"]._images.clear()
+    renderer = trajs["a"].renderer
+    jobs = [open_job(n, t, tmp_path / "batch" / f"{n}.npz", "h") for n, t in trajs.items()]
+    # resume mismatch inside a batch: "a" is ahead of "b"
+    recover_trajectory("a", trajs["a"], renderer, tmp_path / "batch" / "a.npz", "h", cfg, frames="1:2")
+    jobs = [open_job(n, t, tmp_path / "batch" / f"{n}.npz", "h") for n, t in trajs.items()]
+    assert [j.next_frame for j in jobs] == [2, 1]
+    recover_batch(jobs, renderer, cfg)
+    for n, t in trajs.items():
+        alone = recover_trajectory(n, t, renderer, tmp_path / "alone" / f"{n}.npz", "h", cfg)
+        batched = MeshCache.load(tmp_path / "batch" / f"{n}.npz")
+        assert batched.complete
+        np.testing.assert_array_equal(batched.verts, alone.verts)
+        np.testing.assert_array_equal(batched.losses, alone.losses)
+    # frame windows: needs earlier frames; a done window is a no-op
+    path = tmp_path / "win.npz"
+    c = recover_trajectory("a", trajs["a"], renderer, path, "h", cfg, frames=":2")
+    assert c.frames_done == 2
+    with pytest.raises(RecoveryConfigError, match="needs frames 0..2 recovered first"):
+        recover_trajectory("a", trajs["a"], renderer, path, "h", cfg, frames="3:4")
+    assert recover_trajectory("a", trajs["a"], renderer, path, "h", cfg, frames="2:4").complete
+    np.testing.assert_array_equal(MeshCache.load(path).verts, MeshCache.load(tmp_path / "alone" / "a.npz").verts)
+    # (b) a cache from another stage-1 checkpoint is refused; overwrite rebuilds
+    with pytest.raises(ManifestError, match="rerun with --overwrite"):
+        recover_trajectory("a", trajs["a"], renderer, path, "other", cfg)
+    rebuilt = recover_trajectory("a", trajs["a"], renderer, path, "other", cfg, frames=":2", overwrite=True)
+    assert rebuilt.frames_done == 2 and MeshCache.load(path).stage1_hash == "other"
+
+
+def test_setting_errors_are_clear() -> None:
+    assert parse_frames(None, 8) == (None, 8) and parse_frames("2:5", 8) == (2, 5) and parse_frames("3:", 8) == (3, 8)
+    for bad in ("5", "a:b", "4:2", "0:9", "1:2:3"):
+        with pytest.raises(RecoveryConfigError, match="frames="):
+            parse_frames(bad, 8)
+    assert train_views(4, [1, 3]) == [0, 2]
+    with pytest.raises(RecoveryConfigError, match="holdout_views"):
+        train_views(4, [4])
+    with pytest.raises(RecoveryConfigError, match="holdout_views"):
+        train_views(2, [0, 1])
+    with pytest.raises(RecoveryConfigError, match="model.lr"):
+        RecoveryConfig(lr=0.0)
+    assert issubclass(MeshCacheError, ClodsError)
+
+
+# ----- (a) resume after SIGKILL in a real subprocess ----------------------------------------------------------------
+_SCRIPT = """
+import sys, torch
+torch.set_num_threads(1); torch.manual_seed(0); torch.use_deterministic_algorithms(True)
+from test_recovery_toy import ToyTrajectory
+from clods_pl.stages.recovery import RecoveryConfig, recover_trajectory
+traj = ToyTrajectory(num_frames=8, views=3, size=20)
+recover_trajectory("toy", traj, traj.renderer, sys.argv[1], "h",
+                   RecoveryConfig(iterations=40, lr=3e-3, min_iterations=40))
+"""
+
+
+def _start(path: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-c", _SCRIPT, str(path)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def _frames_done(path: Path) -> int:
+    try:
+        return MeshCache.load(path).frames_done
+    except (FileNotFoundError, MeshCacheError):
+        return 0
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path) -> None:
+    killed, clean = tmp_path / "killed.npz", tmp_path / "clean.npz"
+    proc, reference = _start(killed), _start(clean)  # the uninterrupted reference runs alongside
+    deadline = time.time() + 120
+    while _frames_done(killed) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert 3 <= _frames_done(killed) < 8
+    resumed = _start(killed)
+    for p in (resumed, reference):
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()[-2000:]
+    a, b = MeshCache.load(killed), MeshCache.load(clean)
+    assert a.complete and b.complete
+    np.testing.assert_allclose(a.verts, b.verts, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(a.losses, b.losses, rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(a.iterations, b.iterations)
