@@ -434,9 +434,9 @@ def recover_cli(dataset_dir: str, stage1_checkpoint: str, cache_dir: str, traj: 
 
 
 # ----- Lightning ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass
 class RecoveryItem:
-    """One predict sample: a trajectory to recover and how."""
+    """One predict sample: a trajectory to recover and how (not frozen: Lightning maps batches in place)."""
 
     name: str
     dataset_dir: str
@@ -536,10 +536,12 @@ class RecoveryModule(L.LightningModule):
             self._datasets[dataset_dir] = _read_dataset(dataset_dir)
         return self._datasets[dataset_dir]
 
-    def on_predict_start(self) -> None:
+    def _ensure_renderer(self) -> nn.Module:
+        """Load the frozen SMGS once (outside inference mode, so its tensors can enter autograd graphs)."""
         if self.renderer is None:
             renderer, self.stage1_hash = self.load_renderer()
             self.renderer = renderer.to(self.device).eval().requires_grad_(False)
+        return self.renderer
 
     def _on_frame(self, job: TrajectoryJob, t: int, metrics: dict[str, float]) -> None:
         if t % self.log_every_n_frames and t != job.stop - 1:
@@ -552,14 +554,15 @@ class RecoveryModule(L.LightningModule):
             self.logger.log_metrics(payload, step=self._log_step)
 
     def predict_step(self, batch: list[RecoveryItem], batch_idx: int = 0) -> list[dict[str, Any]]:
-        assert self.renderer is not None
-        jobs = []
-        for item in batch:
-            traj = self.dataset(item.dataset_dir).trajectory(item.name)
-            jobs.append(open_job(item.name, traj, self.cache_dir / f"{item.name}.npz", self.stage1_hash,
-                                 item.holdout_views, item.frames, self.overwrite))
-        with torch.enable_grad():
-            recover_batch(jobs, self.renderer, self.config, self.device, self._on_frame)
+        # Lightning predicts under torch.inference_mode(); the frame loop needs autograd.
+        with torch.inference_mode(False), torch.enable_grad():
+            renderer = self._ensure_renderer()
+            jobs = []
+            for item in batch:
+                traj = self.dataset(item.dataset_dir).trajectory(item.name)
+                jobs.append(open_job(item.name, traj, self.cache_dir / f"{item.name}.npz", self.stage1_hash,
+                                     item.holdout_views, item.frames, self.overwrite))
+            recover_batch(jobs, renderer, self.config, self.device, self._on_frame)
         out = []
         for job in jobs:
             size = flag_size(np.asarray(job.traj.mesh_pos))

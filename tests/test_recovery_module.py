@@ -1,0 +1,105 @@
+"""Stage 2 under Lightning: ``trainer.predict(RecoveryModule, RecoveryDataModule)`` fills the cache folder."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from clods_pl.stages.mesh_cache import MeshCache
+from clods_pl.stages.recovery import (RecoveryConfigError, RecoveryDataModule, RecoveryModule,
+                                      recover_trajectory)
+from test_recovery_toy import ToyTrajectory
+
+SPLITS = {"train": ["a", "b"], "val": ["c"], "test_viewed": [], "test_unviewed": []}
+
+
+class ToyDataset:
+    """Duck-typed ``clods_pl.data.format.Dataset``: ``names(split)``, ``trajectory(name)``."""
+
+    def __init__(self) -> None:
+        self.trajs = {n: ToyTrajectory(num_frames=4, views=3, size=20, with_handle_pos=(n == "b"))
+                      for names in SPLITS.values() for n in names}
+        self.trajs["c"]._gt = self.trajs["c"]._gt * torch.tensor([1.0, -1.0, 1.0])
+
+    def names(self, split: str) -> list[str]:
+        return list(SPLITS[split])
+
+    def trajectory(self, name: str) -> ToyTrajectory:
+        return self.trajs[name]
+
+
+DATASET = ToyDataset()
+
+
+class ToyRecoveryModule(RecoveryModule):
+    def load_renderer(self):
+        return DATASET.trajs["a"].renderer, "toy-stage1-hash"
+
+    def dataset(self, dataset_dir):
+        return DATASET
+
+
+class ToyRecoveryDataModule(RecoveryDataModule):
+    def read_dataset(self):
+        return DATASET
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny renders are much faster on one thread; restore afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+OPTS = dict(iterations=30, lr=3e-3, plateau_patience=5, min_iterations=3)
+
+
+def test_predict_fills_caches_logs_and_plots(tmp_path) -> None:
+    cache_dir = tmp_path / "stage2" / "meshes"
+    module = ToyRecoveryModule(stage1_checkpoint="unused.ckpt", cache_dir=str(cache_dir), **OPTS)
+    assert RecoveryModule.RUN_MODE == "predict"
+    dm = ToyRecoveryDataModule("toy", holdout_views=[2], batch_size=2)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=CSVLogger(str(tmp_path / "logs")),
+                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    preds = trainer.predict(module, dm)
+    names = [p["name"] for batch in preds for p in batch]
+    assert names == ["a", "b", "c"]
+    for batch in preds:
+        for p in batch:
+            cache = MeshCache.load(cache_dir / f"{p['name']}.npz")
+            assert cache.complete and cache.stage1_hash == "toy-stage1-hash"
+            assert p["rmse_rel_mean"] < 0.05
+            assert (tmp_path / "stage2" / "plots" / f"{p['name']}_rmse.png").stat().st_size > 1000
+    metrics = pd.read_csv(next((tmp_path / "logs").rglob("metrics.csv")))
+    assert {"stage2/photo_loss", "stage2/edge_loss", "stage2/rmse", "stage2/chamfer", "stage2/c/rmse"} <= set(metrics)
+    assert len(metrics["stage2/frame"].dropna()) == 3 * 3  # 3 trajectories x frames 1..3
+    # the batched, held-out-view run equals a plain single-trajectory run on the same views
+    alone = recover_trajectory("b", DATASET.trajs["b"], DATASET.trajs["a"].renderer, tmp_path / "b.npz",
+                               "toy-stage1-hash", module.config, holdout_views=[2])
+    np.testing.assert_array_equal(alone.verts, MeshCache.load(cache_dir / "b.npz").verts)
+    # a second predict is a no-op resume (the caches are complete)
+    before = (cache_dir / "a.npz").stat().st_mtime_ns
+    trainer2 = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False)
+    trainer2.predict(ToyRecoveryModule("unused.ckpt", str(cache_dir), **OPTS),
+                     ToyRecoveryDataModule("toy", trajectories=["a"]))
+    assert (cache_dir / "a.npz").stat().st_mtime_ns == before
+
+
+def test_datamodule_selects_trajectories_and_rejects_unknown() -> None:
+    dm = ToyRecoveryDataModule("toy", splits=["train", "val"], trajectories=["c", "a"], frames="1:3")
+    dm.setup("predict")
+    assert [i.name for i in dm.items] == ["a", "c"] and dm.items[0].frames == "1:3"
+    dm2 = ToyRecoveryDataModule("toy", batch_size=2)
+    dm2.setup("predict")
+    assert [[i.name for i in b] for b in dm2.predict_dataloader()] == [["a", "b"], ["c"]]
+    with pytest.raises(RecoveryConfigError, match="data.trajectories"):
+        ToyRecoveryDataModule("toy", splits=["train"], trajectories=["c"]).setup("predict")
+    with pytest.raises(RecoveryConfigError, match="batch_size"):
+        RecoveryDataModule("toy", batch_size=0)
