@@ -82,7 +82,7 @@ for step in $STAGES; do
                 --output="$LOGS/%x-%j.out" ;;
         stage2)
             # shellcheck disable=SC2046
-            submit stage2 stage2.sbatch $(resources "$CLODS_STAGE2_NODES" "$TPN") --time="$CLODS_TIME_STAGE2" \
+            submit stage2 stage2.sbatch $(resources "$CLODS_STAGE2_NODES" "${CLODS_STAGE2_TASKS_PER_NODE:-$TPN}") --time="$CLODS_TIME_STAGE2" \
                 --array="0-$((CLODS_STAGE2_SHARDS - 1))" --output="$LOGS/%x-%A_%a.out"
             # shellcheck disable=SC2046
             submit stage2_finalize stage2_finalize.sbatch $(resources 1 1) --time="$CLODS_TIME_EVAL" \
