@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
+from jsonargparse import ArgumentParser
 from lightning.pytorch.loggers import CSVLogger
 
 from clods_pl.stages.mesh_cache import MeshCache
@@ -103,3 +107,18 @@ def test_datamodule_selects_trajectories_and_rejects_unknown() -> None:
         ToyRecoveryDataModule("toy", splits=["train"], trajectories=["c"]).setup("predict")
     with pytest.raises(RecoveryConfigError, match="batch_size"):
         RecoveryDataModule("toy", batch_size=0)
+
+
+@pytest.mark.parametrize("config", sorted(Path(__file__).resolve().parents[1].glob("experiments/stage2/*.yaml")),
+                         ids=lambda p: p.name)
+def test_stage2_configs_parse_against_module_signatures(config) -> None:
+    parser = ArgumentParser()
+    parser.add_class_arguments(RecoveryModule, "model")
+    parser.add_class_arguments(RecoveryDataModule, "data")
+    parser.add_argument("--trainer", type=dict)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["model"].update(stage1_checkpoint="x.ckpt", cache_dir="meshes")
+    cfg["data"]["dataset_dir"] = "data"
+    ns = parser.parse_object(cfg)
+    module = RecoveryModule(**vars(ns.model))  # validates the values (RecoveryConfig)
+    assert module.config.iterations == cfg["model"]["iterations"]
