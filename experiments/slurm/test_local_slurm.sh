@@ -25,8 +25,14 @@ fail() { echo "[test_local_slurm] FAILED: $*" >&2; exit 1; }
 
 cleanup() {
     local rc=$?
-    if [[ -n "${SLURM_CONF:-}" ]] && command -v scancel >/dev/null; then scancel --user="$(id -un)" 2>/dev/null || true; fi
+    if [[ -n "${SLURM_CONF:-}" && ${#PIDS[@]} -gt 0 ]] && command -v scancel >/dev/null; then
+        # our private controller: cancel what is left and let slurmd reap the job steps before stopping it
+        scancel --cluster=clods-local --user="$(id -un)" 2>/dev/null || scancel --user="$(id -un)" 2>/dev/null || true
+        for _ in $(seq 150); do [[ -z "$(squeue -h -o %i 2>/dev/null)" ]] && break; sleep 0.2; done
+    fi
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # job-step processes of our temp dir that outlived slurmd (only ours: they name $WORK), by PID
+    for pid in $(pgrep -f "$WORK/" 2>/dev/null || true); do [[ $pid != "$$" ]] && kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$pid" 2>/dev/null || true
@@ -177,6 +183,8 @@ for _ in $(seq 1500); do  # a requeued job becomes eligible after AuthInfo cred_
     [[ -f "$WORK/requeue/rank0.json" && -f "$WORK/requeue/rank1.json" ]] && break
     sleep 0.2
 done
+for _ in $(seq 150); do [[ -z "$(squeue -h -j "$jid" -o %i 2>/dev/null)" ]] && break; sleep 0.2; done
+[[ "$(job_state "$jid")" == "COMPLETED " ]] || fail "requeued job $jid ended $(job_state "$jid")"
 "$PY" - "$WORK/requeue" <<'PYCHK' || fail "requeued job did not resume and finish"
 import json, sys
 r = [json.load(open(f"{sys.argv[1]}/rank{i}.json")) for i in (0, 1)]
