@@ -127,3 +127,17 @@ def test_noise_moves_step1_target_and_window_length_is_checked():
     l1 = m.rollout_loss(batch, noise=True, accumulate=False)[1]
     l0 = m.rollout_loss(batch, noise=False, accumulate=False)[1]
     assert not torch.allclose(l0, l1)
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny_dgl", "paper"])
+def test_experiment_configs_parse_with_lightning_cli(name, tmp_path):
+    from pathlib import Path
+
+    from lightning.pytorch.cli import LightningCLI
+
+    cfg = Path(__file__).resolve().parents[1] / "experiments" / "stage3" / f"{name}.yaml"
+    cli = LightningCLI(DynamicsModule, DynamicsDataModule, run=False, save_config_callback=None,
+                       args=["--config", str(cfg), "--data.dataset_dir", str(tmp_path),
+                             "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"])
+    assert cli.model.hparams.rollout_length == cli.datamodule.rollout_length
+    assert cli.model.model.message_passing == cli.model.hparams.message_passing in ("native", "dgl")

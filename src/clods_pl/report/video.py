@@ -12,7 +12,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.tri import Triangulation  # noqa: E402
 
-VIEWS = (("front (x-z)", 0, 2), ("top (x-y)", 0, 1))  # world up is +z; the flag extends towards +x
+
+
+def _oblique(azimuth_deg: float, elevation_deg: float) -> np.ndarray:
+    """(2, 3) orthographic projection (screen right, screen up) of a camera at the given azimuth/elevation."""
+    a, e = np.radians(azimuth_deg), np.radians(elevation_deg)
+    forward = -np.array([np.cos(e) * np.sin(a), -np.cos(e) * np.cos(a), np.sin(e)])
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    return np.stack([right, np.cross(right, forward)])
+
+
+# world up is +z; the flag extends towards +x from a pole along z
+VIEWS = (("front (x-z)", np.array([[1.0, 0, 0], [0, 0, 1.0]])), ("oblique", _oblique(35.0, 25.0)))
 
 
 def rollout_frames(pred: np.ndarray, gt: np.ndarray, faces: np.ndarray, title: str = "",
@@ -20,19 +32,20 @@ def rollout_frames(pred: np.ndarray, gt: np.ndarray, faces: np.ndarray, title: s
     """RGB frames (H, W, 3) uint8 of GT (grey) and prediction (red) for pred, gt: (T, V, 3), faces (F, 3)."""
     pred, gt, faces = np.asarray(pred), np.asarray(gt), np.asarray(faces)
     idx = np.unique(np.linspace(0, len(gt) - 1, min(len(gt), max_frames)).round().astype(int))
-    both = np.concatenate([pred, gt])
-    lo, hi = both.min(axis=(0, 1)), both.max(axis=(0, 1))
-    pad = 0.05 * float((hi - lo).max() + 1e-9)
+    proj = [(name, gt @ m.T, pred @ m.T) for name, m in VIEWS]  # (T, V, 2) each
     dpi = 80
     fig, axes = plt.subplots(1, 2, figsize=(2 * size_px / dpi / 1.5, size_px / dpi / 1.5), dpi=dpi)
     frames = []
     for t in idx:
-        for ax, (name, a, b) in zip(axes, VIEWS):
+        for ax, (name, g2, p2) in zip(axes, proj):
             ax.clear()
-            ax.triplot(Triangulation(gt[t, :, a], gt[t, :, b], faces), color="0.55", lw=0.6)
-            ax.triplot(Triangulation(pred[t, :, a], pred[t, :, b], faces), color="tab:red", lw=0.6)
-            ax.set_xlim(lo[a] - pad, hi[a] + pad)
-            ax.set_ylim(lo[b] - pad, hi[b] + pad)
+            ax.triplot(Triangulation(g2[t, :, 0], g2[t, :, 1], faces), color="0.55", lw=0.6)
+            ax.triplot(Triangulation(p2[t, :, 0], p2[t, :, 1], faces), color="tab:red", lw=0.6)
+            both = np.concatenate([g2, p2])
+            lo, hi = both.min(axis=(0, 1)), both.max(axis=(0, 1))
+            pad = 0.05 * float((hi - lo).max() + 1e-9)
+            ax.set_xlim(lo[0] - pad, hi[0] + pad)
+            ax.set_ylim(lo[1] - pad, hi[1] + pad)
             ax.set_aspect("equal")
             ax.set_xticks([]), ax.set_yticks([])
             ax.set_title(name, fontsize=8)
