@@ -1,0 +1,387 @@
+"""The clods-pl multi-view cloth dataset format: writer, validating reader (spec: docs/dataset.md).
+
+Layout of one dataset folder::
+
+    root/dataset.json                       format, version, dt, splits, extra
+    root/<traj>/transforms.json             cameras (nerfstudio: camera-to-world, OpenGL axes, fl_x fl_y cx cy w h)
+    root/<traj>/images/<view>/<t:05d>.png   RGBA uint8, square, w x h of the cameras
+    root/<traj>/mesh.npz                    faces (F,3), mesh_pos (V,2), node_type (V,), verts0 (V,3)[, handle_pos (T,P,3)]
+    root/<traj>/gt.npz                      verts (T,V,3): evaluation / supervised baselines only (optional)
+    root/<traj>/physics.json                simulator parameters: analysis only, never read by the pipeline
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from clods_pl.errors import DatasetError
+from clods_pl.geometry import Cameras, NodeType
+from clods_pl.utils.files import atomic_savez, atomic_write, atomic_write_json
+
+FORMAT_NAME = "clods-multiview"
+FORMAT_VERSION = 1
+DATASET_FILE = "dataset.json"
+TRANSFORMS_FILE = "transforms.json"
+MESH_FILE = "mesh.npz"
+GT_FILE = "gt.npz"
+PHYSICS_FILE = "physics.json"
+IMAGES_DIR = "images"
+FRAME_PATTERN = "{t:05d}.png"
+STANDARD_SPLITS = ("train", "val", "test_viewed", "test_unviewed")
+
+
+@dataclass
+class DatasetInfo:
+    """Contents of ``dataset.json``.
+
+    Attributes:
+        name: dataset name. dt: time between frames in seconds.
+        splits: split name (``train``, ``val``, ``test_viewed``, ``test_unviewed``, ...) -> trajectory names.
+    """
+
+    name: str
+    dt: float
+    splits: dict[str, list[str]]
+    format: str = FORMAT_NAME
+    version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def write_dataset_info(root: str | Path, info: DatasetInfo) -> Path:
+    """Write ``root/dataset.json`` atomically."""
+    return atomic_write_json(Path(root) / DATASET_FILE, asdict(info))
+
+
+def _as_np(x: Tensor | np.ndarray | None, dtype: Any) -> np.ndarray | None:
+    if x is None:
+        return None
+    if isinstance(x, Tensor):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(np.asarray(x, dtype=dtype))
+
+
+def _write_png(path: Path, rgba: np.ndarray) -> None:
+    def _w(tmp: str) -> None:
+        Image.fromarray(rgba, mode="RGBA").save(tmp, format="PNG")
+
+    atomic_write(path, _w)
+
+
+def write_trajectory(
+    root: str | Path,
+    name: str,
+    cameras: Cameras,
+    frames: np.ndarray,
+    faces: Tensor | np.ndarray,
+    mesh_pos: Tensor | np.ndarray,
+    node_type: Tensor | np.ndarray,
+    verts0: Tensor | np.ndarray,
+    gt_verts: Tensor | np.ndarray | None = None,
+    handle_pos: Tensor | np.ndarray | None = None,
+    physics: dict[str, Any] | None = None,
+) -> Path:
+    """Write one trajectory folder ``root/name``.
+
+    Args:
+        frames: (T, C, H, W, 4) uint8 RGBA, C = len(cameras), H = W = cameras' size.
+        faces: (F, 3) int; mesh_pos: (V, 2); node_type: (V,) int (MeshGraphNets codes); verts0: (V, 3) world.
+        gt_verts: (T, V, 3) world, optional. handle_pos: (T, P, 3) positions of the P HANDLE nodes, optional.
+        physics: simulator parameters for analysis (``physics.json``), optional.
+    Returns:
+        the trajectory folder.
+    """
+    traj = Path(root) / name
+    frames = np.asarray(frames)
+    if frames.ndim != 5 or frames.shape[-1] != 4 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be (T, C, H, W, 4) uint8, got {frames.shape} {frames.dtype}")
+    T, C, H, W, _ = frames.shape
+    if C != len(cameras) or (H, W) != (cameras.height, cameras.width):
+        raise ValueError(f"frames {frames.shape} do not match {len(cameras)} cameras of {cameras.width}x{cameras.height}")
+    view_names = list(cameras.names)
+    file_paths = [f"{IMAGES_DIR}/{v}" for v in view_names]
+    tf = cameras.to_transforms(file_paths)
+    tf["num_frames"] = int(T)
+    tf["frame_pattern"] = FRAME_PATTERN
+    atomic_write_json(traj / TRANSFORMS_FILE, tf)
+    for c, view in enumerate(view_names):
+        for t in range(T):
+            _write_png(traj / IMAGES_DIR / view / FRAME_PATTERN.format(t=t), frames[t, c])
+    mesh = {
+        "faces": _as_np(faces, np.int64),
+        "mesh_pos": _as_np(mesh_pos, np.float32),
+        "node_type": _as_np(node_type, np.int64).reshape(-1),
+        "verts0": _as_np(verts0, np.float32),
+    }
+    if handle_pos is not None:
+        mesh["handle_pos"] = _as_np(handle_pos, np.float32)
+    atomic_savez(traj / MESH_FILE, **mesh)
+    if gt_verts is not None:
+        atomic_savez(traj / GT_FILE, verts=_as_np(gt_verts, np.float32))
+    if physics is not None:
+        atomic_write_json(traj / PHYSICS_FILE, physics)
+    return traj
+
+
+def _png_size(path: Path) -> tuple[int, int, str]:
+    """(width, height, colour kind) from a PNG header without decoding the image."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(26)
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read image ({exc})") from exc
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        raise DatasetError(f"{path}: not a PNG file")
+    w, h = struct.unpack(">II", head[16:24])
+    colour = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}.get(head[25], "?")
+    return w, h, colour
+
+
+def _load_npz(path: Path, required: Iterable[str]) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception as exc:  # zipfile/ValueError on corrupt archives
+        raise DatasetError(f"{path}: unreadable npz ({type(exc).__name__}: {exc})") from exc
+    for key in required:
+        if key not in data:
+            raise DatasetError(f"{path}: missing array '{key}' (has {sorted(data)})")
+    return data
+
+
+def _check_finite(path: Path, key: str, arr: np.ndarray) -> None:
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise DatasetError(f"{path}: '{key}' contains {bad} NaN/inf values")
+
+
+class Trajectory:
+    """One validated trajectory folder; images load lazily.
+
+    Attributes:
+        cameras: the C views. num_frames: T. faces: (F, 3) int64. mesh_pos: (V, 2) float32.
+        node_type: (V,) int64. verts0: (V, 3) float32 first-frame vertices (world).
+        handle_pos: (T, P, 3) float32 prescribed HANDLE positions, or None.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.name = self.root.name
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: trajectory folder is missing")
+        tf_path = self.root / TRANSFORMS_FILE
+        if not tf_path.is_file():
+            raise DatasetError(f"{tf_path}: missing file (cameras)")
+        try:
+            tf = json.loads(tf_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{tf_path}: invalid JSON ({exc})") from exc
+        try:
+            self.cameras = Cameras.from_transforms(tf, source=str(tf_path))
+        except ValueError as exc:
+            raise DatasetError(str(exc)) from exc
+        if self.cameras.width != self.cameras.height:
+            raise DatasetError(f"{tf_path}: images must be square, cameras say {self.cameras.width}x{self.cameras.height}")
+        self._frame_pattern = str(tf.get("frame_pattern", FRAME_PATTERN))
+        self._view_dirs = [self.root / str(fr.get("file_path", f"{IMAGES_DIR}/{n}"))
+                           for fr, n in zip(tf["frames"], self.cameras.names)]
+        self.num_frames = self._validate_images()
+
+        mesh_path = self.root / MESH_FILE
+        mesh = _load_npz(mesh_path, ("faces", "mesh_pos", "node_type", "verts0"))
+        self.verts0 = torch.from_numpy(mesh["verts0"].astype(np.float32))
+        V = self.verts0.shape[0]
+        if self.verts0.shape != (V, 3):
+            raise DatasetError(f"{mesh_path}: verts0 must be (V, 3), got {tuple(self.verts0.shape)}")
+        _check_finite(mesh_path, "verts0", mesh["verts0"])
+        faces = mesh["faces"]
+        if faces.ndim != 2 or faces.shape[1] != 3 or not np.issubdtype(faces.dtype, np.integer):
+            raise DatasetError(f"{mesh_path}: faces must be (F, 3) integers, got {faces.shape} {faces.dtype}")
+        if faces.size and (faces.min() < 0 or faces.max() >= V):
+            raise DatasetError(f"{mesh_path}: faces index vertex {int(faces.max())} but there are only V={V} vertices")
+        self.faces = torch.from_numpy(faces.astype(np.int64))
+        mesh_pos = mesh["mesh_pos"]
+        if mesh_pos.shape != (V, 2):
+            raise DatasetError(f"{mesh_path}: mesh_pos must be (V, 2) = ({V}, 2), got {mesh_pos.shape}")
+        _check_finite(mesh_path, "mesh_pos", mesh_pos)
+        self.mesh_pos = torch.from_numpy(mesh_pos.astype(np.float32))
+        node_type = mesh["node_type"].reshape(-1)
+        if node_type.shape != (V,):
+            raise DatasetError(f"{mesh_path}: node_type must have V={V} entries, got {node_type.shape}")
+        if node_type.min() < 0 or node_type.max() >= int(NodeType.SIZE):
+            raise DatasetError(f"{mesh_path}: node_type values must be in [0, {int(NodeType.SIZE)})")
+        self.node_type = torch.from_numpy(node_type.astype(np.int64))
+        self.handle_pos: Tensor | None = None
+        if "handle_pos" in mesh:
+            hp = mesh["handle_pos"]
+            P = int((node_type == int(NodeType.HANDLE)).sum())
+            if hp.shape != (self.num_frames, P, 3):
+                raise DatasetError(f"{mesh_path}: handle_pos must be (T, P, 3) = ({self.num_frames}, {P}, 3), got {hp.shape}")
+            _check_finite(mesh_path, "handle_pos", hp)
+            self.handle_pos = torch.from_numpy(hp.astype(np.float32))
+        self._gt_path = self.root / GT_FILE
+
+    # ----- validation --------------------------------------------------------------------------------
+    def _frame_path(self, view: int, t: int) -> Path:
+        return self._view_dirs[view] / self._frame_pattern.format(t=t)
+
+    def _validate_images(self) -> int:
+        counts = []
+        for view_dir in self._view_dirs:
+            if not view_dir.is_dir():
+                raise DatasetError(f"{view_dir}: missing view folder (listed in {TRANSFORMS_FILE})")
+            counts.append(len(list(view_dir.glob("*.png"))))
+        if len(set(counts)) != 1:
+            detail = ", ".join(f"{d.name}={n}" for d, n in zip(self._view_dirs, counts))
+            raise DatasetError(f"{self.root}: views have different frame counts ({detail})")
+        T = counts[0]
+        if T == 0:
+            raise DatasetError(f"{self._view_dirs[0]}: no PNG frames")
+        for c in range(len(self._view_dirs)):
+            for t in (0, T - 1):
+                p = self._frame_path(c, t)
+                if not p.is_file():
+                    raise DatasetError(f"{p}: missing frame (expected names {self._frame_pattern})")
+                w, h, colour = _png_size(p)
+                if w != h:
+                    raise DatasetError(f"{p}: image is {w}x{h}, the format needs square images")
+                if (w, h) != (self.cameras.width, self.cameras.height):
+                    raise DatasetError(f"{p}: image is {w}x{h} but the cameras say "
+                                       f"{self.cameras.width}x{self.cameras.height}")
+                if colour != "RGBA":
+                    raise DatasetError(f"{p}: image is {colour}, the format needs RGBA")
+        return T
+
+    # ----- images ------------------------------------------------------------------------------------
+    def load_frame(self, t: int) -> np.ndarray:
+        """(C, H, W, 4) uint8 RGBA images of frame ``t`` from every view."""
+        if not 0 <= t < self.num_frames:
+            raise IndexError(f"{self.name}: frame {t} out of range [0, {self.num_frames})")
+        out = []
+        for c in range(len(self.cameras)):
+            p = self._frame_path(c, t)
+            try:
+                with Image.open(p) as im:
+                    arr = np.asarray(im.convert("RGBA"))
+            except (OSError, ValueError) as exc:
+                raise DatasetError(f"{p}: cannot decode PNG ({exc})") from exc
+            if arr.shape != (self.cameras.height, self.cameras.width, 4):
+                raise DatasetError(f"{p}: image is {arr.shape[1]}x{arr.shape[0]} but the cameras say "
+                                   f"{self.cameras.width}x{self.cameras.height}")
+            out.append(arr)
+        return np.stack(out)
+
+    def load_frames(self, ts: Sequence[int] | None = None) -> np.ndarray:
+        """(len(ts), C, H, W, 4) uint8 for frames ``ts`` (all frames when None)."""
+        ts = range(self.num_frames) if ts is None else ts
+        return np.stack([self.load_frame(int(t)) for t in ts])
+
+    def image_tensor(self, t: int, device: torch.device | str | None = None) -> Tensor:
+        """(C, H, W, 4) float32 RGBA in [0, 1] of frame ``t``."""
+        return torch.from_numpy(self.load_frame(t)).to(device=device, dtype=torch.float32) / 255.0
+
+    # ----- ground truth ------------------------------------------------------------------------------
+    @property
+    def has_gt(self) -> bool:
+        """True when ``gt.npz`` exists."""
+        return self._gt_path.is_file()
+
+    def load_gt_verts(self) -> Tensor:
+        """(T, V, 3) float32 ground-truth vertices (evaluation and supervised baselines only)."""
+        if not self.has_gt:
+            raise DatasetError(f"{self._gt_path}: no ground-truth meshes for trajectory '{self.name}'")
+        gt = _load_npz(self._gt_path, ("verts",))["verts"]
+        V = self.verts0.shape[0]
+        if gt.ndim != 3 or gt.shape[1:] != (V, 3):
+            raise DatasetError(f"{self._gt_path}: verts must be (T, V, 3) with V={V}, got {gt.shape}")
+        if gt.shape[0] != self.num_frames:
+            raise DatasetError(f"{self._gt_path}: has {gt.shape[0]} frames but the images have {self.num_frames}")
+        _check_finite(self._gt_path, "verts", gt)
+        return torch.from_numpy(gt.astype(np.float32))
+
+    def __repr__(self) -> str:
+        return (f"Trajectory({self.name!r}, frames={self.num_frames}, views={len(self.cameras)}, "
+                f"V={self.verts0.shape[0]}, F={self.faces.shape[0]})")
+
+
+class Dataset:
+    """A validated dataset folder: ``dataset.json`` plus one folder per trajectory named in its splits."""
+
+    def __init__(self, root: str | Path, info: DatasetInfo) -> None:
+        self.root = Path(root)
+        self.info = info
+        self._cache: dict[str, Trajectory] = {}
+
+    def names(self, split: str | None = None) -> list[str]:
+        """Trajectory names of ``split`` (all splits, in order and without repeats, when None)."""
+        if split is None:
+            seen: dict[str, None] = {}
+            for names in self.info.splits.values():
+                seen.update(dict.fromkeys(names))
+            return list(seen)
+        if split not in self.info.splits:
+            raise DatasetError(f"{self.root / DATASET_FILE}: no split '{split}' (has {sorted(self.info.splits)})")
+        return list(self.info.splits[split])
+
+    def trajectory(self, name: str) -> Trajectory:
+        """The validated trajectory ``name`` (cached)."""
+        if name not in self._cache:
+            if name not in self.names():
+                raise DatasetError(f"{self.root / DATASET_FILE}: no trajectory '{name}' in any split")
+            self._cache[name] = Trajectory(self.root / name)
+        return self._cache[name]
+
+    def __repr__(self) -> str:
+        sizes = {k: len(v) for k, v in self.info.splits.items()}
+        return f"Dataset({str(self.root)!r}, name={self.info.name!r}, splits={sizes})"
+
+
+def read_dataset_info(root: str | Path) -> DatasetInfo:
+    """Read and check ``root/dataset.json``."""
+    path = Path(root) / DATASET_FILE
+    if not Path(root).is_dir():
+        raise DatasetError(f"{root}: dataset folder does not exist (generate one with `clods-pl data generate`)")
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing file; is {root} a clods-pl dataset?")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: invalid JSON ({exc})") from exc
+    fmt, version = raw.get("format"), raw.get("version")
+    if fmt != FORMAT_NAME:
+        raise DatasetError(f"{path}: unknown format '{fmt}', expected '{FORMAT_NAME}'")
+    if version != FORMAT_VERSION:
+        raise DatasetError(f"{path}: unsupported format version {version}; this clods-pl reads version {FORMAT_VERSION}")
+    dt = raw.get("dt")
+    if not isinstance(dt, (int, float)) or not math.isfinite(dt) or dt <= 0:
+        raise DatasetError(f"{path}: 'dt' must be a positive number, got {dt!r}")
+    splits = raw.get("splits")
+    if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
+        raise DatasetError(f"{path}: 'splits' must map split names to lists of trajectory names")
+    return DatasetInfo(name=str(raw.get("name", Path(root).name)), dt=float(dt),
+                       splits={k: [str(n) for n in v] for k, v in splits.items()},
+                       format=fmt, version=int(version), extra=dict(raw.get("extra", {})))
+
+
+def read_dataset(root: str | Path, validate: bool = True) -> Dataset:
+    """Open a dataset; with ``validate`` every trajectory listed in the splits is checked now (cheap: headers,
+    shapes, counts), so bad input fails before any training starts."""
+    info = read_dataset_info(root)
+    ds = Dataset(root, info)
+    if validate:
+        for name in ds.names():
+            if not (ds.root / name).is_dir():
+                raise DatasetError(f"{ds.root / name}: trajectory listed in {DATASET_FILE} splits is missing")
+            ds.trajectory(name)
+    return ds
