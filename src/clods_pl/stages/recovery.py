@@ -409,15 +409,19 @@ def load_stage1(stage1_checkpoint: str, device: torch.device | str = "cpu") -> t
     return smgs, sha256_file(path)
 
 
+def _read_dataset(dataset_dir: str) -> Any:
+    from clods_pl.data.format import read_dataset
+
+    return read_dataset(dataset_dir)
+
+
 def recover_cli(dataset_dir: str, stage1_checkpoint: str, cache_dir: str, traj: str, frames: str | None = None,
                 holdout_views: Sequence[int] = (), overwrite: bool = False, device: str = "cpu",
                 **options: Any) -> MeshCache:
     """``clods-pl recover --traj NAME --frames A:B``: recover one trajectory; ``options`` are ``RecoveryConfig``
     fields (iterations, lr, gamma, ...). Prints one line per frame."""
-    from clods_pl.data.format import read_dataset
-
     config = RecoveryConfig(**options)
-    ds = read_dataset(dataset_dir)
+    ds = _read_dataset(dataset_dir)
     trajectory = ds.trajectory(traj)
     smgs, h = load_stage1(stage1_checkpoint, device)
 
@@ -446,12 +450,6 @@ class RecoveryItem:
 
 def _collate_items(items: list[RecoveryItem]) -> list[RecoveryItem]:
     return list(items)
-
-
-def _read_dataset(dataset_dir: str) -> Any:
-    from clods_pl.data.format import read_dataset
-
-    return read_dataset(dataset_dir)
 
 
 class RecoveryDataModule(L.LightningDataModule):
