@@ -1,0 +1,160 @@
+"""``clods-pl``: the command line of every stage (docs/pipeline.md).
+
+    clods-pl data generate --preset tiny --out data/tiny       synthetic multi-view cloth dataset
+    clods-pl data preview --dataset data/tiny --out sheet.png  contact sheet (views x frames)
+    clods-pl data import-mgn --tfrecord F --meta M --out D     DeepMind MeshGraphNets flag -> this format
+    clods-pl stage1|stage2|stage3 --config X.yaml [--config Y.yaml] [--run_dir R] [--model.k v ...]
+    clods-pl pipeline --config X.yaml [--run_dir R]            every stage that is out of date, eval, report
+    clods-pl eval --config X.yaml [--run_dir R]                rollout RMSE vs GT -> R/eval/metrics.json
+    clods-pl report --run_dir R                                R/report.md
+    clods-pl recover --config X.yaml --traj NAME --frames A:B  stage 2 by hand for one trajectory
+
+Stage commands are jsonargparse/LightningCLI-style: ``--print_config`` prints the resolved config, every typed
+``__init__`` argument of the stage classes is a config key (``stage1.model.*``, ``stage1.data.*``,
+``stage1.trainer.*``), and inside a stage command ``--model.x`` is short for ``--stageN.model.x``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from clods_pl.errors import ClodsError
+
+EXPERIMENT_COMMANDS = ("stage1", "stage2", "stage3", "pipeline", "eval")
+COMMANDS = ("data", *EXPERIMENT_COMMANDS, "report", "recover")
+
+
+def _usage() -> str:
+    return (__doc__ or "").strip()
+
+
+def _data_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="clods-pl data", description="dataset tools")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    gen = sub.add_parser("generate", help="generate the synthetic multi-view cloth benchmark")
+    gen.add_argument("--preset", default=None, help="tiny | small | paper (experiments/data/<preset>.yaml)")
+    gen.add_argument("--config", default=None, help="a generator YAML instead of a preset")
+    gen.add_argument("--out", required=True, help="output dataset folder")
+    gen.add_argument("--seed", type=int, default=None, help="override the preset's seed")
+    prev = sub.add_parser("preview", help="write a contact sheet PNG (views x frames)")
+    prev.add_argument("--dataset", required=True)
+    prev.add_argument("--out", required=True)
+    prev.add_argument("--traj", default=None)
+    prev.add_argument("--max_frames", type=int, default=8)
+    imp = sub.add_parser("import-mgn", help="import DeepMind MeshGraphNets flag TFRecords (no TensorFlow)")
+    imp.add_argument("--tfrecord", required=True)
+    imp.add_argument("--meta", required=True)
+    imp.add_argument("--out", required=True)
+    imp.add_argument("--num_trajectories", type=int, default=None)
+    imp.add_argument("--max_frames", type=int, default=None)
+    imp.add_argument("--frame_stride", type=int, default=1)
+    args = parser.parse_args(list(argv))
+    if args.cmd == "generate":
+        from clods_pl.data.generate import generate_dataset  # noqa: PLC0415
+
+        if (args.preset is None) == (args.config is None):
+            parser.error("give exactly one of --preset or --config")
+        generate_dataset(args.preset or args.config, args.out, seed=args.seed)
+        print(f"[clods-pl] dataset written to {args.out}")
+    elif args.cmd == "preview":
+        from clods_pl.data.preview import write_contact_sheet  # noqa: PLC0415
+
+        out = write_contact_sheet(args.dataset, args.out, traj=args.traj, max_frames=args.max_frames)
+        print(f"[clods-pl] preview written to {out}")
+    else:
+        from clods_pl.data.mgn_import import import_mgn_flag  # noqa: PLC0415
+
+        import_mgn_flag(args.tfrecord, args.meta, args.out, num_trajectories=args.num_trajectories,
+                        frame_stride=args.frame_stride, max_frames=args.max_frames)
+        print(f"[clods-pl] imported into {args.out}")
+    return 0
+
+
+def _report_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="clods-pl report", description="write <run_dir>/report.md")
+    parser.add_argument("--run_dir", required=True)
+    parser.add_argument("--config", action="append", default=[], help="accepted and ignored (Makefile symmetry)")
+    args = parser.parse_args(list(argv))
+    from clods_pl.report import build_report  # noqa: PLC0415
+
+    if not Path(args.run_dir).is_dir():
+        raise ClodsError(f"run directory {args.run_dir} does not exist; run `clods-pl pipeline` first")
+    print(f"[clods-pl] report written to {build_report(args.run_dir)}")
+    return 0
+
+
+def _experiment_command(command: str, argv: Sequence[str]) -> int:
+    from clods_pl.pipeline.experiment import build_parser, rewrite_stage_overrides  # noqa: PLC0415
+    from clods_pl.pipeline.runner import StageRunner  # noqa: PLC0415
+
+    parser, unavailable = build_parser(prog=f"clods-pl {command}")
+    if command == "pipeline":
+        parser.add_argument("--force", type=bool, default=False, help="rerun every stage")
+    if command.startswith("stage"):
+        argv = rewrite_stage_overrides(command, argv)
+    cfg = parser.parse_args(list(argv))
+    runner = StageRunner(parser, cfg, unavailable)
+    if command == "pipeline":
+        runner.pipeline(force=bool(cfg.get("force")))
+        _report_command(["--run_dir", str(runner.run_dir)])
+    else:
+        runner.run(command)
+    return 0
+
+
+def _recover_command(argv: Sequence[str]) -> int:
+    from clods_pl.pipeline.experiment import build_parser  # noqa: PLC0415
+    from clods_pl.pipeline.runner import MESH_CACHE_DIR, StageRunner, dataset_of  # noqa: PLC0415
+
+    parser, unavailable = build_parser(prog="clods-pl recover", stages=("stage2",))
+    parser.add_argument("--traj", type=str, required=True, help="trajectory name")
+    parser.add_argument("--frames", type=str | None, default=None, help="A:B frame range (default: all)")
+    cfg = parser.parse_args(list(argv))
+    runner = StageRunner(parser, cfg, unavailable)
+    runner.consumed("stage2")
+    rec = runner.manifest.stage("stage1") or {}
+    ckpt = runner.manifest.abspath(rec["outputs"]["checkpoint"]["path"])
+    from clods_pl.pipeline.experiment import section  # noqa: PLC0415
+    from clods_pl.stages.recovery import recover_cli  # noqa: PLC0415
+
+    options = section(cfg, "stage2.model")
+    options.pop("stage1_checkpoint", None)
+    options.pop("cache_dir", None)
+    recover_cli(dataset_of(cfg), str(ckpt), str(runner.run_dir / "stage2" / MESH_CACHE_DIR), cfg.traj, cfg.frames,
+                **options)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``clods-pl``; user-fixable errors print one line and exit with status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"clods-pl: error: unknown command '{command}'; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        if command == "data":
+            return _data_command(rest)
+        if command == "report":
+            return _report_command(rest)
+        if command == "recover":
+            return _recover_command(rest)
+        return _experiment_command(command, rest)
+    except ClodsError as exc:
+        print(f"clods-pl {command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # jsonargparse parse errors
+        if type(exc).__name__ in ("ArgumentError", "ParserError"):
+            print(f"clods-pl {command}: error: {exc}".splitlines()[0], file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

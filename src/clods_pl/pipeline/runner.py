@@ -1,0 +1,264 @@
+"""Run one stage inside a run directory: check its inputs in the manifest, build the Lightning objects, run, record.
+
+Stage hand-off (docs/pipeline.md):
+  stage1 (fit)     -> ``<run>/stage1/smgs.ckpt``
+  stage2 (predict) <- stage1 checkpoint; -> ``<run>/stage2/meshes/<traj>.npz``
+  stage3 (fit)     <- stage2 mesh caches (sources ``recovered``/``mixed:N``); -> ``<run>/stage3/<source>.ckpt``
+  eval             <- stage3 checkpoints; -> ``<run>/eval/metrics.json`` (+ table, plot, videos)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from jsonargparse import ArgumentParser, Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+
+from clods_pl.errors import BackendUnavailableError, ClodsError, ManifestError
+from clods_pl.pipeline.experiment import (EVAL_FUNCTION, EVAL_NAME, STAGE_NAMES, STAGES, import_object,
+                                          result_config, section)
+from clods_pl.pipeline.manifest import Manifest
+from clods_pl.utils.files import atomic_write_text
+
+STAGE1_CKPT = "smgs.ckpt"
+MESH_CACHE_DIR = "meshes"
+CHECKPOINTS_DIR = "checkpoints"
+LOGS_DIR = "logs"
+EVAL_METRICS = "metrics.json"
+RECOVERED_SOURCES = ("recovered", "mixed")
+CUDA_BACKENDS = {"gsplat": ("gsplat", "pip install gsplat==1.5.3"),
+                 "inria": ("diff_gaussian_rasterization",
+                           "build graphdeco-inria/diff-gaussian-rasterization yourself (non-commercial licence)")}
+UPSTREAM = {"stage1": (), "stage2": ("stage1",), "stage3": ("stage2",), EVAL_NAME: ("stage3",)}
+
+
+def safe_name(source: str) -> str:
+    """A file-name-safe form of a stage-3 source (``gt:5`` -> ``gt-5``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", source)
+
+
+def run_dir_of(cfg: Namespace) -> Path:
+    """The run directory: ``--run_dir``, or ``runs/<first config's stem>``."""
+    if cfg.get("run_dir"):
+        return Path(cfg.run_dir)
+    configs = cfg.get("config") or []
+    stem = Path(str(configs[0])).stem if configs else "default"
+    return Path("runs") / stem
+
+
+def dataset_of(cfg: Namespace) -> str:
+    """The dataset folder named by the config, checked to exist."""
+    ds = cfg.get("dataset")
+    if not ds:
+        raise ClodsError("no dataset: set `dataset: <folder>` in the experiment YAML or pass --dataset")
+    if not Path(ds).is_dir():
+        raise ClodsError(f"dataset folder {ds} does not exist; generate it with "
+                         f"`clods-pl data generate --preset tiny --out {ds}` (or `make data`)")
+    return str(ds)
+
+
+def check_backends(cfg: Namespace, stage: str) -> None:
+    """Fail fast when a stage's config names a CUDA rasterizer that is not installed or has no GPU."""
+    from clods_pl.pipeline.manifest import flatten  # noqa: PLC0415
+
+    for key, value in flatten(section(cfg, stage)).items():
+        if not key.endswith("backend") or value not in CUDA_BACKENDS:
+            continue
+        module, fix = CUDA_BACKENDS[value]
+        try:
+            __import__(module)
+        except ImportError:
+            raise BackendUnavailableError(f"{stage}.{key}={value} is not installed ({fix}); "
+                                          f"use {stage}.{key}=torch on the CPU") from None
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError(f"{stage}.{key}={value} needs a CUDA GPU and none is visible; "
+                                          f"use {stage}.{key}=torch on the CPU")
+
+
+class StageRunner:
+    """Runs stages of one experiment config in one run directory."""
+
+    def __init__(self, parser: ArgumentParser, cfg: Namespace, unavailable: dict[str, str]) -> None:
+        self.parser, self.cfg, self.unavailable = parser, cfg, unavailable
+        self.run_dir = run_dir_of(cfg)
+        self.manifest = Manifest(self.run_dir)
+
+    # ----- inputs ------------------------------------------------------------------------------------
+    def stage3_sources(self) -> list[str]:
+        """Sources stage 3 trains, in order."""
+        sources = self.cfg.get("stage3.sources")
+        return list(sources) if sources else [str(section(self.cfg, "stage3.data").get("source", "recovered"))]
+
+    def upstream(self, stage: str) -> tuple[str, ...]:
+        """Stages whose outputs ``stage`` consumes (stage 3 needs stage 2 only for recovered/mixed sources)."""
+        if stage == "stage3" and not any(s.split(":")[0] in RECOVERED_SOURCES for s in self.stage3_sources()):
+            return ()
+        return UPSTREAM[stage]
+
+    def stage_config(self, stage: str) -> dict[str, Any]:
+        """Flat settings of ``stage`` plus those of every stage upstream (a change anywhere makes it stale)."""
+        flat = result_config(self.cfg, stage)
+        if stage == "stage3":
+            flat["stage3.sources"] = self.stage3_sources()
+        for up in self.upstream(stage):
+            flat.update(self.stage_config(up))
+        return flat
+
+    def consumed(self, stage: str) -> dict[str, str]:
+        """Verified output hashes of the upstream stages, refusing missing, stale or corrupt inputs."""
+        out: dict[str, str] = {}
+        for up in self.upstream(stage):
+            reason = self.manifest.staleness(up, self.stage_config(up), self.consumed_quiet(up))
+            if reason is not None:
+                raise ManifestError(f"{stage} cannot run in {self.run_dir}: its input {up} is out of date ({reason}); "
+                                    f"run `clods-pl pipeline` or rerun {up} first")
+            out.update(self.manifest.verified_outputs(up))
+        return out
+
+    def consumed_quiet(self, stage: str) -> dict[str, str]:
+        """Like :meth:`consumed` but returns what is there without raising (for staleness reports)."""
+        out: dict[str, str] = {}
+        for up in self.upstream(stage):
+            try:
+                out.update(self.manifest.verified_outputs(up))
+            except ManifestError:
+                out[f"{up}:missing"] = ""
+        return out
+
+    def staleness(self, stage: str) -> str | None:
+        """Why ``stage`` must run (None when up to date)."""
+        return self.manifest.staleness(stage, self.stage_config(stage), self.consumed_quiet(stage))
+
+    # ----- Lightning objects -------------------------------------------------------------------------
+    def _instantiate(self, stage: str, role: str, injected: dict[str, Any]) -> Any:
+        spec = STAGES[stage]
+        cls = import_object(spec.module if role == "model" else spec.datamodule)
+        kwargs = section(self.cfg, f"{stage}.{role}")
+        kwargs.update(injected)
+        return cls(**kwargs)
+
+    def _trainer(self, stage: str, stage_dir: Path, name: str, fit: bool) -> L.Trainer:
+        from clods_pl.pipeline.loggers import build_loggers  # noqa: PLC0415
+
+        kwargs = section(self.cfg, f"{stage}.trainer")
+        wandb = section(self.cfg, "wandb")
+        loggers = build_loggers(self.cfg.get("logger", "csv"), save_dir=stage_dir / LOGS_DIR, name=name,
+                                project=wandb.get("project", "clods-pl"), entity=wandb.get("entity"),
+                                offline=wandb.get("offline"), tags=wandb.get("tags") or None)
+        callbacks = [ModelCheckpoint(dirpath=stage_dir / CHECKPOINTS_DIR, save_last=True)] if fit else []
+        if not fit:
+            kwargs["enable_checkpointing"] = False
+        return L.Trainer(**kwargs, logger=loggers, callbacks=callbacks, default_root_dir=str(stage_dir))
+
+    def _save_config(self, stage: str) -> None:
+        if rank_zero_only.rank == 0:
+            text = self.parser.dump(self.cfg, skip_check=True)
+            atomic_write_text(self.run_dir / stage / "config.yaml", text)
+
+    def _resume_ckpt(self, ckpt_dir: Path, stage: str) -> str | None:
+        last = ckpt_dir / "last.ckpt"
+        rec = self.manifest.stage(stage) or {}
+        if last.is_file() and rec.get("status") == "running" and rec.get("config_hash"):
+            from clods_pl.utils.files import sha256_json  # noqa: PLC0415
+
+            if rec["config_hash"] == sha256_json(self.stage_config(stage)):
+                print(f"[clods-pl] {stage}: resuming from {last}")
+                return str(last)
+        return None
+
+    # ----- stages ------------------------------------------------------------------------------------
+    def run(self, stage: str) -> None:
+        """Run ``stage`` (stage1/stage2/stage3/eval) and record it in the manifest."""
+        if stage in self.unavailable:
+            raise ClodsError(f"{stage} is not available in this installation: {self.unavailable[stage]}")
+        dataset = dataset_of(self.cfg)
+        if stage != EVAL_NAME:
+            check_backends(self.cfg, stage)
+        consumed = self.consumed(stage)
+        config = self.stage_config(stage)
+        resume_from = None
+        stage_dir = self.run_dir / stage
+        if stage != EVAL_NAME and STAGES[stage].run_mode == "fit" and stage != "stage3":
+            resume_from = self._resume_ckpt(stage_dir / CHECKPOINTS_DIR, stage)
+        is_rank0 = rank_zero_only.rank == 0
+        if is_rank0:
+            self.manifest.start_stage(stage, config, consumed)
+        self._save_config(stage)
+        L.seed_everything(int(self.cfg.get("seed_everything", 0)), workers=True, verbose=False)
+        try:
+            outputs = getattr(self, f"_run_{stage}")(dataset, stage_dir, resume_from)
+        except BaseException as exc:
+            if is_rank0:
+                self.manifest.fail_stage(stage, f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+            raise
+        if outputs is None:  # a shard of stage 2: the finalize run records the stage
+            return
+        if rank_zero_only.rank == 0:
+            self.manifest.finish_stage(stage, outputs)
+            print(f"[clods-pl] {stage} done -> {stage_dir}")
+
+    def _run_stage1(self, dataset: str, stage_dir: Path, resume_from: str | None) -> dict[str, Path]:
+        model = self._instantiate("stage1", "model", {})
+        data = self._instantiate("stage1", "data", {"dataset_dir": dataset})
+        trainer = self._trainer("stage1", stage_dir, "stage1", fit=True)
+        trainer.fit(model, datamodule=data, ckpt_path=resume_from)
+        ckpt = stage_dir / STAGE1_CKPT
+        trainer.save_checkpoint(ckpt)
+        return {"checkpoint": ckpt}
+
+    def _run_stage2(self, dataset: str, stage_dir: Path, resume_from: str | None) -> dict[str, Path] | None:
+        rec = self.manifest.stage("stage1") or {}
+        ckpt = self.manifest.abspath(rec.get("outputs", {}).get("checkpoint", {}).get("path", ""))
+        cache_dir = stage_dir / MESH_CACHE_DIR
+        model = self._instantiate("stage2", "model", {"stage1_checkpoint": str(ckpt), "cache_dir": str(cache_dir)})
+        data = self._instantiate("stage2", "data", {"dataset_dir": dataset})
+        trainer = self._trainer("stage2", stage_dir, "stage2", fit=False)
+        trainer.predict(model, datamodule=data, return_predictions=False)
+        if section(self.cfg, "stage2.data").get("trajectories") is not None:
+            print("[clods-pl] stage2: recovered a shard (data.trajectories); run stage2 without it to finish")
+            return None
+        names = [item.name for item in data.items]
+        return {f"mesh:{n}": cache_dir / f"{n}.npz" for n in names}
+
+    def _run_stage3(self, dataset: str, stage_dir: Path, resume_from: str | None) -> dict[str, Path]:
+        outputs: dict[str, Path] = {}
+        cache_dir = self.run_dir / "stage2" / MESH_CACHE_DIR
+        for source in self.stage3_sources():
+            sub = stage_dir / safe_name(source)
+            model = self._instantiate("stage3", "model", {})
+            data = self._instantiate("stage3", "data", {"dataset_dir": dataset, "mesh_cache_dir": str(cache_dir),
+                                                         "source": source})
+            trainer = self._trainer("stage3", sub, f"stage3-{safe_name(source)}", fit=True)
+            trainer.fit(model, datamodule=data)
+            ckpt = stage_dir / f"{safe_name(source)}.ckpt"
+            trainer.save_checkpoint(ckpt)
+            outputs[f"checkpoint:{source}"] = ckpt
+        return outputs
+
+    def _run_eval(self, dataset: str, stage_dir: Path, resume_from: str | None) -> dict[str, Path]:
+        rec = self.manifest.stage("stage3") or {}
+        checkpoints = {key.split(":", 1)[1]: str(self.manifest.abspath(entry["path"]))
+                       for key, entry in rec.get("outputs", {}).items() if key.startswith("checkpoint:")}
+        if not checkpoints:
+            raise ManifestError(f"stage3 recorded no checkpoints in {self.manifest.path}; rerun `clods-pl stage3`")
+        run_eval = import_object(EVAL_FUNCTION)
+        run_eval(dataset_dir=dataset, checkpoints=checkpoints, out_dir=str(stage_dir), **section(self.cfg, EVAL_NAME))
+        return {"metrics": stage_dir / EVAL_METRICS}
+
+    def pipeline(self, force: bool = False) -> list[str]:
+        """Run every stage that is out of date, in order; returns the stages that ran."""
+        ran = []
+        for stage in (*STAGE_NAMES, EVAL_NAME):
+            reason = "forced" if force else self.staleness(stage)
+            if reason is None:
+                print(f"[clods-pl] {stage} is up to date")
+                continue
+            print(f"[clods-pl] running {stage}: {reason}")
+            self.run(stage)
+            ran.append(stage)
+        return ran
