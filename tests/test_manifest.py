@@ -1,0 +1,89 @@
+"""Run-directory manifest: hashes, staleness with the changed setting named, corruption, concurrent writers."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+
+from clods_pl.errors import ManifestError
+from clods_pl.pipeline.manifest import Manifest, config_changes, flatten
+
+
+def _done(m: Manifest, stage: str, cfg: dict, out: Path, consumed: dict | None = None) -> None:
+    m.start_stage(stage, cfg, consumed or {})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("weights")
+    m.finish_stage(stage, {"checkpoint": out})
+
+
+def test_round_trip_and_verified_hashes(tmp_path: Path) -> None:
+    m = Manifest(tmp_path)
+    _done(m, "stage1", {"stage1.model.k": 2}, tmp_path / "stage1" / "smgs.ckpt")
+    rec = m.stage("stage1")
+    assert rec["status"] == "done" and rec["outputs"]["checkpoint"]["path"] == "stage1/smgs.ckpt"
+    hashes = m.verified_outputs("stage1")
+    assert list(hashes) == ["stage1:checkpoint"] and len(hashes["stage1:checkpoint"]) == 64
+    assert m.staleness("stage1", {"stage1.model.k": 2}, {}) is None
+
+
+def test_staleness_names_the_changed_setting(tmp_path: Path) -> None:
+    m = Manifest(tmp_path)
+    _done(m, "stage1", {"stage1.model.opacity_mode": "dual"}, tmp_path / "a.ckpt")
+    reason = m.staleness("stage1", {"stage1.model.opacity_mode": "static"}, {})
+    assert reason == "stage1.model.opacity_mode changed from 'dual' to 'static' since stage1 ran"
+    assert "input stage1:checkpoint changed" in m.staleness("stage1", {"stage1.model.opacity_mode": "dual"},
+                                                             {"stage1:checkpoint": "x"})
+
+
+def test_corrupt_output_and_manifest_are_refused(tmp_path: Path) -> None:
+    m = Manifest(tmp_path)
+    ckpt = tmp_path / "stage1" / "smgs.ckpt"
+    _done(m, "stage1", {}, ckpt)
+    ckpt.write_text("tampered")
+    with pytest.raises(ManifestError, match="does not match its checksum"):
+        m.verified_outputs("stage1")
+    ckpt.unlink()
+    with pytest.raises(ManifestError, match="is missing"):
+        m.verified_outputs("stage1")
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="is corrupt"):
+        m.read()
+
+
+def test_unfinished_stage_is_refused(tmp_path: Path) -> None:
+    m = Manifest(tmp_path)
+    with pytest.raises(ManifestError, match="stage2 never ran"):
+        m.verified_outputs("stage2")
+    m.start_stage("stage2", {}, {})
+    with pytest.raises(ManifestError, match="is 'running'"):
+        m.verified_outputs("stage2")
+
+
+def test_flatten_and_changes() -> None:
+    flat = flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None})
+    assert flat == {"a.b": 1, "a.c.d": [1, 2], "e": None}
+    assert config_changes({"x": 1, "y": 2}, {"x": 1, "z": 3}) == ["y was removed (was 2)", "z was added (3)"]
+
+
+def _writer(run_dir: str, worker: int, n: int) -> None:
+    m = Manifest(run_dir)
+    for i in range(n):
+        def _fn(rec: dict, i: int = i) -> None:
+            rec[f"w{worker}_{i}"] = i
+        m.update_stage("stress", _fn)
+
+
+def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, 25)) for w in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    rec = data["stages"]["stress"]
+    assert len(rec) == 75 and all(rec[f"w{w}_{i}"] == i for w in range(3) for i in range(25))

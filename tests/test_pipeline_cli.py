@@ -1,0 +1,101 @@
+"""The clods-pl orchestrator end to end on stand-in stages: hand-off, skipping, staleness, errors, overrides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clods_pl.pipeline import experiment, runner
+from clods_pl.pipeline.cli import main
+from clods_pl.pipeline.experiment import StageSpec
+
+DUMMY = "dummy_stages"
+
+
+@pytest.fixture
+def dummy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
+    stages = {
+        "stage1": StageSpec("stage1", f"{DUMMY}:FitModule", f"{DUMMY}:FitData", "fit", (), ("dataset_dir",)),
+        "stage2": StageSpec("stage2", f"{DUMMY}:PredictModule", f"{DUMMY}:PredictData", "predict",
+                            ("stage1_checkpoint", "cache_dir"), ("dataset_dir",)),
+        "stage3": StageSpec("stage3", f"{DUMMY}:FitModule", f"{DUMMY}:FitData", "fit", (),
+                            ("dataset_dir", "mesh_cache_dir")),
+    }
+    monkeypatch.setattr(experiment, "STAGES", stages)
+    monkeypatch.setattr(runner, "STAGES", stages)
+    monkeypatch.setattr(experiment, "EVAL_FUNCTION", f"{DUMMY}:run_evaluation")
+    monkeypatch.setattr(runner, "EVAL_FUNCTION", f"{DUMMY}:run_evaluation")
+    (tmp_path / "ds").mkdir()
+    cfg = tmp_path / "exp.yaml"
+    trainer = {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
+               "enable_model_summary": False}
+    cfg.write_text(yaml.safe_dump({
+        "dataset": str(tmp_path / "ds"), "run_dir": str(tmp_path / "run"),
+        "stage1": {"model": {"lr": 0.1}, "trainer": trainer},
+        "stage2": {"model": {"scale": 2.0}, "trainer": {"accelerator": "cpu", "devices": 1}},
+        "stage3": {"model": {"lr": 0.05}, "data": {"source": "recovered"}, "trainer": trainer,
+                   "sources": ["recovered", "gt:1"]},
+        "eval": {"splits": ["test"]},
+    }))
+    return {"cfg": str(cfg), "run": tmp_path / "run"}
+
+
+def _manifest(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text())
+
+
+def test_stage_by_stage_hand_off(dummy: dict, capsys: pytest.CaptureFixture) -> None:
+    cfg, run = dummy["cfg"], dummy["run"]
+    assert main(["stage2", "--config", cfg]) == 2
+    assert "stage1 never ran" in capsys.readouterr().err
+    assert main(["stage1", "--config", cfg]) == 0
+    assert (run / "stage1" / "smgs.ckpt").is_file() and (run / "stage1" / "config.yaml").is_file()
+    assert main(["stage2", "--config", cfg]) == 0
+    m = _manifest(run)
+    assert set(m["stages"]["stage2"]["outputs"]) == {"mesh:traj_a", "mesh:traj_b"}
+    assert "stage1:checkpoint" in m["stages"]["stage2"]["consumed"]
+    assert main(["stage3", "--config", cfg]) == 0
+    assert (run / "stage3" / "recovered.ckpt").is_file() and (run / "stage3" / "gt-1.ckpt").is_file()
+    assert main(["eval", "--config", cfg]) == 0
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["methods"] == {"recovered": {"checkpoint_exists": True}, "gt:1": {"checkpoint_exists": True}}
+
+
+def test_pipeline_skips_up_to_date_and_names_changed_setting(dummy: dict, capsys: pytest.CaptureFixture) -> None:
+    cfg, run = dummy["cfg"], dummy["run"]
+    assert main(["pipeline", "--config", cfg]) == 0
+    first = _manifest(run)
+    assert all(first["stages"][s]["status"] == "done" for s in ("stage1", "stage2", "stage3", "eval"))
+    assert (run / "report.md").is_file()
+    capsys.readouterr()
+    assert main(["pipeline", "--config", cfg]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{s} is up to date" in out for s in ("stage1", "stage2", "stage3", "eval"))
+    assert _manifest(run)["stages"]["stage1"]["finished"] == first["stages"]["stage1"]["finished"]
+    # change a stage-1 setting: stage 3 alone is refused, naming the setting; the pipeline reruns everything
+    assert main(["stage3", "--config", cfg, "--stage1.model.lr", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "stage1.model.lr changed from 0.1 to 0.2" in err and "clods-pl pipeline" in err
+    assert main(["pipeline", "--config", cfg, "--stage1.model.lr", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "running stage1: stage1.model.lr changed from 0.1 to 0.2" in out and "running stage3" in out
+
+
+def test_overrides_short_form_and_print_config(dummy: dict, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["stage2", "--config", dummy["cfg"], "--model.scale", "3.5", "--print_config"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "scale: 3.5" in out and "stage1_checkpoint" not in out
+
+
+def test_clear_errors(dummy: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["stage1", "--config", dummy["cfg"], "--dataset", str(tmp_path / "missing")]) == 2
+    assert "does not exist; generate it" in capsys.readouterr().err
+    assert main(["bogus"]) == 2
+    assert "unknown command 'bogus'" in capsys.readouterr().err
+    assert main(["stage1", "--config", dummy["cfg"], "--model.no_such_key", "1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
