@@ -130,13 +130,16 @@ def test_recover_cli_recovers_one_trajectory_window(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(recovery, "_read_dataset", lambda d: DATASET)
     monkeypatch.setattr(recovery, "load_stage1", lambda ckpt, device="cpu": (DATASET.trajs["a"].renderer, "cli-hash"))
     cache_dir = tmp_path / "stage2" / "meshes"
-    cache = recovery.recover_cli("toy", "s1.ckpt", str(cache_dir), "c", frames="1:3", **OPTS)
+    cache = recovery.recover_cli("toy", "s1.ckpt", str(cache_dir), "c", frames="1:3", log_every_n_frames=2,
+                                 background=[1.0, 1.0, 1.0], **OPTS)
     assert cache.frames_done == 3 and MeshCache.load(cache_dir / "c.npz").stage1_hash == "cli-hash"
     out = capsys.readouterr().out
     assert "c frame 1/2" in out and "c frame 2/2" in out and "rmse" in out
     assert (tmp_path / "stage2" / "plots" / "c_rmse.png").exists()
     with pytest.raises(RecoveryConfigError, match="model.lr"):
         recovery.recover_cli("toy", "s1.ckpt", str(cache_dir), "c", lr=-1.0)
+    with pytest.raises(RecoveryConfigError, match="unknown stage-2 model settings"):
+        recovery.recover_cli("toy", "s1.ckpt", str(cache_dir), "c", lrr=1.0)
 
 
 def test_missing_stage1_checkpoint_is_a_clear_error(tmp_path) -> None:

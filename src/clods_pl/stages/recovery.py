@@ -40,6 +40,7 @@ from clods_pl.utils.files import sha256_file
 RUN_MODE = "predict"
 DEFAULT_SPLITS = ("train", "val", "test_viewed", "test_unviewed")
 PLOTS_DIRNAME = "plots"
+CLI_IGNORED_OPTIONS = ("log_every_n_frames",)
 
 
 class RecoveryConfigError(ClodsError):
@@ -418,9 +419,14 @@ def _read_dataset(dataset_dir: str) -> Any:
 def recover_cli(dataset_dir: str, stage1_checkpoint: str, cache_dir: str, traj: str, frames: str | None = None,
                 holdout_views: Sequence[int] = (), overwrite: bool = False, device: str = "cpu",
                 **options: Any) -> MeshCache:
-    """``clods-pl recover --traj NAME --frames A:B``: recover one trajectory; ``options`` are ``RecoveryConfig``
-    fields (iterations, lr, gamma, ...). Prints one line per frame."""
-    config = RecoveryConfig(**options)
+    """``clods-pl recover --traj NAME --frames A:B``: recover one trajectory; ``options`` are the stage-2 model
+    settings (``RecoveryConfig`` fields: iterations, lr, gamma, ...; ``log_every_n_frames`` is accepted and
+    ignored). Prints one line per frame."""
+    fields = set(RecoveryConfig.__dataclass_fields__)
+    unknown = sorted(k for k in options if k not in fields and k not in CLI_IGNORED_OPTIONS)
+    if unknown:
+        raise RecoveryConfigError(f"unknown stage-2 model settings {unknown}; valid: {sorted(fields)}")
+    config = RecoveryConfig(**{k: (tuple(v) if k == "background" else v) for k, v in options.items() if k in fields})
     ds = _read_dataset(dataset_dir)
     trajectory = ds.trajectory(traj)
     smgs, h = load_stage1(stage1_checkpoint, device)
