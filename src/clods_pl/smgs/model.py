@@ -1,0 +1,131 @@
+"""Spatial Mapping Gaussian Splatting (SMGS): Gaussians anchored to the triangles of a mesh.
+
+Gaussian k of face f sits at ``sum_i beta_fki X_fi`` (fixed barycentric weights), is rotated into the face's
+orthonormal frame (optionally turned in-plane by a learned angle), scaled from the face's edge lengths (learned
+log multipliers; ``normal_eps`` along the normal), coloured by learned SH coefficients, and gets its opacity from
+:class:`~clods_pl.smgs.opacity.OpacityField`. Appearance is learned once on the first frame (stage 1); stage 2
+moves the vertices and keeps the appearance frozen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from clods_pl.geometry import Cameras
+from clods_pl.smgs.anchoring import anchor_gaussians, barycentric_weights
+from clods_pl.smgs.color import eval_sh, num_sh_coeffs, rgb_to_sh0
+from clods_pl.smgs.opacity import OpacityField
+
+
+@dataclass
+class Gaussians:
+    """N Gaussians. means (N, 3) world; quats (N, 4) wxyz; scales (N, 3); opacities (N,) in (0, 1);
+    colors (N, 3) or (C, N, 3) RGB; sh (N, M, 3) the SH coefficients the colours came from."""
+
+    means: Tensor
+    quats: Tensor
+    scales: Tensor
+    opacities: Tensor
+    colors: Tensor
+    sh: Tensor
+
+    def __len__(self) -> int:
+        return self.means.shape[0]
+
+
+class SMGS(nn.Module):
+    """Mesh-anchored Gaussians with learned appearance.
+
+    Args:
+        faces: (F, 3) int64. mesh_pos: (V, 2) rest-state material coordinates. verts0: (V, 3) first-frame world
+            positions (sets the normalisation of the opacity field's world encoding).
+        gaussians_per_face: K. sampling: ``uniform`` | ``random`` barycentric weights. opacity_mode: static |
+        world | mesh | dual. sh_degree: 0..3. pe_frequencies, mlp_hidden, mlp_layers: opacity MLP.
+        normal_eps: Gaussian scale along the face normal (world units). learn_inplane_rotation: learn an angle per
+        Gaussian. init_color: starting RGB. init_opacity: starting opacity. seed: for ``random`` sampling.
+    """
+
+    def __init__(self, faces: Tensor, mesh_pos: Tensor, verts0: Tensor, gaussians_per_face: int = 2,
+                 sampling: str = "uniform", opacity_mode: str = "dual", sh_degree: int = 0, pe_frequencies: int = 4,
+                 mlp_hidden: int = 64, mlp_layers: int = 2, normal_eps: float = 1e-4,
+                 learn_inplane_rotation: bool = False, init_color: tuple[float, float, float] = (0.5, 0.5, 0.5),
+                 init_opacity: float = 0.5, seed: int = 0) -> None:
+        super().__init__()
+        faces = torch.as_tensor(faces, dtype=torch.int64)
+        mesh_pos = torch.as_tensor(mesh_pos, dtype=torch.float32)
+        verts0 = torch.as_tensor(verts0, dtype=torch.float32)
+        F, K = faces.shape[0], gaussians_per_face
+        self.options: dict[str, Any] = dict(gaussians_per_face=K, sampling=sampling, opacity_mode=opacity_mode,
+                                            sh_degree=sh_degree, pe_frequencies=pe_frequencies,
+                                            mlp_hidden=mlp_hidden, mlp_layers=mlp_layers, normal_eps=normal_eps,
+                                            learn_inplane_rotation=learn_inplane_rotation,
+                                            init_color=tuple(init_color), init_opacity=init_opacity, seed=seed)
+        self.normal_eps, self.sh_degree = float(normal_eps), int(sh_degree)
+        self.register_buffer("faces", faces)
+        self.register_buffer("mesh_pos", mesh_pos)
+        self.register_buffer("verts0", verts0)
+        beta = barycentric_weights(F, K, sampling, seed)
+        self.register_buffer("beta", beta)
+        self.register_buffer("mu_mesh", torch.einsum("fkj,fjc->fkc", beta, mesh_pos[faces]).reshape(F * K, 2))
+        n = F * K
+        sh = torch.zeros(n, num_sh_coeffs(sh_degree), 3)
+        sh[:, 0] = rgb_to_sh0(torch.tensor(init_color, dtype=torch.float32))
+        self.sh = nn.Parameter(sh)
+        self.log_scale = nn.Parameter(torch.zeros(F, K, 2))
+        self.theta = nn.Parameter(torch.zeros(F, K)) if learn_inplane_rotation else None
+        lo, hi = verts0.min(0).values, verts0.max(0).values
+        mlo, mhi = mesh_pos.min(0).values, mesh_pos.max(0).values
+        half = ((hi - lo) / 2).max().clamp_min(1e-6).expand(3)  # isotropic: keeps the world encoding undistorted
+        self.opacity = OpacityField(opacity_mode, n, pe_frequencies, mlp_hidden, mlp_layers, (lo + hi) / 2,
+                                    half * 1.5, (mlo + mhi) / 2, (mhi - mlo) / 2, init_opacity)
+
+    @property
+    def num_gaussians(self) -> int:
+        return self.beta.shape[0] * self.beta.shape[1]
+
+    def gaussians(self, verts: Tensor, cameras: Cameras | None = None) -> Gaussians:
+        """The Gaussians of the mesh ``verts`` (V, 3). ``cameras`` are needed for view-dependent colour."""
+        if verts.ndim != 2 or verts.shape != self.verts0.shape:
+            raise ValueError(f"verts must be {tuple(self.verts0.shape)}, got {tuple(verts.shape)}")
+        log_scale = self.log_scale.to(verts.dtype)
+        theta = None if self.theta is None else self.theta.to(verts.dtype)
+        means, quats, scales, _ = anchor_gaussians(verts, self.faces, self.beta, log_scale, self.normal_eps, theta)
+        opacities = self.opacity(means, self.mu_mesh.to(verts.dtype))
+        sh = self.sh.to(verts.dtype)
+        if self.sh_degree > 0:
+            if cameras is None:
+                raise ValueError("sh_degree > 0 needs cameras for view directions")
+            dirs = means.unsqueeze(0) - cameras.centers.to(means).unsqueeze(1)
+            dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            colors = eval_sh(sh, dirs)
+        else:
+            colors = eval_sh(sh, None)
+        return Gaussians(means, quats, scales, opacities, colors, sh)
+
+    def render(self, verts: Tensor, cameras: Cameras, background: Tensor | None = None,
+               backend: str = "torch") -> Any:
+        """Render the mesh ``verts`` (V, 3) into every camera -> RenderOutput(rgb (C,H,W,3), alpha (C,H,W,1))."""
+        from clods_pl.render import rasterize  # noqa: PLC0415  (render backends load lazily)
+
+        g = self.gaussians(verts, cameras)
+        cams = cameras.to(verts.device, verts.dtype)
+        bg = None if background is None else torch.as_tensor(background, device=verts.device, dtype=verts.dtype)
+        return rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, cams.w2c, cams.K, cameras.width,
+                         cameras.height, background=bg, backend=backend)
+
+    def param_groups(self, lr_color: float = 0.0025, lr_opacity: float = 0.05, lr_scale: float = 0.005,
+                     lr_mlp: float = 1e-3, lr_rotation: float = 0.001) -> list[dict[str, Any]]:
+        """Adam parameter groups with per-group learning rates (GaMeS: colour 0.0025, opacity 0.05, scale 0.005)."""
+        groups = [{"params": [self.sh], "lr": lr_color, "name": "color"},
+                  {"params": [self.log_scale], "lr": lr_scale, "name": "scale"}]
+        if self.opacity.mlp is None:
+            groups.append({"params": [self.opacity.logits], "lr": lr_opacity, "name": "opacity"})
+        else:
+            groups.append({"params": list(self.opacity.mlp.parameters()), "lr": lr_mlp, "name": "opacity_mlp"})
+        if self.theta is not None:
+            groups.append({"params": [self.theta], "lr": lr_rotation, "name": "rotation"})
+        return groups

@@ -1,0 +1,136 @@
+"""SMGS anchoring: barycentric sampling, face frames, quaternions, scales, opacity modes, PLY export."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from clods_pl.geometry import grid_mesh
+from clods_pl.smgs import OPACITY_MODES, SMGS, export_ply, read_ply
+from clods_pl.smgs.anchoring import (anchor_gaussians, barycentric_weights, face_frames, matrix_to_quaternion,
+                                     quaternion_to_matrix)
+from clods_pl.smgs.color import eval_sh
+from clods_pl.smgs.opacity import positional_encoding
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("sampling", ["uniform", "random"])
+def test_barycentric_weights_on_simplex(k: int, sampling: str) -> None:
+    beta = barycentric_weights(7, k, sampling, seed=3)
+    assert beta.shape == (7, k, 3)
+    assert torch.allclose(beta.sum(-1), torch.ones(7, k)) and bool((beta > 0).all())
+    if sampling == "uniform":
+        assert len({tuple(b.tolist()) for b in beta[0]}) == k  # distinct points
+    if k == 1 and sampling == "uniform":
+        assert torch.allclose(beta[0, 0], torch.full((3,), 1 / 3))
+
+
+def test_face_frame_orthonormal_and_aligned() -> None:
+    verts = torch.tensor([[0.0, 0, 0], [2.0, 0, 0], [0.5, 1.0, 0.0]])
+    R, e1, h = face_frames(verts, torch.tensor([[0, 1, 2]]))
+    assert torch.allclose(R[0].T @ R[0], torch.eye(3), atol=1e-6)
+    assert torch.allclose(R[0][:, 0], torch.tensor([1.0, 0, 0])) and torch.allclose(R[0][:, 2], torch.tensor([0, 0, 1.0]))
+    assert math.isclose(float(e1), 2.0, rel_tol=1e-6) and math.isclose(float(h), 1.0, rel_tol=1e-6)
+
+
+def test_quaternion_round_trip_all_branches() -> None:
+    g = torch.Generator().manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(500, 4, generator=g, dtype=torch.float64), dim=1)
+    q = torch.cat([q, torch.tensor([[0.0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=torch.float64)])
+    q = torch.where(q[:, :1] < 0, -q, q)
+    back = matrix_to_quaternion(quaternion_to_matrix(q))
+    assert torch.allclose(back, q, atol=1e-9)
+
+
+def _tri_case(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    faces = torch.tensor([[0, 1, 2], [1, 3, 2]])
+    if name == "flat":
+        v = [[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]]
+    elif name == "folded":  # second face folded back over the first (dihedral ~ 170 degrees)
+        v = [[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0.1, 0.1, 0.05]]
+    else:  # nearly degenerate: v2 almost on the edge v0->v1 (height 1e-3)
+        v = [[0.0, 0, 0], [1, 0, 0], [0.5, 1e-3, 0.0], [1, 1, 0.2]]
+    return torch.tensor(v, dtype=torch.float64), faces
+
+
+@pytest.mark.parametrize("case", ["flat", "folded", "degenerate"])
+def test_anchoring_gradcheck_in_vertices(case: str) -> None:
+    verts, faces = _tri_case(case)
+    beta = barycentric_weights(2, 3, "random", seed=1).double()
+    log_scale = torch.randn(2, 3, 2, dtype=torch.float64) * 0.1
+    theta = torch.randn(2, 3, dtype=torch.float64) * 0.3
+    verts = verts + 0.01 * torch.randn_like(verts)  # off any quaternion branch boundary
+
+    def fn(v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        means, quats, scales, _ = anchor_gaussians(v, faces, beta, log_scale, 1e-4, theta)
+        return means, quats, scales
+
+    assert torch.autograd.gradcheck(fn, (verts.clone().requires_grad_(True),), eps=1e-7, atol=1e-5, rtol=1e-4)
+
+
+def test_anchoring_rotates_with_the_mesh() -> None:
+    verts, faces = _tri_case("flat")
+    beta = barycentric_weights(2, 2, "uniform").double()
+    log_scale = torch.zeros(2, 2, 2, dtype=torch.float64)
+    m0, q0, s0, R0 = anchor_gaussians(verts, faces, beta, log_scale, 1e-4)
+    rot = quaternion_to_matrix(torch.tensor([0.9, 0.1, -0.3, 0.2], dtype=torch.float64))
+    shift = torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64)
+    m1, q1, s1, R1 = anchor_gaussians(verts @ rot.T + shift, faces, beta, log_scale, 1e-4)
+    assert torch.allclose(m1, m0 @ rot.T + shift, atol=1e-10)
+    assert torch.allclose(R1, rot @ R0, atol=1e-10) and torch.allclose(s1, s0)
+    # Gaussian centres are the barycentric mixes of the face's corners
+    assert torch.allclose(m0[0], (beta[0, 0].unsqueeze(1) * verts[faces[0]]).sum(0))
+
+
+def test_sh_degree0_is_rgb_and_pe_shape() -> None:
+    sh = torch.zeros(4, 1, 3)
+    assert torch.allclose(eval_sh(sh, None), torch.full((4, 3), 0.5))
+    assert positional_encoding(torch.zeros(5, 3), 4).shape == (5, 3 * 9)
+
+
+def _smgs(mode: str, **kw) -> tuple[SMGS, torch.Tensor]:
+    mesh_pos, faces = grid_mesh(4, 4)
+    verts0 = torch.cat([mesh_pos, torch.zeros(16, 1)], 1)
+    return SMGS(faces, mesh_pos, verts0, opacity_mode=mode, **kw), verts0
+
+
+@pytest.mark.parametrize("mode", OPACITY_MODES)
+def test_opacity_modes_depend_on_the_right_inputs(mode: str) -> None:
+    smgs, verts0 = _smgs(mode, gaussians_per_face=2)
+    for p in smgs.opacity.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    moved = verts0 + torch.tensor([0.3, 0.0, 0.2])
+    a0 = smgs.gaussians(verts0).opacities
+    a1 = smgs.gaussians(moved).opacities
+    assert a0.shape == (smgs.num_gaussians,) and bool(((a0 > 0) & (a0 < 1)).all())
+    depends_on_world = not torch.allclose(a0, a1)
+    assert depends_on_world == (mode in ("world", "dual"))
+    if mode == "static":
+        assert {g["name"] for g in smgs.param_groups()} == {"color", "scale", "opacity"}
+    else:
+        assert "opacity_mlp" in {g["name"] for g in smgs.param_groups()}
+
+
+def test_view_dependent_colour_needs_cameras() -> None:
+    smgs, verts0 = _smgs("dual", sh_degree=1)
+    with pytest.raises(ValueError, match="needs cameras"):
+        smgs.gaussians(verts0)
+
+
+def test_export_ply_round_trip(tmp_path) -> None:
+    smgs, verts0 = _smgs("dual", sh_degree=1)
+    with torch.no_grad():
+        smgs.sh.normal_()
+    from clods_pl.geometry import ring_cameras
+
+    g = smgs.gaussians(verts0, ring_cameras(2, 3.0))
+    out = read_ply(export_ply(tmp_path / "g.ply", g))
+    n = smgs.num_gaussians
+    assert len(out["x"]) == n and "f_rest_8" in out and "f_rest_9" not in out
+    assert torch.allclose(torch.tensor(out["x"]), g.means[:, 0], atol=1e-6)
+    assert torch.allclose(torch.sigmoid(torch.tensor(out["opacity"])), g.opacities, atol=1e-5)
+    assert torch.allclose(torch.exp(torch.tensor(out["scale_0"])), g.scales[:, 0], rtol=1e-5)
+    assert torch.allclose(torch.tensor(out["f_dc_1"]), g.sh[:, 0, 1], atol=1e-6)
+    assert torch.allclose(torch.tensor(out["f_rest_0"]), g.sh[:, 1, 0], atol=1e-6)  # channel-major rest
