@@ -1,0 +1,1 @@
+"""The three pipeline stages, each a LightningModule + LightningDataModule (thin: losses, optimisers, logging)."""

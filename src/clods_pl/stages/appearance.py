@@ -1,0 +1,309 @@
+"""Stage 1: fit the SMGS appearance (colour, scales, opacity field) on the first-frame meshes.
+
+One appearance is fitted for the whole dataset: every trajectory shows the same cloth (same texture and mesh
+topology) from a different initial state, so the Gaussians of all training trajectories share their parameters
+and each is rendered with its own first-frame vertices ``verts0``. In the "N meshes" setting
+(``data.extra_mesh_frames = N``) the ground-truth meshes of frames 1..N of each training trajectory are used too.
+Loss: ``(1 - ssim_weight) L1 + ssim_weight (1 - SSIM)`` on RGB composited over the background, plus
+``alpha_weight`` L1 on the alpha (coverage) image.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from clods_pl.errors import ClodsError, DatasetError
+from clods_pl.geometry import Cameras
+from clods_pl.smgs import SMGS, export_ply
+
+RUN_MODE = "fit"
+TOPOLOGY_KEY = "smgs_topology"
+PLY_NAME = "smgs_frame0.ply"
+
+
+@dataclass
+class AppearanceView:
+    """Frame ``t`` of trajectory ``traj``: verts (V, 3), images (C, H, W, 4) float [0, 1], its cameras."""
+
+    traj: str
+    t: int
+    verts: Tensor
+    images: Tensor
+    cameras: Cameras
+
+
+def _collate_one(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    return batch[0]
+
+
+class _RandomViews(Dataset):
+    """``length`` samples, each a random frame with a random subset of its training views."""
+
+    def __init__(self, frames: list[AppearanceView], views: list[int], per_batch: int, length: int, seed: int) -> None:
+        self.frames, self.views, self.per_batch, self.length, self.seed = frames, views, per_batch, length, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        rng = random.Random(self.seed * 1_000_003 + i)
+        f = self.frames[rng.randrange(len(self.frames))]
+        views = sorted(rng.sample(self.views, min(self.per_batch, len(self.views))))
+        return {"verts": f.verts, "images": f.images[views], "cameras": f.cameras[views], "name": f"{f.traj}/{f.t}"}
+
+
+class _FixedViews(Dataset):
+    def __init__(self, frames: list[AppearanceView], views: list[int]) -> None:
+        self.frames, self.views = frames, views
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        f = self.frames[i]
+        return {"verts": f.verts, "images": f.images[self.views], "cameras": f.cameras[self.views],
+                "name": f"{f.traj}/{f.t}"}
+
+
+class AppearanceDataModule(L.LightningDataModule):
+    """First-frame multi-view images of the training trajectories, kept in memory.
+
+    Args:
+        dataset_dir: dataset folder (filled in by the orchestrator).
+        split: trajectories to fit on. holdout_views: views never trained on, used for validation PSNR/SSIM.
+        views_per_batch: training views per step. steps_per_epoch: random batches per epoch.
+        extra_mesh_frames: "N meshes" setting: also fit frames 1..N with their ground-truth meshes.
+        max_trajectories: use only the first trajectories of the split (None: all).
+    """
+
+    def __init__(self, dataset_dir: str, split: str = "train", holdout_views: list[int] = [0],
+                 views_per_batch: int = 2, steps_per_epoch: int = 100, extra_mesh_frames: int = 0,
+                 max_trajectories: int | None = None, seed: int = 0, num_workers: int = 0) -> None:
+        super().__init__()
+        self.dataset_dir, self.split, self.holdout_views = dataset_dir, split, [int(v) for v in holdout_views]
+        self.views_per_batch, self.steps_per_epoch = views_per_batch, steps_per_epoch
+        self.extra_mesh_frames, self.max_trajectories = extra_mesh_frames, max_trajectories
+        self.seed, self.num_workers = seed, num_workers
+        self.frames: list[AppearanceView] = []
+        self.train_views: list[int] = []
+        self.topology: dict[str, Tensor] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.frames:
+            return
+        from clods_pl.data.format import read_dataset  # noqa: PLC0415
+
+        ds = read_dataset(self.dataset_dir)
+        names = ds.names(self.split)[: self.max_trajectories]
+        if not names:
+            raise DatasetError(f"{self.dataset_dir}: split '{self.split}' has no trajectories for stage 1")
+        first = ds.trajectory(names[0])
+        C = len(first.cameras)
+        bad = [v for v in self.holdout_views if not 0 <= v < C]
+        if bad:
+            raise ClodsError(f"stage1.data.holdout_views {bad} out of range for {C} views")
+        self.train_views = [v for v in range(C) if v not in self.holdout_views]
+        if not self.train_views:
+            raise ClodsError("stage1.data.holdout_views leaves no training view; hold out fewer views")
+        self.topology = {"faces": first.faces, "mesh_pos": first.mesh_pos, "verts0": first.verts0}
+        for name in names:
+            tr = ds.trajectory(name)
+            if not torch.equal(tr.faces, first.faces):
+                raise DatasetError(f"{tr.root}: mesh topology differs from {first.root}; stage 1 needs one shared mesh")
+            if len(tr.cameras) != C:
+                raise DatasetError(f"{tr.root}: has {len(tr.cameras)} views, {first.root} has {C}")
+            self.frames.append(AppearanceView(name, 0, tr.verts0, tr.image_tensor(0), tr.cameras))
+            if self.extra_mesh_frames > 0:
+                gt = tr.load_gt_verts()
+                for t in range(1, min(self.extra_mesh_frames + 1, tr.num_frames)):
+                    self.frames.append(AppearanceView(name, t, gt[t], tr.image_tensor(t), tr.cameras))
+
+    def train_dataloader(self) -> DataLoader:
+        ds = _RandomViews(self.frames, self.train_views, self.views_per_batch, self.steps_per_epoch, self.seed)
+        return DataLoader(ds, batch_size=1, shuffle=False, collate_fn=_collate_one, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.holdout_views:
+            return []
+        frames0 = [f for f in self.frames if f.t == 0]
+        return DataLoader(_FixedViews(frames0, self.holdout_views), batch_size=1, collate_fn=_collate_one)
+
+
+def composite(rgba: Tensor, background: Tensor) -> Tensor:
+    """(C, H, W, 4) straight-alpha RGBA over a (3,) background -> (C, H, W, 3)."""
+    return rgba[..., :3] * rgba[..., 3:4] + background * (1.0 - rgba[..., 3:4])
+
+
+class AppearanceModule(L.LightningModule):
+    """SMGS appearance fitting. SMGS options are documented in :class:`clods_pl.smgs.SMGS`.
+
+    Args:
+        lr_*: Adam learning rates per parameter group. ssim_weight: D-SSIM weight (0.2). alpha_weight: L1 weight on
+        the alpha image. backend: rasterizer (torch on the CPU, gsplat on CUDA). background: RGB behind the cloth.
+        log_images_every_n_epochs: image grids (prediction | target | error) of held-out views.
+    """
+
+    RUN_MODE = RUN_MODE
+
+    def __init__(self, gaussians_per_face: int = 2, sampling: str = "uniform", opacity_mode: str = "dual",
+                 sh_degree: int = 0, pe_frequencies: int = 4, mlp_hidden: int = 64, mlp_layers: int = 2,
+                 normal_eps: float = 1e-4, learn_inplane_rotation: bool = False, init_opacity: float = 0.5,
+                 lr_color: float = 0.01, lr_opacity: float = 0.05, lr_scale: float = 0.005, lr_mlp: float = 1e-3,
+                 lr_rotation: float = 1e-3, ssim_weight: float = 0.2, alpha_weight: float = 0.5,
+                 backend: str = "torch", background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                 log_images_every_n_epochs: int = 1, export_ply: bool = True) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.smgs: SMGS | None = None
+        self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+        self._lpips: Any = None
+        self._lpips_checked = False
+        self.register_buffer("background", torch.tensor(background, dtype=torch.float32), persistent=False)
+
+    # ----- model construction ------------------------------------------------------------------------
+    def smgs_options(self) -> dict[str, Any]:
+        keys = ("gaussians_per_face", "sampling", "opacity_mode", "sh_degree", "pe_frequencies", "mlp_hidden",
+                "mlp_layers", "normal_eps", "learn_inplane_rotation", "init_opacity")
+        return {k: self.hparams[k] for k in keys}
+
+    def build(self, faces: Tensor, mesh_pos: Tensor, verts0: Tensor) -> None:
+        """Create the SMGS for this mesh topology (idempotent)."""
+        if self.smgs is None:
+            self.smgs = SMGS(faces, mesh_pos, verts0, **self.smgs_options()).to(self.device)
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self.trainer is not None else None
+        if self.smgs is None and dm is not None:
+            dm.setup(stage)
+            self.build(**dm.topology)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        assert self.smgs is not None
+        checkpoint[TOPOLOGY_KEY] = {"faces": self.smgs.faces.cpu(), "mesh_pos": self.smgs.mesh_pos.cpu(),
+                                    "verts0": self.smgs.verts0.cpu()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.smgs is None:
+            self.build(**checkpoint[TOPOLOGY_KEY])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        assert self.smgs is not None, "SMGS is built in setup(); fit with a datamodule"
+        h = self.hparams
+        return torch.optim.Adam(self.smgs.param_groups(h.lr_color, h.lr_opacity, h.lr_scale, h.lr_mlp,
+                                                       h.lr_rotation), eps=1e-15)
+
+    # ----- steps ---------------------------------------------------------------------------------------
+    def render_batch(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        """-> predicted RGB (C,H,W,3) over the background, predicted alpha (C,H,W,1), target RGB (C,H,W,3)."""
+        assert self.smgs is not None
+        out = self.smgs.render(batch["verts"].to(self.device), batch["cameras"], self.background,
+                               self.hparams.backend)
+        target = batch["images"].to(self.device)
+        return out.rgb, out.alpha, composite(target, self.background)
+
+    def loss(self, pred: Tensor, alpha: Tensor, target_rgb: Tensor, target_alpha: Tensor) -> dict[str, Tensor]:
+        l1 = (pred - target_rgb).abs().mean()
+        ssim = ssim_fn(pred.permute(0, 3, 1, 2), target_rgb.permute(0, 3, 1, 2), data_range=1.0)
+        a1 = (alpha - target_alpha).abs().mean()
+        w = self.hparams.ssim_weight
+        total = (1 - w) * l1 + w * (1 - ssim) + self.hparams.alpha_weight * a1
+        return {"loss": total, "l1": l1, "ssim": ssim, "alpha_l1": a1}
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        pred, alpha, target = self.render_batch(batch)
+        parts = self.loss(pred, alpha, target, batch["images"][..., 3:4].to(self.device))
+        self.log_dict({f"train/{k}": v for k, v in parts.items()}, prog_bar=False, batch_size=1)
+        self.log("train/loss", parts["loss"], prog_bar=True, batch_size=1)
+        return parts["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        pred, alpha, target = self.render_batch(batch)
+        p, t = pred.clamp(0, 1).permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)
+        self.val_psnr.update(p, t)
+        self.val_ssim.update(p, t)
+        lpips = self._lpips_metric()
+        if lpips is not None:
+            lpips.update(p * 2 - 1, t * 2 - 1)
+        every = max(1, self.hparams.log_images_every_n_epochs)
+        if batch_idx == 0 and self.current_epoch % every == 0 and self.trainer.loggers:
+            from clods_pl.pipeline.loggers import log_images  # noqa: PLC0415
+
+            err = (pred - target).abs().clamp(0, 1)
+            grid = torch.cat([pred.clamp(0, 1), target, err], dim=2).detach().cpu().numpy()  # views x (H, 3W)
+            log_images(self.trainer.loggers, "stage1/heldout_pred_target_error", list(grid),
+                       step=self.global_step, captions=[f"{batch['name']} view {i}" for i in range(len(grid))])
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/psnr", self.val_psnr.compute(), prog_bar=True)
+        self.log("val/ssim", self.val_ssim.compute())
+        self.val_psnr.reset()
+        self.val_ssim.reset()
+        if self._lpips is not None:
+            self.log("val/lpips", self._lpips.compute())
+            self._lpips.reset()
+
+    def _lpips_metric(self) -> Any:
+        """LPIPS when its backbone weights are available locally; otherwise None with one notice (no downloads)."""
+        if not self._lpips_checked:
+            self._lpips_checked = True
+            try:
+                import os  # noqa: PLC0415
+
+                os.environ.setdefault("TORCH_HOME", os.path.expanduser("~/.cache/torch"))
+                from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity  # noqa: PLC0415
+
+                self._lpips = LearnedPerceptualImagePatchSimilarity(net_type="alex", pretrained=True).to(self.device)
+            except Exception as exc:  # torchvision missing or weights not cached: never download here
+                self.print(f"[clods-pl] LPIPS skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+                self._lpips = None
+        return self._lpips
+
+    def on_fit_end(self) -> None:
+        if self.hparams.export_ply and self.smgs is not None and self.trainer.is_global_zero:
+            out = Path(self.trainer.default_root_dir) / PLY_NAME
+            with torch.no_grad():
+                export_ply(out, self.smgs.gaussians(self.smgs.verts0))
+
+
+def load_smgs_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[SMGS, dict[str, Any]]:
+    """Rebuild the fitted SMGS of a stage-1 checkpoint (eval mode, no gradients).
+
+    Returns:
+        (smgs, metadata) with metadata = the stage-1 hyper-parameters (backend, background, ...).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ClodsError(f"stage-1 checkpoint {path} does not exist; run `clods-pl stage1` first")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        raise ClodsError(f"stage-1 checkpoint {path} cannot be read ({type(exc).__name__}); rerun stage 1") from exc
+    if TOPOLOGY_KEY not in ckpt:
+        raise ClodsError(f"{path} is not a stage-1 (SMGS) checkpoint: no '{TOPOLOGY_KEY}'")
+    hparams = dict(ckpt.get("hyper_parameters", {}))
+    module = AppearanceModule(**hparams)
+    module.build(**ckpt[TOPOLOGY_KEY])
+    module.load_state_dict(ckpt["state_dict"], strict=False)
+    smgs = module.smgs
+    assert smgs is not None
+    smgs.eval().requires_grad_(False)
+    return smgs, hparams
+
+
+def render_numpy(smgs: SMGS, verts: Tensor, cameras: Cameras, background: tuple[float, float, float],
+                 backend: str = "torch") -> np.ndarray:
+    """Convenience: (C, H, W, 3) float32 numpy render without gradients."""
+    with torch.no_grad():
+        return smgs.render(verts, cameras, torch.tensor(background), backend).rgb.cpu().numpy()
