@@ -123,6 +123,7 @@ def _recover_command(argv: Sequence[str]) -> int:
     options = section(cfg, "stage2.model")
     options.pop("stage1_checkpoint", None)
     options.pop("cache_dir", None)
+    options["holdout_views"] = section(cfg, "stage2.data").get("holdout_views", [])
     recover_cli(dataset_of(cfg), str(ckpt), str(runner.run_dir / "stage2" / MESH_CACHE_DIR), cfg.traj, cfg.frames,
                 **options)
     return 0

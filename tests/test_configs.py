@@ -1,0 +1,47 @@
+"""Every experiment YAML (and every ablation on top of the tiny experiment) parses against the stage classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clods_pl.pipeline.experiment import build_parser
+
+ROOT = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = sorted(ROOT.glob("flag_*.yaml"))
+ABLATIONS = sorted((ROOT / "ablations").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def parser():
+    parser, unavailable = build_parser()
+    assert unavailable == {}, unavailable
+    return parser
+
+
+def test_there_are_configs() -> None:
+    assert {p.name for p in EXPERIMENTS} >= {"flag_tiny.yaml", "flag_small.yaml", "flag_paper.yaml"}
+    assert len(ABLATIONS) >= 8
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_experiment_parses(parser, path: Path) -> None:
+    cfg = parser.parse_args(["--config", str(path)])
+    assert cfg.dataset and cfg.stage1.model.opacity_mode in ("static", "world", "mesh", "dual")
+    assert cfg.stage3.model.rollout_length == 8
+    parser.dump(cfg)  # what --print_config prints
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.name)
+def test_ablation_overrides_parse(parser, path: Path) -> None:
+    base = parser.parse_args(["--config", str(ROOT / "flag_tiny.yaml")])
+    cfg = parser.parse_args(["--config", str(ROOT / "flag_tiny.yaml"), "--config", str(path)])
+    assert cfg != base, f"{path.name} changes nothing"
+
+
+def test_misspelt_key_is_rejected(parser, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stage1:\n  model:\n    opacity_mod: dual\n")
+    with pytest.raises(Exception, match="opacity_mod"):
+        parser.parse_args(["--config", str(ROOT / "flag_tiny.yaml"), "--config", str(bad)])
