@@ -1,0 +1,83 @@
+"""Differentiable Gaussian rasterization: one contract, three backends (``torch``, ``gsplat``, ``inria``)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from clods_pl.errors import BackendUnavailableError
+from clods_pl.render.types import RenderOutput
+
+BACKENDS = ("torch", "gsplat", "inria")
+
+__all__ = ["BACKENDS", "RenderOutput", "available_backends", "rasterize"]
+
+
+def _backend_fn(name: str) -> Callable[..., RenderOutput]:
+    if name == "torch":
+        from clods_pl.render.torch_backend import rasterize_torch  # noqa: PLC0415
+        return rasterize_torch
+    if name == "gsplat":
+        from clods_pl.render.gsplat_backend import rasterize_gsplat  # noqa: PLC0415
+        return rasterize_gsplat
+    if name == "inria":
+        from clods_pl.render.inria_backend import rasterize_inria  # noqa: PLC0415
+        return rasterize_inria
+    raise BackendUnavailableError(f"unknown rasterizer backend '{name}'; choose one of {', '.join(BACKENDS)}")
+
+
+def available_backends() -> list[str]:
+    """Backends usable on this machine (``torch`` always; the CUDA ones when installed and a GPU is visible)."""
+    out = ["torch"]
+    if torch.cuda.is_available():
+        for name, module in (("gsplat", "gsplat"), ("inria", "diff_gaussian_rasterization")):
+            try:
+                __import__(module)
+                out.append(name)
+            except ImportError:
+                pass
+    return out
+
+
+def _check(name: str, t: Tensor, shape: tuple[int | None, ...]) -> None:
+    if t.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape)):
+        want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"rasterize: {name} must have shape {want}, got {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"rasterize: {name} contains NaN/inf")
+
+
+def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, viewmats: Tensor,
+              Ks: Tensor, width: int, height: int, background: Tensor | None = None, backend: str = "torch",
+              return_depth: bool = False) -> RenderOutput:
+    """Render N Gaussians into C cameras.
+
+    Args:
+        means: (N, 3) world. quats: (N, 4) wxyz (normalised inside). scales: (N, 3) linear.
+        opacities: (N,) in [0, 1]. colors: (N, 3) or (C, N, 3) RGB.
+        viewmats: (C, 4, 4) world-to-camera, OpenCV axes. Ks: (C, 3, 3) intrinsics, pixel centres at +0.5.
+        width, height: image size. background: (3,) RGB behind the Gaussians (black when None).
+        backend: ``torch`` (reference, CPU or CUDA), ``gsplat`` (CUDA), ``inria`` (CUDA, user-installed).
+    Returns:
+        RenderOutput(rgb (C, H, W, 3), alpha (C, H, W, 1), depth (C, H, W, 1) | None).
+    """
+    fn = _backend_fn(backend)
+    N = means.shape[0] if means.ndim == 2 else -1
+    C = viewmats.shape[0] if viewmats.ndim == 3 else -1
+    _check("means", means, (None, 3))
+    _check("quats", quats, (N, 4))
+    _check("scales", scales, (N, 3))
+    _check("opacities", opacities, (N,))
+    _check("viewmats", viewmats, (None, 4, 4))
+    _check("Ks", Ks, (C, 3, 3))
+    if colors.ndim == 3:
+        _check("colors", colors, (C, N, 3))
+    else:
+        _check("colors", colors, (N, 3))
+    if width <= 0 or height <= 0:
+        raise ValueError(f"rasterize: image size must be positive, got {width}x{height}")
+    if background is not None:
+        _check("background", background, (3,))
+    return fn(means, quats, scales, opacities, colors, viewmats, Ks, int(width), int(height), background, return_depth)

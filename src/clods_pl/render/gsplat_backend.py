@@ -1,0 +1,44 @@
+"""gsplat 1.5.3 backend (CUDA): ``gsplat.rasterization`` in classic mode with the torch backend's conventions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from clods_pl.errors import BackendUnavailableError
+from clods_pl.render.projection import EPS_2D, NEAR_PLANE
+from clods_pl.render.types import RenderOutput
+
+INSTALL_HINT = "backend 'gsplat' needs `pip install gsplat==1.5.3` and a CUDA GPU; use backend=torch on the CPU"
+
+
+def import_gsplat() -> Any:
+    """``gsplat`` or a clear BackendUnavailableError."""
+    try:
+        import gsplat  # noqa: PLC0415
+    except ImportError as exc:
+        raise BackendUnavailableError(f"{INSTALL_HINT} ({exc})") from exc
+    return gsplat
+
+
+def rasterize_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+                     viewmats: Tensor, Ks: Tensor, width: int, height: int, background: Tensor | None = None,
+                     return_depth: bool = False) -> RenderOutput:
+    """See :func:`clods_pl.render.rasterize`."""
+    if means.device.type != "cuda":
+        raise BackendUnavailableError(f"backend 'gsplat' needs CUDA tensors, got {means.device}; "
+                                      "use backend=torch on the CPU")
+    gsplat = import_gsplat()
+    C = viewmats.shape[0]
+    bgs = None if background is None else background.to(means).expand(C, 3).contiguous()
+    if return_depth and bgs is not None:
+        bgs = torch.cat([bgs, torch.zeros_like(bgs[:, :1])], -1)
+    render, alpha, _meta = gsplat.rasterization(
+        means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane=NEAR_PLANE,
+        eps2d=EPS_2D, packed=False, rasterize_mode="classic", render_mode="RGB+ED" if return_depth else "RGB",
+        backgrounds=bgs, sh_degree=None)
+    rgb = render[..., :3]
+    depth = render[..., 3:4] if return_depth else None
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth)

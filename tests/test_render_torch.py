@@ -1,0 +1,180 @@
+"""The torch rasterizer against a brute-force per-pixel reference, finite differences, and edge cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from clods_pl.errors import BackendUnavailableError
+from clods_pl.geometry import ring_cameras
+from clods_pl.render import available_backends, rasterize
+
+TILE = 16
+
+
+def reference(means, quats, scales, opac, colors, viewmats, Ks, W, H, bg):
+    """Per pixel, per Gaussian, in numpy float64: 3DGS classic semantics written out longhand."""
+    C, N = viewmats.shape[0], means.shape[0]
+    rgb = np.zeros((C, H, W, 3))
+    alpha_img = np.zeros((C, H, W, 1))
+    for c in range(C):
+        R, T, K = viewmats[c, :3, :3], viewmats[c, :3, 3], Ks[c]
+        fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+        items = []
+        for n in range(N):
+            t = R @ means[n] + T
+            if t[2] <= 0.01:
+                continue
+            w, x, y, z = quats[n] / np.linalg.norm(quats[n])
+            Rq = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                           [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                           [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+            M = Rq @ np.diag(scales[n])
+            S = R @ (M @ M.T) @ R.T
+            tanx, tany = 0.5 * W / fx, 0.5 * H / fy
+            u = np.clip(t[0] / t[2], -(cx / fx + 0.3 * tanx), (W - cx) / fx + 0.3 * tanx)
+            v = np.clip(t[1] / t[2], -(cy / fy + 0.3 * tany), (H - cy) / fy + 0.3 * tany)
+            J = np.array([[fx / t[2], 0, -fx * u / t[2]], [0, fy / t[2], -fy * v / t[2]]])
+            cov = J @ S @ J.T + 0.3 * np.eye(2)
+            det = np.linalg.det(cov)
+            if det <= 0:
+                continue
+            conic = np.linalg.inv(cov)
+            mid = 0.5 * (cov[0, 0] + cov[1, 1])
+            r = math.ceil(3 * math.sqrt(mid + math.sqrt(max(0.1, mid * mid - det))))
+            m2 = np.array([fx * t[0] / t[2] + cx, fy * t[1] / t[2] + cy])
+            if not (m2[0] + r > 0 and m2[0] - r < W and m2[1] + r > 0 and m2[1] - r < H):
+                continue
+            tx0, tx1 = max(0, math.floor((m2[0] - r) / TILE)), math.ceil((m2[0] + r) / TILE)
+            ty0, ty1 = max(0, math.floor((m2[1] - r) / TILE)), math.ceil((m2[1] + r) / TILE)
+            items.append((t[2], n, m2, conic, (tx0, tx1, ty0, ty1)))
+        items.sort(key=lambda it: it[0])
+        for i in range(H):
+            for j in range(W):
+                Tr, acc = 1.0, np.zeros(3)
+                for _, n, m2, conic, (tx0, tx1, ty0, ty1) in items:
+                    if not (tx0 <= j // TILE < tx1 and ty0 <= i // TILE < ty1):
+                        continue
+                    d = np.array([j + 0.5, i + 0.5]) - m2
+                    power = -0.5 * d @ conic @ d
+                    a = min(0.99, opac[n] * math.exp(power))
+                    if a < 1 / 255:
+                        continue
+                    if Tr * (1 - a) < 1e-4:
+                        break
+                    acc += colors[n] * a * Tr
+                    Tr *= 1 - a
+                rgb[c, i, j] = acc + Tr * bg
+                alpha_img[c, i, j] = 1 - Tr
+    return rgb, alpha_img
+
+
+def scene(n: int, seed: int, dtype=torch.float64, spread: float = 0.6):
+    g = torch.Generator().manual_seed(seed)
+    means = (torch.rand(n, 3, generator=g, dtype=dtype) - 0.5) * spread
+    quats = torch.randn(n, 4, generator=g, dtype=dtype)
+    scales = torch.rand(n, 3, generator=g, dtype=dtype) * 0.08 + 0.02
+    opac = torch.rand(n, generator=g, dtype=dtype) * 0.9 + 0.05
+    colors = torch.rand(n, 3, generator=g, dtype=dtype)
+    return means, quats, scales, opac, colors
+
+
+CAMS = ring_cameras(2, radius=2.0, width=40, height=36, fov_deg=50.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_forward_matches_brute_force_reference(seed: int) -> None:
+    means, quats, scales, opac, colors = scene(25, seed)
+    bg = torch.tensor([0.2, 0.4, 0.9], dtype=torch.float64)
+    w2c, K = CAMS.w2c.double(), CAMS.K.double()
+    out = rasterize(means, quats, scales, opac, colors, w2c, K, 40, 36, bg)
+    ref_rgb, ref_a = reference(*(x.numpy() for x in (means, quats, scales, opac, colors, w2c, K)), 40, 36, bg.numpy())
+    assert out.rgb.shape == (2, 36, 40, 3) and out.alpha.shape == (2, 36, 40, 1)
+    assert np.abs(out.rgb.numpy() - ref_rgb).max() < 1e-5
+    assert np.abs(out.alpha.numpy() - ref_a).max() < 1e-5
+    assert float(out.alpha.max()) > 0.5  # the scene is visible
+
+
+def test_gaussian_straddling_border_matches_reference() -> None:
+    means, quats, scales, opac, colors = scene(4, 3)
+    uv_edge = torch.tensor([[0.55, 0.0, 0.1], [-0.5, 0.1, 0.4], [0.0, 0.45, -0.52], [0.1, -0.6, 0.0]],
+                           dtype=torch.float64)
+    scales = scales * 3
+    w2c, K = CAMS.w2c.double(), CAMS.K.double()
+    out = rasterize(uv_edge, quats, scales, opac, colors, w2c, K, 40, 36)
+    ref_rgb, _ = reference(*(x.numpy() for x in (uv_edge, quats, scales, opac, colors, w2c, K)), 40, 36, np.zeros(3))
+    assert np.abs(out.rgb.numpy() - ref_rgb).max() < 1e-5
+    border = out.alpha[:, :, [0, -1]].amax() + out.alpha[:, [0, -1]].amax()
+    assert float(border) > 0.1  # some Gaussian really covers the border
+
+
+@pytest.mark.parametrize("name", ["means", "quats", "scales", "opac", "colors"])
+def test_gradients_match_finite_differences(name: str) -> None:
+    params = dict(zip(["means", "quats", "scales", "opac", "colors"], scene(6, 7, spread=0.4)))
+    w2c, K = CAMS.w2c.double(), CAMS.K.double()
+    weight = torch.rand(2, 36, 40, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        p = dict(params, **{name: x})
+        out = rasterize(p["means"], p["quats"], p["scales"], p["opac"], p["colors"], w2c, K, 40, 36)
+        return (out.rgb * weight).sum() + out.alpha.sum()
+
+    x = params[name].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(f(x), x)
+    eps = 1e-6
+    num = torch.zeros_like(x)
+    flat = x.detach().reshape(-1)
+    for i in range(flat.numel()):
+        xp, xm = flat.clone(), flat.clone()
+        xp[i] += eps
+        xm[i] -= eps
+        num.view(-1)[i] = (f(xp.view_as(x)) - f(xm.view_as(x))) / (2 * eps)
+    assert torch.allclose(grad, num, rtol=1e-4, atol=1e-6), (grad - num).abs().max()
+    assert grad.abs().sum() > 0
+
+
+def test_empty_scene_and_all_behind_camera_give_background() -> None:
+    bg = torch.tensor([0.1, 0.2, 0.3])
+    e = torch.zeros(0, 3)
+    out = rasterize(e, torch.zeros(0, 4), e, torch.zeros(0), e, CAMS.w2c, CAMS.K, 40, 36, bg)
+    assert torch.allclose(out.rgb, bg.expand(2, 36, 40, 3)) and float(out.alpha.abs().max()) == 0.0
+    means, quats, scales, opac, colors = scene(10, 2, dtype=torch.float32)
+    behind = CAMS.centers[0] + (CAMS.centers[0] - 0) * 0.5 + means * 0.1  # behind camera 0
+    out = rasterize(behind, quats, scales, opac, colors, CAMS.w2c[:1], CAMS.K[:1], 40, 36, bg)
+    assert torch.allclose(out.rgb, bg.expand(1, 36, 40, 3))
+
+
+def test_per_camera_colours_and_depth() -> None:
+    means, quats, scales, opac, colors = scene(8, 4)
+    w2c, K = CAMS.w2c.double(), CAMS.K.double()
+    per_cam = torch.stack([colors, 1 - colors])
+    out = rasterize(means, quats, scales, opac, per_cam, w2c, K, 40, 36, return_depth=True)
+    one = rasterize(means, quats, scales, opac, 1 - colors, w2c[1:], K[1:], 40, 36)
+    assert torch.allclose(out.rgb[1:], one.rgb)
+    covered = out.alpha[..., 0] > 0.5
+    d = out.depth[..., 0][covered]
+    assert bool(((d > 1.3) & (d < 2.7)).all())  # scene within 0.7 of the origin, cameras at radius 2
+
+
+def test_bad_inputs_are_clear() -> None:
+    means, quats, scales, opac, colors = scene(5, 0, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"quats must have shape \(5, 4\)"):
+        rasterize(means, quats[:, :3], scales, opac, colors, CAMS.w2c, CAMS.K, 40, 36)
+    bad = means.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="means contains NaN"):
+        rasterize(bad, quats, scales, opac, colors, CAMS.w2c, CAMS.K, 40, 36)
+    with pytest.raises(BackendUnavailableError, match="unknown rasterizer backend 'foo'"):
+        rasterize(means, quats, scales, opac, colors, CAMS.w2c, CAMS.K, 40, 36, backend="foo")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU error path")
+@pytest.mark.parametrize("backend", ["gsplat", "inria"])
+def test_cuda_backends_on_cpu_are_clear_errors(backend: str) -> None:
+    means, quats, scales, opac, colors = scene(5, 0, dtype=torch.float32)
+    with pytest.raises(BackendUnavailableError, match=f"backend '{backend}' needs"):
+        rasterize(means, quats, scales, opac, colors, CAMS.w2c, CAMS.K, 40, 36, backend=backend)
+    assert backend not in available_backends()
