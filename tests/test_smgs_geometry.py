@@ -115,7 +115,7 @@ def test_opacity_modes_depend_on_the_right_inputs(mode: str) -> None:
 
 def test_view_dependent_colour_needs_cameras() -> None:
     smgs, verts0 = _smgs("dual", sh_degree=1)
-    with pytest.raises(ValueError, match="needs cameras"):
+    with pytest.raises(ValueError, match="sh_degree > 0 needs cameras"):
         smgs.gaussians(verts0)
 
 
@@ -134,3 +134,19 @@ def test_export_ply_round_trip(tmp_path) -> None:
     assert torch.allclose(torch.exp(torch.tensor(out["scale_0"])), g.scales[:, 0], rtol=1e-5)
     assert torch.allclose(torch.tensor(out["f_dc_1"]), g.sh[:, 0, 1], atol=1e-6)
     assert torch.allclose(torch.tensor(out["f_rest_0"]), g.sh[:, 1, 0], atol=1e-6)  # channel-major rest
+
+
+def test_two_sided_colour_follows_the_side_a_camera_sees() -> None:
+    from clods_pl.geometry import look_at, Cameras
+
+    smgs, verts0 = _smgs("static", two_sided=True)
+    with torch.no_grad():
+        smgs.sh[:, 0] = torch.tensor([1.0, -1.0, -1.0])       # front red-ish
+        smgs.sh_back[:, 0] = torch.tensor([-1.0, -1.0, 1.0])  # back blue-ish
+    K = torch.tensor([[30.0, 0, 16], [0, 30.0, 16], [0, 0, 1]])
+    above = look_at(torch.tensor([0.5, 0.5, 3.0]), torch.tensor([0.5, 0.5, 0.0]), torch.tensor([0.0, 1.0, 0.0]))
+    below = look_at(torch.tensor([0.5, 0.5, -3.0]), torch.tensor([0.5, 0.5, 0.0]), torch.tensor([0.0, 1.0, 0.0]))
+    cams = Cameras(K.expand(2, 3, 3).clone(), torch.stack([above, below]), 32, 32)
+    colors = smgs.gaussians(verts0, cams).colors
+    assert colors.shape == (2, smgs.num_gaussians, 3)
+    assert bool((colors[0, :, 0] > colors[0, :, 2]).all()) and bool((colors[1, :, 2] > colors[1, :, 0]).all())

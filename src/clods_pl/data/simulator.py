@@ -134,8 +134,10 @@ class ClothSimulator:
         """-> verts (num_frames, V, 3) float32, after ``params.preroll_s`` seconds of pre-roll."""
         mesh = self.mesh
         x = mesh.rest.clone()
-        if generator is not None:  # small random initial ripple
-            x[:, 1] += 0.02 * torch.randn(x.shape[0], generator=generator) * self.free[:, 0]
+        if generator is not None:  # a smooth random initial ripple (strain-free to first order)
+            u = mesh.mesh_pos[:, 0] / mesh.mesh_pos[:, 0].max().clamp_min(1e-9)
+            amp, phase = 0.03 * torch.rand((), generator=generator), 6.283 * torch.rand((), generator=generator)
+            x[:, 1] += amp * u * torch.sin(6.283 * u + phase) * self.free[:, 0]
         v = torch.zeros_like(x)
         mass = (params.density * self.vert_area).clamp_min(1e-6).unsqueeze(-1)
         k = torch.where(self.is_bend, torch.tensor(params.bend), torch.tensor(params.stretch))

@@ -52,8 +52,9 @@ class SMGS(nn.Module):
     def __init__(self, faces: Tensor, mesh_pos: Tensor, verts0: Tensor, gaussians_per_face: int = 2,
                  sampling: str = "uniform", opacity_mode: str = "dual", sh_degree: int = 0, pe_frequencies: int = 4,
                  mlp_hidden: int = 64, mlp_layers: int = 2, normal_eps: float = 1e-4,
-                 learn_inplane_rotation: bool = False, init_color: tuple[float, float, float] = (0.5, 0.5, 0.5),
-                 init_opacity: float = 0.5, seed: int = 0) -> None:
+                 learn_inplane_rotation: bool = False, two_sided: bool = True,
+                 init_color: tuple[float, float, float] = (0.5, 0.5, 0.5), init_opacity: float = 0.5,
+                 seed: int = 0) -> None:
         super().__init__()
         faces = torch.as_tensor(faces, dtype=torch.int64)
         mesh_pos = torch.as_tensor(mesh_pos, dtype=torch.float32)
@@ -62,7 +63,7 @@ class SMGS(nn.Module):
         self.options: dict[str, Any] = dict(gaussians_per_face=K, sampling=sampling, opacity_mode=opacity_mode,
                                             sh_degree=sh_degree, pe_frequencies=pe_frequencies,
                                             mlp_hidden=mlp_hidden, mlp_layers=mlp_layers, normal_eps=normal_eps,
-                                            learn_inplane_rotation=learn_inplane_rotation,
+                                            learn_inplane_rotation=learn_inplane_rotation, two_sided=two_sided,
                                             init_color=tuple(init_color), init_opacity=init_opacity, seed=seed)
         self.normal_eps, self.sh_degree = float(normal_eps), int(sh_degree)
         self.register_buffer("faces", faces)
@@ -75,6 +76,7 @@ class SMGS(nn.Module):
         sh = torch.zeros(n, num_sh_coeffs(sh_degree), 3)
         sh[:, 0] = rgb_to_sh0(torch.tensor(init_color, dtype=torch.float32))
         self.sh = nn.Parameter(sh)
+        self.sh_back = nn.Parameter(sh.clone()) if two_sided else None
         self.log_scale = nn.Parameter(torch.zeros(F, K, 2))
         self.theta = nn.Parameter(torch.zeros(F, K)) if learn_inplane_rotation else None
         lo, hi = verts0.min(0).values, verts0.max(0).values
@@ -88,22 +90,26 @@ class SMGS(nn.Module):
         return self.beta.shape[0] * self.beta.shape[1]
 
     def gaussians(self, verts: Tensor, cameras: Cameras | None = None) -> Gaussians:
-        """The Gaussians of the mesh ``verts`` (V, 3). ``cameras`` are needed for view-dependent colour."""
+        """The Gaussians of the mesh ``verts`` (V, 3); colours (C, N, 3) per camera when ``cameras`` are given and
+        the colour is view dependent (two-sided or SH degree > 0), else the front colours (N, 3)."""
         if verts.ndim != 2 or verts.shape != self.verts0.shape:
             raise ValueError(f"verts must be {tuple(self.verts0.shape)}, got {tuple(verts.shape)}")
         log_scale = self.log_scale.to(verts.dtype)
         theta = None if self.theta is None else self.theta.to(verts.dtype)
-        means, quats, scales, _ = anchor_gaussians(verts, self.faces, self.beta, log_scale, self.normal_eps, theta)
+        means, quats, scales, rot = anchor_gaussians(verts, self.faces, self.beta, log_scale, self.normal_eps, theta)
         opacities = self.opacity(means, self.mu_mesh.to(verts.dtype))
         sh = self.sh.to(verts.dtype)
-        if self.sh_degree > 0:
-            if cameras is None:
-                raise ValueError("sh_degree > 0 needs cameras for view directions")
-            dirs = means.unsqueeze(0) - cameras.centers.to(means).unsqueeze(1)
-            dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            colors = eval_sh(sh, dirs)
-        else:
-            colors = eval_sh(sh, None)
+        if self.sh_degree == 0 and (self.sh_back is None or cameras is None):
+            return Gaussians(means, quats, scales, opacities, eval_sh(sh, None), sh)  # front colours
+        if cameras is None:
+            raise ValueError("sh_degree > 0 needs cameras for view directions")
+        dirs = means.unsqueeze(0) - cameras.centers.to(means).unsqueeze(1)  # (C, N, 3) camera -> Gaussian
+        dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        colors = eval_sh(sh, dirs if self.sh_degree > 0 else None).expand(dirs.shape[0], -1, -1)
+        if self.sh_back is not None:
+            back = eval_sh(self.sh_back.to(verts.dtype), dirs if self.sh_degree > 0 else None)
+            sees_back = ((dirs * rot[:, :, 2]).sum(-1, keepdim=True) > 0).detach()  # looking along the normal
+            colors = torch.where(sees_back, back.expand_as(colors), colors)
         return Gaussians(means, quats, scales, opacities, colors, sh)
 
     def render(self, verts: Tensor, cameras: Cameras, background: Tensor | None = None,
@@ -120,7 +126,8 @@ class SMGS(nn.Module):
     def param_groups(self, lr_color: float = 0.0025, lr_opacity: float = 0.05, lr_scale: float = 0.005,
                      lr_mlp: float = 1e-3, lr_rotation: float = 0.001) -> list[dict[str, Any]]:
         """Adam parameter groups with per-group learning rates (GaMeS: colour 0.0025, opacity 0.05, scale 0.005)."""
-        groups = [{"params": [self.sh], "lr": lr_color, "name": "color"},
+        colour = [self.sh] + ([self.sh_back] if self.sh_back is not None else [])
+        groups = [{"params": colour, "lr": lr_color, "name": "color"},
                   {"params": [self.log_scale], "lr": lr_scale, "name": "scale"}]
         if self.opacity.mlp is None:
             groups.append({"params": [self.opacity.logits], "lr": lr_opacity, "name": "opacity"})

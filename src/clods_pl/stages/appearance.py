@@ -158,7 +158,8 @@ class AppearanceModule(L.LightningModule):
 
     def __init__(self, gaussians_per_face: int = 2, sampling: str = "uniform", opacity_mode: str = "dual",
                  sh_degree: int = 0, pe_frequencies: int = 4, mlp_hidden: int = 64, mlp_layers: int = 2,
-                 normal_eps: float = 1e-4, learn_inplane_rotation: bool = False, init_opacity: float = 0.5,
+                 normal_eps: float = 1e-4, learn_inplane_rotation: bool = False, two_sided: bool = True,
+                 init_opacity: float = 0.5,
                  lr_color: float = 0.01, lr_opacity: float = 0.05, lr_scale: float = 0.005, lr_mlp: float = 1e-3,
                  lr_rotation: float = 1e-3, ssim_weight: float = 0.2, alpha_weight: float = 0.5,
                  backend: str = "torch", background: tuple[float, float, float] = (1.0, 1.0, 1.0),
@@ -175,7 +176,7 @@ class AppearanceModule(L.LightningModule):
     # ----- model construction ------------------------------------------------------------------------
     def smgs_options(self) -> dict[str, Any]:
         keys = ("gaussians_per_face", "sampling", "opacity_mode", "sh_degree", "pe_frequencies", "mlp_hidden",
-                "mlp_layers", "normal_eps", "learn_inplane_rotation", "init_opacity")
+                "mlp_layers", "normal_eps", "learn_inplane_rotation", "two_sided", "init_opacity")
         return {k: self.hparams[k] for k in keys}
 
     def build(self, faces: Tensor, mesh_pos: Tensor, verts0: Tensor) -> None:
@@ -224,7 +225,7 @@ class AppearanceModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         pred, alpha, target = self.render_batch(batch)
         parts = self.loss(pred, alpha, target, batch["images"][..., 3:4].to(self.device))
-        self.log_dict({f"train/{k}": v for k, v in parts.items()}, prog_bar=False, batch_size=1)
+        self.log_dict({f"train/{k}": v for k, v in parts.items() if k != "loss"}, batch_size=1)
         self.log("train/loss", parts["loss"], prog_bar=True, batch_size=1)
         return parts["loss"]
 
