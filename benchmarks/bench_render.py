@@ -1,0 +1,98 @@
+"""Rasterizer forward+backward time and peak memory per backend.
+
+    python -m benchmarks.bench_render --device cpu --quick     # -> benchmarks/results/render_cpu.json
+    python -m benchmarks.bench_render --device cuda            # torch, gsplat, inria (when installed)
+
+Scene: N Gaussians uniformly in a 1 m cube (scales 1-3 cm, random rotations, opacities, colours) seen by 4 ring
+cameras at 2.5 m; one timed iteration = rasterize all 4 views + backward of the summed image. Median of repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from clods_pl.errors import BackendUnavailableError
+from clods_pl.geometry import ring_cameras
+from clods_pl.render import rasterize
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FULL = [(n, s) for n in (1_000, 10_000, 100_000) for s in (64, 256, 512)]
+QUICK = [(1_000, 64), (10_000, 64), (1_000, 256), (10_000, 256)]
+
+
+def scene(n: int, device: torch.device, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    means = torch.rand(n, 3, generator=g) - 0.5
+    quats = torch.randn(n, 4, generator=g)
+    scales = torch.rand(n, 3, generator=g) * 0.02 + 0.01
+    opac = torch.rand(n, generator=g) * 0.9 + 0.05
+    cols = torch.rand(n, 3, generator=g)
+    return [t.to(device).requires_grad_(True) for t in (means, quats, scales, opac, cols)]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(backend: str, n: int, size: int, device: torch.device, repeats: int) -> dict:
+    params = scene(n, device)
+    cams = ring_cameras(4, 2.5, width=size, height=size).to(device)
+    bg = torch.ones(3, device=device)
+    times = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for i in range(repeats + 1):
+        for p in params:
+            p.grad = None
+        _sync(device)
+        t = time.perf_counter()
+        out = rasterize(*params, cams.w2c, cams.K, size, size, bg, backend=backend)
+        out.rgb.sum().backward()
+        _sync(device)
+        if i > 0:  # first call warms up (gsplat JIT-compiles on its first use)
+            times.append(time.perf_counter() - t)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"backend": backend, "gaussians": n, "size": size, "views": 4, "median_ms": 1e3 * statistics.median(times),
+            "min_ms": 1e3 * min(times), "repeats": repeats, "peak_mib": peak}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--backends", nargs="+", default=None)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    backends = args.backends or (["torch"] if device.type == "cpu" else ["torch", "gsplat", "inria"])
+    rows = []
+    for backend in backends:
+        for n, size in (QUICK if args.quick else FULL):
+            try:
+                row = bench(backend, n, size, device, args.repeats)
+            except BackendUnavailableError as exc:
+                print(f"skip {backend}: {exc}")
+                break
+            except torch.OutOfMemoryError:
+                row = {"backend": backend, "gaussians": n, "size": size, "error": "out of memory"}
+            rows.append(row)
+            print(f"{backend:7s} N={n:>7d} {size:>4d}px  " + (f"{row['median_ms']:9.1f} ms" if "median_ms" in row else row["error"]), flush=True)
+    meta = {"device": args.device, "machine": torch.cuda.get_device_name(0) if device.type == "cuda" else
+            f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "torch": torch.__version__}
+    out = Path(args.out) if args.out else RESULTS / f"render_{args.device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**meta, "results": rows}, indent=2))
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()
