@@ -170,3 +170,13 @@ class ClothSimulator:
         if not torch.isfinite(out).all():
             raise FloatingPointError("cloth simulation diverged; lower dt or raise substeps")
         return out
+
+
+def simulate(params: PhysicsParams, mesh: FlagMesh, num_frames: int, dt: float = 0.04, substeps: int = 10,
+             generator: torch.Generator | None = None, iterations: int = 20, progress: bool = False) -> Tensor:
+    """Simulate one flag trajectory -> verts (num_frames, V, 3) float32, world, metres.
+
+    ``generator`` draws the random initial ripple (None: start flat at rest); ``params.preroll_s`` seconds are
+    simulated before the first recorded frame.
+    """
+    return ClothSimulator(mesh, dt, substeps, iterations).simulate(params, num_frames, generator, progress)
