@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import numpy as np
+import torch
 import yaml
 
 from clods_pl.data.format import read_dataset
-from clods_pl.data.generate import PRESETS, GenerateConfig, generate_dataset
+from clods_pl.data.generate import PRESETS, GenerateConfig, default_cameras, generate_dataset, render_sequence
+from clods_pl.data.simulator import FlagMesh
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = GenerateConfig(name="mini", splits={"train": 1, "test_unviewed": 1}, num_frames=4, num_views=2,
@@ -16,7 +20,9 @@ MINI = GenerateConfig(name="mini", splits={"train": 1, "test_unviewed": 1}, num_
 
 
 def test_generate_reads_back_and_is_reproducible(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
     a = generate_dataset(MINI, tmp_path / "a", progress=False)
+    assert torch.get_num_threads() == threads  # the generator's thread setting does not leak
     b = generate_dataset(MINI, tmp_path / "b", progress=False)
     ds = read_dataset(a)
     assert ds.names("train") == ["traj_0000"] and ds.names("test_unviewed") == ["traj_0001"]
@@ -28,7 +34,23 @@ def test_generate_reads_back_and_is_reproducible(tmp_path: Path) -> None:
     assert frames.shape == (4, 2, 24, 24, 4) and frames[..., 3].max() == 255  # the cloth is in view
     for rel in ("traj_0000/gt.npz", "traj_0001/images/view_01/00003.png"):
         assert (a / rel).read_bytes() == (b / rel).read_bytes()
-    assert (a / "traj_0000/physics.json").is_file()
+    az = {n: json.loads((a / n / "physics.json").read_text())["wind_azimuth_deg"] for n in ("traj_0000", "traj_0001")}
+    lo, hi = MINI.viewed_azimuth_deg
+    assert lo <= az["traj_0000"] <= hi  # training winds from the viewed range
+    assert abs(az["traj_0001"]) >= MINI.unviewed_azimuth_deg[0] > hi  # unviewed: winds training never saw
+
+
+def test_default_cameras_frame_the_cloth() -> None:
+    mesh = FlagMesh.make(4, 3, 1.0, 0.7, 0.3)
+    verts = torch.stack([mesh.rest, mesh.rest + torch.tensor([0.0, 0.4, -0.3])])  # (T=2, V, 3)
+    cams = default_cameras(verts, 3, 40, 30)
+    pix, z = cams.project(verts.reshape(-1, 3))
+    assert bool((z > 0).all()) and bool((pix >= 0).all()) and bool((pix[..., 0] <= 40).all())
+    assert bool((pix[..., 1] <= 30).all())
+    frames = render_sequence(verts, mesh.faces, mesh.mesh_pos, cams, renderer="torch", supersample=1,
+                             progress=False)
+    assert frames.shape == (2, 3, 30, 40, 4) and frames.dtype == np.uint8
+    assert ((frames[..., 3] > 0).reshape(6, -1).mean(-1) > 0.03).all()  # every view sees a fair share of cloth
 
 
 def test_preset_yaml_files_match_code() -> None:

@@ -77,3 +77,29 @@ def test_pytorch3d_choice() -> None:
         with pytest.raises(BackendUnavailableError, match="conda install"):
             make_mesh_renderer("pytorch3d")
         assert isinstance(make_mesh_renderer("auto"), TorchMeshRenderer)
+
+
+def test_barycentrics_are_perspective_correct() -> None:
+    # a quad strongly tilted in depth: screen-space barycentrics would put the 3D point off the pixel ray
+    verts = torch.tensor([[-0.4, -0.3, -0.8], [0.4, -0.3, -0.8], [0.4, 0.3, 0.6], [-0.4, 0.3, 0.6]])
+    faces = torch.tensor([[0, 1, 2], [0, 2, 3]])
+    c = cams([(0.0, 0.0, 2.0)])
+    frags = TorchMeshRenderer(1).fragments(verts, faces, c)
+    hit = frags.face[0] >= 0
+    assert int(hit.sum()) > 100
+    pts = (frags.bary[0][hit].unsqueeze(-1) * verts[faces[frags.face[0][hit]]]).sum(-2)  # (N, 3) world
+    pix, _ = c.project(pts)
+    ys, xs = torch.nonzero(hit, as_tuple=True)
+    centres = torch.stack([xs, ys], -1).float() + 0.5
+    assert float((pix[0] - centres).abs().max()) < 1e-3
+
+
+def test_non_square_image_coverage() -> None:
+    verts, faces, uv = quad(half=0.25)
+    w2c = look_at(torch.tensor([0.0, 0.0, 2.0]), torch.zeros(3), torch.tensor([0.0, 1.0, 0.0]))[None]
+    Kw = torch.tensor([[[32.0, 0, 24], [0, 32.0, 16], [0, 0, 1]]])
+    img = TorchMeshRenderer(supersample=4).render(verts, faces, uv, Cameras(Kw, w2c, 48, 32))
+    assert img.shape == (1, 32, 48, 4)
+    assert abs(float(img[0, ..., 3].sum()) - 64.0) < 1.0
+    ys, xs = torch.nonzero(img[0, ..., 3] > 0.5, as_tuple=True)
+    assert (int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())) == (20, 27, 12, 19)  # centred 8x8 block

@@ -121,12 +121,15 @@ def load_config(preset_or_path: str | GenerateConfig) -> GenerateConfig:
 def default_cameras(verts: Tensor | np.ndarray, num_views: int, width: int, height: int, fov_deg: float = 45.0,
                     elevations_deg: tuple[float, ...] = (20.0, -5.0), azimuth_offset_deg: float = 45.0,
                     margin: float = 1.1) -> Cameras:
-    """A ring of cameras framing every frame of ``verts`` ((T, V, 3) or (V, 3)), world up +z."""
+    """A ring of cameras framing every frame of ``verts`` ((T, V, 3) or (V, 3) world): each camera looks at the
+    bounding-box centre from far enough that the bounding sphere (times ``margin``) fits the narrower field of view
+    (``fov_deg`` is horizontal, as in :func:`ring_cameras`); world up +z."""
     v = torch.as_tensor(np.asarray(verts), dtype=torch.float32).reshape(-1, 3)
     lo, hi = v.min(0).values, v.max(0).values
     centre = (lo + hi) / 2
     r = float((v - centre).norm(dim=-1).max())
-    dist = margin * r / np.sin(np.radians(fov_deg) / 2)
+    half = np.arctan(np.tan(np.radians(fov_deg) / 2) * min(1.0, height / width))
+    dist = margin * r / np.sin(half)
     return ring_cameras(num_views, dist, tuple(centre.tolist()), elevations_deg, fov_deg, width, height,
                         azimuth_offset_deg=azimuth_offset_deg)
 

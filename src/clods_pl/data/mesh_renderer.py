@@ -153,8 +153,9 @@ class Pytorch3dMeshRenderer:
         s = self.supersample
         Hs, Ws = cameras.height * s, cameras.width * s
         pix, z = _screen(verts, cameras, s)
-        # pytorch3d NDC: +x left, +y up, [-1, 1] across the (square) image
-        ndc = torch.stack([1 - 2 * pix[..., 0] / Ws, 1 - 2 * pix[..., 1] / Hs, z], -1)
+        # pytorch3d NDC: +x left, +y up, the shorter image side spans [-1, 1] (pixel centres at +0.5)
+        short = float(min(Hs, Ws))
+        ndc = torch.stack([(Ws - 2 * pix[..., 0]) / short, (Hs - 2 * pix[..., 1]) / short, z], -1)
         meshes = self._meshes(verts=list(ndc), faces=[faces] * ndc.shape[0])
         p2f, _zbuf, bary, _ = self._rasterize(meshes, image_size=(Hs, Ws), blur_radius=0.0, faces_per_pixel=1,
                                               perspective_correct=False)
