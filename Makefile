@@ -14,7 +14,9 @@ DATA ?= data/$(PRESET)
 SWEEP ?= experiments/sweeps/stage2_gamma_iters.yaml
 PYTEST_ARGS ?=
 
-export OMP_NUM_THREADS ?= 2
+# One intra-op thread: on a 2-core box, torch with 2 threads runs 10-20x slower as soon as another process
+# competes for a core (measured: 7.9 s vs 0.43 s per stage-2 render step). Raise it on an idle many-core machine.
+export OMP_NUM_THREADS ?= 1
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 

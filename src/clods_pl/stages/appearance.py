@@ -265,7 +265,7 @@ class AppearanceModule(L.LightningModule):
                 os.environ.setdefault("TORCH_HOME", os.path.expanduser("~/.cache/torch"))
                 from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity  # noqa: PLC0415
 
-                self._lpips = LearnedPerceptualImagePatchSimilarity(net_type="alex", pretrained=True).to(self.device)
+                self._lpips = LearnedPerceptualImagePatchSimilarity(net_type="alex").to(self.device)
             except Exception as exc:  # torchvision missing or weights not cached: never download here
                 self.print(f"[clods-pl] LPIPS skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
                 self._lpips = None
