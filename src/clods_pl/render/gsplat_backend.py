@@ -32,9 +32,8 @@ def rasterize_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opacities: Te
                                       "use backend=torch on the CPU")
     gsplat = import_gsplat()
     C = viewmats.shape[0]
+    # gsplat appends the zero depth channel to the backgrounds itself in RGB+ED mode
     bgs = None if background is None else background.to(means).expand(C, 3).contiguous()
-    if return_depth and bgs is not None:
-        bgs = torch.cat([bgs, torch.zeros_like(bgs[:, :1])], -1)
     render, alpha, _meta = gsplat.rasterization(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane=NEAR_PLANE,
         eps2d=EPS_2D, packed=False, rasterize_mode="classic", render_mode="RGB+ED" if return_depth else "RGB",

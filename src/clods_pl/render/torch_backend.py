@@ -14,10 +14,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from clods_pl.render.projection import num_tiles, project_gaussians, tile_bounds
+from clods_pl.render.projection import Projected, num_tiles, project_gaussians, tile_bounds
 from clods_pl.render.types import RenderOutput
 
-TILE = 16
+TILE = 16   # 3DGS/gsplat tile: a Gaussian may touch every pixel of the 16x16 tiles its 3-sigma box overlaps
+BLOCK = 8   # compute block: the same pixels, restricted to where its alpha can reach 1/255 (exact, less work)
 ALPHA_MAX = 0.99
 ALPHA_MIN = 1.0 / 255.0
 T_MIN = 1e-4
@@ -51,11 +52,11 @@ def rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Ten
     """See :func:`clods_pl.render.rasterize`. colors: (N, 3) or (C, N, 3)."""
     C, N = viewmats.shape[0], means.shape[0]
     dtype, device = means.dtype, means.device
-    tiles_x, tiles_y = num_tiles(width, height, TILE)
+    tiles_x, tiles_y = num_tiles(width, height, BLOCK)
     tiles_per_cam = tiles_x * tiles_y
     bg = torch.zeros(3, dtype=dtype, device=device) if background is None else background.to(dtype)
     p = project_gaussians(means, quats, scales, viewmats, Ks, width, height)
-    tile_id, gid = _pairs(*tile_bounds(p, TILE, tiles_x, tiles_y), p.depth, tiles_x, tiles_per_cam)
+    tile_id, gid = _pairs(*_block_bounds(p, opacities, width, height), p.depth, tiles_x, tiles_per_cam)
     n_tiles = C * tiles_per_cam
     counts = torch.bincount(tile_id, minlength=n_tiles) if tile_id.numel() else torch.zeros(n_tiles, dtype=torch.long)
     kmax = int(counts.max()) if counts.numel() else 0
@@ -68,12 +69,13 @@ def rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Ten
     conic = p.conic.reshape(C * N, 3)
     opac = opacities.unsqueeze(0).expand(C, N).reshape(C * N)
 
-    # pixel centres of one tile, (TILE*TILE, 2)
-    iy, ix = torch.meshgrid(torch.arange(TILE, device=device), torch.arange(TILE, device=device), indexing="ij")
-    local_pix = torch.stack([ix.reshape(-1), iy.reshape(-1)], -1).to(dtype) + 0.5
+    # pixel centres of one tile (tile-local coordinates)
+    iy, ix = torch.meshgrid(torch.arange(BLOCK, device=device), torch.arange(BLOCK, device=device), indexing="ij")
+    px, py = ix.reshape(-1).to(dtype) + 0.5, iy.reshape(-1).to(dtype) + 0.5
+    local_pix = torch.stack([px * px, py * py, px * py, px, py, torch.ones_like(px)], -1)  # (P, 6) monomials
 
-    out_feat = torch.zeros(n_tiles, TILE * TILE, feat_dim, dtype=dtype, device=device)
-    out_T = torch.ones(n_tiles, TILE * TILE, dtype=dtype, device=device)
+    out_feat = torch.zeros(n_tiles, BLOCK * BLOCK, feat_dim, dtype=dtype, device=device)
+    out_T = torch.ones(n_tiles, BLOCK * BLOCK, dtype=dtype, device=device)
     busy = torch.nonzero(counts > 0).squeeze(-1)
     if kmax > 0 and busy.numel() > 0:
         offsets = torch.cumsum(counts, 0) - counts
@@ -91,10 +93,10 @@ def rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Ten
         out_feat = out_feat.index_put((busy,), torch.cat(feats_list))
         out_T = out_T.index_put((busy,), torch.cat(T_list))
 
-    def to_image(x: Tensor) -> Tensor:  # (C*tiles, TILE*TILE, D) -> (C, H, W, D)
+    def to_image(x: Tensor) -> Tensor:  # (C*tiles, BLOCK*BLOCK, D) -> (C, H, W, D)
         D = x.shape[-1]
-        img = x.reshape(C, tiles_y, tiles_x, TILE, TILE, D).permute(0, 1, 3, 2, 4, 5)
-        return img.reshape(C, tiles_y * TILE, tiles_x * TILE, D)[:, :height, :width]
+        img = x.reshape(C, tiles_y, tiles_x, BLOCK, BLOCK, D).permute(0, 1, 3, 2, 4, 5)
+        return img.reshape(C, tiles_y * BLOCK, tiles_x * BLOCK, D)[:, :height, :width]
 
     feat_img = to_image(out_feat)
     T_img = to_image(out_T.unsqueeze(-1))
@@ -106,13 +108,35 @@ def rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Ten
     return RenderOutput(rgb=rgb, alpha=alpha, depth=depth)
 
 
+def _block_bounds(p: Projected, opacities: Tensor, width: int, height: int) -> tuple[Tensor, ...]:
+    """BLOCK rectangles [x0, x1) x [y0, y1) per (camera, Gaussian): inside its 16-pixel tile rectangle (3DGS
+    semantics) and inside the box where ``opacity * exp(-0.5 d^T Sigma^-1 d) >= 1/255`` is possible, i.e.
+    ``|d| <= sqrt(2 ln(255 opacity) lambda_max)``; every skipped pixel would have been skipped by the threshold."""
+    tiles_x, tiles_y = num_tiles(width, height, TILE)
+    bx, by = num_tiles(width, height, BLOCK)
+    k = TILE // BLOCK
+    x0, x1, y0, y1 = tile_bounds(p, TILE, tiles_x, tiles_y)
+    op = opacities.detach().to(p.mean2d.dtype)
+    reach = torch.sqrt(2.0 * torch.log((255.0 * op).clamp_min(1.0)))  # (N,) Mahalanobis reach
+    r = reach[None, :] * p.radius.to(op.dtype) / 3.0 + 1e-3  # radius = ceil(3 sqrt(lambda_max)) >= 3 sqrt(lam)
+    mx, my = p.mean2d[..., 0].detach(), p.mean2d[..., 1].detach()
+    x0 = torch.maximum(x0 * k, torch.floor((mx - r) / BLOCK).long())
+    x1 = torch.minimum(torch.clamp(x1 * k, max=bx), torch.ceil((mx + r) / BLOCK).long())
+    y0 = torch.maximum(y0 * k, torch.floor((my - r) / BLOCK).long())
+    y1 = torch.minimum(torch.clamp(y1 * k, max=by), torch.ceil((my + r) / BLOCK).long())
+    live = p.valid & (255.0 * op[None, :] >= 1.0)
+    x1 = torch.where(live & (x1 > x0), x1, x0)
+    y1 = torch.where(live & (y1 > y0), y1, y0)
+    return x0, x1, y0, y1
+
+
 def _chunks(tiles: Tensor, counts: Tensor, slack: float = 0.7) -> list[tuple[Tensor, int]]:
     """Group busy tiles by their Gaussian count (descending) so padding to a group's maximum wastes little and a
     group evaluates at most CHUNK_ELEMENTS pixel-Gaussian pairs -> [(tile ids, K of the group)]."""
     order = torch.argsort(counts, descending=True)
     tiles, counts = tiles[order], counts[order].tolist()
     groups, start = [], 0
-    per_tile = TILE * TILE
+    per_tile = BLOCK * BLOCK
     while start < len(counts):
         k = counts[start]
         end = start + 1
@@ -127,27 +151,32 @@ def _shade_tiles(tiles: Tensor, table: Tensor, local_pix: Tensor, tiles_x: int, 
                  conic: Tensor, opac: Tensor, feats: Tensor) -> tuple[Tensor, Tensor]:
     """Composite the sorted Gaussians ``table`` (B, K; -1 = padding) over the pixels of ``tiles`` (B,).
 
-    Returns (B, P, D) accumulated features and (B, P) final transmittance, P = TILE*TILE.
+    Returns (B, P, D) accumulated features and (B, P) final transmittance, P = BLOCK*BLOCK.
     """
     local = tiles % tiles_per_cam
-    origin = torch.stack([local % tiles_x, local // tiles_x], -1).to(mean2d.dtype) * TILE  # (B, 2)
-    pix = origin[:, None, :] + local_pix[None]  # (B, P, 2)
+    origin = torch.stack([local % tiles_x, local // tiles_x], -1).to(mean2d.dtype) * BLOCK  # (B, 2)
     valid = table >= 0
     idx = table.clamp_min(0)
-    m = mean2d[idx]  # (B, K, 2)
+    m = mean2d[idx] - origin[:, None, :]  # (B, K, 2) tile-local, keeps float32 well conditioned
     cn = conic[idx]  # (B, K, 3)
-    d = pix[:, :, None, :] - m[:, None, :, :]  # (B, P, K, 2)
-    dx, dy = d[..., 0], d[..., 1]
-    power = -0.5 * (cn[:, None, :, 0] * dx * dx + cn[:, None, :, 2] * dy * dy) - cn[:, None, :, 1] * dx * dy
-    alpha = torch.clamp(opac[idx][:, None, :] * torch.exp(torch.clamp(power, max=0.0)), max=ALPHA_MAX)
-    keep = valid[:, None, :] & (alpha >= ALPHA_MIN) & (power <= 0)
+    a, b, c = cn.unbind(-1)
+    mx, my = m.unbind(-1)
+    # log(opacity) - 0.5 d^T Sigma^-1 d is a quadratic in the pixel position: one batched matmul with the
+    # per-pixel monomials [x^2, y^2, xy, x, y, 1] instead of ~20 elementwise passes over (B, P, K)
+    log_op = torch.log(opac[idx].clamp_min(1e-30))
+    const = -0.5 * a * mx * mx - 0.5 * c * my * my - b * mx * my + log_op
+    coef = torch.stack([-0.5 * a, -0.5 * c, -b, a * mx + b * my, c * my + b * mx, const], 1)  # (B, 6, K)
+    log_alpha = torch.matmul(local_pix, coef)  # (B, P, K)
+    alpha = torch.clamp(torch.exp(torch.clamp(log_alpha, max=0.0)), max=ALPHA_MAX)
+    keep = valid[:, None, :] & (alpha >= ALPHA_MIN)
     alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
     # stop before transmittance drops below T_MIN (3DGS): the condition is monotone along the sorted axis
-    T_after = torch.cumprod(1.0 - alpha, dim=-1)
-    alpha = torch.where(T_after.detach() >= T_MIN, alpha, torch.zeros_like(alpha))
+    with torch.no_grad():
+        alive = torch.cumprod(1.0 - alpha, dim=-1) >= T_MIN
+    alpha = torch.where(alive, alpha, torch.zeros_like(alpha))
     one_minus = 1.0 - alpha
     T_incl = torch.cumprod(one_minus, dim=-1)
     T_before = torch.cat([torch.ones_like(T_incl[..., :1]), T_incl[..., :-1]], dim=-1)
     w = alpha * T_before  # (B, P, K)
-    f = torch.einsum("bpk,bkd->bpd", w, feats[idx])
+    f = torch.matmul(w, feats[idx])
     return f, T_incl[..., -1]
