@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (2 on a busy 2-core box: 10x slower)")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     backends = args.backends or (["torch"] if device.type == "cpu" else ["torch", "gsplat", "inria"])
     rows = []

@@ -4,8 +4,10 @@ Semantics follow 3DGS/gsplat ("classic" mode): a Gaussian is evaluated at every 
 box overlaps; per pixel, ``alpha = min(0.99, opacity * exp(-0.5 d^T Sigma2D^-1 d))``, contributions with
 ``alpha < 1/255`` are skipped, Gaussians are composited front to back by camera depth, and compositing stops
 before the transmittance would fall below 1e-4. Work grows with the (tile, Gaussian) pairs, not pixels x
-Gaussians: each Gaussian is duplicated into the tiles it overlaps, pairs are sorted by (tile, depth), and every tile
-evaluates only its own Gaussians (padded to the busiest tile, processed in memory-bounded chunks of tiles).
+Gaussians: each Gaussian is duplicated into the 4x4-pixel compute blocks that lie inside its 16x16 tiles AND inside
+the box where its alpha can reach 1/255 (so the result is exactly the 16x16-tile one), pairs are sorted by (block,
+depth), and every block evaluates only its own Gaussians (padded to similar counts, in memory-bounded chunks). The
+exponent log(opacity) - 0.5 d^T Sigma^-1 d is a quadratic in the pixel position, evaluated as one matmul.
 Gradients come from autograd.
 """
 
@@ -18,7 +20,7 @@ from clods_pl.render.projection import Projected, num_tiles, project_gaussians, 
 from clods_pl.render.types import RenderOutput
 
 TILE = 16   # 3DGS/gsplat tile: a Gaussian may touch every pixel of the 16x16 tiles its 3-sigma box overlaps
-BLOCK = 8   # compute block: the same pixels, restricted to where its alpha can reach 1/255 (exact, less work)
+BLOCK = 4   # compute block: the same pixels, restricted to where its alpha can reach 1/255 (exact, less work)
 ALPHA_MAX = 0.99
 ALPHA_MIN = 1.0 / 255.0
 T_MIN = 1e-4
@@ -130,7 +132,7 @@ def _block_bounds(p: Projected, opacities: Tensor, width: int, height: int) -> t
     return x0, x1, y0, y1
 
 
-def _chunks(tiles: Tensor, counts: Tensor, slack: float = 0.7) -> list[tuple[Tensor, int]]:
+def _chunks(tiles: Tensor, counts: Tensor, slack: float = 0.5) -> list[tuple[Tensor, int]]:
     """Group busy tiles by their Gaussian count (descending) so padding to a group's maximum wastes little and a
     group evaluates at most CHUNK_ELEMENTS pixel-Gaussian pairs -> [(tile ids, K of the group)]."""
     order = torch.argsort(counts, descending=True)
