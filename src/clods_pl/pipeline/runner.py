@@ -23,7 +23,7 @@ from clods_pl.errors import BackendUnavailableError, ClodsError, ManifestError
 from clods_pl.pipeline.experiment import (EVAL_FUNCTION, EVAL_NAME, STAGE_NAMES, STAGES, import_object,
                                           result_config, section)
 from clods_pl.pipeline.manifest import Manifest
-from clods_pl.utils.files import atomic_write_text
+from clods_pl.utils.files import atomic_write_json, atomic_write_text
 
 STAGE1_CKPT = "smgs.ckpt"
 MESH_CACHE_DIR = "meshes"
@@ -34,6 +34,7 @@ RECOVERED_SOURCES = ("recovered", "mixed")
 CUDA_BACKENDS = {"gsplat": ("gsplat", "pip install gsplat==1.5.3"),
                  "inria": ("diff_gaussian_rasterization",
                            "build graphdeco-inria/diff-gaussian-rasterization yourself (non-commercial licence)")}
+SUMMARY_FILE = "summary.json"
 UPSTREAM = {"stage1": (), "stage2": ("stage1",), "stage3": ("stage2",), EVAL_NAME: ("stage3",)}
 
 
@@ -78,6 +79,34 @@ def check_backends(cfg: Namespace, stage: str) -> None:
         if not torch.cuda.is_available():
             raise BackendUnavailableError(f"{stage}.{key}={value} needs a CUDA GPU and none is visible; "
                                           f"use {stage}.{key}=torch on the CPU")
+
+
+def recovery_summary(dataset: str, cache_dir: Path, names: list[str]) -> dict[str, Any]:
+    """Stage-2 errors vs GT (evaluation only) from the mesh caches, relative to the flag size, per trajectory and
+    overall: mean over frames 1..T-1, frame 1, last frame, and last / frame-1 (drift)."""
+    import numpy as np  # noqa: PLC0415
+
+    from clods_pl.data.format import read_dataset  # noqa: PLC0415
+    from clods_pl.stages.recovery_metrics import flag_size  # noqa: PLC0415
+
+    raw: dict[str, Any] = {}
+    for name in names:
+        with np.load(cache_dir / f"{name}.npz") as z:
+            if "gt_rmse" in z.files and int(z["frames_done"]) > 1:
+                raw[name] = z["gt_rmse"][1:int(z["frames_done"])]
+    per: dict[str, Any] = {}
+    if raw:
+        ds = read_dataset(dataset, validate=False)
+        for name, abs_rmse in raw.items():
+            rmse = abs_rmse / flag_size(ds.trajectory(name).mesh_pos.numpy())
+            per[name] = {"mean_rel_rmse": float(rmse.mean()), "first_rel_rmse": float(rmse[0]),
+                         "last_rel_rmse": float(rmse[-1]),
+                         "drift_last_over_first": float(rmse[-1] / max(rmse[0], 1e-12))}
+    out: dict[str, Any] = {"trajectories": per}
+    if per:
+        out["mean_rel_rmse"] = float(np.mean([v["mean_rel_rmse"] for v in per.values()]))
+        out["max_drift_last_over_first"] = float(max(v["drift_last_over_first"] for v in per.values()))
+    return out
 
 
 class StageRunner:
@@ -209,6 +238,9 @@ class StageRunner:
         trainer.fit(model, datamodule=data, ckpt_path=resume_from)
         ckpt = stage_dir / STAGE1_CKPT
         trainer.save_checkpoint(ckpt)
+        if trainer.is_global_zero:
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            atomic_write_json(stage_dir / SUMMARY_FILE, {"held_out_views": metrics})
         return {"checkpoint": ckpt}
 
     def _run_stage2(self, dataset: str, stage_dir: Path, resume_from: str | None) -> dict[str, Path] | None:
@@ -223,6 +255,8 @@ class StageRunner:
             print("[clods-pl] stage2: recovered a shard (data.trajectories); run stage2 without it to finish")
             return None
         names = [item.name for item in data.items]
+        if trainer.is_global_zero:
+            atomic_write_json(stage_dir / SUMMARY_FILE, recovery_summary(dataset, cache_dir, names))
         return {f"mesh:{n}": cache_dir / f"{n}.npz" for n in names}
 
     def _run_stage3(self, dataset: str, stage_dir: Path, resume_from: str | None) -> dict[str, Path]:

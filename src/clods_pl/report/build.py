@@ -47,6 +47,14 @@ def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Pat
         if videos:
             lines += ["### Rollout videos (grey: ground truth, red: prediction)", ""]
             lines += [f"- [{v.stem}]({rel(v)})" for v in videos] + [""]
+    stage_summaries = [("Stage 1: appearance (held-out views)", run_dir / "stage1" / "summary.json"),
+                       ("Stage 2: mesh recovery vs GT (relative to the flag size; evaluation only)",
+                        run_dir / "stage2" / "summary.json")]
+    for title, path in stage_summaries:
+        if path.is_file():
+            rows = _flat(json.loads(path.read_text()))
+            lines += [f"## {title}", "", "| metric | value |", "|---|---|"]
+            lines += [f"| {k} | {v:.5g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows] + [""]
     for path in jsons:
         if path.name == ROLLOUT_METRICS:
             continue
