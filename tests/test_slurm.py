@@ -151,3 +151,23 @@ def test_stage2_shard_from_experiment_config(tmp_path: Path, monkeypatch: pytest
         slurm.stage2_shard_source(cfg)
     with pytest.raises(slurm.SlurmConfigError, match="does not exist"):
         slurm.stage2_shard_source(tmp_path / "missing.yaml")
+
+
+def test_shard_skips_standard_splits_the_dataset_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tiny has no `val` split: the array shards must list its trajectories, not fail (as stage 2 itself skips it)."""
+    import types
+
+    from clods_pl.errors import DatasetError
+
+    splits = {"train": ["t0", "t1"], "test_viewed": ["t2"]}
+
+    def names(split: str) -> list[str]:
+        if split not in splits:
+            raise DatasetError(f"dataset.json: no split '{split}'")
+        return splits[split]
+
+    ds = types.SimpleNamespace(info=types.SimpleNamespace(splits=splits), names=names)
+    monkeypatch.setitem(sys.modules, "clods_pl.data.format", types.SimpleNamespace(read_dataset=lambda root: ds))
+    assert slurm.dataset_trajectories("d") == ["t0", "t1", "t2"]
+    with pytest.raises(DatasetError, match="no split 'mine'"):
+        slurm.dataset_trajectories("d", ["train", "mine"])  # a split the user named explicitly is still checked

@@ -160,8 +160,11 @@ def dataset_trajectories(dataset_dir: str | os.PathLike, splits: Sequence[str] |
     from clods_pl.data.format import read_dataset  # noqa: PLC0415  (data package loads lazily)
 
     dataset = read_dataset(dataset_dir)
+    available = getattr(getattr(dataset, "info", None), "splits", None)
     names: set[str] = set()
     for split in splits or STAGE2_SPLITS:
+        if available is not None and split not in available and split in STAGE2_SPLITS:
+            continue  # a standard split this dataset does not have (e.g. tiny has no val), as stage 2 skips it
         names.update(dataset.names(split))
     return sorted(names)
 
