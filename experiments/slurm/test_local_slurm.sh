@@ -25,9 +25,10 @@ fail() { echo "[test_local_slurm] FAILED: $*" >&2; exit 1; }
 
 cleanup() {
     local rc=$?
+    trap - EXIT INT TERM  # run once (a signal would otherwise run it again on EXIT, against stopped daemons)
     if [[ -n "${SLURM_CONF:-}" && ${#PIDS[@]} -gt 0 ]] && command -v scancel >/dev/null; then
         # our private controller: cancel what is left and let slurmd reap the job steps before stopping it
-        scancel --cluster=clods-local --user="$(id -un)" 2>/dev/null || scancel --user="$(id -un)" 2>/dev/null || true
+        timeout 10 scancel --user="$(id -un)" 2>/dev/null || true
         for _ in $(seq 150); do [[ -z "$(squeue -h -o %i 2>/dev/null)" ]] && break; sleep 0.2; done
     fi
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -213,6 +214,8 @@ else
     ids="$(awk '{print $2}' "$WORK/submitted.txt")"
     for _ in $(seq 3600); do
         [[ -z "$(squeue -h -o %i 2>/dev/null)" ]] && break
+        # a failed job leaves its dependants pending forever: stop waiting and report the failure below
+        squeue -h -o %r 2>/dev/null | grep -q DependencyNeverSatisfied && { scancel --user="$(id -un)"; sleep 2; break; }
         sleep 1
     done
     for id in $ids; do
