@@ -141,3 +141,21 @@ def test_experiment_configs_parse_with_lightning_cli(name, tmp_path):
                              "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"])
     assert cli.model.hparams.rollout_length == cli.datamodule.rollout_length
     assert cli.model.model.message_passing == cli.model.hparams.message_passing in ("native", "dgl")
+
+
+def test_normalizer_steps_leave_weights_unchanged_and_return_a_loss(tmp_path):
+    """The first normalizer_steps only accumulate statistics: weights stay put, yet each step returns a loss
+    (DDP cannot skip a step: `training_step` returning None fails under SLURM/DDP)."""
+    L.seed_everything(0)
+    dm = _DM(wave_dataset(train=2, frames=10), rollout_length=3, windows_per_epoch=4, batch_size=2)
+    module = _module(normalizer_steps=4)
+    w0 = {k: v.clone() for k, v in module.model.state_dict().items() if "normalizer" not in k}
+    dm.setup()
+    loss = module.training_step(next(iter(dm.train_dataloader())), 0)
+    assert loss.requires_grad and float(loss) == 0.0
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=dm)  # 2 batches: both within the 4 normalizer steps
+    assert module.model.node_normalizer.num_accumulations.item() == 3
+    w1 = {k: v for k, v in module.model.state_dict().items() if "normalizer" not in k}
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)

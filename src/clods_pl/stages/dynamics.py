@@ -285,7 +285,7 @@ class DynamicsModule(L.LightningModule):
             loss = loss / (model.output_normalizer.std().mean().to(loss.dtype) ** 2).detach()
         return loss, per_step.detach()
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         accumulate = self.accumulating
         train = not accumulate or self.hparams.train_during_normalizer_steps
         with torch.set_grad_enabled(train):
@@ -295,7 +295,11 @@ class DynamicsModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/rollout_rmse", per_step.mean().sqrt(), batch_size=bs)
         self.log("train/step1_rmse", per_step[0].sqrt(), batch_size=bs)
-        return loss if train else None
+        if train:
+            return loss
+        # Normalizer-only step: a zero loss that reaches every parameter, so the optimizer step changes nothing
+        # (Adam with zero gradients) while DDP, which cannot skip a step, still sees each rank's gradients.
+        return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, per_step = self.rollout_loss(batch, noise=False, accumulate=False)
