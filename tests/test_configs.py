@@ -11,6 +11,7 @@ from clods_pl.pipeline.experiment import build_parser
 ROOT = Path(__file__).resolve().parents[1] / "experiments"
 EXPERIMENTS = sorted(ROOT.glob("flag_*.yaml"))
 ABLATIONS = sorted((ROOT / "ablations").glob("*.yaml"))
+CPU_OVERRIDES = sorted((ROOT / "cpu").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,13 @@ def test_ablation_overrides_parse(parser, path: Path) -> None:
     base = parser.parse_args(["--config", str(ROOT / "flag_tiny.yaml")])
     cfg = parser.parse_args(["--config", str(ROOT / "flag_tiny.yaml"), "--config", str(path)])
     assert cfg != base, f"{path.name} changes nothing"
+
+
+@pytest.mark.parametrize("path", CPU_OVERRIDES, ids=lambda p: p.name)
+def test_cpu_override_of_small_parses(parser, path: Path) -> None:
+    cfg = parser.parse_args(["--config", str(ROOT / "flag_small.yaml"), "--config", str(path)])
+    assert cfg.stage1.model.backend == "torch" and cfg.stage2.model.backend == "torch"
+    assert cfg.stage1.trainer.accelerator == "cpu"
 
 
 def test_misspelt_key_is_rejected(parser, tmp_path: Path) -> None:
