@@ -95,7 +95,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
 ReturnToService=2
-MinJobAge=600
+MinJobAge=7200
 MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
@@ -116,7 +116,7 @@ done
 log "node $HOST idle"
 
 # job_state JOBID -> COMPLETED | FAILED | ... (scontrol keeps finished jobs for MinJobAge seconds)
-job_state() { scontrol show job "$1" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p' | sort -u | tr '\n' ' '; }
+job_state() { { scontrol show job "$1" 2>/dev/null || echo "JobState=PURGED"; } | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p' | sort -u | tr '\n' ' '; }
 
 # ---------------------------------------------------------------- 1. tiny Lightning DDP job
 cat > "$WORK/ddp_job.py" <<'PYJOB'
