@@ -136,7 +136,7 @@ def test_stage2_shard_from_experiment_config(tmp_path: Path, monkeypatch: pytest
         seen.append(str(root))
         return types.SimpleNamespace(names=lambda split: splits[split])
 
-    monkeypatch.setitem(sys.modules, "clods_pl.data.format", types.SimpleNamespace(read_dataset=read_dataset))
+    monkeypatch.setattr("clods_pl.data.format.read_dataset", read_dataset)
     cfg = tmp_path / "exp.yaml"
     cfg.write_text("dataset: data/tiny\nstage2:\n  data:\n    splits: [train, val]\n")
     assert slurm.stage2_shard_source(cfg) == ("data/tiny", ["train", "val"])
@@ -167,7 +167,7 @@ def test_shard_skips_standard_splits_the_dataset_lacks(monkeypatch: pytest.Monke
         return splits[split]
 
     ds = types.SimpleNamespace(info=types.SimpleNamespace(splits=splits), names=names)
-    monkeypatch.setitem(sys.modules, "clods_pl.data.format", types.SimpleNamespace(read_dataset=lambda root: ds))
+    monkeypatch.setattr("clods_pl.data.format.read_dataset", lambda root: ds)
     assert slurm.dataset_trajectories("d") == ["t0", "t1", "t2"]
     with pytest.raises(DatasetError, match="no split 'mine'"):
         slurm.dataset_trajectories("d", ["train", "mine"])  # a split the user named explicitly is still checked

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from clods_pl.data.splits import STANDARD_SPLITS
 from clods_pl.errors import DatasetError
 from clods_pl.geometry import Cameras, NodeType
 from clods_pl.utils.files import atomic_savez, atomic_write, atomic_write_json
@@ -37,7 +38,6 @@ GT_FILE = "gt.npz"
 PHYSICS_FILE = "physics.json"
 IMAGES_DIR = "images"
 FRAME_PATTERN = "{t:05d}.png"
-STANDARD_SPLITS = ("train", "val", "test_viewed", "test_unviewed")
 
 
 @dataclass

@@ -152,21 +152,12 @@ def array_shard(names: Sequence[str], env: Mapping[str, str] | None = None) -> l
     return shard_trajectories(names, task_id - low, count)
 
 
-STAGE2_SPLITS = ("train", "val", "test_viewed", "test_unviewed")  # RecoveryDataModule's default splits
-
-
 def dataset_trajectories(dataset_dir: str | os.PathLike, splits: Sequence[str] | None = None) -> list[str]:
-    """Sorted, unique trajectory names of ``splits`` (default: stage 2's) of a dataset (``clods_pl.data.format``)."""
+    """Sorted, unique trajectory names of ``splits`` (default: stage 2's, the standard ones) of a dataset."""
     from clods_pl.data.format import read_dataset  # noqa: PLC0415  (data package loads lazily)
+    from clods_pl.data.splits import STANDARD_SPLITS, names_in_splits  # noqa: PLC0415
 
-    dataset = read_dataset(dataset_dir)
-    available = getattr(getattr(dataset, "info", None), "splits", None)
-    names: set[str] = set()
-    for split in splits or STAGE2_SPLITS:
-        if available is not None and split not in available and split in STAGE2_SPLITS:
-            continue  # a standard split this dataset does not have (e.g. tiny has no val), as stage 2 skips it
-        names.update(dataset.names(split))
-    return sorted(names)
+    return sorted(names_in_splits(read_dataset(dataset_dir), splits or STANDARD_SPLITS))
 
 
 def stage2_shard_source(config_path: str | os.PathLike) -> tuple[str, list[str] | None]:

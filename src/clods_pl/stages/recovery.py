@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from clods_pl.data.splits import STANDARD_SPLITS, names_in_splits
 from clods_pl.errors import ClodsError
 from clods_pl.geometry import NodeType, unique_edges
 from clods_pl.stages.mesh_cache import MeshCache
@@ -38,7 +39,7 @@ from clods_pl.stages.recovery_metrics import (  # noqa: F401  (re-exported for c
 from clods_pl.utils.files import sha256_file
 
 RUN_MODE = "predict"
-DEFAULT_SPLITS = ("train", "val", "test_viewed", "test_unviewed")
+DEFAULT_SPLITS = STANDARD_SPLITS
 PLOTS_DIRNAME = "plots"
 CLI_IGNORED_OPTIONS = ("log_every_n_frames",)
 
@@ -483,12 +484,7 @@ class RecoveryDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         ds = self.read_dataset()
-        names: list[str] = []
-        available = getattr(getattr(ds, "info", None), "splits", None)
-        for split in self.splits:
-            if available is not None and split not in available and split in DEFAULT_SPLITS:
-                continue  # a standard split this dataset does not have (e.g. no test_unviewed)
-            names += [n for n in ds.names(split) if n not in names]
+        names = names_in_splits(ds, self.splits)
         if self.trajectories is not None:
             unknown = [n for n in self.trajectories if n not in names]
             if unknown:
