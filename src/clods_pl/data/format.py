@@ -40,6 +40,14 @@ IMAGES_DIR = "images"
 FRAME_PATTERN = "{t:05d}.png"
 
 
+
+def _read_json(path: Path) -> Any:
+    """Parsed JSON of an existing file; invalid JSON is a one-line DatasetError naming the file."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: invalid JSON ({exc})") from exc
+
 @dataclass
 class DatasetInfo:
     """Contents of ``dataset.json``.
@@ -183,10 +191,7 @@ class Trajectory:
         tf_path = self.root / TRANSFORMS_FILE
         if not tf_path.is_file():
             raise DatasetError(f"{tf_path}: missing file (cameras)")
-        try:
-            tf = json.loads(tf_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{tf_path}: invalid JSON ({exc})") from exc
+        tf = _read_json(tf_path)
         try:
             self.cameras = Cameras.from_transforms(tf, source=str(tf_path))
         except ValueError as exc:
@@ -354,10 +359,7 @@ def read_dataset_info(root: str | Path) -> DatasetInfo:
         raise DatasetError(f"{root}: dataset folder does not exist (generate one with `clods-pl data generate`)")
     if not path.is_file():
         raise DatasetError(f"{path}: missing file; is {root} a clods-pl dataset?")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: invalid JSON ({exc})") from exc
+    raw = _read_json(path)
     fmt, version = raw.get("format"), raw.get("version")
     if fmt != FORMAT_NAME:
         raise DatasetError(f"{path}: unknown format '{fmt}', expected '{FORMAT_NAME}'")

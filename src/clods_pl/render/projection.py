@@ -20,7 +20,7 @@ FOV_CLAMP = 1.3       # Jacobian evaluated inside 1.3x the field of view
 
 
 def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """(N, 4) wxyz (any norm) -> (N, 3, 3)."""
+    """(..., 4) wxyz (any norm) -> (..., 3, 3)."""
     q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     w, x, y, z = q.unbind(-1)
     return torch.stack([

@@ -11,6 +11,8 @@ import math
 import torch
 from torch import Tensor
 
+from clods_pl.render.projection import quat_to_rotmat
+
 SAMPLINGS = ("uniform", "random")
 _FRAME_EPS = 1e-12
 
@@ -91,14 +93,8 @@ def matrix_to_quaternion(R: Tensor) -> Tensor:
 
 
 def quaternion_to_matrix(q: Tensor) -> Tensor:
-    """Quaternions (…, 4) wxyz (normalised inside) -> rotation matrices (…, 3, 3)."""
-    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack([
-        torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-        torch.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-        torch.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-    ], -2)
+    """Quaternions (…, 4) wxyz (normalised inside) -> rotation matrices (…, 3, 3): the rasterizer's conversion."""
+    return quat_to_rotmat(q)
 
 
 def anchor_gaussians(verts: Tensor, faces: Tensor, beta: Tensor, log_scale: Tensor, normal_eps: float,
