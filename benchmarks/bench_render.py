@@ -1,6 +1,6 @@
 """Rasterizer forward+backward time and peak memory per backend.
 
-    python -m benchmarks.bench_render --device cpu --quick     # -> benchmarks/results/render_cpu.json
+    python -m benchmarks.bench_render --device cpu --quick --threads 2  # -> benchmarks/results/render_cpu_2threads.json
     python -m benchmarks.bench_render --device cuda            # torch, gsplat, inria (when installed)
 
 Scene: N Gaussians uniformly in a 1 m cube (scales 1-3 cm, random rotations, opacities, colours) seen by 4 ring
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (2 on a busy 2-core box: 10x slower)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads on the CPU (2 on a busy 2-core box: 10x slower)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{backend:7s} N={n:>7d} {size:>4d}px  " + (f"{row['median_ms']:9.1f} ms" if "median_ms" in row else row["error"]), flush=True)
     meta = {"device": args.device, "machine": torch.cuda.get_device_name(0) if device.type == "cuda" else
             f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "torch": torch.__version__}
-    out = Path(args.out) if args.out else RESULTS / f"render_{args.device}.json"
+    suffix = f"cpu_{args.threads}threads" if device.type == "cpu" else args.device
+    out = Path(args.out) if args.out else RESULTS / f"render_{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**meta, "results": rows}, indent=2))
     print(f"-> {out}")

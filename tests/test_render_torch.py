@@ -178,3 +178,54 @@ def test_cuda_backends_on_cpu_are_clear_errors(backend: str) -> None:
     with pytest.raises(BackendUnavailableError, match=f"backend '{backend}' needs"):
         rasterize(means, quats, scales, opac, colors, CAMS.w2c, CAMS.K, 40, 36, backend=backend)
     assert backend not in available_backends()
+
+
+def test_composite_backward_matches_finite_differences_when_opaque() -> None:
+    """The hand-written compositing backward, on layers opaque enough to hit the 0.99 alpha clamp and the
+    transmittance cut-off (T < 1e-4), against float64 finite differences."""
+    from clods_pl.render.torch_backend import ALPHA_MAX, T_MIN, _Composite
+
+    g = torch.Generator().manual_seed(3)
+    B, K, D = 3, 9, 4
+    iy, ix = torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij")
+    px, py = ix.reshape(-1).double() + 0.5, iy.reshape(-1).double() + 0.5
+    local_pix = torch.stack([px * px, py * py, px * py, px, py, torch.ones_like(px)], -1)
+    # broad Gaussians centred in the block: log alpha = log(opacity) - 0.5 |d|^2 / s^2
+    s2 = 4.0 + 6.0 * torch.rand(B, K, generator=g, dtype=torch.float64)
+    m = 1.0 + 2.0 * torch.rand(B, K, 2, generator=g, dtype=torch.float64)
+    log_op = torch.log(0.5 + 0.5 * torch.rand(B, K, generator=g, dtype=torch.float64))
+    log_op[:, 0], s2[:, 0] = math.log(1.2), 20.0  # a broad front layer whose alpha clamps at 0.99 near its centre
+    a = 1.0 / s2
+    coef = torch.stack([-0.5 * a, -0.5 * a, torch.zeros_like(a), a * m[..., 0], a * m[..., 1],
+                        -0.5 * a * (m ** 2).sum(-1) + log_op], 1).requires_grad_(True)
+    valid = torch.ones(B, K, dtype=torch.bool)
+    valid[0, -2:] = False  # padding
+    feats = torch.rand(B, K, D, generator=g, dtype=torch.float64).requires_grad_(True)
+    out, T_final = _Composite.apply(coef, valid, feats, local_pix)
+    alpha = torch.exp(torch.matmul(local_pix, coef.detach()).clamp(max=0.0))
+    assert bool((alpha[:, :, 0] > ALPHA_MAX).any()), "the scene must exercise the 0.99 clamp"
+    kept = torch.where(valid[:, None, :] & (alpha >= 1 / 255), alpha.clamp(max=ALPHA_MAX), torch.zeros_like(alpha))
+    assert bool((torch.cumprod(1 - kept, -1)[..., -1] < T_MIN).any()), "the scene must exercise the T cut-off"
+    assert bool((T_final >= T_MIN * (1 - ALPHA_MAX)).all())  # compositing stopped there
+    weight = torch.rand(B, 16, D, generator=g, dtype=torch.float64)
+
+    def f(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        o, t = _Composite.apply(c, valid, x, local_pix)
+        return (o * weight).sum() + 2.0 * t.sum()
+
+    grads = torch.autograd.grad(f(coef, feats), (coef, feats))
+    eps = 1e-6
+    for arg, grad in zip((coef, feats), grads):
+        num = torch.zeros_like(arg)
+        flat = arg.detach().reshape(-1)
+        for i in range(flat.numel()):
+            xp, xm = flat.clone(), flat.clone()
+            xp[i] += eps
+            xm[i] -= eps
+            if arg is coef:
+                fp, fm = f(xp.view_as(arg), feats.detach()), f(xm.view_as(arg), feats.detach())
+            else:
+                fp, fm = f(coef.detach(), xp.view_as(arg)), f(coef.detach(), xm.view_as(arg))
+            num.view(-1)[i] = (fp - fm) / (2 * eps)
+        assert torch.allclose(grad, num, rtol=1e-5, atol=1e-7), (grad - num).abs().max()
+        assert grad.abs().sum() > 0
