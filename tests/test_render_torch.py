@@ -82,6 +82,18 @@ def scene(n: int, seed: int, dtype=torch.float64, spread: float = 0.6):
     return means, quats, scales, opac, colors
 
 
+def central_differences(f, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """d f / d x by central differences, one element of ``x`` at a time (float64 ``x``, scalar ``f``)."""
+    num = torch.zeros_like(x)
+    flat = x.reshape(-1)
+    for i in range(flat.numel()):
+        xp, xm = flat.clone(), flat.clone()
+        xp[i] += eps
+        xm[i] -= eps
+        num.view(-1)[i] = (f(xp.view_as(x)) - f(xm.view_as(x))) / (2 * eps)
+    return num
+
+
 CAMS = ring_cameras(2, radius=2.0, width=40, height=36, fov_deg=50.0)
 
 
@@ -124,14 +136,7 @@ def test_gradients_match_finite_differences(name: str) -> None:
 
     x = params[name].clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(f(x), x)
-    eps = 1e-6
-    num = torch.zeros_like(x)
-    flat = x.detach().reshape(-1)
-    for i in range(flat.numel()):
-        xp, xm = flat.clone(), flat.clone()
-        xp[i] += eps
-        xm[i] -= eps
-        num.view(-1)[i] = (f(xp.view_as(x)) - f(xm.view_as(x))) / (2 * eps)
+    num = central_differences(f, x.detach())
     assert torch.allclose(grad, num, rtol=1e-4, atol=1e-6), (grad - num).abs().max()
     assert grad.abs().sum() > 0
 
@@ -214,18 +219,8 @@ def test_composite_backward_matches_finite_differences_when_opaque() -> None:
         return (o * weight).sum() + 2.0 * t.sum()
 
     grads = torch.autograd.grad(f(coef, feats), (coef, feats))
-    eps = 1e-6
-    for arg, grad in zip((coef, feats), grads):
-        num = torch.zeros_like(arg)
-        flat = arg.detach().reshape(-1)
-        for i in range(flat.numel()):
-            xp, xm = flat.clone(), flat.clone()
-            xp[i] += eps
-            xm[i] -= eps
-            if arg is coef:
-                fp, fm = f(xp.view_as(arg), feats.detach()), f(xm.view_as(arg), feats.detach())
-            else:
-                fp, fm = f(coef.detach(), xp.view_as(arg)), f(coef.detach(), xm.view_as(arg))
-            num.view(-1)[i] = (fp - fm) / (2 * eps)
+    coef0, feats0 = coef.detach(), feats.detach()
+    nums = (central_differences(lambda c: f(c, feats0), coef0), central_differences(lambda x: f(coef0, x), feats0))
+    for grad, num in zip(grads, nums):
         assert torch.allclose(grad, num, rtol=1e-5, atol=1e-7), (grad - num).abs().max()
         assert grad.abs().sum() > 0
