@@ -1,7 +1,7 @@
 """MeshGraphNets encode-process-decode for cloth (Pfaff et al. 2021), with pluggable message passing.
 
 One step: features of (x_{t-1}, x_t) -> normalise -> encode (MLP+LayerNorm) -> ``blocks`` residual
-message-passing blocks (edge MLP on [e, h_src, h_dst], node MLP on [h, sum of incoming e]) -> decode (MLP, no
+message-passing blocks (edge MLP on [e, h_src, h_dst], its first layer applied per node for the h parts; node MLP on [h, sum of incoming e]) -> decode (MLP, no
 LayerNorm) -> normalised acceleration a -> x_{t+1} = 2 x_t - x_{t-1} + a. Non-NORMAL nodes (HANDLE = 3) follow
 prescribed positions.
 """
@@ -41,12 +41,19 @@ class GraphNetBlock(nn.Module):
 
     def __init__(self, latent: int, mlp_layers: int) -> None:
         super().__init__()
+        self.latent = latent
         self.edge_mlp = mlp(3 * latent, latent, latent, mlp_layers, layer_norm=True)
         self.node_mlp = mlp(2 * latent, latent, latent, mlp_layers, layer_norm=True)
 
     def forward(self, h: Tensor, e: Tensor, graph: MeshGraph, mp) -> tuple[Tensor, Tensor]:
-        """h: (V, L) node latents, e: (E, L) edge latents -> updated (h, e)."""
-        e_new = self.edge_mlp(mp.edge_inputs(h, e, graph))
+        """h: (V, L) node latents, e: (E, L) edge latents -> updated (h, e).
+
+        ``edge_mlp([e, h_src, h_dst])`` with its first Linear split as ``W_e e + b + (W_s h)_src + (W_r h)_dst``.
+        """
+        first = self.edge_mlp[0]
+        w_e, w_s, w_r = first.weight.split(self.latent, dim=1)
+        pre = nn.functional.linear(e, w_e, first.bias) + mp.gather_add(h @ w_s.T, h @ w_r.T, graph)
+        e_new = self.edge_mlp[1:](pre)
         h_new = self.node_mlp(torch.cat([h, mp.aggregate(e_new, graph)], dim=-1))
         return h + h_new, e + e_new
 
