@@ -1,8 +1,8 @@
 """MeshGraphNets encode-process-decode for cloth (Pfaff et al. 2021), with pluggable message passing.
 
 One step: features of (x_{t-1}, x_t) -> normalise -> encode (MLP+LayerNorm) -> ``blocks`` residual
-message-passing blocks (edge MLP on [e, h_src, h_dst], its first layer applied per node for the h parts; node MLP on [h, sum of incoming e]) -> decode (MLP, no
-LayerNorm) -> normalised acceleration a -> x_{t+1} = 2 x_t - x_{t-1} + a. Non-NORMAL nodes (HANDLE = 3) follow
+message-passing blocks (edge MLP on [e, h_src, h_dst], its first layer applied per node for the h parts; node
+MLP on [h, sum of incoming e]) -> decode (MLP, no LayerNorm) -> normalised acceleration a -> x_{t+1} = 2 x_t - x_{t-1} + a. Non-NORMAL nodes (HANDLE = 3) follow
 prescribed positions.
 """
 
