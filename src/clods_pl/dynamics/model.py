@@ -2,8 +2,8 @@
 
 One step: features of (x_{t-1}, x_t) -> normalise -> encode (MLP+LayerNorm) -> ``blocks`` residual
 message-passing blocks (edge MLP on [e, h_src, h_dst], its first layer applied per node for the h parts; node
-MLP on [h, sum of incoming e]) -> decode (MLP, no LayerNorm) -> normalised acceleration a -> x_{t+1} = 2 x_t - x_{t-1} + a. Non-NORMAL nodes (HANDLE = 3) follow
-prescribed positions.
+MLP on [h, sum of incoming e]) -> decode (MLP, no LayerNorm) -> normalised acceleration a ->
+x_{t+1} = 2 x_t - x_{t-1} + a. Non-NORMAL nodes (HANDLE = 3) follow prescribed positions.
 """
 
 from __future__ import annotations
