@@ -1,11 +1,13 @@
-"""MeshGraphNets forward+backward time: ``dgl`` vs ``native`` message passing on a flag-sized graph.
+"""MeshGraphNets speed on a flag-sized graph: ``dgl`` vs ``native`` message passing, and training steps/s.
 
     python -m benchmarks.bench_dynamics --device cpu      # -> benchmarks/results/dynamics_cpu.json
     python -m benchmarks.bench_dynamics --device cuda     # native only unless DGL has CUDA
 
 The graph is a 40 x 40 grid (1600 vertices, close to MGN FlagSimple's 1579), batched 1 and 4 times as one
-disjoint graph; the model is MGN's size (latent 128, 15 blocks) unless told otherwise. One timed iteration =
-one model step forward + backward of the squared output.
+disjoint graph; the model is MGN's size (latent 128, 15 blocks) unless told otherwise. ``results``: one timed
+iteration = one model step forward + backward of the squared output. ``training``: full stage-3 training steps
+(``DynamicsModule.rollout_loss`` with training noise, backward, Adam step) on one window of the 1600-node graph,
+for rollout length 1 (single-step) and 8, reported as steps per second.
 """
 
 from __future__ import annotations
@@ -60,6 +62,43 @@ def bench_one(backend: str, batch: int, device: torch.device, latent: int, block
             "median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
 
 
+def bench_training(rollout: int, device: torch.device, latent: int, blocks: int, grid: int, warmup: int,
+                   steps: int, backend: str = "native") -> dict:
+    """Stage-3 training steps per second on one window of ``rollout + 2`` frames of a ``grid`` x ``grid`` flag."""
+    from clods_pl.stages.dynamics import DynamicsModule  # noqa: PLC0415  (pulls in lightning)
+
+    mesh_pos, faces = grid_mesh(grid, grid)
+    v = grid * grid
+    node_type = torch.zeros(v, dtype=torch.int64)
+    node_type[mesh_pos[:, 0] == 0] = int(NodeType.HANDLE)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.cat([mesh_pos, torch.zeros(v, 1)], -1)
+    vel = 0.01 * torch.randn(v, 3, generator=gen)
+    t = torch.arange(rollout + 2, dtype=torch.float32)[:, None, None]
+    verts = x0 + t * vel + 0.5 * t ** 2 * 1e-3 * torch.randn(v, 3, generator=gen)
+    batch = {"verts": verts.to(device), "mesh_pos": mesh_pos.to(device), "node_type": node_type.to(device),
+             "graph": graph_from_faces(faces, v).to(device)}
+    torch.manual_seed(0)
+    module = DynamicsModule(latent, blocks, message_passing=backend, rollout_length=rollout,
+                            normalizer_steps=1).to(device)
+    module.rollout_loss(batch, noise=False, accumulate=True)  # normalizer statistics, as stage 3's first steps
+    opt = torch.optim.Adam(module.parameters(), lr=1e-4)
+    times = []
+    for i in range(warmup + steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss, _ = module.rollout_loss(batch, noise=True, accumulate=False)
+        loss.backward()
+        opt.step()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {"backend": backend, "rollout_length": rollout, "nodes": v, "median_s": med,
+            "steps_per_s": 1.0 / med, "steps": steps, "final_loss": float(loss)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
@@ -69,6 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--train_steps", type=int, default=20, help="timed training steps per rollout length (0: skip)")
+    p.add_argument("--rollouts", type=int, nargs="+", default=[1, 8])
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/dynamics_<device>.json)")
     a = p.parse_args(argv)
     device = torch.device(a.device)
@@ -81,9 +122,15 @@ def main(argv: list[str] | None = None) -> dict:
                 row = {"backend": backend, "batch": batch, "unavailable": str(exc)}
             print(json.dumps(row))
             rows.append(row)
+    training = []
+    for rollout in a.rollouts if a.train_steps > 0 else []:
+        row = bench_training(rollout, device, a.latent, a.blocks, a.grid, max(a.warmup, 2), a.train_steps)
+        print(json.dumps(row))
+        training.append(row)
     result = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
               else platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-              "torch": torch.__version__, "latent": a.latent, "blocks": a.blocks, "results": rows}
+              "torch": torch.__version__, "latent": a.latent, "blocks": a.blocks, "results": rows,
+              "training": training}
     out = Path(a.out) if a.out else RESULTS / f"dynamics_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

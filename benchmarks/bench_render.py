@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_render --device cpu --quick --threads 2  # -> benchmarks/results/render_cpu_2threads.json
     python -m benchmarks.bench_render --device cuda            # torch, gsplat, inria (when installed)
+    # CUDA sizes: 10k / 100k / 1M Gaussians at 512 px (torch up to 100k)
 
 Scene: N Gaussians uniformly in a 1 m cube (scales 1-3 cm, random rotations, opacities, colours) seen by 4 ring
 cameras at 2.5 m; one timed iteration = rasterize all 4 views + backward of the summed image. Median of repeats.
@@ -25,6 +26,8 @@ from clods_pl.render import rasterize
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL = [(n, s) for n in (1_000, 10_000, 100_000) for s in (64, 256, 512)]
 QUICK = [(1_000, 64), (10_000, 64), (1_000, 256), (10_000, 256)]
+CUDA = [(10_000, 512), (100_000, 512), (1_000_000, 512)]
+TORCH_MAX_ON_CUDA = 100_000  # the pure-torch reference materialises every (block, Gaussian) pair: 1M needs >40 GB
 
 
 def scene(n: int, device: torch.device, seed: int = 0) -> list[torch.Tensor]:
@@ -77,8 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     backends = args.backends or (["torch"] if device.type == "cpu" else ["torch", "gsplat", "inria"])
     rows = []
+    sizes = CUDA if device.type == "cuda" else QUICK if args.quick else FULL
     for backend in backends:
-        for n, size in (QUICK if args.quick else FULL):
+        for n, size in sizes:
+            if device.type == "cuda" and backend == "torch" and n > TORCH_MAX_ON_CUDA:
+                continue
             try:
                 row = bench(backend, n, size, device, args.repeats)
             except BackendUnavailableError as exc:

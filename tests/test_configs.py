@@ -9,7 +9,7 @@ import pytest
 from clods_pl.pipeline.experiment import build_parser
 
 ROOT = Path(__file__).resolve().parents[1] / "experiments"
-EXPERIMENTS = sorted(ROOT.glob("flag_*.yaml"))
+EXPERIMENTS = sorted(ROOT.glob("flag_*.yaml")) + sorted((ROOT / "gpu").glob("*.yaml"))
 ABLATIONS = sorted((ROOT / "ablations").glob("*.yaml"))
 CPU_OVERRIDES = sorted((ROOT / "cpu").glob("*.yaml"))
 

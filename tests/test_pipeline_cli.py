@@ -99,3 +99,48 @@ def test_clear_errors(dummy: dict, tmp_path: Path, capsys: pytest.CaptureFixture
     assert "unknown command 'bogus'" in capsys.readouterr().err
     assert main(["stage1", "--config", dummy["cfg"], "--model.no_such_key", "1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
+
+
+def test_gpu_settings_without_a_gpu_or_with_a_cpu_accelerator_are_clear(
+        dummy: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """`trainer.accelerator gpu` with no CUDA, and a CUDA rasterizer with `accelerator cpu`, stop in one line
+    before any work (they used to fail inside Lightning or the rasterizer, minutes in)."""
+    import sys
+    import types
+
+    import torch
+
+    cfg = dummy["cfg"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["stage1", "--config", cfg, "--stage1.trainer.accelerator", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "stage1.trainer.accelerator=gpu but no CUDA GPU is visible" in err and "Traceback" not in err
+    assert not (dummy["run"] / "stage1" / "smgs.ckpt").exists()
+    # gsplat "installed" and a GPU "visible", but the stage runs on the CPU
+    from jsonargparse import Namespace
+
+    from clods_pl.errors import BackendUnavailableError
+
+    monkeypatch.setitem(sys.modules, "gsplat", types.ModuleType("gsplat"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    stage = Namespace(model=Namespace(backend="gsplat"), trainer=Namespace(accelerator="cpu"))
+    with pytest.raises(BackendUnavailableError, match="stage2.model.backend=gsplat renders on CUDA but "
+                                                      "stage2.trainer.accelerator=cpu; set stage2.trainer.accelerator=gpu"):
+        runner.check_backends(Namespace(stage2=stage), "stage2")
+    stage.trainer.accelerator = "gpu"
+    runner.check_backends(Namespace(stage2=stage), "stage2")
+
+
+def test_stage_device_follows_the_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from jsonargparse import Namespace
+
+    cfg = Namespace(stage2=Namespace(trainer=Namespace(accelerator="auto")))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runner.stage_device(cfg, "stage2") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runner.stage_device(cfg, "stage2") == "cuda"
+    cfg.stage2.trainer.accelerator = "cpu"
+    assert runner.stage_device(cfg, "stage2") == "cpu"
+    cfg.stage2.trainer.accelerator = "gpu"
+    assert runner.stage_device(cfg, "stage2") == "cuda"

@@ -11,12 +11,15 @@ import torch
 from clods_pl.errors import BackendUnavailableError
 from clods_pl.geometry import ring_cameras
 from clods_pl.render import available_backends, rasterize
+from clods_pl.render.conventions import GSPLAT_1_5, INRIA_3DGS, TORCH, RasterConventions
+from clods_pl.render.torch_backend import rasterize_torch
 
 TILE = 16
 
 
-def reference(means, quats, scales, opac, colors, viewmats, Ks, W, H, bg):
-    """Per pixel, per Gaussian, in numpy float64: 3DGS classic semantics written out longhand."""
+def reference(means, quats, scales, opac, colors, viewmats, Ks, W, H, bg, conv: RasterConventions = TORCH):
+    """Per pixel, per Gaussian, in numpy float64: 3DGS classic semantics written out longhand (``conv``: the
+    alpha clamp, the near plane, 16x16-tile coverage or every pixel, and 3DGS's integer-pixel tile rectangle)."""
     C, N = viewmats.shape[0], means.shape[0]
     rgb = np.zeros((C, H, W, 3))
     alpha_img = np.zeros((C, H, W, 1))
@@ -26,7 +29,7 @@ def reference(means, quats, scales, opac, colors, viewmats, Ks, W, H, bg):
         items = []
         for n in range(N):
             t = R @ means[n] + T
-            if t[2] <= 0.01:
+            if t[2] <= conv.near:
                 continue
             w, x, y, z = quats[n] / np.linalg.norm(quats[n])
             Rq = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
@@ -46,10 +49,18 @@ def reference(means, quats, scales, opac, colors, viewmats, Ks, W, H, bg):
             mid = 0.5 * (cov[0, 0] + cov[1, 1])
             r = math.ceil(3 * math.sqrt(mid + math.sqrt(max(0.1, mid * mid - det))))
             m2 = np.array([fx * t[0] / t[2] + cx, fy * t[1] / t[2] + cy])
-            if not (m2[0] + r > 0 and m2[0] - r < W and m2[1] + r > 0 and m2[1] - r < H):
-                continue
-            tx0, tx1 = max(0, math.floor((m2[0] - r) / TILE)), math.ceil((m2[0] + r) / TILE)
-            ty0, ty1 = max(0, math.floor((m2[1] - r) / TILE)), math.ceil((m2[1] + r) / TILE)
+            gx, gy = math.ceil(W / TILE), math.ceil(H / TILE)
+            if not conv.tile_coverage:  # gsplat 1.5: every pixel (the alpha threshold decides)
+                tx0, tx1, ty0, ty1 = 0, gx, 0, gy
+            elif conv.integer_pixel_tile_rect:  # 3DGS getRect: pixel-index mean, C int() truncation
+                px, py = m2[0] - 0.5, m2[1] - 0.5
+                tx0, tx1 = min(gx, max(0, int((px - r) / TILE))), min(gx, max(0, int((px + r + TILE - 1) / TILE)))
+                ty0, ty1 = min(gy, max(0, int((py - r) / TILE))), min(gy, max(0, int((py + r + TILE - 1) / TILE)))
+            else:
+                if not (m2[0] + r > 0 and m2[0] - r < W and m2[1] + r > 0 and m2[1] - r < H):
+                    continue
+                tx0, tx1 = max(0, math.floor((m2[0] - r) / TILE)), math.ceil((m2[0] + r) / TILE)
+                ty0, ty1 = max(0, math.floor((m2[1] - r) / TILE)), math.ceil((m2[1] + r) / TILE)
             items.append((t[2], n, m2, conic, (tx0, tx1, ty0, ty1)))
         items.sort(key=lambda it: it[0])
         for i in range(H):
@@ -60,7 +71,7 @@ def reference(means, quats, scales, opac, colors, viewmats, Ks, W, H, bg):
                         continue
                     d = np.array([j + 0.5, i + 0.5]) - m2
                     power = -0.5 * d @ conic @ d
-                    a = min(0.99, opac[n] * math.exp(power))
+                    a = min(conv.alpha_max, opac[n] * math.exp(power))
                     if a < 1 / 255:
                         continue
                     if Tr * (1 - a) < 1e-4:
@@ -224,3 +235,71 @@ def test_composite_backward_matches_finite_differences_when_opaque() -> None:
     for grad, num in zip(grads, nums):
         assert torch.allclose(grad, num, rtol=1e-5, atol=1e-7), (grad - num).abs().max()
         assert grad.abs().sum() > 0
+
+
+CAMS_48 = ring_cameras(2, radius=2.0, width=48, height=40, fov_deg=50.0)
+
+
+def _opaque_near_scene(seed: int) -> tuple[torch.Tensor, ...]:
+    """float64 scene that exercises every convention: 40% of opacities at 1.0 (the alpha clamps), eight large
+    elongated Gaussians whose 1/255 reach crosses tile borders beyond their 3-sigma box, and two points between the
+    0.01 and 0.2 near planes of camera 0 (seed 7: each convention changes the image by > 1e-3)."""
+    means, quats, scales, opac, colors = scene(30, seed)
+    g = torch.Generator().manual_seed(seed)
+    opac = torch.where(torch.rand(30, generator=g, dtype=torch.float64) < 0.4, torch.ones_like(opac), opac)
+    c2w = torch.linalg.inv(CAMS_48.w2c.double()[0])
+    near = torch.tensor([[0.02, 0.01, 0.1, 1.0], [-0.03, 0.0, 0.15, 1.0]], dtype=torch.float64) @ c2w.T
+    means[:2] = near[:, :3]
+    scales = scales * 0.5
+    scales[:2] = 0.002
+    scales[2:10] = torch.tensor([0.25, 0.05, 0.03], dtype=torch.float64)
+    opac[2:10] = torch.linspace(0.6, 1.0, 8, dtype=torch.float64)
+    return means, quats, scales, opac, colors
+
+
+@pytest.mark.parametrize("conv", [TORCH, GSPLAT_1_5, INRIA_3DGS], ids=["torch", "gsplat_1_5", "inria_3dgs"])
+@pytest.mark.parametrize("seed", [7, 1])
+def test_conventions_match_brute_force_reference(conv: RasterConventions, seed: int) -> None:
+    """The reference reproduces gsplat 1.5.3 and 3DGS conventions exactly (what the GPU parity tests rely on)."""
+    params = _opaque_near_scene(seed)
+    bg = torch.tensor([0.2, 0.4, 0.9], dtype=torch.float64)
+    w2c, K = CAMS_48.w2c.double(), CAMS_48.K.double()
+    out = rasterize_torch(*params, w2c, K, 48, 40, bg, conventions=conv)
+    ref_rgb, ref_a = reference(*(x.numpy() for x in (*params, w2c, K)), 48, 40, bg.numpy(), conv)
+    assert np.abs(out.rgb.numpy() - ref_rgb).max() < 1e-9
+    assert np.abs(out.alpha.numpy() - ref_a).max() < 1e-9
+
+
+def test_conventions_change_the_image() -> None:
+    """Each convention matters on this scene: otherwise the parity tests above would not be testing it."""
+    params = _opaque_near_scene(7)
+    w2c, K = CAMS_48.w2c.double(), CAMS_48.K.double()
+    base = rasterize_torch(*params, w2c, K, 48, 40).rgb
+    for conv in (GSPLAT_1_5, INRIA_3DGS, RasterConventions(alpha_max=0.999), RasterConventions(near=0.2),
+                 RasterConventions(tile_coverage=False), RasterConventions(integer_pixel_tile_rect=True)):
+        other = rasterize_torch(*params, w2c, K, 48, 40, conventions=conv).rgb
+        assert float((other - base).abs().max()) > 1e-3, conv
+
+
+@pytest.mark.parametrize("conv", [GSPLAT_1_5, INRIA_3DGS], ids=["gsplat_1_5", "inria_3dgs"])
+def test_conventions_gradients(conv: RasterConventions) -> None:
+    """Masked conventions match finite differences; 3DGS's unmasked clamp gradient is G dL/dalpha by hand."""
+    g = torch.Generator().manual_seed(3)
+    means = torch.tensor([[0.0, 0.0, 0.0], [0.05, 0.02, 0.1]], dtype=torch.float64)
+    quats = torch.randn(2, 4, generator=g, dtype=torch.float64)
+    scales = torch.tensor([[0.3, 0.3, 0.3], [0.08, 0.08, 0.08]], dtype=torch.float64)
+    opac = torch.tensor([1.0, 0.6], dtype=torch.float64)  # the first one is clamped near its centre
+    colors = torch.rand(2, 3, generator=g, dtype=torch.float64)
+    w2c, K = CAMS.w2c.double()[:1], CAMS.K.double()[:1]
+
+    def f(o: torch.Tensor) -> torch.Tensor:
+        return rasterize_torch(means, quats, scales, o, colors, w2c, K, 40, 36, conventions=conv).alpha.sum()
+
+    o = opac.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(f(o), o)
+    num = central_differences(f, opac)
+    if not conv.grad_through_clamp:
+        assert torch.allclose(grad, num, rtol=1e-5, atol=1e-8)
+    else:  # 3DGS differentiates alpha = opacity * G even where it was clamped: more than the true derivative
+        assert float(grad[0]) > float(num[0]) + 1e-3
+        assert torch.allclose(grad[1], num[1], rtol=1e-5)

@@ -72,3 +72,16 @@ def test_bad_holdout_is_clear(mini: Path) -> None:
     dm = AppearanceDataModule(str(mini), holdout_views=[7])
     with pytest.raises(Exception, match=r"holdout_views \[7\] out of range for 4 views"):
         dm.setup("fit")
+
+
+def test_lpips_is_skipped_without_local_backbone_weights(tmp_path, monkeypatch, capsys) -> None:
+    """No AlexNet weights in the torch hub cache: LPIPS is skipped with one line naming the file (torchvision
+    would otherwise try to download them, which hangs on an offline GPU node)."""
+    import torch
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    module = AppearanceModule(gaussians_per_face=2, mlp_hidden=32)
+    assert module._lpips_metric() is None
+    out = capsys.readouterr().out
+    assert "LPIPS skipped" in out and "alexnet-owt-7be5be79.pth missing" in out
+    assert not (tmp_path / "checkpoints").exists()  # nothing was fetched

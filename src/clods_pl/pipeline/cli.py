@@ -107,13 +107,15 @@ def _experiment_command(command: str, argv: Sequence[str]) -> int:
 
 def _recover_command(argv: Sequence[str]) -> int:
     from clods_pl.pipeline.experiment import build_parser  # noqa: PLC0415
-    from clods_pl.pipeline.runner import MESH_CACHE_DIR, StageRunner, dataset_of  # noqa: PLC0415
+    from clods_pl.pipeline.runner import (MESH_CACHE_DIR, StageRunner, check_backends, dataset_of,  # noqa: PLC0415
+                                          stage_device)
 
     parser, unavailable = build_parser(prog="clods-pl recover", stages=("stage2",))
     parser.add_argument("--traj", type=str, required=True, help="trajectory name")
     parser.add_argument("--frames", type=str | None, default=None, help="A:B frame range (default: all)")
     cfg = parser.parse_args(list(argv))
     runner = StageRunner(parser, cfg, unavailable)
+    check_backends(cfg, "stage2")
     runner.consumed("stage2")
     rec = runner.manifest.stage("stage1") or {}
     ckpt = runner.manifest.abspath(rec["outputs"]["checkpoint"]["path"])
@@ -125,7 +127,7 @@ def _recover_command(argv: Sequence[str]) -> int:
     options.pop("cache_dir", None)
     options["holdout_views"] = section(cfg, "stage2.data").get("holdout_views", [])
     recover_cli(dataset_of(cfg), str(ckpt), str(runner.run_dir / "stage2" / MESH_CACHE_DIR), cfg.traj, cfg.frames,
-                **options)
+                device=stage_device(cfg, "stage2"), **options)
     return 0
 
 

@@ -63,10 +63,26 @@ def dataset_of(cfg: Namespace) -> str:
     return str(ds)
 
 
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def stage_device(cfg: Namespace, stage: str) -> str:
+    """``cuda`` or ``cpu``: where ``<stage>.trainer.accelerator`` puts the stage (``auto``: CUDA when visible)."""
+    accelerator = str(section(cfg, f"{stage}.trainer").get("accelerator", "auto"))
+    if accelerator in GPU_ACCELERATORS or accelerator == "auto" and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
 def check_backends(cfg: Namespace, stage: str) -> None:
-    """Fail fast when a stage's config names a CUDA rasterizer that is not installed or has no GPU."""
+    """Fail fast when a stage's config names a CUDA rasterizer that is not installed or has no GPU, asks for a GPU
+    that is not there, or pairs a CUDA rasterizer with ``trainer.accelerator: cpu``."""
     from clods_pl.pipeline.manifest import flatten  # noqa: PLC0415
 
+    accelerator = str(section(cfg, f"{stage}.trainer").get("accelerator", "auto"))
+    if accelerator in GPU_ACCELERATORS and not torch.cuda.is_available():
+        raise BackendUnavailableError(f"{stage}.trainer.accelerator={accelerator} but no CUDA GPU is visible; "
+                                      f"use {stage}.trainer.accelerator=cpu (and backend torch)")
     for key, value in flatten(section(cfg, stage)).items():
         if not key.endswith("backend") or value not in CUDA_BACKENDS:
             continue
@@ -79,6 +95,9 @@ def check_backends(cfg: Namespace, stage: str) -> None:
         if not torch.cuda.is_available():
             raise BackendUnavailableError(f"{stage}.{key}={value} needs a CUDA GPU and none is visible; "
                                           f"use {stage}.{key}=torch on the CPU")
+        if stage_device(cfg, stage) == "cpu":
+            raise BackendUnavailableError(f"{stage}.{key}={value} renders on CUDA but {stage}.trainer.accelerator="
+                                          f"{accelerator}; set {stage}.trainer.accelerator=gpu (or {stage}.{key}=torch)")
 
 
 def recovery_summary(dataset: str, cache_dir: Path, names: list[str]) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 clods-pl never installs or builds it (non-commercial licence). Conventions: ``viewmatrix = w2c^T``,
 ``projmatrix = (P w2c)^T`` with the OpenGL-style projection P built from the intrinsics (off-centre principal points
 included), ``tanfov = size / (2 f)``. It returns no alpha image, so alpha comes from a second pass with white
-colours over a black background. One camera per call.
+colours over a black background. One camera per call. Its conventions differ from the ``torch`` backend's
+(``clods_pl.render.conventions.INRIA_3DGS``): points closer than z = 0.2 are culled (torch: 0.01), tile rectangles
+are computed in pixel-index coordinates with truncation, and the backward ignores the 0.99 alpha clamp.
 """
 
 from __future__ import annotations

@@ -39,7 +39,8 @@ class Projected:
     conic: Tensor    # (C, N, 3)
     depth: Tensor    # (C, N) camera z
     radius: Tensor   # (C, N) int64 pixels
-    valid: Tensor    # (C, N) bool
+    valid: Tensor    # (C, N) bool: in front, non-degenerate and its 3-sigma box on screen
+    front: Tensor    # (C, N) bool: in front of the near plane with a positive-definite 2D covariance
 
 
 def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor, Ks: Tensor, width: int,
@@ -74,18 +75,30 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Te
     mean2d = torch.stack([fx * x / zs + cx, fy * y / zs + cy], -1)
     mx, my = mean2d[..., 0].detach(), mean2d[..., 1].detach()
     on_screen = (mx + radius > 0) & (mx - radius < width) & (my + radius > 0) & (my - radius < height)
-    valid = (z > near) & (det > 0) & (radius > 0) & on_screen
-    return Projected(mean2d, conic, z, radius, valid)
+    front = (z > near) & (det > 0)
+    valid = front & (radius > 0) & on_screen
+    return Projected(mean2d, conic, z, radius, valid, front)
 
 
-def tile_bounds(p: Projected, tile: int, tiles_x: int, tiles_y: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Tile rectangle [x0, x1) x [y0, y1) each Gaussian's 3-sigma box overlaps (empty when not valid)."""
+def tile_bounds(p: Projected, tile: int, tiles_x: int, tiles_y: int, integer_pixel: bool = False
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Tile rectangle [x0, x1) x [y0, y1) each Gaussian's 3-sigma box overlaps (empty when not valid).
+
+    ``integer_pixel``: as 3DGS's ``getRect`` does it, from the mean in pixel-index coordinates (ours - 0.5) with
+    truncating division, ``[int((m - r) / tile), int((m + r + tile - 1) / tile))``."""
     mx, my = p.mean2d[..., 0].detach(), p.mean2d[..., 1].detach()
     r = p.radius.to(mx.dtype)
-    x0 = torch.clamp(torch.floor((mx - r) / tile), 0, tiles_x).long()
-    x1 = torch.clamp(torch.ceil((mx + r) / tile), 0, tiles_x).long()
-    y0 = torch.clamp(torch.floor((my - r) / tile), 0, tiles_y).long()
-    y1 = torch.clamp(torch.ceil((my + r) / tile), 0, tiles_y).long()
+    if integer_pixel:
+        mx, my = mx - 0.5, my - 0.5
+        x0 = torch.clamp(torch.trunc((mx - r) / tile), 0, tiles_x).long()
+        x1 = torch.clamp(torch.trunc((mx + r + tile - 1) / tile), 0, tiles_x).long()
+        y0 = torch.clamp(torch.trunc((my - r) / tile), 0, tiles_y).long()
+        y1 = torch.clamp(torch.trunc((my + r + tile - 1) / tile), 0, tiles_y).long()
+    else:
+        x0 = torch.clamp(torch.floor((mx - r) / tile), 0, tiles_x).long()
+        x1 = torch.clamp(torch.ceil((mx + r) / tile), 0, tiles_x).long()
+        y0 = torch.clamp(torch.floor((my - r) / tile), 0, tiles_y).long()
+        y1 = torch.clamp(torch.ceil((my + r) / tile), 0, tiles_y).long()
     x1 = torch.where(p.valid, x1, x0)
     y1 = torch.where(p.valid, y1, y0)
     return x0, x1, y0, y1

@@ -16,12 +16,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from clods_pl.render.conventions import TORCH, RasterConventions
 from clods_pl.render.projection import Projected, num_tiles, project_gaussians, tile_bounds
 from clods_pl.render.types import RenderOutput
 
 TILE = 16   # 3DGS/gsplat tile: a Gaussian may touch every pixel of the 16x16 tiles its 3-sigma box overlaps
 BLOCK = 4   # compute block: the same pixels, restricted to where its alpha can reach 1/255 (exact, less work)
-ALPHA_MAX = 0.99
+ALPHA_MAX = TORCH.alpha_max
 ALPHA_MIN = 1.0 / 255.0
 T_MIN = 1e-4
 CHUNK_ELEMENTS = 1 << 23  # pixels x Gaussians evaluated at once
@@ -51,17 +52,22 @@ def _pairs(x0: Tensor, x1: Tensor, y0: Tensor, y1: Tensor, depth: Tensor, tiles_
 
 def rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
                     viewmats: Tensor, Ks: Tensor, width: int, height: int, background: Tensor | None = None,
-                    return_depth: bool = False) -> RenderOutput:
-    """See :func:`clods_pl.render.rasterize`. colors: (N, 3) or (C, N, 3)."""
+                    return_depth: bool = False, conventions: RasterConventions = TORCH) -> RenderOutput:
+    """See :func:`clods_pl.render.rasterize`. colors: (N, 3) or (C, N, 3).
+
+    ``conventions``: :data:`~clods_pl.render.conventions.TORCH` (the backend's own); ``GSPLAT_1_5`` or
+    ``INRIA_3DGS`` reproduce those rasterizers exactly (parity tests)."""
     C, N = viewmats.shape[0], means.shape[0]
     dtype, device = means.dtype, means.device
     tiles_x, tiles_y = num_tiles(width, height, BLOCK)
     tiles_per_cam = tiles_x * tiles_y
-    bg = torch.zeros(3, dtype=dtype, device=device) if background is None else background.to(dtype)
-    p = project_gaussians(means, quats, scales, viewmats, Ks, width, height)
-    tile_id, gid = _pairs(*_block_bounds(p, opacities, width, height), p.depth, tiles_x, tiles_per_cam)
+    bg = torch.zeros(3, dtype=dtype, device=device) if background is None else background.to(means)
+    p = project_gaussians(means, quats, scales, viewmats, Ks, width, height, near=conventions.near)
+    tile_id, gid = _pairs(*_block_bounds(p, opacities, width, height, conventions), p.depth, tiles_x,
+                          tiles_per_cam)
     n_tiles = C * tiles_per_cam
-    counts = torch.bincount(tile_id, minlength=n_tiles) if tile_id.numel() else torch.zeros(n_tiles, dtype=torch.long)
+    counts = (torch.bincount(tile_id, minlength=n_tiles) if tile_id.numel()
+              else torch.zeros(n_tiles, dtype=torch.long, device=device))
     kmax = int(counts.max()) if counts.numel() else 0
 
     cols = colors if colors.ndim == 3 else colors.unsqueeze(0).expand(C, N, 3)
@@ -86,7 +92,7 @@ def rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Ten
         table[tile_id, pos] = gid
         feats_list, T_list, order = [], [], []
         for tiles, k in _chunks(busy, counts[busy]):
-            f, T = _shade_tiles(tiles, table[tiles, :k], local_pix, tiles_x, tiles_per_cam, attrs)
+            f, T = _shade_tiles(tiles, table[tiles, :k], local_pix, tiles_x, tiles_per_cam, attrs, conventions)
             feats_list.append(f)
             T_list.append(T)
             order.append(tiles)
@@ -109,23 +115,28 @@ def rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Ten
     return RenderOutput(rgb=rgb, alpha=alpha, depth=depth)
 
 
-def _block_bounds(p: Projected, opacities: Tensor, width: int, height: int) -> tuple[Tensor, ...]:
+def _block_bounds(p: Projected, opacities: Tensor, width: int, height: int, conventions: RasterConventions
+                  ) -> tuple[Tensor, ...]:
     """BLOCK rectangles [x0, x1) x [y0, y1) per (camera, Gaussian): inside its 16-pixel tile rectangle (3DGS
-    semantics) and inside the box where ``opacity * exp(-0.5 d^T Sigma^-1 d) >= 1/255`` is possible, i.e.
-    ``|d| <= sqrt(2 ln(255 opacity) lambda_max)``; every skipped pixel would have been skipped by the threshold."""
-    tiles_x, tiles_y = num_tiles(width, height, TILE)
+    semantics; skipped when ``conventions.tile_coverage`` is False) and inside the box where
+    ``opacity * exp(-0.5 d^T Sigma^-1 d) >= 1/255`` is possible, i.e. ``|d| <= sqrt(2 ln(255 opacity) lambda_max)``;
+    every skipped pixel would have been skipped by the threshold."""
     bx, by = num_tiles(width, height, BLOCK)
-    k = TILE // BLOCK
-    x0, x1, y0, y1 = tile_bounds(p, TILE, tiles_x, tiles_y)
     op = opacities.detach().to(p.mean2d.dtype)
     reach = torch.sqrt(2.0 * torch.log((255.0 * op).clamp_min(1.0)))  # (N,) Mahalanobis reach
     r = reach[None, :] * p.radius.to(op.dtype) / 3.0 + 1e-3  # radius = ceil(3 sqrt(lambda_max)) >= 3 sqrt(lam)
     mx, my = p.mean2d[..., 0].detach(), p.mean2d[..., 1].detach()
-    x0 = torch.maximum(x0 * k, torch.floor((mx - r) / BLOCK).long())
-    x1 = torch.minimum(torch.clamp(x1 * k, max=bx), torch.ceil((mx + r) / BLOCK).long())
-    y0 = torch.maximum(y0 * k, torch.floor((my - r) / BLOCK).long())
-    y1 = torch.minimum(torch.clamp(y1 * k, max=by), torch.ceil((my + r) / BLOCK).long())
-    live = p.valid & (255.0 * op[None, :] >= 1.0)
+    x0 = torch.clamp(torch.floor((mx - r) / BLOCK), 0, bx).long()
+    x1 = torch.clamp(torch.ceil((mx + r) / BLOCK), 0, bx).long()
+    y0 = torch.clamp(torch.floor((my - r) / BLOCK), 0, by).long()
+    y1 = torch.clamp(torch.ceil((my + r) / BLOCK), 0, by).long()
+    live = p.front & (255.0 * op[None, :] >= 1.0)
+    if conventions.tile_coverage:
+        tiles_x, tiles_y = num_tiles(width, height, TILE)
+        k = TILE // BLOCK
+        tx0, tx1, ty0, ty1 = tile_bounds(p, TILE, tiles_x, tiles_y, conventions.integer_pixel_tile_rect)
+        x0, x1 = torch.maximum(x0, tx0 * k), torch.minimum(x1, tx1 * k)
+        y0, y1 = torch.maximum(y0, ty0 * k), torch.minimum(y1, ty1 * k)  # empty for a box off the screen
     x1 = torch.where(live & (x1 > x0), x1, x0)
     y1 = torch.where(live & (y1 > y0), y1, y0)
     return x0, x1, y0, y1
@@ -148,8 +159,8 @@ def _chunks(tiles: Tensor, counts: Tensor, slack: float = 0.5) -> list[tuple[Ten
     return groups
 
 
-def _shade_tiles(tiles: Tensor, table: Tensor, local_pix: Tensor, tiles_x: int, tiles_per_cam: int, attrs: Tensor
-                 ) -> tuple[Tensor, Tensor]:
+def _shade_tiles(tiles: Tensor, table: Tensor, local_pix: Tensor, tiles_x: int, tiles_per_cam: int, attrs: Tensor,
+                 conventions: RasterConventions = TORCH) -> tuple[Tensor, Tensor]:
     """Composite the sorted Gaussians ``table`` (B, K; -1 = padding) over the pixels of ``tiles`` (B,).
 
     attrs: (C*N, 6 + D) per projected Gaussian: mean2d (2), conic (3), log opacity (1), features (D).
@@ -167,27 +178,32 @@ def _shade_tiles(tiles: Tensor, table: Tensor, local_pix: Tensor, tiles_x: int, 
     # per-pixel monomials [x^2, y^2, xy, x, y, 1] instead of ~20 elementwise passes over (B, P, K)
     const = -0.5 * a * mx * mx - 0.5 * c * my * my - b * mx * my + log_op
     coef = torch.stack([-0.5 * a, -0.5 * c, -b, a * mx + b * my, c * my + b * mx, const], 1)  # (B, 6, K)
-    return _Composite.apply(coef, valid, g[..., 6:], local_pix)
+    return _Composite.apply(coef, valid, g[..., 6:], local_pix, conventions.alpha_max,
+                            conventions.grad_through_clamp)
 
 
 class _Composite(torch.autograd.Function):
     """Front-to-back compositing of K sorted Gaussians over the P pixels of B blocks, with a hand-written backward.
 
-    forward(coef (B, 6, K), valid (B, K) bool, feats (B, K, D), local_pix (P, 6)) -> (out (B, P, D), T_final (B, P)),
-    where ``log alpha = local_pix @ coef``, ``alpha = min(0.99, exp(min(log alpha, 0)))`` zeroed where invalid,
+    forward(coef (B, 6, K), valid (B, K) bool, feats (B, K, D), local_pix (P, 6), alpha_max=0.99,
+    grad_through_clamp=False) -> (out (B, P, D), T_final (B, P)),
+    where ``log alpha = local_pix @ coef``, ``alpha = min(alpha_max, exp(min(log alpha, 0)))`` zeroed where invalid,
     below 1/255 or after the transmittance would fall below T_MIN, ``out = sum_k alpha_k T_k feats_k`` and
     ``T_k = prod_{j<k} (1 - alpha_j)``. The backward is the 3DGS one in closed form (one reverse cumulative sum)
     instead of autograd through cumprod, clamp and where: about half the time of the autograd graph on a CPU.
     """
 
     @staticmethod
-    def forward(ctx, coef: Tensor, valid: Tensor, feats: Tensor, local_pix: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(ctx, coef: Tensor, valid: Tensor, feats: Tensor, local_pix: Tensor, alpha_max: float = ALPHA_MAX,
+                grad_through_clamp: bool = False) -> tuple[Tensor, Tensor]:
         # in-place ops on fresh tensors throughout: this runs without autograd and is memory-bound on a CPU
         alpha = torch.matmul(local_pix, coef).clamp_(max=0.0).exp_()  # (B, P, K)
         live = (alpha >= ALPHA_MIN).logical_and_(valid[:, None, :])
-        # d alpha / d log alpha = alpha where neither clamp is active (alpha < 0.99 implies log alpha < 0)
-        slope = (alpha < ALPHA_MAX).logical_and_(live)
-        alpha.clamp_(max=ALPHA_MAX).mul_(live)
+        # d alpha / d log alpha = alpha where neither clamp is active (alpha < alpha_max implies log alpha < 0).
+        # 3DGS's backward ignores the alpha_max clamp (grad_through_clamp): there it is the unclamped alpha
+        slope = live.clone() if grad_through_clamp else (alpha < alpha_max).logical_and_(live)
+        raw = alpha * live if grad_through_clamp else None
+        alpha.clamp_(max=alpha_max).mul_(live)
         T_incl = torch.cumprod(1.0 - alpha, dim=-1)
         if bool((T_incl[..., -1] < T_MIN).any()):
             # stop before transmittance drops below T_MIN (3DGS): monotone along the sorted axis
@@ -199,20 +215,23 @@ class _Composite(torch.autograd.Function):
         w = alpha * T_before  # (B, P, K)
         out = torch.matmul(w, feats)
         T_final = T_incl[..., -1]
-        ctx.save_for_backward(alpha, slope, T_before, w, T_final, feats, local_pix)
+        # the backward multiplies by d alpha / d log alpha: alpha masked by slope, or the unclamped alpha
+        ctx.save_for_backward(alpha, slope if raw is None else raw.mul_(slope), T_before, w, T_final, feats, local_pix)
+        ctx.grad_through_clamp = raw is not None
         return out, T_final
 
     @staticmethod
-    def backward(ctx, g_out: Tensor, g_T: Tensor) -> tuple[Tensor | None, None, Tensor | None, None]:
+    def backward(ctx, g_out: Tensor, g_T: Tensor) -> tuple[Tensor | None, None, Tensor | None, None, None, None]:
         alpha, slope, T_before, w, T_final, feats, local_pix = ctx.saved_tensors
         g_feats = torch.matmul(w.transpose(1, 2), g_out) if ctx.needs_input_grad[2] else None
         if not ctx.needs_input_grad[0]:
-            return None, None, g_feats, None
+            return None, None, g_feats, None, None, None
         cg = torch.matmul(g_out, feats.transpose(1, 2))  # (B, P, K): feats_k . g
         contrib = w * cg
         # everything behind k, plus the final transmittance, scales with (1 - alpha_k)
         total = contrib.sum(-1, keepdim=True).add_((g_T * T_final)[..., None])
         behind = contrib.cumsum_(-1).neg_().add_(total)
-        g_log_alpha = cg.mul_(T_before).sub_(behind.div_(1.0 - alpha)).mul_(alpha).mul_(slope)
+        g_log_alpha = cg.mul_(T_before).sub_(behind.div_(1.0 - alpha))
+        g_log_alpha = g_log_alpha.mul_(slope) if ctx.grad_through_clamp else g_log_alpha.mul_(alpha).mul_(slope)
         g_coef = torch.matmul(local_pix.t(), g_log_alpha)  # (B, 6, K)
-        return g_coef, None, g_feats, None
+        return g_coef, None, g_feats, None, None, None

@@ -30,6 +30,7 @@ from clods_pl.smgs import SMGS, export_ply
 RUN_MODE = "fit"
 TOPOLOGY_KEY = "smgs_topology"
 PLY_NAME = "smgs_frame0.ply"
+LPIPS_BACKBONE_WEIGHTS = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet, the backbone of LPIPS(net="alex")
 
 
 @dataclass
@@ -260,14 +261,18 @@ class AppearanceModule(L.LightningModule):
         if not self._lpips_checked:
             self._lpips_checked = True
             try:
-                import os  # noqa: PLC0415
-
-                os.environ.setdefault("TORCH_HOME", os.path.expanduser("~/.cache/torch"))
+                weights = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONE_WEIGHTS
+                if not weights.is_file():  # torchvision would try to download it (and hang on an offline machine)
+                    raise FileNotFoundError(f"{weights} missing; put torchvision's AlexNet weights there to get LPIPS")
                 from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity  # noqa: PLC0415
 
                 self._lpips = LearnedPerceptualImagePatchSimilarity(net_type="alex").to(self.device)
             except Exception as exc:  # torchvision missing or weights not cached: never download here
-                self.print(f"[clods-pl] LPIPS skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+                notice = f"[clods-pl] LPIPS skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+                if self._trainer is None:
+                    print(notice)
+                else:
+                    self.print(notice)
                 self._lpips = None
         return self._lpips
 

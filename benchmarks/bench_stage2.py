@@ -1,0 +1,93 @@
+"""Stage-2 time per recovered frame: the frame loop of ``clods_pl.stages.recovery`` on a real dataset and stage-1 SMGS.
+
+    python -m benchmarks.bench_stage2 --dataset data/gpu_bench --stage1 runs/gpu_bench/stage1/smgs.ckpt \
+        --device cuda --backends gsplat torch          # -> benchmarks/results/stage2_cuda.json
+
+Recovers frames 1..``frames`` of the first ``trajectories`` trajectories of the dataset's ``train`` split, batched
+together (``data.batch_size`` in stage 2), with the given iterations (no early stop: every frame pays the full
+budget, so numbers compare across backends), into a temporary cache. Reports wall seconds per recovered
+trajectory-frame and per Adam iteration, and the mean vertex error vs ground truth (relative to the flag size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clods_pl.data.format import read_dataset
+from clods_pl.errors import BackendUnavailableError
+from clods_pl.stages.recovery import RecoveryConfig, load_stage1, open_job, recover_batch
+from clods_pl.stages.recovery_metrics import flag_size
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def bench(dataset: str, stage1: str, backend: str, device: torch.device, trajectories: int, frames: int,
+          iterations: int, holdout: list[int]) -> dict:
+    ds = read_dataset(dataset)
+    names = list(ds.names("train"))[:trajectories]
+    renderer, h = load_stage1(stage1, device)
+    config = RecoveryConfig(iterations=iterations, plateau_patience=iterations + 1, min_iterations=iterations,
+                            backend=backend)
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = [open_job(n, ds.trajectory(n), Path(tmp) / f"{n}.npz", h, holdout, f"1:{frames + 1}", True)
+                for n in names]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        recover_batch(jobs, renderer, config, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        wall = time.perf_counter() - t0
+        errs = []
+        for job in jobs:
+            rmse = job.cache.gt_metrics.get("rmse")
+            if rmse is not None:
+                errs.append(float(np.mean(rmse[1: frames + 1])) / flag_size(np.asarray(job.traj.mesh_pos)))
+    traj0 = ds.trajectory(names[0])
+    n_frames = frames * len(names)
+    return {"backend": backend, "device": str(device), "trajectories": len(names), "frames_each": frames,
+            "iterations": iterations, "vertices": int(np.asarray(traj0.verts0).shape[0]),
+            "views": len(traj0.cameras) - len(holdout), "wall_s": wall, "s_per_frame": wall / n_frames,
+            "ms_per_iteration": 1e3 * wall / (frames * iterations),
+            "mean_rel_error": float(np.mean(errs)) if errs else None}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--stage1", required=True, help="stage-1 checkpoint (smgs.ckpt)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backends", nargs="+", default=["torch"])
+    ap.add_argument("--trajectories", type=int, default=2)
+    ap.add_argument("--frames", type=int, default=4)
+    ap.add_argument("--iterations", type=int, default=100)
+    ap.add_argument("--holdout", type=int, nargs="*", default=[0])
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    device = torch.device(a.device)
+    rows = []
+    for backend in a.backends:
+        try:
+            row = bench(a.dataset, a.stage1, backend, device, a.trajectories, a.frames, a.iterations, a.holdout)
+        except BackendUnavailableError as exc:
+            row = {"backend": backend, "unavailable": str(exc)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    meta = {"machine": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "dataset": a.dataset}
+    out = Path(a.out) if a.out else RESULTS / f"stage2_{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**meta, "results": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
