@@ -63,7 +63,7 @@ def bench_one(backend: str, batch: int, device: torch.device, latent: int, block
 
 
 def bench_training(rollout: int, device: torch.device, latent: int, blocks: int, grid: int, warmup: int,
-                   steps: int, backend: str = "native") -> dict:
+                   steps: int, backend: str = "native", compile_mode: str | None = None) -> dict:
     """Stage-3 training steps per second on one window of ``rollout + 2`` frames of a ``grid`` x ``grid`` flag."""
     from clods_pl.stages.dynamics import DynamicsModule  # noqa: PLC0415  (pulls in lightning)
 
@@ -80,23 +80,31 @@ def bench_training(rollout: int, device: torch.device, latent: int, blocks: int,
              "graph": graph_from_faces(faces, v).to(device)}
     torch.manual_seed(0)
     module = DynamicsModule(latent, blocks, message_passing=backend, rollout_length=rollout,
-                            normalizer_steps=1).to(device)
+                            normalizer_steps=1, compile_mode=compile_mode).to(device)
     module.rollout_loss(batch, noise=False, accumulate=True)  # normalizer statistics, as stage 3's first steps
+    if compile_mode is not None:
+        module.model.compile_core(compile_mode)
     opt = torch.optim.Adam(module.parameters(), lr=1e-4)
     times = []
+    first = 0.0
     for i in range(warmup + steps):
         _sync(device)
         t0 = time.perf_counter()
+        if module.model.compiled:
+            torch.compiler.cudagraph_mark_step_begin()
         opt.zero_grad(set_to_none=True)
         loss, _ = module.rollout_loss(batch, noise=True, accumulate=False)
         loss.backward()
         opt.step()
         _sync(device)
+        if i == 0:
+            first = time.perf_counter() - t0
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    return {"backend": backend, "rollout_length": rollout, "nodes": v, "median_s": med,
-            "steps_per_s": 1.0 / med, "steps": steps, "final_loss": float(loss)}
+    return {"backend": backend, "compile_mode": compile_mode, "rollout_length": rollout, "nodes": v,
+            "median_s": med, "steps_per_s": 1.0 / med, "first_step_s": first, "steps": steps,
+            "final_loss": float(loss.detach())}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -110,11 +118,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--train_steps", type=int, default=20, help="timed training steps per rollout length (0: skip)")
     p.add_argument("--rollouts", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--compile_modes", nargs="+", default=["none"],
+                   help="training rows per torch.compile mode: none (eager), default, reduce-overhead, ...")
+    p.add_argument("--skip_forward", action="store_true", help="only the training rows")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/dynamics_<device>.json)")
     a = p.parse_args(argv)
     device = torch.device(a.device)
     rows = []
-    for batch in a.batches:
+    for batch in [] if a.skip_forward else a.batches:
         for backend in ("native", "dgl"):
             try:
                 row = bench_one(backend, batch, device, a.latent, a.blocks, a.grid, a.warmup, a.repeats)
@@ -123,10 +134,16 @@ def main(argv: list[str] | None = None) -> dict:
             print(json.dumps(row))
             rows.append(row)
     training = []
-    for rollout in a.rollouts if a.train_steps > 0 else []:
-        row = bench_training(rollout, device, a.latent, a.blocks, a.grid, max(a.warmup, 2), a.train_steps)
-        print(json.dumps(row))
-        training.append(row)
+    for mode in a.compile_modes if a.train_steps > 0 else []:
+        for rollout in a.rollouts:
+            cm = None if mode == "none" else mode
+            try:
+                row = bench_training(rollout, device, a.latent, a.blocks, a.grid, max(a.warmup, 2 if cm is None else 4),
+                                     a.train_steps, compile_mode=cm)
+            except Exception as exc:  # a compile failure must not cost the other rows
+                row = {"compile_mode": cm, "rollout_length": rollout, "error": f"{type(exc).__name__}: {exc}"[:400]}
+            print(json.dumps(row), flush=True)
+            training.append(row)
     result = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
               else platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
               "torch": torch.__version__, "latent": a.latent, "blocks": a.blocks, "results": rows,

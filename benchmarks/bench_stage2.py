@@ -3,7 +3,7 @@
     python -m benchmarks.bench_stage2 --dataset data/gpu_bench --stage1 runs/gpu_bench/stage1/smgs.ckpt \
         --device cuda --backends gsplat torch          # -> benchmarks/results/stage2_cuda.json
 
-Recovers frames 1..``frames`` of the first ``trajectories`` trajectories of the dataset's ``train`` split, batched
+Recovers frames 1..``frames`` of the first ``trajectories`` trajectories of the dataset (train split first), batched
 together (``data.batch_size`` in stage 2), with the given iterations (no early stop: every frame pays the full
 budget, so numbers compare across backends), into a temporary cache. Reports wall seconds per recovered
 trajectory-frame and per Adam iteration, and the mean vertex error vs ground truth (relative to the flag size).
@@ -29,9 +29,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def bench(dataset: str, stage1: str, backend: str, device: torch.device, trajectories: int, frames: int,
-          iterations: int, holdout: list[int]) -> dict:
+          iterations: int, holdout: list[int], profile: Path | None = None) -> dict:
     ds = read_dataset(dataset)
-    names = list(ds.names("train"))[:trajectories]
+    names = [n for split in sorted(ds.info.splits, key=lambda s: s != "train") for n in ds.names(split)][:trajectories]
     renderer, h = load_stage1(stage1, device)
     config = RecoveryConfig(iterations=iterations, plateau_patience=iterations + 1, min_iterations=iterations,
                             backend=backend)
@@ -45,6 +45,17 @@ def bench(dataset: str, stage1: str, backend: str, device: torch.device, traject
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         wall = time.perf_counter() - t0
+        if profile is not None:  # one more frame of 10 iterations under the profiler: where the time goes
+            cfg = RecoveryConfig(iterations=10, plateau_patience=11, min_iterations=10, backend=backend)
+            jobs2 = [open_job(n, ds.trajectory(n), Path(tmp) / f"p_{n}.npz", h, holdout, "1:2", True) for n in names]
+            acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
+                                                            if device.type == "cuda" else [])
+            with torch.profiler.profile(activities=acts) as prof:
+                recover_batch(jobs2, renderer, cfg, device)
+            table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=50)
+            profile.parent.mkdir(parents=True, exist_ok=True)
+            profile.write_text(f"{backend}, {len(names)} trajectories, 1 frame x 10 iterations\n{table}\n")
+            print(table)
         errs = []
         for job in jobs:
             rmse = job.cache.gt_metrics.get("rmse")
@@ -69,13 +80,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--iterations", type=int, default=100)
     ap.add_argument("--holdout", type=int, nargs="*", default=[0])
+    ap.add_argument("--profile", action="store_true", help="also profile 10 iterations -> stage2_<device>_profile.txt")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     device = torch.device(a.device)
     rows = []
     for backend in a.backends:
         try:
-            row = bench(a.dataset, a.stage1, backend, device, a.trajectories, a.frames, a.iterations, a.holdout)
+            prof = RESULTS / f"stage2_{device.type}_{backend}_b{a.trajectories}_profile.txt" if a.profile else None
+            row = bench(a.dataset, a.stage1, backend, device, a.trajectories, a.frames, a.iterations, a.holdout, prof)
         except BackendUnavailableError as exc:
             row = {"backend": backend, "unavailable": str(exc)}
         print(json.dumps(row), flush=True)

@@ -8,6 +8,8 @@ x_{t+1} = 2 x_t - x_{t-1} + a. Non-NORMAL nodes (HANDLE = 3) follow prescribed p
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -20,6 +22,7 @@ from clods_pl.dynamics.features import (
 )
 from clods_pl.dynamics.message_passing import make_message_passing
 from clods_pl.dynamics.normalizer import Normalizer
+from clods_pl.errors import BackendUnavailableError
 from clods_pl.geometry import NodeType
 
 
@@ -81,11 +84,35 @@ class MeshGraphNet(nn.Module):
         self.edge_encoder = mlp(EDGE_INPUT_SIZE, latent, latent, mlp_layers, layer_norm=True)
         self.processor = nn.ModuleList(GraphNetBlock(latent, mlp_layers) for _ in range(blocks))
         self.decoder = mlp(latent, latent, 3, mlp_layers, layer_norm=False)
+        self._compiled_core: Any = None
 
     def set_message_passing(self, name: str) -> None:
         """Switch backend without touching weights (both backends compute the same function)."""
         self.message_passing = name
         self.mp = make_message_passing(name)
+        self._compiled_core = None
+
+    def compile_core(self, mode: str | None = "reduce-overhead") -> None:
+        """Run encode-process-decode through ``torch.compile(mode=mode)`` whenever gradients are enabled (training);
+        inference stays eager. ``reduce-overhead`` adds CUDA graphs on a GPU (the eager step is launch-bound there).
+        Only the ``native`` message passing compiles."""
+        if self.message_passing != "native":
+            raise BackendUnavailableError(f"compiling the model needs message_passing=native, got "
+                                          f"{self.message_passing!r}")
+        self._compiled_core = torch.compile(self.core, mode=mode, dynamic=False)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether training steps run the compiled encode-process-decode (:meth:`compile_core`)."""
+        return self._compiled_core is not None
+
+    def core(self, nodes: Tensor, edges: Tensor, graph: MeshGraph) -> Tensor:
+        """Encode normalised node (V, NODE_INPUT_SIZE) and edge (E, EDGE_INPUT_SIZE) features, run the blocks,
+        decode: normalised acceleration (V, 3)."""
+        h, e = self.node_encoder(nodes), self.edge_encoder(edges)
+        for block in self.processor:
+            h, e = block(h, e, graph, self.mp)
+        return self.decoder(h)
 
     def forward(self, x_prev: Tensor, x_t: Tensor, mesh_pos: Tensor, node_type: Tensor, graph: MeshGraph,
                 accumulate: bool = False) -> Tensor:
@@ -95,10 +122,8 @@ class MeshGraphNet(nn.Module):
         """
         nodes = self.node_normalizer(node_features(x_t, x_prev, node_type), accumulate)
         edges = self.edge_normalizer(edge_features(x_t, mesh_pos, graph), accumulate)
-        h, e = self.node_encoder(nodes), self.edge_encoder(edges)
-        for block in self.processor:
-            h, e = block(h, e, graph, self.mp)
-        return self.decoder(h)
+        compiled = self._compiled_core is not None and torch.is_grad_enabled()
+        return (self._compiled_core if compiled else self.core)(nodes, edges, graph)
 
     def step(self, x_prev: Tensor, x_t: Tensor, mesh_pos: Tensor, node_type: Tensor, graph: MeshGraph,
              prescribed: Tensor | None = None, accumulate: bool = False) -> Tensor:

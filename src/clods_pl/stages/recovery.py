@@ -186,16 +186,16 @@ def recover_frame(renderer: Renderer, x_init: Tensor, pinned: Tensor, pinned_pos
         if not active:
             break
         opt.zero_grad(set_to_none=False)
-        total = x_init.new_zeros(())
+        parts = [losses(b) for b in active]
+        total = torch.stack([loss for loss, _, _ in parts]).sum()
+        # one host sync per iteration for every trajectory's loss parts (not one per trajectory and part)
+        values = torch.stack([torch.stack([t.detach().double() for t in part]) for part in parts]).tolist()
         still: list[int] = []
-        for b in active:
-            loss, photo, edge = losses(b)
-            total = total + loss
-            value = float(loss.detach())
+        for b, (value, photo, edge) in zip(active, values):
             since_best[b] = 0 if value < best[b] * (1.0 - config.plateau_tol) or best[b] == math.inf \
                 else since_best[b] + 1
             if value < best[b]:
-                best[b], best_photo[b], best_edge[b] = value, float(photo), float(edge)
+                best[b], best_photo[b], best_edge[b] = value, photo, edge
                 best_dx[b] = dx.detach()[b]
             used[b] = it
             if it < config.iterations and (it < config.min_iterations or since_best[b] < config.plateau_patience):
