@@ -36,8 +36,8 @@ def bench(dataset: str, stage1: str, backend: str, device: torch.device, traject
     config = RecoveryConfig(iterations=iterations, plateau_patience=iterations + 1, min_iterations=iterations,
                             backend=backend)
     with tempfile.TemporaryDirectory() as tmp:
-        jobs = [open_job(n, ds.trajectory(n), Path(tmp) / f"{n}.npz", h, holdout, f"1:{frames + 1}", True)
-                for n in names]
+        jobs = [open_job(n, ds.trajectory(n), Path(tmp) / f"{n}.npz", h, holdout, f"1:{frames + 1}", True,
+                         config=config) for n in names]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
@@ -47,7 +47,8 @@ def bench(dataset: str, stage1: str, backend: str, device: torch.device, traject
         wall = time.perf_counter() - t0
         if profile is not None:  # one more frame of 10 iterations under the profiler: where the time goes
             cfg = RecoveryConfig(iterations=10, plateau_patience=11, min_iterations=10, backend=backend)
-            jobs2 = [open_job(n, ds.trajectory(n), Path(tmp) / f"p_{n}.npz", h, holdout, "1:2", True) for n in names]
+            jobs2 = [open_job(n, ds.trajectory(n), Path(tmp) / f"p_{n}.npz", h, holdout, "1:2", True, config=cfg)
+                     for n in names]
             acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
                                                             if device.type == "cuda" else [])
             with torch.profiler.profile(activities=acts) as prof:

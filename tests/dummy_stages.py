@@ -47,9 +47,10 @@ class FitData(L.LightningDataModule):
 class PredictModule(L.LightningModule):
     RUN_MODE = "predict"
 
-    def __init__(self, stage1_checkpoint: str, cache_dir: str, scale: float = 1.0) -> None:
+    def __init__(self, stage1_checkpoint: str, cache_dir: str, scale: float = 1.0, recompute_stale: bool = False) -> None:
         super().__init__()
         self.stage1_checkpoint, self.cache_dir, self.scale = stage1_checkpoint, Path(cache_dir), scale
+        self.recompute_stale = recompute_stale
 
     def predict_step(self, batch, batch_idx):
         assert Path(self.stage1_checkpoint).is_file()

@@ -24,7 +24,13 @@ from clods_pl.utils.files import atomic_savez
 
 
 def _write_cache(folder, name, verts, frames_done):
-    atomic_savez(folder / f"{name}.npz", verts=verts.astype(np.float32), frames_done=np.array(frames_done))
+    from clods_pl.stages.mesh_cache import MeshCache
+
+    T = verts.shape[0]
+    verts = np.array(verts, dtype=np.float32)
+    verts[frames_done:] = np.nan
+    MeshCache(folder / f"{name}.npz", verts, np.zeros((1, 3), np.int64), frames_done, np.zeros(T, np.float32),
+              np.zeros(T, np.float32), np.zeros(T, np.int64), "h").save()
 
 
 def test_sources_gt_n_mixed_and_recovered(tmp_path):
@@ -50,6 +56,14 @@ def test_incomplete_or_missing_cache_and_bad_source_are_clear_errors(tmp_path):
         load_mesh_cache(tmp_path / f"{name}.npz", 16)
     with pytest.raises(DatasetError, match="missing"):
         load_mesh_cache(tmp_path / "nope.npz", 16)
+    # a NaN in a finished frame (issue 11.7: stage 3 used to train on it without a word)
+    bad = np.array(ds.trajectory(name).gt_verts, dtype=np.float32)
+    _write_cache(tmp_path, name, bad, 16)
+    z = dict(np.load(tmp_path / f"{name}.npz"))
+    z["verts"][5, 3] = np.nan
+    atomic_savez(tmp_path / f"{name}.npz", **z)
+    with pytest.raises(ClodsError, match="non-finite vertices in its finished frames"):
+        load_trajectories(ds, [name], "recovered", str(tmp_path))
     with pytest.raises(ClodsError, match="data.source"):
         parse_source("gt:x")
     with pytest.raises(ClodsError, match="mesh_cache_dir"):

@@ -20,7 +20,7 @@ def dummy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
     stages = {
         "stage1": StageSpec("stage1", f"{DUMMY}:FitModule", f"{DUMMY}:FitData", "fit", (), ("dataset_dir",)),
         "stage2": StageSpec("stage2", f"{DUMMY}:PredictModule", f"{DUMMY}:PredictData", "predict",
-                            ("stage1_checkpoint", "cache_dir"), ("dataset_dir",)),
+                            ("stage1_checkpoint", "cache_dir", "recompute_stale"), ("dataset_dir",)),
         "stage3": StageSpec("stage3", f"{DUMMY}:FitModule", f"{DUMMY}:FitData", "fit", (),
                             ("dataset_dir", "mesh_cache_dir")),
     }

@@ -139,10 +139,10 @@ def test_batched_trajectories_equal_separate_runs_and_frame_windows(tmp_path) ->
     trajs["b"]._gt = trajs["b"]._gt * torch.tensor([1.0, -1.0, 1.0])  # a different motion, same rest shape
     trajs["b"]._images.clear()
     renderer = trajs["a"].renderer
-    jobs = [open_job(n, t, tmp_path / "batch" / f"{n}.npz", "h") for n, t in trajs.items()]
+    jobs = [open_job(n, t, tmp_path / "batch" / f"{n}.npz", "h", config=cfg) for n, t in trajs.items()]
     # resume mismatch inside a batch: "a" is ahead of "b"
     recover_trajectory("a", trajs["a"], renderer, tmp_path / "batch" / "a.npz", "h", cfg, frames="1:2")
-    jobs = [open_job(n, t, tmp_path / "batch" / f"{n}.npz", "h") for n, t in trajs.items()]
+    jobs = [open_job(n, t, tmp_path / "batch" / f"{n}.npz", "h", config=cfg) for n, t in trajs.items()]
     assert [j.next_frame for j in jobs] == [2, 1]
     recover_batch(jobs, renderer, cfg)
     for n, t in trajs.items():
@@ -160,7 +160,7 @@ def test_batched_trajectories_equal_separate_runs_and_frame_windows(tmp_path) ->
     assert recover_trajectory("a", trajs["a"], renderer, path, "h", cfg, frames="2:4").complete
     np.testing.assert_array_equal(MeshCache.load(path).verts, MeshCache.load(tmp_path / "alone" / "a.npz").verts)
     # (b) a cache from another stage-1 checkpoint is refused; overwrite rebuilds
-    with pytest.raises(ManifestError, match="rerun with --overwrite"):
+    with pytest.raises(ManifestError, match="--stage2.model.overwrite true"):
         recover_trajectory("a", trajs["a"], renderer, path, "other", cfg)
     rebuilt = recover_trajectory("a", trajs["a"], renderer, path, "other", cfg, frames=":2", overwrite=True)
     assert rebuilt.frames_done == 2 and MeshCache.load(path).stage1_hash == "other"

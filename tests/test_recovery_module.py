@@ -92,7 +92,36 @@ def test_predict_fills_caches_logs_and_plots(tmp_path) -> None:
     trainer2 = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          enable_checkpointing=False, enable_model_summary=False)
     trainer2.predict(ToyRecoveryModule("unused.ckpt", str(cache_dir), **OPTS),
-                     ToyRecoveryDataModule("toy", trajectories=["a"]))
+                     ToyRecoveryDataModule("toy", holdout_views=[2], trajectories=["a"]))
+    assert (cache_dir / "a.npz").stat().st_mtime_ns == before
+
+
+def _predict(cache_dir: Path, opts: dict, holdout: list[int] = [2], **kw) -> None:
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False)
+    trainer.predict(ToyRecoveryModule("unused.ckpt", str(cache_dir), **opts, **kw),
+                    ToyRecoveryDataModule("toy", holdout_views=holdout, trajectories=["a"]))
+
+
+def test_cache_made_with_other_settings_is_refused_or_recomputed(tmp_path) -> None:
+    """Issue 11.1: after a stage-2 setting changes, `stage2` alone refuses the old caches naming the setting, and
+    `pipeline` (recompute_stale) recovers them again; they were silently resumed before."""
+    from clods_pl.stages.mesh_cache import MeshCacheError
+
+    cache_dir = tmp_path / "meshes"
+    short = dict(OPTS, iterations=3, min_iterations=3)
+    _predict(cache_dir, short)
+    first = MeshCache.load(cache_dir / "a.npz")
+    assert first.complete and first.settings["model.iterations"] == 3 and int(first.iterations[1:].max()) <= 3
+    with pytest.raises(MeshCacheError, match=r"model.iterations changed from 3 to 30.*clods-pl pipeline"):
+        _predict(cache_dir, OPTS)
+    with pytest.raises(MeshCacheError, match=r"data.holdout_views changed from \[2\] to \[1\]"):
+        _predict(cache_dir, short, holdout=[1])
+    _predict(cache_dir, OPTS, recompute_stale=True)
+    again = MeshCache.load(cache_dir / "a.npz")
+    assert again.complete and again.settings["model.iterations"] == 30 and int(again.iterations[1:].max()) > 3
+    before = (cache_dir / "a.npz").stat().st_mtime_ns
+    _predict(cache_dir, OPTS)  # same settings: a no-op resume
     assert (cache_dir / "a.npz").stat().st_mtime_ns == before
 
 

@@ -28,7 +28,8 @@ TRAINER_SKIP = {"logger", "callbacks", "default_root_dir"}
 # Settings that do not change a stage's result: changing them does not make the stage stale.
 NON_RESULT_KEYS = {"trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.devices",
                    "trainer.num_nodes", "trainer.accelerator", "trainer.strategy", "trainer.enable_model_summary",
-                   "model.log_every_n_frames", "model.overwrite", "data.num_workers", "data.trajectories",
+                   "model.log_every_n_frames", "model.overwrite", "model.compile_mode", "data.num_workers",
+                   "data.trajectories",
                    "videos", "device"}
 
 
@@ -56,7 +57,7 @@ STAGES: dict[str, StageSpec] = {
                         "clods_pl.stages.appearance:AppearanceDataModule", "fit", (), ("dataset_dir",)),
     "stage2": StageSpec("stage2", "clods_pl.stages.recovery:RecoveryModule",
                         "clods_pl.stages.recovery:RecoveryDataModule", "predict",
-                        ("stage1_checkpoint", "cache_dir"), ("dataset_dir",)),
+                        ("stage1_checkpoint", "cache_dir", "recompute_stale"), ("dataset_dir",)),
     "stage3": StageSpec("stage3", "clods_pl.stages.dynamics:DynamicsModule",
                         "clods_pl.stages.dynamics:DynamicsDataModule", "fit", (),
                         ("dataset_dir", "mesh_cache_dir")),

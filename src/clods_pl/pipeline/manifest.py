@@ -26,6 +26,7 @@ from filelock import FileLock
 from clods_pl import __version__
 from clods_pl.errors import ManifestError
 from clods_pl.utils.files import atomic_write_json, sha256_file, sha256_json
+from clods_pl.utils.settings import config_changes, flatten  # noqa: F401  (re-exported: manifest's vocabulary)
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
@@ -44,31 +45,6 @@ def code_version() -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         pass
     return out
-
-
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> ``{"a.b.c": value}`` (lists and scalars are leaves)."""
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: obj}
-
-
-def config_changes(old: dict[str, Any], new: dict[str, Any], limit: int = 3) -> list[str]:
-    """Human-readable differences between two flat configs, e.g. ``stage1.model.k changed from 2 to 4``."""
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        if key not in new:
-            changes.append(f"{key} was removed (was {old[key]!r})")
-        elif key not in old:
-            changes.append(f"{key} was added ({new[key]!r})")
-        elif json.dumps(old[key], sort_keys=True, default=str) != json.dumps(new[key], sort_keys=True, default=str):
-            changes.append(f"{key} changed from {old[key]!r} to {new[key]!r}")
-    if len(changes) > limit:
-        changes = changes[:limit] + [f"and {len(changes) - limit} more"]
-    return changes
 
 
 class Manifest:

@@ -135,6 +135,7 @@ class StageRunner:
         self.parser, self.cfg, self.unavailable = parser, cfg, unavailable
         self.run_dir = run_dir_of(cfg)
         self.manifest = Manifest(self.run_dir)
+        self.repair = False  # `pipeline` repairs stale outputs (e.g. recovers stale mesh caches again)
 
     # ----- inputs ------------------------------------------------------------------------------------
     def stage3_sources(self) -> list[str]:
@@ -266,7 +267,8 @@ class StageRunner:
         rec = self.manifest.stage("stage1") or {}
         ckpt = self.manifest.abspath(rec.get("outputs", {}).get("checkpoint", {}).get("path", ""))
         cache_dir = stage_dir / MESH_CACHE_DIR
-        model = self._instantiate("stage2", "model", {"stage1_checkpoint": str(ckpt), "cache_dir": str(cache_dir)})
+        model = self._instantiate("stage2", "model", {"stage1_checkpoint": str(ckpt), "cache_dir": str(cache_dir),
+                                                      "recompute_stale": self.repair})
         data = self._instantiate("stage2", "data", {"dataset_dir": dataset})
         trainer = self._trainer("stage2", stage_dir, "stage2", fit=False)
         trainer.predict(model, datamodule=data, return_predictions=False)
@@ -306,6 +308,7 @@ class StageRunner:
     def pipeline(self, force: bool = False) -> list[str]:
         """Run every stage that is out of date, in order; returns the stages that ran."""
         ran = []
+        self.repair = True
         for stage in (*STAGE_NAMES, EVAL_NAME):
             reason = "forced" if force else self.staleness(stage)
             if reason is None:

@@ -68,21 +68,18 @@ def parse_source(source: str) -> tuple[str, int | None]:
 
 
 def load_mesh_cache(path: str | os.PathLike, num_frames: int) -> np.ndarray:
-    """Verts (T, V, 3) float32 from a complete stage-2 mesh cache; refuses missing or unfinished caches."""
+    """Verts (T, V, 3) float32 from a complete stage-2 mesh cache; refuses missing, corrupt, non-finite or
+    unfinished caches (``MeshCache.load`` checks every finished frame is finite)."""
+    from clods_pl.stages.mesh_cache import MeshCache  # noqa: PLC0415  (stage 3 needs it only for recovered sources)
+
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"mesh cache {path} is missing; run stage 2 (clods-pl stage2) or use data.source=gt")
-    with np.load(path, allow_pickle=False) as z:
-        if "verts" not in z.files:
-            raise DatasetError(f"mesh cache {path} has no 'verts' array; re-run stage 2 for this trajectory")
-        verts = np.asarray(z["verts"], dtype=np.float32)
-        done = int(z["frames_done"]) if "frames_done" in z.files else verts.shape[0]
-    if verts.ndim != 3 or verts.shape[-1] != 3:
-        raise DatasetError(f"mesh cache {path}: verts must be (T, V, 3), got {verts.shape}; re-run stage 2")
-    if done < num_frames or verts.shape[0] < num_frames:
-        raise DatasetError(f"mesh cache {path} is incomplete ({done}/{num_frames} frames done); "
+    cache = MeshCache.load(path)
+    if cache.frames_done < num_frames or cache.num_frames < num_frames:
+        raise DatasetError(f"mesh cache {path} is incomplete ({cache.frames_done}/{num_frames} frames done); "
                            "finish stage 2 (clods-pl stage2 resumes it) before stage 3")
-    return verts[:num_frames]
+    return cache.verts[:num_frames]
 
 
 def trajectory_data(traj: Any, name: str, verts: np.ndarray | Tensor, source: str) -> TrajectoryData:

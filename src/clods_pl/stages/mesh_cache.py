@@ -5,6 +5,7 @@ Arrays in the file (docs/architecture.md, "Mesh cache"):
 * ``verts (T, V, 3) float32``, world; frames ``0..frames_done-1`` are final, frame 0 is the dataset's ``verts0``,
   frames not done yet hold NaN;
 * ``faces (F, 3) int64``; ``frames_done`` int; ``stage1_hash`` str (sha256 of the stage-1 checkpoint);
+  ``settings_json`` str: the stage-2 settings the frames were recovered with (JSON; a resume must match them);
 * ``losses (T,) float32`` photometric loss of each recovered frame, ``edge_losses (T,) float32``,
   ``iterations (T,) int64`` optimiser steps used;
 * optional per-frame ground-truth metrics ``gt_<name> (T,) float32`` (evaluation only, never optimised on).
@@ -14,6 +15,7 @@ The file is rewritten atomically after every frame, so a killed run resumes from
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -22,10 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from clods_pl.errors import ManifestError
+from clods_pl.utils.settings import config_changes
 from clods_pl.utils.files import atomic_savez
 
 GT_PREFIX = "gt_"
 REQUIRED_KEYS = ("verts", "faces", "frames_done", "losses", "edge_losses", "stage1_hash")
+OVERWRITE_HINT = ("`clods-pl pipeline` recovers it again, or `clods-pl stage2 --stage2.model.overwrite true` "
+                  "(recovers every trajectory again)")
 
 
 class MeshCacheError(ManifestError):
@@ -45,6 +50,7 @@ class MeshCache:
         iterations: (T,) int64 optimiser steps used per frame.
         stage1_hash: sha256 of the stage-1 checkpoint the meshes were recovered with.
         gt_metrics: name -> (T,) float32 per-frame ground-truth metrics (NaN where not evaluated).
+        settings: the stage-2 settings (flat, JSON-able) the frames were recovered with.
     """
 
     path: Path
@@ -56,11 +62,12 @@ class MeshCache:
     iterations: np.ndarray
     stage1_hash: str
     gt_metrics: dict[str, np.ndarray] = field(default_factory=dict)
+    settings: dict[str, object] = field(default_factory=dict)
 
     # ----- construction ------------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | os.PathLike, verts0: np.ndarray, faces: np.ndarray, num_frames: int,
-               stage1_hash: str, save: bool = True) -> "MeshCache":
+               stage1_hash: str, save: bool = True, settings: dict[str, object] | None = None) -> "MeshCache":
         """A fresh cache with only frame 0 (= ``verts0 (V, 3)``) done."""
         verts0 = np.asarray(verts0, dtype=np.float32)
         if verts0.ndim != 2 or verts0.shape[1] != 3:
@@ -71,7 +78,7 @@ class MeshCache:
         verts[0] = verts0
         cache = cls(Path(path), verts, np.asarray(faces, dtype=np.int64), 1,
                     np.zeros(num_frames, np.float32), np.zeros(num_frames, np.float32),
-                    np.zeros(num_frames, np.int64), str(stage1_hash))
+                    np.zeros(num_frames, np.int64), str(stage1_hash), settings=dict(settings or {}))
         if save:
             cache.save()
         return cache
@@ -80,7 +87,7 @@ class MeshCache:
     def load(cls, path: str | os.PathLike) -> "MeshCache":
         """Read a cache file; raises ``MeshCacheError`` (one line, names the file) when corrupt or truncated."""
         path = Path(path)
-        hint = f"delete it or rerun stage 2 with --overwrite"
+        hint = OVERWRITE_HINT
         try:
             with np.load(path, allow_pickle=False) as z:
                 missing = [k for k in REQUIRED_KEYS if k not in z.files]
@@ -105,31 +112,45 @@ class MeshCache:
             raise MeshCacheError(f"mesh cache {path} has non-finite vertices in its finished frames; {hint}")
         iterations = data.get("iterations", np.zeros(T, np.int64))
         gt = {k[len(GT_PREFIX):]: v.astype(np.float32) for k, v in data.items() if k.startswith(GT_PREFIX)}
+        try:
+            settings = json.loads(str(data["settings_json"])) if "settings_json" in data else {}
+        except json.JSONDecodeError as exc:
+            raise MeshCacheError(f"mesh cache {path} has unreadable settings ({exc}); {hint}") from exc
         return cls(path, verts.astype(np.float32), faces.astype(np.int64), done,
                    data["losses"].astype(np.float32), data["edge_losses"].astype(np.float32),
-                   iterations.astype(np.int64), str(data["stage1_hash"]), gt)
+                   iterations.astype(np.int64), str(data["stage1_hash"]), gt, settings)
 
     @classmethod
     def open(cls, path: str | os.PathLike, verts0: np.ndarray, faces: np.ndarray, num_frames: int,
-             stage1_hash: str, overwrite: bool = False) -> "MeshCache":
+             stage1_hash: str, overwrite: bool = False, settings: dict[str, object] | None = None,
+             recompute_stale: bool = False) -> "MeshCache":
         """Resume the cache at ``path`` or create it.
 
-        Raises ``MeshCacheError`` when the existing file was made with another stage-1 checkpoint, mesh or
-        frame count, or is corrupt, unless ``overwrite`` (then it is rebuilt from frame 0).
+        A cache made with another stage-1 checkpoint or other stage-2 ``settings`` is rebuilt from frame 0 when
+        ``recompute_stale`` (``clods-pl pipeline``), else refused with a ``MeshCacheError`` naming what changed.
+        One of another mesh or frame count, or a corrupt one, is refused. ``overwrite`` always rebuilds.
         """
         path = Path(path)
+        settings = dict(settings or {})
         if overwrite or not path.exists():
-            return cls.create(path, verts0, faces, num_frames, stage1_hash)
+            return cls.create(path, verts0, faces, num_frames, stage1_hash, settings=settings)
         cache = cls.load(path)
+        stale = None
         if cache.stage1_hash != stage1_hash:
-            raise MeshCacheError(f"mesh cache {path} was recovered with stage-1 checkpoint {cache.stage1_hash[:12]}, "
-                                 f"current is {stage1_hash[:12]}; rerun with --overwrite to recover it again")
+            stale = f"was recovered with stage-1 checkpoint {cache.stage1_hash[:12]}, current is {stage1_hash[:12]}"
+        elif json.dumps(cache.settings, sort_keys=True) != json.dumps(settings, sort_keys=True):
+            changes = "; ".join(config_changes(cache.settings, settings))
+            stale = f"was recovered with other stage-2 settings ({changes})"
+        if stale is not None:
+            if recompute_stale:
+                return cls.create(path, verts0, faces, num_frames, stage1_hash, settings=settings)
+            raise MeshCacheError(f"mesh cache {path} {stale}; {OVERWRITE_HINT}")
         faces = np.asarray(faces, dtype=np.int64)
         verts0 = np.asarray(verts0, dtype=np.float32)
         if (cache.verts.shape != (num_frames, verts0.shape[0], 3) or not np.array_equal(cache.faces, faces)
                 or not np.array_equal(cache.verts[0], verts0)):
             raise MeshCacheError(f"mesh cache {path} belongs to another mesh or frame count "
-                                 f"(verts {cache.verts.shape}); rerun with --overwrite to recover it again")
+                                 f"(verts {cache.verts.shape}); {OVERWRITE_HINT}")
         return cache
 
     # ----- state ---------------------------------------------------------------------------------------
@@ -166,6 +187,7 @@ class MeshCache:
             "verts": self.verts, "faces": self.faces, "frames_done": np.asarray(self.frames_done, np.int64),
             "losses": self.losses, "edge_losses": self.edge_losses, "iterations": self.iterations,
             "stage1_hash": np.asarray(self.stage1_hash),
+            "settings_json": np.asarray(json.dumps(self.settings, sort_keys=True)),
         }
         out.update({GT_PREFIX + k: v for k, v in self.gt_metrics.items()})
         return out

@@ -17,6 +17,7 @@ Ground truth, when the dataset has it, is used for evaluation only (RMSE, Chamfe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -89,6 +90,15 @@ class RecoveryConfig:
             raise RecoveryConfigError("model.gamma and model.alpha_weight must be >= 0")
         if len(self.background) != 3:
             raise RecoveryConfigError(f"model.background must be 3 floats, got {self.background}")
+
+
+def recovery_settings(config: RecoveryConfig, holdout_views: Sequence[int]) -> dict[str, Any]:
+    """What determines a recovered frame, as stored in each mesh cache: every ``RecoveryConfig`` field and the
+    held-out views (a resume with other settings would mix two recoveries in one sequence)."""
+    out: dict[str, Any] = {f"model.{k}": (list(v) if isinstance(v, tuple) else v)
+                           for k, v in dataclasses.asdict(config).items()}
+    out["data.holdout_views"] = sorted(int(v) for v in holdout_views)
+    return out
 
 
 # ----- losses ---------------------------------------------------------------------------------------------
@@ -304,12 +314,17 @@ FrameCallback = Callable[[TrajectoryJob, int, dict[str, float]], None]
 
 def open_job(name: str, traj: Any, cache_path: str | os.PathLike, stage1_hash: str,
              holdout_views: Sequence[int] = (), frames: str | None = None, overwrite: bool = False,
-             evaluate_gt: bool = True) -> TrajectoryJob:
-    """Open (resume) or create the cache of one trajectory and check the requested frame window."""
+             evaluate_gt: bool = True, config: RecoveryConfig | None = None,
+             recompute_stale: bool = False) -> TrajectoryJob:
+    """Open (resume) or create the cache of one trajectory and check the requested frame window.
+
+    A cache recovered with another stage-1 checkpoint or other settings (``config``, ``holdout_views``) is
+    recovered again from frame 0 when ``recompute_stale``, else refused (``MeshCacheError`` naming the change)."""
     T = int(traj.num_frames)
     start, stop = parse_frames(frames, T)
+    settings = recovery_settings(config or RecoveryConfig(), holdout_views)
     cache = MeshCache.open(cache_path, np.asarray(traj.verts0, np.float32), np.asarray(traj.faces, np.int64), T,
-                           stage1_hash, overwrite=overwrite)
+                           stage1_hash, overwrite=overwrite, settings=settings, recompute_stale=recompute_stale)
     if start is not None and start > cache.frames_done:
         raise RecoveryConfigError(f"frames={frames!r} for {name} needs frames 0..{start - 1} recovered first, but "
                                   f"{cache_path} has {cache.frames_done}; use frames '{cache.frames_done}:{stop}'")
@@ -368,8 +383,9 @@ def recover_trajectory(name: str, traj: Any, renderer: Renderer, cache_path: str
                        frames: str | None = None, overwrite: bool = False, device: torch.device | str = "cpu",
                        on_frame: FrameCallback | None = None, evaluate_gt: bool = True) -> MeshCache:
     """Recover (or resume) one trajectory into ``cache_path``; returns the updated cache."""
-    job = open_job(name, traj, cache_path, stage1_hash, holdout_views, frames, overwrite, evaluate_gt)
-    recover_batch([job], renderer, config or RecoveryConfig(), device, on_frame)
+    config = config or RecoveryConfig()
+    job = open_job(name, traj, cache_path, stage1_hash, holdout_views, frames, overwrite, evaluate_gt, config)
+    recover_batch([job], renderer, config, device, on_frame)
     return job.cache
 
 
@@ -505,8 +521,10 @@ class RecoveryModule(L.LightningModule):
         cache_dir: folder of ``<traj>.npz`` caches (``runs/<name>/stage2/meshes``); plots go to ``../plots``.
         iterations, lr, gamma, alpha_weight, extrapolate, plateau_patience, plateau_tol, min_iterations,
         background, backend: see ``RecoveryConfig``.
-        overwrite: rebuild existing caches (needed after stage 1 changed).
+        overwrite: rebuild every existing cache.
         log_every_n_frames: log per-frame metrics every n frames (1 = every frame).
+        recompute_stale: recover again (instead of refusing) a cache made with another stage-1 checkpoint or other
+            settings; the orchestrator sets it for ``clods-pl pipeline``, which repairs stale stages.
     """
 
     RUN_MODE = RUN_MODE
@@ -515,7 +533,7 @@ class RecoveryModule(L.LightningModule):
                  gamma: float = 1.0, alpha_weight: float = 1.0, extrapolate: bool = True,
                  plateau_patience: int = 20, plateau_tol: float = 1e-4, min_iterations: int = 10,
                  background: tuple[float, float, float] = (1.0, 1.0, 1.0), backend: str = "torch",
-                 overwrite: bool = False, log_every_n_frames: int = 1) -> None:
+                 overwrite: bool = False, log_every_n_frames: int = 1, recompute_stale: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.config = RecoveryConfig(iterations, lr, gamma, alpha_weight, extrapolate, plateau_patience,
@@ -524,6 +542,7 @@ class RecoveryModule(L.LightningModule):
             raise RecoveryConfigError(f"model.log_every_n_frames must be >= 1, got {log_every_n_frames}")
         self.stage1_checkpoint, self.cache_dir = stage1_checkpoint, Path(cache_dir)
         self.overwrite, self.log_every_n_frames = overwrite, log_every_n_frames
+        self.recompute_stale = recompute_stale
         self.renderer: nn.Module | None = None
         self.stage1_hash = ""
         self._datasets: dict[str, Any] = {}
@@ -564,7 +583,8 @@ class RecoveryModule(L.LightningModule):
             for item in batch:
                 traj = self.dataset(item.dataset_dir).trajectory(item.name)
                 jobs.append(open_job(item.name, traj, self.cache_dir / f"{item.name}.npz", self.stage1_hash,
-                                     item.holdout_views, item.frames, self.overwrite))
+                                     item.holdout_views, item.frames, self.overwrite, config=self.config,
+                                     recompute_stale=self.recompute_stale))
             recover_batch(jobs, renderer, self.config, self.device, self._on_frame)
         out = []
         for job in jobs:

@@ -1,0 +1,31 @@
+"""Flat settings: nested config dicts as ``{"a.b.c": value}`` and one-line descriptions of what changed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> ``{"a.b.c": value}`` (lists and scalars are leaves)."""
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], limit: int = 3) -> list[str]:
+    """Human-readable differences between two flat configs, e.g. ``stage1.model.k changed from 2 to 4``."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if key not in new:
+            changes.append(f"{key} was removed (was {old[key]!r})")
+        elif key not in old:
+            changes.append(f"{key} was added ({new[key]!r})")
+        elif json.dumps(old[key], sort_keys=True, default=str) != json.dumps(new[key], sort_keys=True, default=str):
+            changes.append(f"{key} changed from {old[key]!r} to {new[key]!r}")
+    if len(changes) > limit:
+        changes = changes[:limit] + [f"and {len(changes) - limit} more"]
+    return changes
