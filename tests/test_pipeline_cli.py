@@ -144,3 +144,47 @@ def test_stage_device_follows_the_accelerator(monkeypatch: pytest.MonkeyPatch) -
     assert runner.stage_device(cfg, "stage2") == "cpu"
     cfg.stage2.trainer.accelerator = "gpu"
     assert runner.stage_device(cfg, "stage2") == "cuda"
+
+
+def test_stage1_never_resumes_a_checkpoint_of_other_settings(dummy: dict, capsys: pytest.CaptureFixture) -> None:
+    """Issue 11.2: run A (lr 0.1) leaves last.ckpt; run B (lr 0.2) is killed before its first checkpoint, so the
+    manifest says 'running with B's settings' next to A's checkpoint. Rerunning B must start over, not resume A."""
+    import shutil
+
+    cfg, run = dummy["cfg"], dummy["run"]
+    ckpts = run / "stage1" / "checkpoints"
+    assert main(["stage1", "--config", cfg]) == 0
+    saved = run.parent / "ckpts_A"
+    shutil.copytree(ckpts, saved)
+    assert main(["stage1", "--config", cfg, "--stage1.model.lr", "0.2"]) == 0
+    # B "killed before its first checkpoint": A's checkpoints in the folder, B running in the manifest
+    shutil.rmtree(ckpts)
+    shutil.copytree(saved, ckpts)
+    m = _manifest(run)
+    m["stages"]["stage1"]["status"] = "running"
+    (run / "manifest.json").write_text(json.dumps(m))
+    capsys.readouterr()
+    assert main(["stage1", "--config", cfg, "--stage1.model.lr", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "were made with other settings; starting over" in out and "resuming" not in out
+    # B killed after a checkpoint of its own: the rerun resumes it and says so
+    m = _manifest(run)
+    m["stages"]["stage1"]["status"] = "running"
+    (run / "manifest.json").write_text(json.dumps(m))
+    assert main(["stage1", "--config", cfg, "--stage1.model.lr", "0.2"]) == 0
+    assert "stage1: resuming from" in capsys.readouterr().out
+    assert not any("-v" in p.stem for p in ckpts.glob("*.ckpt"))  # no last-v1.ckpt pile-up
+
+
+def test_stage3_resumes_each_source_with_its_own_checkpoint(dummy: dict, capsys: pytest.CaptureFixture) -> None:
+    """Issue 11 (faults): stage 3 killed after a checkpoint used to restart from step 0 without a word."""
+    cfg, run = dummy["cfg"], dummy["run"]
+    for stage in ("stage1", "stage2", "stage3"):
+        assert main([stage, "--config", cfg]) == 0
+    capsys.readouterr()
+    assert main(["stage3", "--config", cfg]) == 0
+    out = capsys.readouterr().out
+    assert out.count("stage3: resuming from") == 2  # one per source (recovered, gt:1)
+    assert main(["stage3", "--config", cfg, "--stage3.model.lr", "0.07"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("starting over") == 2 and "resuming" not in out

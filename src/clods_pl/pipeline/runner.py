@@ -10,6 +10,7 @@ Stage hand-off (docs/pipeline.md):
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ CUDA_BACKENDS = {"gsplat": ("gsplat", "pip install gsplat==1.5.3"),
                  "inria": ("diff_gaussian_rasterization",
                            "build graphdeco-inria/diff-gaussian-rasterization yourself (non-commercial licence)")}
 SUMMARY_FILE = "summary.json"
+SETTINGS_TAG = "settings.sha256"  # in a checkpoints folder: the hash of the settings its checkpoints were made with
 UPSTREAM = {"stage1": (), "stage2": ("stage1",), "stage3": ("stage2",), EVAL_NAME: ("stage3",)}
 
 
@@ -209,15 +211,24 @@ class StageRunner:
             text = self.parser.dump(self.cfg, skip_check=True)
             atomic_write_text(self.run_dir / stage / "config.yaml", text)
 
-    def _resume_ckpt(self, ckpt_dir: Path, stage: str) -> str | None:
-        last = ckpt_dir / "last.ckpt"
-        rec = self.manifest.stage(stage) or {}
-        if last.is_file() and rec.get("status") == "running" and rec.get("config_hash"):
-            from clods_pl.utils.files import sha256_json  # noqa: PLC0415
+    def _resume_ckpt(self, ckpt_dir: Path, stage: str, extra: dict[str, Any] | None = None) -> str | None:
+        """``ckpt_dir/last.ckpt`` when it was written with this stage's current settings (the folder carries their
+        hash in ``SETTINGS_TAG``); otherwise the folder's checkpoints (other settings, or a run too old to say) are
+        removed with a notice and training starts over, so a resume never mixes two configurations."""
+        from clods_pl.utils.files import sha256_json  # noqa: PLC0415
 
-            if rec["config_hash"] == sha256_json(self.stage_config(stage)):
-                print(f"[clods-pl] {stage}: resuming from {last}")
-                return str(last)
+        digest = sha256_json({**self.stage_config(stage), **(extra or {})})
+        tag, last = ckpt_dir / SETTINGS_TAG, ckpt_dir / "last.ckpt"
+        if last.is_file() and tag.is_file() and tag.read_text().strip() == digest:
+            print(f"[clods-pl] {stage}: resuming from {last}")
+            return str(last)
+        if rank_zero_only.rank == 0:
+            if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+                print(f"[clods-pl] {stage}: the checkpoints in {ckpt_dir} were made with other settings; "
+                      "starting over")
+                shutil.rmtree(ckpt_dir)
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(tag, digest + "\n")
         return None
 
     # ----- stages ------------------------------------------------------------------------------------
@@ -232,7 +243,7 @@ class StageRunner:
         config = self.stage_config(stage)
         resume_from = None
         stage_dir = self.run_dir / stage
-        if stage != EVAL_NAME and STAGES[stage].run_mode == "fit" and stage != "stage3":
+        if stage == "stage1":
             resume_from = self._resume_ckpt(stage_dir / CHECKPOINTS_DIR, stage)
         is_rank0 = rank_zero_only.rank == 0
         if is_rank0:
@@ -285,11 +296,12 @@ class StageRunner:
         cache_dir = self.run_dir / "stage2" / MESH_CACHE_DIR
         for source in self.stage3_sources():
             sub = stage_dir / safe_name(source)
+            resume = self._resume_ckpt(sub / CHECKPOINTS_DIR, "stage3", {"stage3.source": source})
             model = self._instantiate("stage3", "model", {})
             data = self._instantiate("stage3", "data", {"dataset_dir": dataset, "mesh_cache_dir": str(cache_dir),
                                                          "source": source})
             trainer = self._trainer("stage3", sub, f"stage3-{safe_name(source)}", fit=True)
-            trainer.fit(model, datamodule=data)
+            trainer.fit(model, datamodule=data, ckpt_path=resume)
             ckpt = stage_dir / f"{safe_name(source)}.ckpt"
             trainer.save_checkpoint(ckpt)
             outputs[f"checkpoint:{source}"] = ckpt
