@@ -169,3 +169,47 @@ def test_no_gt_is_clear(tmp_path: Path) -> None:
 def test_unknown_split_is_clear(ds_root: Path) -> None:
     with pytest.raises(DatasetError, match="no split 'val'"):
         read_dataset(ds_root).names("val")
+
+
+# ----- issue 11: inputs that used to give silently wrong results or late failures --------------------------------
+def test_rgb_middle_frame_is_refused_at_read_and_at_decode(ds_root: Path) -> None:
+    """A middle frame saved as RGB used to be decoded with alpha = 255 everywhere."""
+    p = ds_root / "traj_000" / "images" / "view_01" / "00001.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8), "RGB").save(p)
+    _expect(ds_root, r"view_01/00001.png: image is RGB, the format needs RGBA")
+    tr = read_dataset(ds_root, validate=False).trajectory  # decode path too (a file replaced after validation)
+    with pytest.raises(DatasetError, match="needs RGBA"):
+        Image.fromarray(np.zeros((16, 16, 4), np.uint8), "RGBA").save(p)
+        t = tr("traj_000")
+        Image.fromarray(np.zeros((16, 16, 3), np.uint8), "RGB").save(p)
+        t.load_frame(1)
+
+
+def test_gap_in_frame_numbering_and_stray_file(ds_root: Path) -> None:
+    view = ds_root / "traj_000" / "images" / "view_00"
+    (view / "00002.png").rename(view / "00007.png")
+    for v in ("view_01",):
+        (ds_root / "traj_000" / "images" / v / "00002.png").rename(ds_root / "traj_000" / "images" / v / "00007.png")
+    _expect(ds_root, r"missing \['00002.png'\], unexpected \['00007.png'\]")
+    for v in ("view_00", "view_01"):
+        (ds_root / "traj_000" / "images" / v / "00007.png").rename(ds_root / "traj_000" / "images" / v / "00002.png")
+        shutil.copy(ds_root / "traj_000" / "images" / v / "00000.png", ds_root / "traj_000" / "images" / v / "._00003.png")
+    _expect(ds_root, r"unexpected \['._00003.png'\] \(remove or rename them\)")
+
+
+def test_no_normal_node_is_refused(tmp_path: Path) -> None:
+    """Every node a HANDLE made every method's RMSE 0 (a vacuous evaluation) and the run 'succeeded'."""
+    root = tmp_path / "ds"
+    _write(root)
+    mesh = dict(np.load(root / "traj_000" / "mesh.npz"))
+    mesh["node_type"] = np.full_like(mesh["node_type"], int(NodeType.HANDLE))
+    mesh.pop("handle_pos")
+    np.savez(root / "traj_000" / "mesh.npz", **mesh)
+    write_dataset_info(root, DatasetInfo(name="t", dt=0.02, splits={"train": ["traj_000"]}))
+    _expect(root, "node_type has no NORMAL")
+
+
+def test_trajectory_in_two_splits_is_refused(ds_root: Path) -> None:
+    write_dataset_info(ds_root, DatasetInfo(name="t", dt=0.02, splits={"train": ["traj_000"],
+                                                                     "test_viewed": ["traj_000"]}))
+    _expect(ds_root, "trajectory 'traj_000' is in splits '(train|test_viewed)' and '(train|test_viewed)'")

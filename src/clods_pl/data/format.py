@@ -226,6 +226,9 @@ class Trajectory:
             raise DatasetError(f"{mesh_path}: node_type must have V={V} entries, got {node_type.shape}")
         if node_type.min() < 0 or node_type.max() >= int(NodeType.SIZE):
             raise DatasetError(f"{mesh_path}: node_type values must be in [0, {int(NodeType.SIZE)})")
+        if not (node_type == int(NodeType.NORMAL)).any():
+            raise DatasetError(f"{mesh_path}: node_type has no NORMAL ({int(NodeType.NORMAL)}) node: every vertex is "
+                               "prescribed, so there is no dynamics to learn or evaluate; mark the free vertices 0")
         self.node_type = torch.from_numpy(node_type.astype(np.int64))
         self.handle_pos: Tensor | None = None
         if "handle_pos" in mesh:
@@ -242,6 +245,9 @@ class Trajectory:
         return self._view_dirs[view] / self._frame_pattern.format(t=t)
 
     def _validate_images(self) -> int:
+        """T, after checking that every view holds exactly the frames 0..T-1 (no gap, no stray file) and that every
+        frame's PNG header says RGBA at the cameras' size (headers only: cheap, and bad input fails before
+        training)."""
         counts = []
         for view_dir in self._view_dirs:
             if not view_dir.is_dir():
@@ -253,20 +259,26 @@ class Trajectory:
         T = counts[0]
         if T == 0:
             raise DatasetError(f"{self._view_dirs[0]}: no PNG frames")
-        for c in range(len(self._view_dirs)):
-            for t in (0, T - 1):
-                p = self._frame_path(c, t)
-                if not p.is_file():
-                    raise DatasetError(f"{p}: missing frame (expected names {self._frame_pattern})")
-                w, h, colour = _png_size(p)
-                if w != h:
-                    raise DatasetError(f"{p}: image is {w}x{h}, the format needs square images")
-                if (w, h) != (self.cameras.width, self.cameras.height):
-                    raise DatasetError(f"{p}: image is {w}x{h} but the cameras say "
-                                       f"{self.cameras.width}x{self.cameras.height}")
-                if colour != "RGBA":
-                    raise DatasetError(f"{p}: image is {colour}, the format needs RGBA")
+        expected = {self._frame_pattern.format(t=t) for t in range(T)}
+        for c, view_dir in enumerate(self._view_dirs):
+            found = {p.name for p in view_dir.glob("*.png")}
+            if found != expected:
+                stray, missing = sorted(found - expected), sorted(expected - found)
+                raise DatasetError(f"{view_dir}: frames must be named {self._frame_pattern} for t = 0..{T - 1} with "
+                                   f"no gap; missing {missing[:3]}, unexpected {stray[:3]} (remove or rename them)")
+            for t in range(T):
+                self._check_png(self._frame_path(c, t))
         return T
+
+    def _check_png(self, p: Path) -> None:
+        w, h, colour = _png_size(p)
+        if w != h:
+            raise DatasetError(f"{p}: image is {w}x{h}, the format needs square images")
+        if (w, h) != (self.cameras.width, self.cameras.height):
+            raise DatasetError(f"{p}: image is {w}x{h} but the cameras say "
+                               f"{self.cameras.width}x{self.cameras.height}")
+        if colour != "RGBA":
+            raise DatasetError(f"{p}: image is {colour}, the format needs RGBA (8-bit, with alpha)")
 
     # ----- images ------------------------------------------------------------------------------------
     def load_frame(self, t: int) -> np.ndarray:
@@ -278,7 +290,9 @@ class Trajectory:
             p = self._frame_path(c, t)
             try:
                 with Image.open(p) as im:
-                    arr = np.asarray(im.convert("RGBA"))
+                    if im.mode != "RGBA":  # never invent an alpha channel (or drop one) silently
+                        raise DatasetError(f"{p}: image is {im.mode}, the format needs RGBA (8-bit, with alpha)")
+                    arr = np.asarray(im)
             except (OSError, ValueError) as exc:
                 raise DatasetError(f"{p}: cannot decode PNG ({exc})") from exc
             if arr.shape != (self.cameras.height, self.cameras.width, 4):
@@ -371,6 +385,13 @@ def read_dataset_info(root: str | Path) -> DatasetInfo:
     splits = raw.get("splits")
     if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
         raise DatasetError(f"{path}: 'splits' must map split names to lists of trajectory names")
+    owner: dict[str, str] = {}
+    for split, names in splits.items():
+        for n in names:
+            if str(n) in owner:
+                raise DatasetError(f"{path}: trajectory '{n}' is in splits '{owner[str(n)]}' and '{split}'; a "
+                                   "trajectory belongs to one split (a test trajectory seen in training is no test)")
+            owner[str(n)] = split
     return DatasetInfo(name=str(raw.get("name", Path(root).name)), dt=float(dt),
                        splits={k: [str(n) for n in v] for k, v in splits.items()},
                        format=fmt, version=int(version), extra=dict(raw.get("extra", {})))
