@@ -13,6 +13,7 @@ PRESET ?= tiny
 DATA ?= data/$(PRESET)
 SWEEP ?= experiments/sweeps/stage2_gamma_iters.yaml
 PYTEST_ARGS ?=
+ARGS ?=
 
 # One intra-op thread: on a 2-core box, torch with 2 threads runs 10-20x slower as soon as another process
 # competes for a core (measured: 7.9 s vs 0.43 s per stage-2 render step). Raise it on an idle many-core machine.
@@ -43,20 +44,20 @@ data: $(STAMP) ## generate the synthetic dataset PRESET (tiny|small|paper) into 
 preview: $(STAMP) ## write a contact sheet (views x frames) of DATA
 	$(CLI) data preview --dataset $(DATA) --out $(DATA)/preview.png
 
-stage1: $(STAMP) ## stage 1: fit SMGS appearance on frame 0 (RUN, CONFIG)
-	$(CLI) stage1 --config $(CONFIG) --run_dir $(RUN)
+stage1: $(STAMP) ## stage 1: fit SMGS appearance on frame 0 (RUN, CONFIG, ARGS: extra clods-pl options)
+	$(CLI) stage1 --config $(CONFIG) --run_dir $(RUN) $(ARGS)
 
 stage2: $(STAMP) ## stage 2: recover mesh sequences by inverse rendering (RUN, CONFIG)
-	$(CLI) stage2 --config $(CONFIG) --run_dir $(RUN)
+	$(CLI) stage2 --config $(CONFIG) --run_dir $(RUN) $(ARGS)
 
 stage3: $(STAMP) ## stage 3: train MeshGraphNets on the recovered meshes (RUN, CONFIG)
-	$(CLI) stage3 --config $(CONFIG) --run_dir $(RUN)
+	$(CLI) stage3 --config $(CONFIG) --run_dir $(RUN) $(ARGS)
 
 pipeline: $(STAMP) ## run every stage that is not up to date, then evaluate and report (RUN, CONFIG)
-	$(CLI) pipeline --config $(CONFIG) --run_dir $(RUN)
+	$(CLI) pipeline --config $(CONFIG) --run_dir $(RUN) $(ARGS)
 
 eval: $(STAMP) ## rollout evaluation against ground-truth meshes -> RUN/eval/metrics.json
-	$(CLI) eval --config $(CONFIG) --run_dir $(RUN)
+	$(CLI) eval --config $(CONFIG) --run_dir $(RUN) $(ARGS)
 
 report: $(STAMP) ## write RUN/report.md with tables, plots and videos
 	$(CLI) report --run_dir $(RUN)

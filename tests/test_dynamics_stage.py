@@ -173,3 +173,5 @@ def test_normalizer_steps_leave_weights_unchanged_and_return_a_loss(tmp_path):
     assert module.model.node_normalizer.num_accumulations.item() == 3
     w1 = {k: v for k, v in module.model.state_dict().items() if "normalizer" not in k}
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    # the optimizer never stepped (issue 11: Adam's state used to count these zero-gradient steps)
+    assert trainer.optimizers[0].state == {} or all(int(st["step"]) == 0 for st in trainer.optimizers[0].state.values())

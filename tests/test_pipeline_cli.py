@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -188,3 +189,43 @@ def test_stage3_resumes_each_source_with_its_own_checkpoint(dummy: dict, capsys:
     assert main(["stage3", "--config", cfg, "--stage3.model.lr", "0.07"]) == 0
     out = capsys.readouterr().out
     assert out.count("starting over") == 2 and "resuming" not in out
+
+
+def test_dataset_edited_after_a_run_makes_the_stages_stale(dummy: dict, capsys: pytest.CaptureFixture) -> None:
+    """Issue 11.5: shifting one trajectory's data after a run left `pipeline` reporting every stage up to date."""
+    cfg, run = dummy["cfg"], dummy["run"]
+    ds = Path(yaml.safe_load(Path(cfg).read_text())["dataset"])
+    (ds / "dataset.json").write_text(json.dumps({"splits": {"train": ["traj_a", "traj_b"]}}))
+    for name in ("traj_a", "traj_b"):
+        (ds / name).mkdir()
+        np.savez(ds / name / "mesh.npz", verts0=np.zeros((4, 3)))
+    (ds / "preview.png").write_bytes(b"not part of the data")
+    assert main(["pipeline", "--config", cfg]) == 0
+    capsys.readouterr()
+    (ds / "preview.png").write_bytes(b"a new preview")  # not data: nothing is stale
+    assert main(["pipeline", "--config", cfg]) == 0
+    assert "stage1 is up to date" in capsys.readouterr().out
+    np.savez(ds / "traj_b" / "mesh.npz", verts0=np.full((4, 3), 0.1))  # verts0 shifted by 0.1 m
+    assert main(["stage2", "--config", cfg]) == 2
+    assert "its input stage1 is out of date (dataset_files.traj_b changed" in capsys.readouterr().err
+    assert main(["pipeline", "--config", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "running stage1: dataset_files.traj_b changed" in out and "running eval" in out
+
+
+def test_second_process_on_a_run_dir_stops_naming_the_first(dummy: dict, capsys: pytest.CaptureFixture) -> None:
+    """Issue 11.6: two `clods-pl pipeline` on one run dir interleaved stages (caches from one stage-1 checkpoint,
+    manifest recording another). The second now stops at once naming the first's PID."""
+    import os
+
+    from clods_pl.pipeline.experiment import build_parser
+
+    cfg, run = dummy["cfg"], dummy["run"]
+    parser, unavailable = build_parser()
+    first = runner.StageRunner(parser, parser.parse_args(["--config", cfg]), unavailable)
+    with first.exclusive():
+        assert main(["pipeline", "--config", cfg]) == 2
+        err = capsys.readouterr().err
+        assert f"run dir {run} is in use by PID {os.getpid()}" in err and "another --run_dir" in err
+        assert not (run / "manifest.json").exists()  # nothing ran
+    assert main(["pipeline", "--config", cfg]) == 0  # released: the run goes ahead

@@ -9,13 +9,18 @@ Stage hand-off (docs/pipeline.md):
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import lightning as L
 import torch
+from filelock import FileLock
+from filelock import Timeout as FileLockTimeout
 from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
@@ -36,6 +41,7 @@ CUDA_BACKENDS = {"gsplat": ("gsplat", "pip install gsplat==1.5.3"),
                  "inria": ("diff_gaussian_rasterization",
                            "build graphdeco-inria/diff-gaussian-rasterization yourself (non-commercial licence)")}
 SUMMARY_FILE = "summary.json"
+RUN_LOCK, RUN_LOCK_PID = "run.lock", "run.lock.pid"
 SETTINGS_TAG = "settings.sha256"  # in a checkpoints folder: the hash of the settings its checkpoints were made with
 UPSTREAM = {"stage1": (), "stage2": ("stage1",), "stage3": ("stage2",), EVAL_NAME: ("stage3",)}
 
@@ -138,6 +144,8 @@ class StageRunner:
         self.run_dir = run_dir_of(cfg)
         self.manifest = Manifest(self.run_dir)
         self.repair = False  # `pipeline` repairs stale outputs (e.g. recovers stale mesh caches again)
+        self._dataset_files: dict[str, str] | None = None
+        self._run_lock = FileLock(str(self.run_dir / RUN_LOCK))
 
     # ----- inputs ------------------------------------------------------------------------------------
     def stage3_sources(self) -> list[str]:
@@ -151,9 +159,27 @@ class StageRunner:
             return ()
         return UPSTREAM[stage]
 
+    def dataset_files(self) -> dict[str, str]:
+        """``{"dataset_files.<entry>": digest}`` for ``dataset.json`` and every trajectory folder it lists (once per
+        process): a dataset edited after a run makes every stage that read it stale, naming the trajectory."""
+        if self._dataset_files is None:
+            from clods_pl.utils.files import folder_fingerprint  # noqa: PLC0415
+
+            root = Path(str(self.cfg.get("dataset") or ""))
+            entries = ["dataset.json"]
+            try:
+                splits = json.loads((root / "dataset.json").read_text()).get("splits", {})
+                entries += sorted({str(n) for names in splits.values() for n in names})
+            except (OSError, ValueError, AttributeError, TypeError):  # no/odd dataset.json: the reader says why
+                pass
+            self._dataset_files = {f"dataset_files.{k}": v for k, v in folder_fingerprint(root, entries).items()}
+        return self._dataset_files
+
     def stage_config(self, stage: str) -> dict[str, Any]:
-        """Flat settings of ``stage`` plus those of every stage upstream (a change anywhere makes it stale)."""
+        """Flat settings of ``stage`` plus those of every stage upstream (a change anywhere makes it stale), plus the
+        dataset's fingerprint."""
         flat = result_config(self.cfg, stage)
+        flat.update(self.dataset_files())
         if stage == "stage3":
             flat["stage3.sources"] = self.stage3_sources()
         for up in self.upstream(stage):
@@ -231,9 +257,38 @@ class StageRunner:
             atomic_write_text(tag, digest + "\n")
         return None
 
+    # ----- exclusive use of the run directory ---------------------------------------------------------
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold ``<run>/run.lock`` while stages run, so two clods-pl processes never interleave stages of one run
+        (the second stops at once naming the first's PID). Not taken by DDP ranks other than 0 or by stage-2
+        shards (``data.trajectories``), which run side by side on purpose; re-entrant within one process."""
+        shard = section(self.cfg, "stage2.data").get("trajectories") is not None
+        if rank_zero_only.rank != 0 or shard:
+            yield
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        pid_file = self.run_dir / RUN_LOCK_PID
+        try:
+            self._run_lock.acquire(timeout=0)
+        except FileLockTimeout:
+            pid = pid_file.read_text().strip() if pid_file.is_file() else "?"
+            raise ClodsError(f"run dir {self.run_dir} is in use by PID {pid} (another clods-pl holds "
+                             f"{self._run_lock.lock_file}); wait for it to finish or use another --run_dir") from None
+        try:
+            if self._run_lock.lock_counter == 1:
+                pid_file.write_text(f"{os.getpid()}\n")
+            yield
+        finally:
+            self._run_lock.release()
+
     # ----- stages ------------------------------------------------------------------------------------
     def run(self, stage: str) -> None:
         """Run ``stage`` (stage1/stage2/stage3/eval) and record it in the manifest."""
+        with self.exclusive():
+            self._run(stage)
+
+    def _run(self, stage: str) -> None:
         if stage in self.unavailable:
             raise ClodsError(f"{stage} is not available in this installation: {self.unavailable[stage]}")
         dataset = dataset_of(self.cfg)
@@ -321,12 +376,13 @@ class StageRunner:
         """Run every stage that is out of date, in order; returns the stages that ran."""
         ran = []
         self.repair = True
-        for stage in (*STAGE_NAMES, EVAL_NAME):
-            reason = "forced" if force else self.staleness(stage)
-            if reason is None:
-                print(f"[clods-pl] {stage} is up to date")
-                continue
-            print(f"[clods-pl] running {stage}: {reason}")
-            self.run(stage)
-            ran.append(stage)
+        with self.exclusive():
+            for stage in (*STAGE_NAMES, EVAL_NAME):
+                reason = "forced" if force else self.staleness(stage)
+                if reason is None:
+                    print(f"[clods-pl] {stage} is up to date")
+                    continue
+                print(f"[clods-pl] running {stage}: {reason}")
+                self.run(stage)
+                ran.append(stage)
         return ran

@@ -320,6 +320,15 @@ class DynamicsModule(L.LightningModule):
         # (Adam with zero gradients) while DDP, which cannot skip a step, still sees each rank's gradients.
         return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
 
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Normaliser-only steps run the closure (forward, zero loss, backward: DDP still syncs) but never step the
+        optimizer: Adam stepping on zero gradients would decay its moments and inflate the first real updates."""
+        if self.accumulating and not self.hparams.train_during_normalizer_steps:
+            if optimizer_closure is not None:
+                optimizer_closure()
+            return
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, per_step = self.rollout_loss(batch, noise=False, accumulate=False)
         bs = len(batch["graph"].batch_num_nodes)

@@ -74,3 +74,30 @@ def sha256_json(obj: Any) -> str:
     """Hex SHA-256 of a JSON-serialisable object in canonical form (sorted keys)."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+FINGERPRINT_CONTENT_LIMIT = 64 << 20  # bytes: larger non-image files are fingerprinted by size and mtime
+
+
+def folder_fingerprint(root: str | os.PathLike, entries: list[str]) -> dict[str, str]:
+    """``{entry: 16-hex digest}`` for each file or folder ``entries`` of ``root`` (missing: ``"missing"``).
+
+    A folder's digest covers every file below it: its relative path and size, plus its content hash, or its mtime
+    for PNG images and files over ``FINGERPRINT_CONTENT_LIMIT`` (hashing every frame of a dataset would cost more
+    than the stage it guards; re-encoding a PNG changes its size or mtime)."""
+    root = Path(root)
+    out: dict[str, str] = {}
+    for entry in entries:
+        path = root / entry
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+        if not files:
+            out[entry] = "missing"
+            continue
+        h = hashlib.sha256()
+        for f in files:
+            st = f.stat()
+            cheap = f.suffix.lower() == ".png" or st.st_size > FINGERPRINT_CONTENT_LIMIT
+            h.update(f"{f.relative_to(root).as_posix()}|{st.st_size}|".encode())
+            h.update((str(st.st_mtime_ns) if cheap else sha256_file(f)).encode())
+        out[entry] = h.hexdigest()[:16]
+    return out
