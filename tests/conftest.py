@@ -8,6 +8,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("DGLBACKEND", "pytorch")
 
+# lightning is imported here, once: its log handler binds to the session's stderr instead of to one test's capsys
+# stream, which is closed later and then prints "--- Logging error ---" tracebacks into other tests' output
+import lightning  # noqa: E402,F401
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

@@ -112,12 +112,7 @@ def test_nan_vertices(ds_root: Path, key: str, fname: str) -> None:
         d = dict(z)
     d[key].reshape(-1)[4] = np.nan
     np.savez(p, **d)
-    if fname == "gt.npz":
-        tr = read_dataset(ds_root).trajectory("traj_000")
-        with pytest.raises(DatasetError, match="'verts' contains 1 NaN/inf"):
-            tr.load_gt_verts()
-    else:
-        _expect(ds_root, f"'{key}' contains 1 NaN/inf")
+    _expect(ds_root, f"'{key}' contains 1 NaN/inf")  # gt.npz too: at read time, before any stage runs
 
 
 def test_non_square_image(ds_root: Path) -> None:
@@ -153,8 +148,7 @@ def test_gt_length_mismatch(ds_root: Path) -> None:
     with np.load(p) as z:
         v = z["verts"]
     np.savez(p, verts=v[:2])
-    with pytest.raises(DatasetError, match="has 2 frames but the images have 3"):
-        read_dataset(ds_root).trajectory("traj_000").load_gt_verts()
+    _expect(ds_root, "has 2 frames but the images have 3")  # at read time
 
 
 def test_no_gt_is_clear(tmp_path: Path) -> None:
@@ -213,3 +207,10 @@ def test_trajectory_in_two_splits_is_refused(ds_root: Path) -> None:
     write_dataset_info(ds_root, DatasetInfo(name="t", dt=0.02, splits={"train": ["traj_000"],
                                                                      "test_viewed": ["traj_000"]}))
     _expect(ds_root, "trajectory 'traj_000' is in splits '(train|test_viewed)' and '(train|test_viewed)'")
+
+
+def test_truncated_png_is_refused_at_read(ds_root: Path) -> None:
+    p = ds_root / "traj_000" / "images" / "view_01" / "00001.png"
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    _expect(ds_root, r"view_01/00001.png: truncated or corrupt PNG \(no IEND chunk")

@@ -29,6 +29,7 @@ def dummy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
     monkeypatch.setattr(runner, "STAGES", stages)
     monkeypatch.setattr(experiment, "EVAL_FUNCTION", f"{DUMMY}:run_evaluation")
     monkeypatch.setattr(runner, "EVAL_FUNCTION", f"{DUMMY}:run_evaluation")
+    monkeypatch.setattr(runner.StageRunner, "preflight", lambda self, stages: None)  # the stand-in dataset is empty
     (tmp_path / "ds").mkdir()
     cfg = tmp_path / "exp.yaml"
     trainer = {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "enable_progress_bar": False,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,12 +42,18 @@ FRAME_PATTERN = "{t:05d}.png"
 
 
 
-def _read_json(path: Path) -> Any:
-    """Parsed JSON of an existing file; invalid JSON is a one-line DatasetError naming the file."""
+def _read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in an existing file; invalid JSON, another encoding than UTF-8 or a top level that is not
+    an object is a one-line DatasetError naming the file."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: invalid JSON ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 JSON") from exc
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: must be a JSON object ({{...}}), got a {type(data).__name__}")
+    return data
 
 @dataclass
 class DatasetInfo:
@@ -140,15 +147,22 @@ def write_trajectory(
     return traj
 
 
-def _png_size(path: Path) -> tuple[int, int, str]:
-    """(width, height, colour kind) from a PNG header without decoding the image."""
+def _png_size(path: Path, check_end: bool = False) -> tuple[int, int, str]:
+    """(width, height, colour kind) from a PNG header without decoding the image; ``check_end`` also requires the
+    closing IEND chunk (a truncated file, e.g. a killed copy, fails here instead of minutes into training)."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(26)
+            tail = b""
+            if check_end and len(head) == 26:
+                fh.seek(-12, os.SEEK_END)
+                tail = fh.read(12)
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read image ({exc})") from exc
     if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
         raise DatasetError(f"{path}: not a PNG file")
+    if check_end and tail[4:8] != b"IEND":
+        raise DatasetError(f"{path}: truncated or corrupt PNG (no IEND chunk at its end); re-export this frame")
     w, h = struct.unpack(">II", head[16:24])
     colour = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}.get(head[25], "?")
     return w, h, colour
@@ -213,7 +227,9 @@ class Trajectory:
         faces = mesh["faces"]
         if faces.ndim != 2 or faces.shape[1] != 3 or not np.issubdtype(faces.dtype, np.integer):
             raise DatasetError(f"{mesh_path}: faces must be (F, 3) integers, got {faces.shape} {faces.dtype}")
-        if faces.size and (faces.min() < 0 or faces.max() >= V):
+        if faces.size and faces.min() < 0:
+            raise DatasetError(f"{mesh_path}: faces hold a negative vertex index {int(faces.min())}; indices are 0..V-1")
+        if faces.size and faces.max() >= V:
             raise DatasetError(f"{mesh_path}: faces index vertex {int(faces.max())} but there are only V={V} vertices")
         self.faces = torch.from_numpy(faces.astype(np.int64))
         mesh_pos = mesh["mesh_pos"]
@@ -271,7 +287,7 @@ class Trajectory:
         return T
 
     def _check_png(self, p: Path) -> None:
-        w, h, colour = _png_size(p)
+        w, h, colour = _png_size(p, check_end=True)
         if w != h:
             raise DatasetError(f"{p}: image is {w}x{h}, the format needs square images")
         if (w, h) != (self.cameras.width, self.cameras.height):
@@ -406,5 +422,7 @@ def read_dataset(root: str | Path, validate: bool = True) -> Dataset:
         for name in ds.names():
             if not (ds.root / name).is_dir():
                 raise DatasetError(f"{ds.root / name}: trajectory listed in {DATASET_FILE} splits is missing")
-            ds.trajectory(name)
+            traj = ds.trajectory(name)
+            if traj.has_gt:
+                traj.load_gt_verts()  # shape, frame count and finiteness now, not in stage 3 or eval
     return ds

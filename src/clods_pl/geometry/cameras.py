@@ -127,14 +127,26 @@ class Cameras:
                 if v is None:
                     raise ValueError(f"{source}: frame {i} has no '{key}' (cameras need fl_x, fl_y, cx, cy, w, h)")
                 return v
-            w, h = int(get("w")), int(get("h"))
+            def number(key: str, kind: type = float) -> Any:
+                value = get(key)
+                try:
+                    return kind(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{source}: frame {i} '{key}' must be a number, got {value!r}") from None
+            w, h = number("w", int), number("h", int)
             sizes.add((w, h))
-            fx, fy, cx, cy = (float(get(k)) for k in ("fl_x", "fl_y", "cx", "cy"))
+            fx, fy, cx, cy = (number(k) for k in ("fl_x", "fl_y", "cx", "cy"))
             if not all(math.isfinite(v) for v in (fx, fy, cx, cy)) or fx <= 0 or fy <= 0:
                 raise ValueError(f"{source}: frame {i} has invalid intrinsics fl_x={fx} fl_y={fy} cx={cx} cy={cy}")
-            m = torch.tensor(get("transform_matrix"), dtype=torch.float64)
+            try:
+                m = torch.tensor(get("transform_matrix"), dtype=torch.float64)
+            except (TypeError, ValueError):
+                raise ValueError(f"{source}: frame {i} transform_matrix must be a finite 4x4 matrix") from None
             if m.shape != (4, 4) or not torch.isfinite(m).all():
                 raise ValueError(f"{source}: frame {i} transform_matrix must be a finite 4x4 matrix")
+            if abs(float(torch.linalg.det(m[:3, :3]))) < 1e-9:
+                raise ValueError(f"{source}: frame {i} transform_matrix is singular (its rotation part has determinant "
+                                 "0); it must be an invertible camera-to-world matrix")
             Ks.append(torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=torch.float64))
             c2w_cv = m @ _CV_TO_GL.double()
             w2cs.append(torch.linalg.inv(c2w_cv))

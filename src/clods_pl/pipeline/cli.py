@@ -152,6 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClodsError as exc:
         print(f"clods-pl {command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, read-only or missing paths: one line naming the file, not a traceback
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"clods-pl {command}: error:{where}: {exc.strerror or exc}; finished stages are kept, rerun the "
+              "command once this is fixed", file=sys.stderr)
+        return 2
     except Exception as exc:  # jsonargparse parse errors
         if type(exc).__name__ in ("ArgumentError", "ParserError"):
             print(f"clods-pl {command}: error: {exc}".splitlines()[0], file=sys.stderr)

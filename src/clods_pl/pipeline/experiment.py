@@ -91,7 +91,8 @@ def build_parser(prog: str = "clods-pl", stages: Sequence[str] = STAGE_NAMES,
 
     An unavailable stage's section is accepted as a free-form dict, so the other stages still run.
     """
-    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False)
+    # allow_abbrev=False: argparse would otherwise take a misspelt `--stage1.model.opacity_mod` for `opacity_mode`
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=False, allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile, help="experiment YAML (repeatable; later ones win)")
     parser.add_argument("--run_dir", type=str | None, default=None,
                         help="run directory (default: runs/<config name>)")

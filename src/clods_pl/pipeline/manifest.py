@@ -66,6 +66,10 @@ class Manifest:
             raise ManifestError(f"{self.path} is corrupt ({exc}); delete it to start the run over") from exc
         if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
             raise ManifestError(f"{self.path} has no 'stages' table; delete it to start the run over")
+        bad = [name for name, rec in data["stages"].items() if not isinstance(rec, dict)]
+        if bad:
+            raise ManifestError(f"{self.path}: the record of stage '{bad[0]}' is not an object (edited by hand?); "
+                                "delete the manifest to start the run over")
         if data.get("version") != MANIFEST_VERSION:
             raise ManifestError(f"{self.path} has version {data.get('version')}, this clods-pl writes "
                                 f"{MANIFEST_VERSION}; use a new run directory")

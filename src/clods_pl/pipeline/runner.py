@@ -108,6 +108,18 @@ def check_backends(cfg: Namespace, stage: str) -> None:
                                           f"{accelerator}; set {stage}.trainer.accelerator=gpu (or {stage}.{key}=torch)")
 
 
+def check_trainer_limits(stage: str, trainer: dict[str, Any]) -> None:
+    """``max_epochs`` / ``max_steps`` that would train forever, or not at all, are refused naming the setting."""
+    epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps")
+    if epochs is not None and (epochs == 0 or epochs < -1):
+        raise ClodsError(f"{stage}.trainer.max_epochs={epochs}; it must be >= 1")
+    if steps is not None and (steps == 0 or steps < -1):
+        raise ClodsError(f"{stage}.trainer.max_steps={steps}; it must be >= 1 (or -1: no step limit)")
+    if epochs == -1 and steps in (None, -1):
+        raise ClodsError(f"{stage}.trainer.max_epochs=-1 with no max_steps would train forever; set "
+                         f"{stage}.trainer.max_epochs >= 1 or {stage}.trainer.max_steps >= 1")
+
+
 def recovery_summary(dataset: str, cache_dir: Path, names: list[str]) -> dict[str, Any]:
     """Stage-2 errors vs GT (evaluation only) from the mesh caches, relative to the flag size, per trajectory and
     overall: mean over frames 1..T-1, frame 1, last frame, and last / frame-1 (drift)."""
@@ -257,6 +269,79 @@ class StageRunner:
             atomic_write_text(tag, digest + "\n")
         return None
 
+    # ----- dataset requirements ----------------------------------------------------------------------
+    def preflight(self, stages: tuple[str, ...]) -> None:
+        """Check, before any of ``stages`` runs, what they will need of the dataset: every file valid (the reader
+        checks images, meshes and ground truth), ground truth and >= 3 frames for every trajectory ``eval``
+        scores, and ground truth for the training trajectories of stage 3's ``gt``/``mixed`` sources. A bad
+        dataset then fails in seconds instead of after stages 1-2."""
+        from clods_pl.data.format import read_dataset  # noqa: PLC0415
+        from clods_pl.stages.dynamics import parse_source  # noqa: PLC0415
+        from clods_pl.stages.evaluation import SPLITS  # noqa: PLC0415
+
+        root = dataset_of(self.cfg)
+        ds = read_dataset(root)
+        if EVAL_NAME in stages:
+            for split in section(self.cfg, EVAL_NAME).get("splits") or SPLITS:
+                if split not in ds.info.splits:
+                    raise ClodsError(f"{root}/dataset.json has no split '{split}' that eval.splits names; "
+                                     f"set eval.splits to some of {sorted(ds.info.splits)}")
+                for name in ds.names(split):
+                    traj = ds.trajectory(name)
+                    if not traj.has_gt:
+                        raise ClodsError(f"{traj.root / 'gt.npz'} is missing: eval scores split '{split}' against "
+                                         "ground-truth meshes; add it, or drop the split from eval.splits")
+                    if traj.num_frames < 3:
+                        raise ClodsError(f"{traj.root}: {traj.num_frames} frame(s); a trajectory eval scores "
+                                         "needs >= 3 (two start the rollout, the rest are predicted)")
+        if "stage3" in stages:
+            train = str(section(self.cfg, "stage3.data").get("train_split", "train"))
+            for source in self.stage3_sources():
+                kind, n = parse_source(source)
+                if kind == "recovered":
+                    continue
+                names = ds.names(train) if kind == "gt" and n is None else ds.names(train)[: n or 0]
+                for name in names:
+                    if not ds.trajectory(name).has_gt:
+                        raise ClodsError(f"{ds.trajectory(name).root / 'gt.npz'} is missing: stage3 source "
+                                         f"'{source}' trains on ground-truth meshes of split '{train}'; add it or "
+                                         "drop the source from stage3.sources")
+
+    # ----- settings ------------------------------------------------------------------------------------
+    def check_settings(self, stage: str) -> None:
+        """Build ``stage``'s model and data module (with placeholder inputs) and check its trainer limits before
+        anything runs, so a bad setting stops the command at once, naming the setting, instead of after an upstream
+        check or minutes into training."""
+        if stage == EVAL_NAME:
+            device = str(section(self.cfg, EVAL_NAME).get("device", "cpu"))
+            if device.startswith("cuda") and not torch.cuda.is_available():
+                raise ClodsError(f"eval.device={device} but no CUDA GPU is visible; use eval.device=cpu")
+            return
+        check_trainer_limits(stage, section(self.cfg, f"{stage}.trainer"))
+        model_inputs = {"stage1_checkpoint": "", "cache_dir": str(self.run_dir / stage), "recompute_stale": False}
+        data_inputs = {"dataset_dir": str(self.cfg.get("dataset") or ""), "mesh_cache_dir": ""}
+        if stage == "stage3":
+            data_inputs["source"] = self.stage3_sources()[0]
+            model_rl = section(self.cfg, "stage3.model").get("rollout_length")
+            data_rl = section(self.cfg, "stage3.data").get("rollout_length")
+            if model_rl is not None and data_rl is not None and model_rl != data_rl:
+                raise ClodsError(f"stage3.model.rollout_length={model_rl} but stage3.data.rollout_length={data_rl}; "
+                                 "set both to the same value")
+        spec = STAGES[stage]
+        injected = {"model": set(spec.model_inputs), "data": set(spec.data_inputs) | {"source"} & set(data_inputs)}
+        for role, inputs in (("model", model_inputs), ("data", data_inputs)):
+            try:
+                self._instantiate(stage, role, {k: v for k, v in inputs.items() if k in injected[role]})
+            except ClodsError:
+                raise
+            except (ValueError, TypeError) as exc:
+                raise ClodsError(f"{stage}.{role}: {str(exc).splitlines()[0]}") from None
+        if stage == "stage3":
+            from clods_pl.stages.dynamics import parse_source  # noqa: PLC0415
+
+            for source in self.stage3_sources():
+                parse_source(source)
+
     # ----- exclusive use of the run directory ---------------------------------------------------------
     @contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -267,7 +352,14 @@ class StageRunner:
         if rank_zero_only.rank != 0 or shard:
             yield
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ClodsError(f"run_dir {self.run_dir} is not a directory (a file is in the way); "
+                             "choose another --run_dir")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ClodsError(f"run_dir {self.run_dir} cannot be created ({exc.strerror}); "
+                             "choose another --run_dir") from None
         pid_file = self.run_dir / RUN_LOCK_PID
         try:
             self._run_lock.acquire(timeout=0)
@@ -292,6 +384,10 @@ class StageRunner:
         if stage in self.unavailable:
             raise ClodsError(f"{stage} is not available in this installation: {self.unavailable[stage]}")
         dataset = dataset_of(self.cfg)
+        if not self.repair:  # `pipeline` checked every stage up front
+            self.check_settings(stage)
+        if not self.repair and stage in ("stage3", EVAL_NAME):
+            self.preflight((stage,))
         if stage != EVAL_NAME:
             check_backends(self.cfg, stage)
         consumed = self.consumed(stage)
@@ -376,7 +472,12 @@ class StageRunner:
         """Run every stage that is out of date, in order; returns the stages that ran."""
         ran = []
         self.repair = True
+        dataset_of(self.cfg)
+        for stage in (*STAGE_NAMES, EVAL_NAME):
+            if stage not in self.unavailable:
+                self.check_settings(stage)
         with self.exclusive():
+            self.preflight((*STAGE_NAMES, EVAL_NAME))
             for stage in (*STAGE_NAMES, EVAL_NAME):
                 reason = "forced" if force else self.staleness(stage)
                 if reason is None:

@@ -25,7 +25,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from clods_pl.errors import ClodsError, DatasetError
 from clods_pl.geometry import Cameras
-from clods_pl.smgs import SMGS, export_ply
+from clods_pl.smgs import OPACITY_MODES, SMGS, export_ply
 
 RUN_MODE = "fit"
 TOPOLOGY_KEY = "smgs_topology"
@@ -92,6 +92,9 @@ class AppearanceDataModule(L.LightningDataModule):
                  views_per_batch: int = 2, steps_per_epoch: int = 100, extra_mesh_frames: int = 0,
                  max_trajectories: int | None = None, seed: int = 0, num_workers: int = 0) -> None:
         super().__init__()
+        for name, value in (("views_per_batch", views_per_batch), ("steps_per_epoch", steps_per_epoch)):
+            if value < 1:
+                raise ClodsError(f"stage1.data.{name}={value}; it must be >= 1")
         self.dataset_dir, self.split, self.holdout_views = dataset_dir, split, [int(v) for v in holdout_views]
         self.views_per_batch, self.steps_per_epoch = views_per_batch, steps_per_epoch
         self.extra_mesh_frames, self.max_trajectories = extra_mesh_frames, max_trajectories
@@ -166,6 +169,10 @@ class AppearanceModule(L.LightningModule):
                  backend: str = "torch", background: tuple[float, float, float] = (1.0, 1.0, 1.0),
                  log_images_every_n_epochs: int = 1, export_ply: bool = True) -> None:
         super().__init__()
+        if gaussians_per_face < 1:
+            raise ClodsError(f"stage1.model.gaussians_per_face={gaussians_per_face}; it must be >= 1")
+        if opacity_mode not in OPACITY_MODES:
+            raise ClodsError(f"stage1.model.opacity_mode={opacity_mode!r}; choose one of {OPACITY_MODES}")
         self.save_hyperparameters()
         self.smgs: SMGS | None = None
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)

@@ -186,6 +186,10 @@ class DynamicsDataModule(L.LightningDataModule):
                  train_split: str = "train", val_split: str | None = None, num_workers: int = 0) -> None:
         super().__init__()
         parse_source(source)
+        for name, value in (("rollout_length", rollout_length), ("windows_per_epoch", windows_per_epoch),
+                            ("batch_size", batch_size)):
+            if value < 1:
+                raise DynamicsConfigError(f"stage3.data.{name}={value}; it must be >= 1")
         self.dataset_dir, self.source, self.mesh_cache_dir = dataset_dir, source, mesh_cache_dir
         self.rollout_length, self.windows_per_epoch, self.batch_size = rollout_length, windows_per_epoch, batch_size
         self.train_split, self.val_split, self.num_workers = train_split, val_split, num_workers
@@ -252,6 +256,8 @@ class DynamicsModule(L.LightningModule):
                  lr_min: float = 1e-6, lr_decay_steps: float = 5e6, normalize_loss: bool = True,
                  compile_mode: str | None = None) -> None:
         super().__init__()
+        if rollout_length < 1:
+            raise DynamicsConfigError(f"stage3.model.rollout_length={rollout_length}; it must be >= 1")
         if compile_mode is not None and compile_mode not in COMPILE_MODES:
             raise DynamicsConfigError(f"model.compile_mode={compile_mode!r} is not one of {COMPILE_MODES} (or null)")
         if compile_mode is not None and message_passing != "native":
