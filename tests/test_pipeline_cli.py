@@ -185,6 +185,8 @@ def test_stage3_resumes_each_source_with_its_own_checkpoint(dummy: dict, capsys:
         assert main([stage, "--config", cfg]) == 0
     capsys.readouterr()
     assert main(["stage3", "--config", cfg]) == 0
+    assert "stage3 is up to date" in capsys.readouterr().out  # a finished stage is not run again
+    assert main(["stage3", "--config", cfg, "--force", "true"]) == 0
     out = capsys.readouterr().out
     assert out.count("stage3: resuming from") == 2  # one per source (recovered, gt:1)
     assert main(["stage3", "--config", cfg, "--stage3.model.lr", "0.07"]) == 0
@@ -230,3 +232,22 @@ def test_second_process_on_a_run_dir_stops_naming_the_first(dummy: dict, capsys:
         assert f"run dir {run} is in use by PID {os.getpid()}" in err and "another --run_dir" in err
         assert not (run / "manifest.json").exists()  # nothing ran
     assert main(["pipeline", "--config", cfg]) == 0  # released: the run goes ahead
+
+
+def test_caches_from_another_stage1_checkpoint_make_stage2_stale(dummy: dict, capsys: pytest.CaptureFixture) -> None:
+    """Issue 11.6: the up-to-date check verifies the chain: every recorded mesh cache was recovered from the
+    recorded stage-1 checkpoint (an interleaved second run could leave caches of another one)."""
+    cfg, run = dummy["cfg"], dummy["run"]
+    assert main(["pipeline", "--config", cfg]) == 0
+    cache = run / "stage2" / "meshes" / "traj_a.npz"
+    z = dict(np.load(cache))
+    z["stage1_hash"] = np.asarray("f" * 64)
+    np.savez(cache, **z)
+    m = _manifest(run)  # the manifest's checksum matches the file, as after a concurrent writer
+    from clods_pl.utils.files import sha256_file
+    m["stages"]["stage2"]["outputs"]["mesh:traj_a"]["sha256"] = sha256_file(cache)
+    (run / "manifest.json").write_text(json.dumps(m))
+    capsys.readouterr()
+    assert main(["pipeline", "--config", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "stage1 is up to date" in out and "running stage2: mesh cache" in out and "recovered from stage-1" in out

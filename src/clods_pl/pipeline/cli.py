@@ -91,17 +91,23 @@ def _experiment_command(command: str, argv: Sequence[str]) -> int:
     from clods_pl.pipeline.runner import StageRunner  # noqa: PLC0415
 
     parser, unavailable = build_parser(prog=f"clods-pl {command}")
-    if command == "pipeline":
-        parser.add_argument("--force", type=bool, default=False, help="rerun every stage")
+    parser.add_argument("--force", type=bool, default=False,
+                        help="run even when the outputs are up to date (pipeline: every stage)")
     if command.startswith("stage"):
         argv = rewrite_stage_overrides(command, argv)
     cfg = parser.parse_args(list(argv))
     runner = StageRunner(parser, cfg, unavailable)
+    force = bool(cfg.get("force"))
     if command == "pipeline":
-        runner.pipeline(force=bool(cfg.get("force")))
+        runner.pipeline(force=force)
         _report_command(["--run_dir", str(runner.run_dir)])
-    else:
-        runner.run(command)
+        return 0
+    shard = command == "stage2" and runner.cfg.get("stage2.data.trajectories") is not None
+    if not force and not shard and runner.staleness(command) is None:
+        print(f"[clods-pl] {command} is up to date in {runner.run_dir} (same settings, inputs and outputs); "
+              f"nothing to do. `clods-pl {command} ... --force true` runs it again")
+        return 0
+    runner.run(command)
     return 0
 
 
@@ -110,7 +116,7 @@ def _recover_command(argv: Sequence[str]) -> int:
     from clods_pl.pipeline.runner import (MESH_CACHE_DIR, StageRunner, check_backends, dataset_of,  # noqa: PLC0415
                                           stage_device)
 
-    parser, unavailable = build_parser(prog="clods-pl recover", stages=("stage2",))
+    parser, unavailable = build_parser(prog="clods-pl recover")  # every stage: the experiment YAML has them all
     parser.add_argument("--traj", type=str, required=True, help="trajectory name")
     parser.add_argument("--frames", type=str | None, default=None, help="A:B frame range (default: all)")
     cfg = parser.parse_args(list(argv))

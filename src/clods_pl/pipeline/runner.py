@@ -220,8 +220,25 @@ class StageRunner:
         return out
 
     def staleness(self, stage: str) -> str | None:
-        """Why ``stage`` must run (None when up to date)."""
-        return self.manifest.staleness(stage, self.stage_config(stage), self.consumed_quiet(stage))
+        """Why ``stage`` must run (None when up to date): settings, inputs or outputs changed, or (stage 2) a mesh
+        cache was recovered from another stage-1 checkpoint than the one recorded (two runs interleaved)."""
+        reason = self.manifest.staleness(stage, self.stage_config(stage), self.consumed_quiet(stage))
+        if reason is None and stage == "stage2":
+            reason = self._mesh_chain_reason()
+        return reason
+
+    def _mesh_chain_reason(self) -> str | None:
+        import numpy as np  # noqa: PLC0415
+
+        ckpt = ((self.manifest.stage("stage1") or {}).get("outputs", {}).get("checkpoint") or {}).get("sha256")
+        for key, entry in (self.manifest.stage("stage2") or {}).get("outputs", {}).items():
+            path = self.manifest.abspath(entry["path"])
+            with np.load(path, allow_pickle=False) as z:
+                made_from = str(z["stage1_hash"]) if "stage1_hash" in z.files else ""
+            if made_from != ckpt:
+                return (f"mesh cache {path} was recovered from stage-1 checkpoint {made_from[:12]}, not the recorded "
+                        f"{str(ckpt)[:12]}")
+        return None
 
     # ----- Lightning objects -------------------------------------------------------------------------
     def _instantiate(self, stage: str, role: str, injected: dict[str, Any]) -> Any:
