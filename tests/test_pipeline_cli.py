@@ -168,7 +168,7 @@ def test_stage1_never_resumes_a_checkpoint_of_other_settings(dummy: dict, capsys
     capsys.readouterr()
     assert main(["stage1", "--config", cfg, "--stage1.model.lr", "0.2"]) == 0
     out = capsys.readouterr().out
-    assert "were made with other settings; starting over" in out and "resuming" not in out
+    assert "made with other settings); starting over" in out and "resuming" not in out
     # B killed after a checkpoint of its own: the rerun resumes it and says so
     m = _manifest(run)
     m["stages"]["stage1"]["status"] = "running"
@@ -251,3 +251,22 @@ def test_caches_from_another_stage1_checkpoint_make_stage2_stale(dummy: dict, ca
     assert main(["pipeline", "--config", cfg]) == 0
     out = capsys.readouterr().out
     assert "stage1 is up to date" in out and "running stage2: mesh cache" in out and "recovered from stage-1" in out
+
+
+def test_truncated_last_checkpoint_falls_back(dummy: dict, capsys: pytest.CaptureFixture) -> None:
+    """Issue 11 (faults): a last.ckpt cut short while writing gave `OSError: [Errno 22]` and a traceback."""
+    cfg, run = dummy["cfg"], dummy["run"]
+    assert main(["stage1", "--config", cfg]) == 0
+    ckpts = run / "stage1" / "checkpoints"
+    last = ckpts / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(["stage1", "--config", cfg, "--force", "true"]) == 0
+    out = capsys.readouterr().out
+    assert f"{last} is truncated or corrupt" in out
+    assert "resuming from" in out and "epoch=" in out  # the previous checkpoint
+    for p in ckpts.glob("*.ckpt"):
+        p.write_bytes(b"junk")
+    assert main(["stage1", "--config", cfg, "--force", "true"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming" not in out and "starting over" in out

@@ -108,6 +108,15 @@ def check_backends(cfg: Namespace, stage: str) -> None:
                                           f"{accelerator}; set {stage}.trainer.accelerator=gpu (or {stage}.{key}=torch)")
 
 
+def _loadable(ckpt: Path) -> bool:
+    """Whether a Lightning checkpoint file reads back (a truncated one raises inside torch.load)."""
+    try:
+        torch.load(ckpt, map_location="cpu", weights_only=False)
+        return True
+    except Exception:  # truncated zip, EOF, unpickling errors: all mean "cannot resume from this file"
+        return False
+
+
 def check_trainer_limits(stage: str, trainer: dict[str, Any]) -> None:
     """``max_epochs`` / ``max_steps`` that would train forever, or not at all, are refused naming the setting."""
     epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps")
@@ -275,12 +284,18 @@ class StageRunner:
         digest = sha256_json({**self.stage_config(stage), **(extra or {})})
         tag, last = ckpt_dir / SETTINGS_TAG, ckpt_dir / "last.ckpt"
         if last.is_file() and tag.is_file() and tag.read_text().strip() == digest:
-            print(f"[clods-pl] {stage}: resuming from {last}")
-            return str(last)
+            # newest first; a checkpoint cut short (killed while writing) is skipped with a notice
+            for ckpt in [last] + sorted((p for p in ckpt_dir.glob("*.ckpt") if p != last),
+                                        key=lambda p: p.stat().st_mtime, reverse=True):
+                if _loadable(ckpt):
+                    print(f"[clods-pl] {stage}: resuming from {ckpt}")
+                    return str(ckpt)
+                print(f"[clods-pl] {stage}: {ckpt} is truncated or corrupt (killed while writing?); skipping it")
+        same = tag.is_file() and tag.read_text().strip() == digest
         if rank_zero_only.rank == 0:
-            if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
-                print(f"[clods-pl] {stage}: the checkpoints in {ckpt_dir} were made with other settings; "
-                      "starting over")
+            if ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
+                why = "none of them reads back" if same else "they were made with other settings"
+                print(f"[clods-pl] {stage}: cannot resume from the checkpoints in {ckpt_dir} ({why}); starting over")
                 shutil.rmtree(ckpt_dir)
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(tag, digest + "\n")
