@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import struct
+import time
 from pathlib import Path
 
 import lightning as L
@@ -17,6 +18,22 @@ from clods_pl.errors import ClodsError
 from clods_pl.pipeline.loggers import (build_loggers, log_images, log_manifest_artifact, log_video, wandb_offline)
 
 BLOCK = 32768  # W&B's run file is a leveldb-style log of protobuf records in 32 KiB blocks
+
+
+def wait_for_exit_record(path: str, limit_s: float = 120.0) -> list:
+    """The run's records once W&B's writer has finished the file (its closing ``exit`` record is there).
+    ``wandb.finish()`` can return while the separate wandb-core process still writes (seen under load: a
+    ``StopIteration`` on a half-written file), so wait for the writer's own end marker, not for a fixed time."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            records = read_wandb_records(path)
+        except Exception:  # a chunk cut mid-write: read again
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        assert time.monotonic() < deadline, f"{path}: W&B wrote no exit record within {limit_s} s"
+        time.sleep(0.2)
 
 
 def read_wandb_records(path: str) -> list:
@@ -121,7 +138,7 @@ def test_wandb_offline_run_has_metrics_media_and_manifest(tmp_path: Path, monkey
         wandb.finish()
     runs = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert len(runs) == 1
-    records = read_wandb_records(runs[0])
+    records = wait_for_exit_record(runs[0])
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert (run.display_name, run.project, list(run.tags)) == ("demo-stage2", "clods-pl", ["tiny"])
     history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
