@@ -111,6 +111,8 @@ DATASET_CASES: dict[str, tuple[Callable[[dict], None], tuple[str, ...]]] = {
                           ("transforms.json", "fl_x")),
     "singular_transform_matrix": (lambda c: edit_json(traj(c) / "transforms.json", lambda d: d["frames"][1].__setitem__(
         "transform_matrix", [[0.0] * 4] * 4)), ("transforms.json", "transform_matrix")),
+    "num_frames_disagrees": (lambda c: edit_json(traj(c) / "transforms.json", lambda d: set_item(d, "num_frames", 9)),
+                             ("transforms.json", "num_frames is 9 but every view holds 5")),
     "view_folder_missing": (lambda c: shutil.rmtree(frame(c, 1).parent), ("view_01", "missing view folder")),
     "frame_count_mismatch": (lambda c: frame(c, 1, 4).unlink(), ("different frame counts",)),
     "gap_in_numbering": (lambda c: [frame(c, v, 2).rename(frame(c, v, 7)) for v in range(3)],
@@ -165,6 +167,7 @@ def test_two_frame_test_trajectory(case: dict, capsys: pytest.CaptureFixture) ->
             frame(case, view, k, "traj_0002").unlink()
     edit_npz(t / "gt.npz", lambda d: set_item(d, "verts", d["verts"][:2]))
     edit_npz(t / "mesh.npz", lambda d: set_item(d, "handle_pos", d["handle_pos"][:2]))
+    edit_json(t / "transforms.json", lambda d: set_item(d, "num_frames", 2))
     expect_clear_error(["pipeline", "--config", case["cfg"], "--run_dir", str(case["run"])], capsys,
                        "traj_0002: 2 frame(s)", ">= 3")
 

@@ -113,7 +113,7 @@ def test_short_training_lowers_rollout_loss_and_checkpoint_reloads(tmp_path):
                                 strict=False)
     before = _val_loss(fresh, batch)  # same normalizers, untrained weights
     assert after < 0.5 * before, (before, after)
-    assert "val/rollout_rmse" in trainer.callback_metrics
+    assert "val/rollout_rmse_normal" in trainer.callback_metrics
 
     ckpt = tmp_path / "dyn.ckpt"
     trainer.save_checkpoint(ckpt)

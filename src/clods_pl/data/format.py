@@ -216,6 +216,10 @@ class Trajectory:
         self._view_dirs = [self.root / str(fr.get("file_path", f"{IMAGES_DIR}/{n}"))
                            for fr, n in zip(tf["frames"], self.cameras.names)]
         self.num_frames = self._validate_images()
+        declared = tf.get("num_frames")
+        if declared is not None and declared != self.num_frames:
+            raise DatasetError(f"{tf_path}: num_frames is {declared!r} but every view holds {self.num_frames} PNG "
+                               "frames; fix num_frames (or the frames)")
 
         mesh_path = self.root / MESH_FILE
         mesh = _load_npz(mesh_path, ("faces", "mesh_pos", "node_type", "verts0"))

@@ -318,8 +318,8 @@ class DynamicsModule(L.LightningModule):
         self._host_steps = (self._host_steps or 0) + 1
         bs = len(batch["graph"].batch_num_nodes)
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        self.log("train/rollout_rmse", per_step.mean().sqrt(), batch_size=bs)
-        self.log("train/step1_rmse", per_step[0].sqrt(), batch_size=bs)
+        self.log("train/rollout_rmse_normal", per_step.mean().sqrt(), batch_size=bs)
+        self.log("train/step1_rmse_normal", per_step[0].sqrt(), batch_size=bs)
         if train:
             return loss
         # Normalizer-only step: a zero loss that reaches every parameter, so the optimizer step changes nothing
@@ -339,7 +339,7 @@ class DynamicsModule(L.LightningModule):
         loss, per_step = self.rollout_loss(batch, noise=False, accumulate=False)
         bs = len(batch["graph"].batch_num_nodes)
         self.log("val/loss", loss, prog_bar=True, batch_size=bs)
-        self.log("val/rollout_rmse", per_step.mean().sqrt(), batch_size=bs)
+        self.log("val/rollout_rmse_normal", per_step.mean().sqrt(), batch_size=bs)
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
