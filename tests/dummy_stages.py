@@ -55,9 +55,9 @@ class PredictModule(L.LightningModule):
     def predict_step(self, batch, batch_idx):
         assert Path(self.stage1_checkpoint).is_file()
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        from clods_pl.utils.files import sha256_file
+        from clods_pl.utils.files import checkpoint_digest
 
-        made_from = sha256_file(self.stage1_checkpoint)  # as the real caches record it
+        made_from = checkpoint_digest(self.stage1_checkpoint)  # as the real caches record it
         for name in batch:
             np.savez(self.cache_dir / f"{name}.npz", verts=np.full((3, 4, 3), self.scale, np.float32),
                      stage1_hash=np.asarray(made_from))

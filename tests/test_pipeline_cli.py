@@ -270,3 +270,15 @@ def test_truncated_last_checkpoint_falls_back(dummy: dict, capsys: pytest.Captur
     assert main(["stage1", "--config", cfg, "--force", "true"]) == 0
     out = capsys.readouterr().out
     assert "resuming" not in out and "starting over" in out
+
+
+def test_rerunning_stage1_with_the_same_weights_keeps_stage2_current(dummy: dict, capsys: pytest.CaptureFixture) -> None:
+    """Issue 11: `make stage1 stage2 stage3` on a finished run re-saved smgs.ckpt with new bytes (it embeds paths)
+    and stage 2 then refused its caches. Checkpoints now count by weights and settings."""
+    cfg, run = dummy["cfg"], dummy["run"]
+    assert main(["pipeline", "--config", cfg]) == 0
+    assert main(["stage1", "--config", cfg, "--force", "true"]) == 0  # resumes the finished run, saves again
+    capsys.readouterr()
+    assert main(["pipeline", "--config", cfg]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{s} is up to date" in out for s in ("stage2", "stage3", "eval")), out

@@ -25,7 +25,7 @@ from filelock import FileLock
 
 from clods_pl import __version__
 from clods_pl.errors import ManifestError
-from clods_pl.utils.files import atomic_write_json, sha256_file, sha256_json
+from clods_pl.utils.files import atomic_write_json, checkpoint_digest, sha256_file, sha256_json
 from clods_pl.utils.settings import config_changes, flatten  # noqa: F401  (re-exported: manifest's vocabulary)
 
 MANIFEST_FILE = "manifest.json"
@@ -107,6 +107,12 @@ class Manifest:
     def finish_stage(self, name: str, outputs: dict[str, str | Path], status: str = STATUS_DONE) -> None:
         """Record outputs (paths, hashed now) and the final status."""
         hashed = {key: {"path": self._rel(p), "sha256": sha256_file(p)} for key, p in outputs.items()}
+        for key, p in outputs.items():  # checkpoints: also what they mean (weights, settings), for downstream
+            if str(p).endswith(".ckpt"):
+                try:
+                    hashed[key]["content"] = checkpoint_digest(p)
+                except Exception:  # not a torch checkpoint (stand-ins in tests): its bytes stand for it
+                    pass
 
         def _fn(rec: dict[str, Any]) -> None:
             rec.setdefault("outputs", {}).update(hashed)
@@ -154,7 +160,7 @@ class Manifest:
             if digest != entry["sha256"]:
                 raise ManifestError(f"{name} output {path} does not match its checksum in {self.path} (corrupt or "
                                     f"changed by hand); rerun `clods-pl {name}`")
-            out[f"{name}:{key}"] = digest
+            out[f"{name}:{key}"] = entry.get("content", digest)  # a checkpoint counts by its weights and settings
         return out
 
     def staleness(self, name: str, config: dict[str, Any], consumed: dict[str, str]) -> str | None:

@@ -239,7 +239,8 @@ class StageRunner:
     def _mesh_chain_reason(self) -> str | None:
         import numpy as np  # noqa: PLC0415
 
-        ckpt = ((self.manifest.stage("stage1") or {}).get("outputs", {}).get("checkpoint") or {}).get("sha256")
+        entry = (self.manifest.stage("stage1") or {}).get("outputs", {}).get("checkpoint") or {}
+        ckpt = entry.get("content", entry.get("sha256"))
         for key, entry in (self.manifest.stage("stage2") or {}).get("outputs", {}).items():
             path = self.manifest.abspath(entry["path"])
             with np.load(path, allow_pickle=False) as z:

@@ -4,7 +4,7 @@ Arrays in the file (docs/architecture.md, "Mesh cache"):
 
 * ``verts (T, V, 3) float32``, world; frames ``0..frames_done-1`` are final, frame 0 is the dataset's ``verts0``,
   frames not done yet hold NaN;
-* ``faces (F, 3) int64``; ``frames_done`` int; ``stage1_hash`` str (sha256 of the stage-1 checkpoint);
+* ``faces (F, 3) int64``; ``frames_done`` int; ``stage1_hash`` str (digest of the stage-1 checkpoint's weights and settings, ``checkpoint_digest``);
   ``settings_json`` str: the stage-2 settings the frames were recovered with (JSON; a resume must match them);
 * ``losses (T,) float32`` photometric loss of each recovered frame, ``edge_losses (T,) float32``,
   ``iterations (T,) int64`` optimiser steps used;
@@ -48,7 +48,7 @@ class MeshCache:
         frames_done: frames ``0..frames_done-1`` are final (>= 1: frame 0 is ``verts0``).
         losses, edge_losses: (T,) float32 photometric / edge loss at the end of each frame's optimisation.
         iterations: (T,) int64 optimiser steps used per frame.
-        stage1_hash: sha256 of the stage-1 checkpoint the meshes were recovered with.
+        stage1_hash: digest (weights and settings) of the stage-1 checkpoint the meshes were recovered with.
         gt_metrics: name -> (T,) float32 per-frame ground-truth metrics (NaN where not evaluated).
         settings: the stage-2 settings (flat, JSON-able) the frames were recovered with.
     """

@@ -37,7 +37,7 @@ from clods_pl.stages.mesh_cache import MeshCache
 from clods_pl.stages.recovery_metrics import (  # noqa: F401  (re-exported for callers of stage 2)
     NovelViewResult, chamfer_distance, composite, evaluate_novel_views, flag_size, novel_view_table,
     per_frame_gt_metrics, vertex_rmse)
-from clods_pl.utils.files import sha256_file
+from clods_pl.utils.files import checkpoint_digest
 
 RUN_MODE = "predict"
 DEFAULT_SPLITS = STANDARD_SPLITS
@@ -424,7 +424,7 @@ def load_stage1(stage1_checkpoint: str, device: torch.device | str = "cpu") -> t
     smgs, _meta = load_smgs_from_checkpoint(str(path))
     smgs = smgs.to(device).eval()
     smgs.requires_grad_(False)
-    return smgs, sha256_file(path)
+    return smgs, checkpoint_digest(path)
 
 
 def _read_dataset(dataset_dir: str) -> Any:

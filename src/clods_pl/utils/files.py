@@ -101,3 +101,23 @@ def folder_fingerprint(root: str | os.PathLike, entries: list[str]) -> dict[str,
             h.update((str(st.st_mtime_ns) if cheap else sha256_file(f)).encode())
         out[entry] = h.hexdigest()[:16]
     return out
+
+
+def checkpoint_digest(path: str | os.PathLike) -> str:
+    """sha256 of what a Lightning checkpoint *means*: its weights (``state_dict``) and ``hyper_parameters``, not
+    the file's bytes (those also hold callback paths and loop counters, so re-saving identical weights after a
+    resume gives another file hash but the same digest)."""
+    import torch  # noqa: PLC0415  (utils stays importable without torch for the file helpers)
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    h = hashlib.sha256()
+    state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
+    for key in sorted(state):
+        t = state[key]
+        h.update(key.encode())
+        if isinstance(t, torch.Tensor):
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    h.update(json.dumps(hp, sort_keys=True, default=str).encode())
+    return h.hexdigest()
