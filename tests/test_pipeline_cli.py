@@ -282,3 +282,30 @@ def test_rerunning_stage1_with_the_same_weights_keeps_stage2_current(dummy: dict
     assert main(["pipeline", "--config", cfg]) == 0
     out = capsys.readouterr().out
     assert all(f"{s} is up to date" in out for s in ("stage2", "stage3", "eval")), out
+
+
+def test_disk_full_is_one_line_and_keeps_finished_stages(dummy: dict, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """Issue 11 (faults): ENOSPC mid-pipeline printed a raw traceback."""
+    import errno
+
+    cfg, run = dummy["cfg"], dummy["run"]
+    assert main(["stage1", "--config", cfg]) == 0
+    real = runner.Manifest.finish_stage
+
+    def full(self, name, outputs, status="done"):
+        if name == "stage2":
+            raise OSError(errno.ENOSPC, "No space left on device", str(run / "stage2" / "meshes" / "traj_a.npz"))
+        return real(self, name, outputs, status)
+
+    monkeypatch.setattr(runner.Manifest, "finish_stage", full)
+    capsys.readouterr()
+    assert main(["pipeline", "--config", cfg]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"{run / 'stage2' / 'meshes' / 'traj_a.npz'}: No space left on device" in err
+    m = _manifest(run)
+    assert m["stages"]["stage1"]["status"] == "done" and m["stages"]["stage2"]["status"] == "failed"
+    monkeypatch.setattr(runner.Manifest, "finish_stage", real)
+    assert main(["pipeline", "--config", cfg]) == 0  # space freed: the pipeline repairs the failed stage
+    assert _manifest(run)["stages"]["stage2"]["status"] == "done"

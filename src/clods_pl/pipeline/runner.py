@@ -436,14 +436,18 @@ class StageRunner:
         L.seed_everything(int(self.cfg.get("seed_everything", 0)), workers=True, verbose=False)
         try:
             outputs = getattr(self, f"_run_{stage}")(dataset, stage_dir, resume_from)
+            if outputs is None:  # a shard of stage 2: the finalize run records the stage
+                return
+            if is_rank0:
+                self.manifest.finish_stage(stage, outputs)
         except BaseException as exc:
             if is_rank0:
-                self.manifest.fail_stage(stage, f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+                try:
+                    self.manifest.fail_stage(stage, f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+                except OSError:  # the disk that failed the stage may refuse this record too; the error still shows
+                    pass
             raise
-        if outputs is None:  # a shard of stage 2: the finalize run records the stage
-            return
-        if rank_zero_only.rank == 0:
-            self.manifest.finish_stage(stage, outputs)
+        if is_rank0:
             print(f"[clods-pl] {stage} done -> {stage_dir}")
 
     def _run_stage1(self, dataset: str, stage_dir: Path, resume_from: str | None) -> dict[str, Path]:
