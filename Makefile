@@ -67,8 +67,11 @@ demo: $(STAMP) ## install, generate the tiny dataset, run all stages on the CPU,
 	$(CLI) pipeline --config experiments/flag_tiny.yaml --run_dir $(RUN)
 	@echo "Report: $(RUN)/report.md"
 
-test: $(STAMP) ## install (if needed) and run the test suite (GPU tests skip without CUDA)
+test: $(STAMP) lint ## install (if needed), lint, and run the test suite (GPU tests skip without CUDA)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff: lint rules in pyproject.toml (imports at the top unless a comment says why)
+	$(BIN)/ruff check src tests benchmarks
 
 bench: $(STAMP) ## CPU benchmarks -> benchmarks/results/*.json (see BENCHMARKS.md)
 	$(BIN)/python -m benchmarks.run_all --device cpu

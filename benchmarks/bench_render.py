@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads on the CPU (2 on a busy 2-core box: 10x slower)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads on the CPU (2 on a busy 2-core box: 10x slower)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
             except torch.OutOfMemoryError:
                 row = {"backend": backend, "gaussians": n, "size": size, "error": "out of memory"}
             rows.append(row)
-            print(f"{backend:7s} N={n:>7d} {size:>4d}px  " + (f"{row['median_ms']:9.1f} ms" if "median_ms" in row else row["error"]), flush=True)
+            timing = f"{row['median_ms']:9.1f} ms" if "median_ms" in row else row["error"]
+            print(f"{backend:7s} N={n:>7d} {size:>4d}px  {timing}", flush=True)
     meta = {"device": args.device, "machine": torch.cuda.get_device_name(0) if device.type == "cuda" else
             f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "torch": torch.__version__}
     suffix = f"cpu_{args.threads}threads" if device.type == "cpu" else args.device

@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError as exc:
             print(f"[bench] skipping {mod}: {exc}")
             continue
-        cmd = [sys.executable, "-m", mod, "--device", args.device] + (["--quick"] if args.quick and mod in HAS_QUICK else [])
+        quick = ["--quick"] if args.quick and mod in HAS_QUICK else []
+        cmd = [sys.executable, "-m", mod, "--device", args.device] + quick
         # the rasterizer's CPU target is stated for 2 cores; the pipeline's default is one thread
         variants = [["--threads", "1"], ["--threads", "2"]] if mod in THREADED and args.device == "cpu" else [[]]
         for extra in variants:

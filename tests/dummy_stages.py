@@ -47,7 +47,8 @@ class FitData(L.LightningDataModule):
 class PredictModule(L.LightningModule):
     RUN_MODE = "predict"
 
-    def __init__(self, stage1_checkpoint: str, cache_dir: str, scale: float = 1.0, recompute_stale: bool = False) -> None:
+    def __init__(self, stage1_checkpoint: str, cache_dir: str, scale: float = 1.0,
+                 recompute_stale: bool = False) -> None:
         super().__init__()
         self.stage1_checkpoint, self.cache_dir, self.scale = stage1_checkpoint, Path(cache_dir), scale
         self.recompute_stale = recompute_stale

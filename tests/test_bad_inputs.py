@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -133,7 +133,8 @@ DATASET_CASES: dict[str, tuple[Callable[[dict], None], tuple[str, ...]]] = {
                           ("mesh.npz", "999")),
     "verts0_nan": (lambda c: edit_npz(traj(c) / "mesh.npz", lambda d: d["verts0"].__setitem__((1, 1), np.nan)),
                    ("mesh.npz", "verts0")),
-    "mesh_pos_wrong_shape": (lambda c: edit_npz(traj(c) / "mesh.npz", lambda d: set_item(d, "mesh_pos", d["mesh_pos"][:3])),
+    "mesh_pos_wrong_shape": (lambda c: edit_npz(traj(c) / "mesh.npz",
+                                                lambda d: set_item(d, "mesh_pos", d["mesh_pos"][:3])),
                              ("mesh.npz", "mesh_pos")),
     "node_type_out_of_range": (lambda c: edit_npz(traj(c) / "mesh.npz", lambda d: d["node_type"].__setitem__(0, 17)),
                                ("mesh.npz", "node_type")),
@@ -192,7 +193,8 @@ SETTING_CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "stage2_negative_lr": (["stage2", "--stage2.model.lr", "-1"], ("lr",)),
     "stage2_batch_size_zero": (["stage2", "--stage2.data.batch_size", "0"], ("batch_size",)),
     "unknown_key": (["stage1", "--stage1.model.opacity_mod", "dual"], ("opacity_mod",)),
-    "gpu_accelerator_without_cuda": (["stage1", "--stage1.trainer.accelerator", "gpu"], ("stage1.trainer.accelerator",)),
+    "gpu_accelerator_without_cuda": (["stage1", "--stage1.trainer.accelerator", "gpu"],
+                                     ("stage1.trainer.accelerator",)),
     "eval_on_cuda_without_cuda": (["eval", "--eval.device", "cuda"], ("eval.device",)),
     "gsplat_on_cpu": (["stage1", "--stage1.model.backend", "gsplat"], ("stage1.model.backend=gsplat",)),
     "dataset_folder_missing": (["stage1", "--dataset", "/nonexistent/ds"], ("/nonexistent/ds",)),

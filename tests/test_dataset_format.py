@@ -75,9 +75,13 @@ def test_missing_folder(tmp_path: Path) -> None:
 
 def test_unknown_format_version(ds_root: Path) -> None:
     p = ds_root / "dataset.json"
-    d = json.loads(p.read_text()); d["version"] = 99; p.write_text(json.dumps(d))
+    d = json.loads(p.read_text())
+    d["version"] = 99
+    p.write_text(json.dumps(d))
     _expect(ds_root, "unsupported format version 99")
-    d["version"] = 1; d["format"] = "other"; p.write_text(json.dumps(d))
+    d["version"] = 1
+    d["format"] = "other"
+    p.write_text(json.dumps(d))
     _expect(ds_root, "unknown format 'other'")
 
 
@@ -187,7 +191,8 @@ def test_gap_in_frame_numbering_and_stray_file(ds_root: Path) -> None:
     _expect(ds_root, r"missing \['00002.png'\], unexpected \['00007.png'\]")
     for v in ("view_00", "view_01"):
         (ds_root / "traj_000" / "images" / v / "00007.png").rename(ds_root / "traj_000" / "images" / v / "00002.png")
-        shutil.copy(ds_root / "traj_000" / "images" / v / "00000.png", ds_root / "traj_000" / "images" / v / "._00003.png")
+        view = ds_root / "traj_000" / "images" / v
+        shutil.copy(view / "00000.png", view / "._00003.png")
     _expect(ds_root, r"unexpected \['._00003.png'\] \(remove or rename them\)")
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
-import lightning as L
 
 from clods_pl.dynamics.synthetic import wave_dataset
 from clods_pl.errors import ClodsError, DatasetError

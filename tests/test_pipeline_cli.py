@@ -126,8 +126,9 @@ def test_gpu_settings_without_a_gpu_or_with_a_cpu_accelerator_are_clear(
     monkeypatch.setitem(sys.modules, "gsplat", types.ModuleType("gsplat"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     stage = Namespace(model=Namespace(backend="gsplat"), trainer=Namespace(accelerator="cpu"))
-    with pytest.raises(BackendUnavailableError, match="stage2.model.backend=gsplat renders on CUDA but "
-                                                      "stage2.trainer.accelerator=cpu; set stage2.trainer.accelerator=gpu"):
+    with pytest.raises(BackendUnavailableError,
+                       match="stage2.model.backend=gsplat renders on CUDA but stage2.trainer.accelerator=cpu; "
+                             "set stage2.trainer.accelerator=gpu"):
         runner.check_backends(Namespace(stage2=stage), "stage2")
     stage.trainer.accelerator = "gpu"
     runner.check_backends(Namespace(stage2=stage), "stage2")
@@ -180,7 +181,7 @@ def test_stage1_never_resumes_a_checkpoint_of_other_settings(dummy: dict, capsys
 
 def test_stage3_resumes_each_source_with_its_own_checkpoint(dummy: dict, capsys: pytest.CaptureFixture) -> None:
     """Issue 11 (faults): stage 3 killed after a checkpoint used to restart from step 0 without a word."""
-    cfg, run = dummy["cfg"], dummy["run"]
+    cfg = dummy["cfg"]
     for stage in ("stage1", "stage2", "stage3"):
         assert main([stage, "--config", cfg]) == 0
     capsys.readouterr()
@@ -196,7 +197,7 @@ def test_stage3_resumes_each_source_with_its_own_checkpoint(dummy: dict, capsys:
 
 def test_dataset_edited_after_a_run_makes_the_stages_stale(dummy: dict, capsys: pytest.CaptureFixture) -> None:
     """Issue 11.5: shifting one trajectory's data after a run left `pipeline` reporting every stage up to date."""
-    cfg, run = dummy["cfg"], dummy["run"]
+    cfg = dummy["cfg"]
     ds = Path(yaml.safe_load(Path(cfg).read_text())["dataset"])
     (ds / "dataset.json").write_text(json.dumps({"splits": {"train": ["traj_a", "traj_b"]}}))
     for name in ("traj_a", "traj_b"):
@@ -272,10 +273,11 @@ def test_truncated_last_checkpoint_falls_back(dummy: dict, capsys: pytest.Captur
     assert "resuming" not in out and "starting over" in out
 
 
-def test_rerunning_stage1_with_the_same_weights_keeps_stage2_current(dummy: dict, capsys: pytest.CaptureFixture) -> None:
+def test_rerunning_stage1_with_the_same_weights_keeps_stage2_current(dummy: dict,
+                                                                     capsys: pytest.CaptureFixture) -> None:
     """Issue 11: `make stage1 stage2 stage3` on a finished run re-saved smgs.ckpt with new bytes (it embeds paths)
     and stage 2 then refused its caches. Checkpoints now count by weights and settings."""
-    cfg, run = dummy["cfg"], dummy["run"]
+    cfg = dummy["cfg"]
     assert main(["pipeline", "--config", cfg]) == 0
     assert main(["stage1", "--config", cfg, "--force", "true"]) == 0  # resumes the finished run, saves again
     capsys.readouterr()

@@ -12,15 +12,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_recovery_toy import FLAG_W, ToyTrajectory
 
 from clods_pl.errors import ClodsError, ManifestError
 from clods_pl.geometry import unique_edges
 from clods_pl.stages.mesh_cache import MeshCache, MeshCacheError
-from clods_pl.stages.recovery import (RecoveryConfig, RecoveryConfigError, compose_verts, edge_strain_loss,
-                                      frame_loss, open_job, parse_frames, recover_batch, recover_trajectory,
-                                      rest_edge_lengths, train_views)
+from clods_pl.stages.recovery import (
+    RecoveryConfig,
+    RecoveryConfigError,
+    compose_verts,
+    edge_strain_loss,
+    frame_loss,
+    open_job,
+    parse_frames,
+    recover_batch,
+    recover_trajectory,
+    rest_edge_lengths,
+    train_views,
+)
 from clods_pl.stages.recovery_metrics import flag_size
-from test_recovery_toy import FLAG_W, ToyTrajectory
 
 TESTS_DIR = Path(__file__).resolve().parent
 FAST = dict(iterations=40, lr=3e-3, gamma=1.0, min_iterations=40)  # fixed step count: cheap and deterministic

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_recovery_toy import ToyTrajectory
 
 from clods_pl.stages import recovery_metrics as rm
-from test_recovery_toy import ToyTrajectory
 
 
 @pytest.fixture(autouse=True)

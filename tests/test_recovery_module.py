@@ -12,11 +12,10 @@ import torch
 import yaml
 from jsonargparse import ArgumentParser
 from lightning.pytorch.loggers import CSVLogger
+from test_recovery_toy import ToyTrajectory
 
 from clods_pl.stages.mesh_cache import MeshCache
-from clods_pl.stages.recovery import (RecoveryConfigError, RecoveryDataModule, RecoveryModule,
-                                      recover_trajectory)
-from test_recovery_toy import ToyTrajectory
+from clods_pl.stages.recovery import RecoveryConfigError, RecoveryDataModule, RecoveryModule, recover_trajectory
 
 SPLITS = {"train": ["a", "b"], "val": ["c"], "test_viewed": [], "test_unviewed": []}
 

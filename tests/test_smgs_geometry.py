@@ -9,8 +9,13 @@ import torch
 
 from clods_pl.geometry import grid_mesh
 from clods_pl.smgs import OPACITY_MODES, SMGS, export_ply, read_ply
-from clods_pl.smgs.anchoring import (anchor_gaussians, barycentric_weights, face_frames, matrix_to_quaternion,
-                                     quaternion_to_matrix)
+from clods_pl.smgs.anchoring import (
+    anchor_gaussians,
+    barycentric_weights,
+    face_frames,
+    matrix_to_quaternion,
+    quaternion_to_matrix,
+)
 from clods_pl.smgs.color import eval_sh
 from clods_pl.smgs.opacity import positional_encoding
 
@@ -31,7 +36,8 @@ def test_face_frame_orthonormal_and_aligned() -> None:
     verts = torch.tensor([[0.0, 0, 0], [2.0, 0, 0], [0.5, 1.0, 0.0]])
     R, e1, h = face_frames(verts, torch.tensor([[0, 1, 2]]))
     assert torch.allclose(R[0].T @ R[0], torch.eye(3), atol=1e-6)
-    assert torch.allclose(R[0][:, 0], torch.tensor([1.0, 0, 0])) and torch.allclose(R[0][:, 2], torch.tensor([0, 0, 1.0]))
+    assert torch.allclose(R[0][:, 0], torch.tensor([1.0, 0, 0]))
+    assert torch.allclose(R[0][:, 2], torch.tensor([0, 0, 1.0]))
     assert math.isclose(float(e1), 2.0, rel_tol=1e-6) and math.isclose(float(h), 1.0, rel_tol=1e-6)
 
 
@@ -137,7 +143,7 @@ def test_export_ply_round_trip(tmp_path) -> None:
 
 
 def test_two_sided_colour_follows_the_side_a_camera_sees() -> None:
-    from clods_pl.geometry import look_at, Cameras
+    from clods_pl.geometry import Cameras, look_at
 
     smgs, verts0 = _smgs("static", two_sided=True)
     with torch.no_grad():

@@ -35,8 +35,8 @@ def _alias_setuptools_extern() -> None:
         return
     except Exception:
         pass
-    import packaging
-    import packaging.version
+    import packaging  # noqa: PLC0415  (only needed when the alias must be made)
+    import packaging.version  # noqa: PLC0415
 
     extern = sys.modules.get("setuptools.extern")
     if extern is None:
@@ -47,7 +47,7 @@ def _alias_setuptools_extern() -> None:
     sys.modules["setuptools.extern.packaging"] = packaging
     sys.modules["setuptools.extern.packaging.version"] = packaging.version
     try:
-        import setuptools
+        import setuptools  # noqa: PLC0415  (optional: the alias in sys.modules suffices without it)
 
         setuptools.extern = extern  # type: ignore[attr-defined]
     except Exception:  # setuptools itself missing: the alias in sys.modules is enough

@@ -7,8 +7,9 @@ Edge input (7) = relative world position ``x[s] - x[r]`` (3) + its norm (1) + re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -52,7 +53,7 @@ class MeshGraph:
     def device(self) -> torch.device:
         return self.senders.device
 
-    def to(self, device: torch.device | str) -> "MeshGraph":
+    def to(self, device: torch.device | str) -> MeshGraph:
         """Copy onto ``device`` (Lightning's batch transfer calls this)."""
         return MeshGraph(self.senders.to(device), self.receivers.to(device), self.num_nodes,
                          self.batch_num_nodes, self.batch_num_edges)

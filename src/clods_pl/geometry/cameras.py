@@ -11,8 +11,9 @@ Conventions (DESIGN.md):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -51,7 +52,7 @@ class Cameras:
     def __len__(self) -> int:
         return self.K.shape[0]
 
-    def __getitem__(self, idx: int | slice | Sequence[int] | Tensor) -> "Cameras":
+    def __getitem__(self, idx: int | slice | Sequence[int] | Tensor) -> Cameras:
         """A subset of views (always keeps the leading camera dimension)."""
         if isinstance(idx, int):
             idx = [idx]
@@ -60,7 +61,7 @@ class Cameras:
         idx_t = torch.as_tensor(idx, dtype=torch.long)
         return Cameras(self.K[idx_t], self.w2c[idx_t], self.width, self.height, [self.names[int(i)] for i in idx_t])
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Cameras":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Cameras:
         """Move/cast the matrices."""
         return Cameras(self.K.to(device=device, dtype=dtype), self.w2c.to(device=device, dtype=dtype),
                        self.width, self.height, list(self.names))
@@ -111,7 +112,7 @@ class Cameras:
         return {"camera_model": "OPENCV", "w": int(self.width), "h": int(self.height), "frames": frames}
 
     @classmethod
-    def from_transforms(cls, data: dict[str, Any], source: str = "transforms.json") -> "Cameras":
+    def from_transforms(cls, data: dict[str, Any], source: str = "transforms.json") -> Cameras:
         """Parse a nerfstudio/Blender ``transforms.json`` dict. Intrinsics may be per frame or global.
 
         Raises:
@@ -122,24 +123,14 @@ class Cameras:
             raise ValueError(f"{source}: no 'frames' list")
         Ks, w2cs, names, sizes = [], [], [], set()
         for i, fr in enumerate(frames):
-            def get(key: str) -> Any:
-                v = fr.get(key, data.get(key))
-                if v is None:
-                    raise ValueError(f"{source}: frame {i} has no '{key}' (cameras need fl_x, fl_y, cx, cy, w, h)")
-                return v
-            def number(key: str, kind: type = float) -> Any:
-                value = get(key)
-                try:
-                    return kind(value)
-                except (TypeError, ValueError):
-                    raise ValueError(f"{source}: frame {i} '{key}' must be a number, got {value!r}") from None
-            w, h = number("w", int), number("h", int)
+            w, h = _field(fr, data, "w", i, source, int), _field(fr, data, "h", i, source, int)
             sizes.add((w, h))
-            fx, fy, cx, cy = (number(k) for k in ("fl_x", "fl_y", "cx", "cy"))
+            fx, fy, cx, cy = (_field(fr, data, k, i, source) for k in ("fl_x", "fl_y", "cx", "cy"))
             if not all(math.isfinite(v) for v in (fx, fy, cx, cy)) or fx <= 0 or fy <= 0:
                 raise ValueError(f"{source}: frame {i} has invalid intrinsics fl_x={fx} fl_y={fy} cx={cx} cy={cy}")
+            matrix = _field(fr, data, "transform_matrix", i, source, None)
             try:
-                m = torch.tensor(get("transform_matrix"), dtype=torch.float64)
+                m = torch.tensor(matrix, dtype=torch.float64)
             except (TypeError, ValueError):
                 raise ValueError(f"{source}: frame {i} transform_matrix must be a finite 4x4 matrix") from None
             if m.shape != (4, 4) or not torch.isfinite(m).all():
@@ -155,6 +146,20 @@ class Cameras:
             raise ValueError(f"{source}: all views must share one image size, got {sorted(sizes)}")
         (w, h), = sizes
         return cls(torch.stack(Ks).float(), torch.stack(w2cs).float(), w, h, names)
+
+
+def _field(frame: dict[str, Any], top: dict[str, Any], key: str, i: int, source: str, kind: Any = float) -> Any:
+    """``frame[key]`` (or the file-level ``top[key]``), converted with ``kind`` (None: as is); errors name the file,
+    the view and the key."""
+    value = frame.get(key, top.get(key))
+    if value is None:
+        raise ValueError(f"{source}: frame {i} has no '{key}' (cameras need fl_x, fl_y, cx, cy, w, h)")
+    if kind is None:
+        return value
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{source}: frame {i} '{key}' must be a number, got {value!r}") from None
 
 
 def look_at(eye: Tensor, target: Tensor, up: Tensor) -> Tensor:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from clods_pl.errors import ClodsError
 
@@ -113,8 +113,7 @@ def _experiment_command(command: str, argv: Sequence[str]) -> int:
 
 def _recover_command(argv: Sequence[str]) -> int:
     from clods_pl.pipeline.experiment import build_parser  # noqa: PLC0415
-    from clods_pl.pipeline.runner import (MESH_CACHE_DIR, StageRunner, check_backends, dataset_of,  # noqa: PLC0415
-                                          stage_device)
+    from clods_pl.pipeline.runner import MESH_CACHE_DIR, StageRunner, check_backends, dataset_of, stage_device  # noqa: PLC0415
 
     parser, unavailable = build_parser(prog="clods-pl recover")  # every stage: the experiment YAML has them all
     parser.add_argument("--traj", type=str, required=True, help="trajectory name")

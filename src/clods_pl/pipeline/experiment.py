@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace

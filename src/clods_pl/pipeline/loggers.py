@@ -14,8 +14,8 @@ from __future__ import annotations
 import netrc
 import os
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 from urllib.parse import urlparse
 
 import numpy as np

@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from filelock import FileLock
 
@@ -150,7 +151,8 @@ class Manifest:
         rec = self.stage(name)
         if rec is None or rec.get("status") != STATUS_DONE:
             state = "never ran" if rec is None else f"is '{rec.get('status')}'"
-            raise ManifestError(f"{name} {state} in {self.run_dir}; run `clods-pl {name}` (or `clods-pl pipeline`) first")
+            raise ManifestError(f"{name} {state} in {self.run_dir}; "
+                                f"run `clods-pl {name}` (or `clods-pl pipeline`) first")
         out = {}
         for key, entry in rec.get("outputs", {}).items():
             path = self.abspath(entry["path"])

@@ -13,9 +13,10 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import lightning as L
 import torch
@@ -26,8 +27,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from clods_pl.errors import BackendUnavailableError, ClodsError, ManifestError
-from clods_pl.pipeline.experiment import (EVAL_FUNCTION, EVAL_NAME, STAGE_NAMES, STAGES, import_object,
-                                          result_config, section)
+from clods_pl.pipeline.experiment import (
+    EVAL_FUNCTION,
+    EVAL_NAME,
+    STAGE_NAMES,
+    STAGES,
+    import_object,
+    result_config,
+    section,
+)
 from clods_pl.pipeline.manifest import Manifest
 from clods_pl.utils.files import atomic_write_json, atomic_write_text
 
@@ -104,8 +112,9 @@ def check_backends(cfg: Namespace, stage: str) -> None:
             raise BackendUnavailableError(f"{stage}.{key}={value} needs a CUDA GPU and none is visible; "
                                           f"use {stage}.{key}=torch on the CPU")
         if stage_device(cfg, stage) == "cpu":
-            raise BackendUnavailableError(f"{stage}.{key}={value} renders on CUDA but {stage}.trainer.accelerator="
-                                          f"{accelerator}; set {stage}.trainer.accelerator=gpu (or {stage}.{key}=torch)")
+            raise BackendUnavailableError(
+                f"{stage}.{key}={value} renders on CUDA but {stage}.trainer.accelerator={accelerator}; "
+                f"set {stage}.trainer.accelerator=gpu (or {stage}.{key}=torch)")
 
 
 def _loadable(ckpt: Path) -> bool:
@@ -241,7 +250,7 @@ class StageRunner:
 
         entry = (self.manifest.stage("stage1") or {}).get("outputs", {}).get("checkpoint") or {}
         ckpt = entry.get("content", entry.get("sha256"))
-        for key, entry in (self.manifest.stage("stage2") or {}).get("outputs", {}).items():
+        for entry in (self.manifest.stage("stage2") or {}).get("outputs", {}).values():
             path = self.manifest.abspath(entry["path"])
             with np.load(path, allow_pickle=False) as z:
                 made_from = str(z["stage1_hash"]) if "stage1_hash" in z.files else ""

@@ -12,9 +12,9 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from clods_pl.errors import ClodsError
 
@@ -51,7 +51,8 @@ def _int_or_none(env: Mapping[str, str], key: str) -> int | None:
     try:
         return int(value)
     except ValueError as exc:
-        raise SlurmConfigError(f"environment variable {key}={value!r} is not an integer; unset it or fix the job") from exc
+        raise SlurmConfigError(f"environment variable {key}={value!r} is not an integer; "
+                               "unset it or fix the job") from exc
 
 
 def in_slurm() -> bool:
@@ -114,7 +115,7 @@ def resume_checkpoint(checkpoint_dir: str | os.PathLike, stage_done: bool) -> Pa
 
 
 def run_resume_checkpoint(run_dir: str | os.PathLike, stage: str) -> Path | None:
-    """``resume_checkpoint`` for ``<run_dir>/<stage>/checkpoints`` with the status read from ``<run_dir>/manifest.json``."""
+    """``resume_checkpoint`` for ``<run_dir>/<stage>/checkpoints``, the status read from ``<run_dir>/manifest.json``."""
     run = Path(run_dir)
     done = stage_status(run / "manifest.json", stage) == STATUS_DONE
     return resume_checkpoint(run / stage / "checkpoints", done)
@@ -129,7 +130,8 @@ def shard_trajectories(names: Sequence[str], task_id: int, task_count: int) -> l
     if task_count < 1:
         raise SlurmConfigError(f"array task count {task_count} must be >= 1; submit with --array=0-(N-1)")
     if not 0 <= task_id < task_count:
-        raise SlurmConfigError(f"array task id {task_id} is outside 0..{task_count - 1}; submit with --array=0-{task_count - 1}")
+        raise SlurmConfigError(f"array task id {task_id} is outside 0..{task_count - 1}; "
+                               f"submit with --array=0-{task_count - 1}")
     base, extra = divmod(len(names), task_count)
     start = task_id * base + min(task_id, extra)
     stop = start + base + (1 if task_id < extra else 0)

@@ -20,7 +20,8 @@ from clods_pl.render.types import RenderOutput
 
 ZNEAR, ZFAR = 0.01, 100.0
 INSTALL_HINT = ("backend 'inria' needs the original diff_gaussian_rasterization (build graphdeco-inria/"
-                "diff-gaussian-rasterization yourself; non-commercial licence) and a CUDA GPU; use backend=gsplat or torch")
+                "diff-gaussian-rasterization yourself; non-commercial licence) and a CUDA GPU; "
+                "use backend=gsplat or torch")
 
 
 def import_inria() -> Any:

@@ -13,7 +13,6 @@ import numpy as np  # noqa: E402
 from matplotlib.tri import Triangulation  # noqa: E402
 
 
-
 def _oblique(azimuth_deg: float, elevation_deg: float) -> np.ndarray:
     """(2, 3) orthographic projection (screen right, screen up) of a camera at the given azimuth/elevation."""
     a, e = np.radians(azimuth_deg), np.radians(elevation_deg)

@@ -79,11 +79,13 @@ def matrix_to_quaternion(R: Tensor) -> Tensor:
     """Rotation matrices (…, 3, 3) -> unit quaternions (…, 4) wxyz with w >= 0 (differentiable, all branches)."""
     m00, m11, m22 = R[..., 0, 0], R[..., 1, 1], R[..., 2, 2]
     tr = m00 + m11 + m22
+    d21, d02, d10 = R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]
+    s01, s02, s12 = R[..., 0, 1] + R[..., 1, 0], R[..., 0, 2] + R[..., 2, 0], R[..., 1, 2] + R[..., 2, 1]
     cands = torch.stack([
-        torch.stack([1 + tr, R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1),
-        torch.stack([R[..., 2, 1] - R[..., 1, 2], 1 + m00 - m11 - m22, R[..., 0, 1] + R[..., 1, 0], R[..., 0, 2] + R[..., 2, 0]], -1),
-        torch.stack([R[..., 0, 2] - R[..., 2, 0], R[..., 0, 1] + R[..., 1, 0], 1 - m00 + m11 - m22, R[..., 1, 2] + R[..., 2, 1]], -1),
-        torch.stack([R[..., 1, 0] - R[..., 0, 1], R[..., 0, 2] + R[..., 2, 0], R[..., 1, 2] + R[..., 2, 1], 1 - m00 - m11 + m22], -1),
+        torch.stack([1 + tr, d21, d02, d10], -1),
+        torch.stack([d21, 1 + m00 - m11 - m22, s01, s02], -1),
+        torch.stack([d02, s01, 1 - m00 + m11 - m22, s12], -1),
+        torch.stack([d10, s02, s12, 1 - m00 - m11 + m22], -1),
     ], dim=-2)  # (..., 4, 4): row k is 4 * q * q_k, well conditioned when q_k is the largest component
     diag = torch.stack([1 + tr, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
     best = diag.argmax(-1, keepdim=True)

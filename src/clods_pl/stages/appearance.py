@@ -290,7 +290,8 @@ class AppearanceModule(L.LightningModule):
                 export_ply(out, self.smgs.gaussians(self.smgs.verts0))
 
 
-def load_smgs_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[SMGS, dict[str, Any]]:
+def load_smgs_from_checkpoint(path: str | Path,
+                              map_location: str | torch.device = "cpu") -> tuple[SMGS, dict[str, Any]]:
     """Rebuild the fitted SMGS of a stage-1 checkpoint (eval mode, no gradients).
 
     Returns:

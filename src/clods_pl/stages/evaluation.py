@@ -15,8 +15,9 @@ A constant-velocity baseline (x_{t+1} = 2 x_t - x_{t-1}) is evaluated the same w
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch

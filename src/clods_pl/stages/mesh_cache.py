@@ -4,7 +4,8 @@ Arrays in the file (docs/architecture.md, "Mesh cache"):
 
 * ``verts (T, V, 3) float32``, world; frames ``0..frames_done-1`` are final, frame 0 is the dataset's ``verts0``,
   frames not done yet hold NaN;
-* ``faces (F, 3) int64``; ``frames_done`` int; ``stage1_hash`` str (digest of the stage-1 checkpoint's weights and settings, ``checkpoint_digest``);
+* ``faces (F, 3) int64``; ``frames_done`` int; ``stage1_hash`` str (digest of the stage-1 checkpoint's weights
+  and settings, ``checkpoint_digest``);
   ``settings_json`` str: the stage-2 settings the frames were recovered with (JSON; a resume must match them);
 * ``losses (T,) float32`` photometric loss of each recovered frame, ``edge_losses (T,) float32``,
   ``iterations (T,) int64`` optimiser steps used;
@@ -24,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from clods_pl.errors import ManifestError
-from clods_pl.utils.settings import config_changes
 from clods_pl.utils.files import atomic_savez
+from clods_pl.utils.settings import config_changes
 
 GT_PREFIX = "gt_"
 REQUIRED_KEYS = ("verts", "faces", "frames_done", "losses", "edge_losses", "stage1_hash")
@@ -67,7 +68,7 @@ class MeshCache:
     # ----- construction ------------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | os.PathLike, verts0: np.ndarray, faces: np.ndarray, num_frames: int,
-               stage1_hash: str, save: bool = True, settings: dict[str, object] | None = None) -> "MeshCache":
+               stage1_hash: str, save: bool = True, settings: dict[str, object] | None = None) -> MeshCache:
         """A fresh cache with only frame 0 (= ``verts0 (V, 3)``) done."""
         verts0 = np.asarray(verts0, dtype=np.float32)
         if verts0.ndim != 2 or verts0.shape[1] != 3:
@@ -84,7 +85,7 @@ class MeshCache:
         return cache
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "MeshCache":
+    def load(cls, path: str | os.PathLike) -> MeshCache:
         """Read a cache file; raises ``MeshCacheError`` (one line, names the file) when corrupt or truncated."""
         path = Path(path)
         hint = OVERWRITE_HINT
@@ -123,7 +124,7 @@ class MeshCache:
     @classmethod
     def open(cls, path: str | os.PathLike, verts0: np.ndarray, faces: np.ndarray, num_frames: int,
              stage1_hash: str, overwrite: bool = False, settings: dict[str, object] | None = None,
-             recompute_stale: bool = False) -> "MeshCache":
+             recompute_stale: bool = False) -> MeshCache:
         """Resume the cache at ``path`` or create it.
 
         A cache made with another stage-1 checkpoint or other stage-2 ``settings`` is rebuilt from frame 0 when

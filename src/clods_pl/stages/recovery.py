@@ -20,9 +20,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import lightning as L
 import numpy as np
@@ -35,8 +36,15 @@ from clods_pl.errors import ClodsError
 from clods_pl.geometry import NodeType, unique_edges
 from clods_pl.stages.mesh_cache import MeshCache
 from clods_pl.stages.recovery_metrics import (  # noqa: F401  (re-exported for callers of stage 2)
-    NovelViewResult, chamfer_distance, composite, evaluate_novel_views, flag_size, novel_view_table,
-    per_frame_gt_metrics, vertex_rmse)
+    NovelViewResult,
+    chamfer_distance,
+    composite,
+    evaluate_novel_views,
+    flag_size,
+    novel_view_table,
+    per_frame_gt_metrics,
+    vertex_rmse,
+)
 from clods_pl.utils.files import checkpoint_digest
 
 RUN_MODE = "predict"
@@ -232,7 +240,8 @@ def parse_frames(frames: str | None, num_frames: int) -> tuple[int | None, int]:
         a = int(parts[0]) if parts[0].strip() else None
         b = int(parts[1]) if parts[1].strip() else num_frames
     except ValueError:
-        raise RecoveryConfigError(f"frames={frames!r} must look like 'A:B' (e.g. '1:8'; either end may be empty)")
+        raise RecoveryConfigError(
+            f"frames={frames!r} must look like 'A:B' (e.g. '1:8'; either end may be empty)") from None
     if b > num_frames or b < 1 or (a is not None and not 0 <= a < b):
         raise RecoveryConfigError(f"frames={frames!r} is outside 0..{num_frames} (A < B <= {num_frames} frames)")
     return a, b
@@ -394,10 +403,10 @@ def plot_rmse(cache: MeshCache, name: str, out_path: str | os.PathLike, size: fl
     rmse = cache.gt_metrics.get("rmse")
     if rmse is None:
         return None
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  (plots only: keeps matplotlib out of the stage's import time)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -419,7 +428,7 @@ def load_stage1(stage1_checkpoint: str, device: torch.device | str = "cpu") -> t
     path = Path(stage1_checkpoint)
     if not path.is_file():
         raise RecoveryConfigError(f"model.stage1_checkpoint {path} does not exist; run stage 1 first (clods-pl stage1)")
-    from clods_pl.stages.appearance import load_smgs_from_checkpoint
+    from clods_pl.stages.appearance import load_smgs_from_checkpoint  # noqa: PLC0415  (stage-1 code on demand)
 
     smgs, _meta = load_smgs_from_checkpoint(str(path))
     smgs = smgs.to(device).eval()
@@ -428,7 +437,7 @@ def load_stage1(stage1_checkpoint: str, device: torch.device | str = "cpu") -> t
 
 
 def _read_dataset(dataset_dir: str) -> Any:
-    from clods_pl.data.format import read_dataset
+    from clods_pl.data.format import read_dataset  # noqa: PLC0415  (the data package loads lazily)
 
     return read_dataset(dataset_dir)
 

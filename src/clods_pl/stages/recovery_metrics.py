@@ -5,8 +5,9 @@ Ground truth enters only here (evaluation); the recovery optimisation never sees
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -130,7 +131,7 @@ def evaluate_novel_views(smgs: Any, dataset_traj: Any, recovered_verts: Tensor |
     return NovelViewResult(np.asarray(frames), np.asarray(psnr, np.float32), np.asarray(ssim, np.float32))
 
 
-def novel_view_table(results: Mapping[str, Sequence[NovelViewResult] | NovelViewResult]) -> "Any":
+def novel_view_table(results: Mapping[str, Sequence[NovelViewResult] | NovelViewResult]) -> Any:
     """Tabulate novel-view metrics per opacity mode.
 
     Args:
@@ -138,7 +139,7 @@ def novel_view_table(results: Mapping[str, Sequence[NovelViewResult] | NovelView
     Returns:
         pandas DataFrame indexed by mode with columns ``psnr``, ``ssim`` (means over all frames) and ``frames``.
     """
-    import pandas as pd
+    import pandas as pd  # noqa: PLC0415  (only the novel-view table needs pandas)
 
     rows = []
     for mode, res in results.items():
