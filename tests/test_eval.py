@@ -70,6 +70,10 @@ def test_run_evaluation_writes_metrics_table_plot_video_and_report(tmp_path):
     gif = eval_dir / metrics["videos"][0]
     frames = imageio.mimread(gif)
     assert len(frames) == 12 and frames[0].shape[-1] in (3, 4)
+    from PIL import Image
+
+    with Image.open(gif) as im:  # 10 fps: 100 ms per frame (it was written with a delay of 0)
+        assert im.info["duration"] == 100
     report = build_report(tmp_path / "run")
     text = report.read_text()
     assert "Rollout RMSE" in text and "rmse_over_steps.png" in text and "videos/" in text

@@ -311,3 +311,10 @@ def test_disk_full_is_one_line_and_keeps_finished_stages(dummy: dict, monkeypatc
     monkeypatch.setattr(runner.Manifest, "finish_stage", real)
     assert main(["pipeline", "--config", cfg]) == 0  # space freed: the pipeline repairs the failed stage
     assert _manifest(run)["stages"]["stage2"]["status"] == "done"
+
+
+def test_version(capsys: pytest.CaptureFixture) -> None:
+    from clods_pl import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"clods-pl {__version__}"

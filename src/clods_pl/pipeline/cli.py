@@ -142,6 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
+    if argv[0] in ("--version", "-V", "version"):
+        from clods_pl import __version__  # noqa: PLC0415  (keeps `clods-pl --version` instant)
+
+        print(f"clods-pl {__version__}")
+        return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"clods-pl: error: unknown command '{command}'; choose from {', '.join(COMMANDS)}", file=sys.stderr)

@@ -62,7 +62,7 @@ def write_rollout_video(pred: np.ndarray, gt: np.ndarray, faces: np.ndarray, pat
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = rollout_frames(pred, gt, faces, title or path.stem, max_frames)
     if path.suffix.lower() == ".gif":
-        imageio.mimsave(path, frames, duration=1.0 / fps, loop=0)
+        imageio.mimsave(path, frames, duration=1000.0 / fps, loop=0)  # milliseconds per frame (imageio >= 2.28)
     else:
         imageio.mimsave(path, frames, fps=fps)
     return path
