@@ -82,5 +82,5 @@ def test_lpips_is_skipped_without_local_backbone_weights(tmp_path, monkeypatch, 
     module = AppearanceModule(gaussians_per_face=2, mlp_hidden=32)
     assert module._lpips_metric() is None
     out = capsys.readouterr().out
-    assert "LPIPS skipped" in out and "alexnet-owt-7be5be79.pth missing" in out
+    assert "LPIPS skipped" in out and "alexnet-owt-7be5be79.pth" in out
     assert not (tmp_path / "checkpoints").exists()  # nothing was fetched

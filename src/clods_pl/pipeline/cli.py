@@ -148,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"clods-pl {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
+    if command in EXPERIMENT_COMMANDS or command == "recover":
+        from clods_pl.pipeline.console import quiet_console  # noqa: PLC0415  (imports lightning: not for --help)
+
+        quiet_console()
     if command not in COMMANDS:
         print(f"clods-pl: error: unknown command '{command}'; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2

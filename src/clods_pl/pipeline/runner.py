@@ -23,7 +23,7 @@ import torch
 from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
 from jsonargparse import ArgumentParser, Namespace
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from clods_pl.errors import BackendUnavailableError, ClodsError, ManifestError
@@ -50,7 +50,7 @@ CUDA_BACKENDS = {"gsplat": ("gsplat", "pip install gsplat==1.5.3"),
                            "build graphdeco-inria/diff-gaussian-rasterization yourself (non-commercial licence)")}
 SUMMARY_FILE = "summary.json"
 RUN_LOCK, RUN_LOCK_PID = "run.lock", "run.lock.pid"
-SETTINGS_TAG = "settings.sha256"  # in a checkpoints folder: the hash of the settings its checkpoints were made with
+STAMP_KEY = "clods_pl_settings_digest"  # in every stage checkpoint: the digest of the settings it was made with
 UPSTREAM = {"stage1": (), "stage2": ("stage1",), "stage3": ("stage2",), EVAL_NAME: ("stage3",)}
 
 
@@ -117,13 +117,25 @@ def check_backends(cfg: Namespace, stage: str) -> None:
                 f"set {stage}.trainer.accelerator=gpu (or {stage}.{key}=torch)")
 
 
-def _loadable(ckpt: Path) -> bool:
-    """Whether a Lightning checkpoint file reads back (a truncated one raises inside torch.load)."""
+class SettingsStamp(Callback):
+    """Writes the stage's settings digest into every checkpoint it saves (key ``STAMP_KEY``), so a resume can tell
+    a checkpoint of these settings from one of other settings left in the same folder."""
+
+    def __init__(self, digest: str) -> None:
+        self.digest = digest
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[STAMP_KEY] = self.digest
+
+
+def _checkpoint_stamp(ckpt: Path) -> str:
+    """The settings digest stamped in a checkpoint ("" when it has none); None when the file does not read back
+    (truncated while writing, or not a checkpoint)."""
     try:
-        torch.load(ckpt, map_location="cpu", weights_only=False)
-        return True
+        data = torch.load(ckpt, map_location="cpu", weights_only=False)
     except Exception:  # truncated zip, EOF, unpickling errors: all mean "cannot resume from this file"
-        return False
+        return None
+    return str(data.get(STAMP_KEY, "")) if isinstance(data, dict) else ""
 
 
 def check_trainer_limits(stage: str, trainer: dict[str, Any]) -> None:
@@ -267,7 +279,8 @@ class StageRunner:
         kwargs.update(injected)
         return cls(**kwargs)
 
-    def _trainer(self, stage: str, stage_dir: Path, name: str, fit: bool) -> L.Trainer:
+    def _trainer(self, stage: str, stage_dir: Path, name: str, fit: bool, validate: bool = True,
+                 stamp_extra: dict[str, Any] | None = None) -> L.Trainer:
         from clods_pl.pipeline.loggers import build_loggers  # noqa: PLC0415
 
         kwargs = section(self.cfg, f"{stage}.trainer")
@@ -275,9 +288,12 @@ class StageRunner:
         loggers = build_loggers(self.cfg.get("logger", "csv"), save_dir=stage_dir / LOGS_DIR, name=name,
                                 project=wandb.get("project", "clods-pl"), entity=wandb.get("entity"),
                                 offline=wandb.get("offline"), tags=wandb.get("tags") or None)
-        callbacks = [ModelCheckpoint(dirpath=stage_dir / CHECKPOINTS_DIR, save_last=True)] if fit else []
+        callbacks = [ModelCheckpoint(dirpath=stage_dir / CHECKPOINTS_DIR, save_last=True),
+                     SettingsStamp(self.settings_digest(stage, stamp_extra))] if fit else []
         if not fit:
             kwargs["enable_checkpointing"] = False
+        if not validate:  # no validation data: skip the loop instead of handing Lightning an empty one
+            kwargs["limit_val_batches"] = 0
         return L.Trainer(**kwargs, logger=loggers, callbacks=callbacks, default_root_dir=str(stage_dir))
 
     def _save_config(self, stage: str) -> None:
@@ -285,30 +301,36 @@ class StageRunner:
             text = self.parser.dump(self.cfg, skip_check=True)
             atomic_write_text(self.run_dir / stage / "config.yaml", text)
 
-    def _resume_ckpt(self, ckpt_dir: Path, stage: str, extra: dict[str, Any] | None = None) -> str | None:
-        """``ckpt_dir/last.ckpt`` when it was written with this stage's current settings (the folder carries their
-        hash in ``SETTINGS_TAG``); otherwise the folder's checkpoints (other settings, or a run too old to say) are
-        removed with a notice and training starts over, so a resume never mixes two configurations."""
+    def settings_digest(self, stage: str, extra: dict[str, Any] | None = None) -> str:
+        """sha256 of what determines ``stage``'s result (its settings, upstream settings, dataset fingerprint)."""
         from clods_pl.utils.files import sha256_json  # noqa: PLC0415
 
-        digest = sha256_json({**self.stage_config(stage), **(extra or {})})
-        tag, last = ckpt_dir / SETTINGS_TAG, ckpt_dir / "last.ckpt"
-        if last.is_file() and tag.is_file() and tag.read_text().strip() == digest:
-            # newest first; a checkpoint cut short (killed while writing) is skipped with a notice
-            for ckpt in [last] + sorted((p for p in ckpt_dir.glob("*.ckpt") if p != last),
-                                        key=lambda p: p.stat().st_mtime, reverse=True):
-                if _loadable(ckpt):
-                    print(f"[clods-pl] {stage}: resuming from {ckpt}")
-                    return str(ckpt)
+        return sha256_json({**self.stage_config(stage), **(extra or {})})
+
+    def _resume_ckpt(self, ckpt_dir: Path, stage: str, extra: dict[str, Any] | None = None) -> str | None:
+        """The newest checkpoint in ``ckpt_dir`` (``last.ckpt`` first) stamped with this stage's current settings
+        (``SettingsStamp`` writes the digest into every checkpoint); a truncated one is skipped with a notice. With
+        none, the folder's checkpoints (other settings, unreadable, or too old to say) are removed with a notice and
+        training starts over, so a resume never mixes two configurations."""
+        digest = self.settings_digest(stage, extra)
+        last = ckpt_dir / "last.ckpt"
+        found = [last] if last.is_file() else []
+        found += sorted((p for p in ckpt_dir.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime,
+                        reverse=True) if ckpt_dir.is_dir() else []
+        other = 0
+        for ckpt in found:
+            stamp = _checkpoint_stamp(ckpt)
+            if stamp == digest:
+                print(f"[clods-pl] {stage}: resuming from {ckpt}")
+                return str(ckpt)
+            if stamp is None:
                 print(f"[clods-pl] {stage}: {ckpt} is truncated or corrupt (killed while writing?); skipping it")
-        same = tag.is_file() and tag.read_text().strip() == digest
-        if rank_zero_only.rank == 0:
-            if ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt")):
-                why = "none of them reads back" if same else "they were made with other settings"
-                print(f"[clods-pl] {stage}: cannot resume from the checkpoints in {ckpt_dir} ({why}); starting over")
-                shutil.rmtree(ckpt_dir)
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(tag, digest + "\n")
+            else:
+                other += 1
+        if found and rank_zero_only.rank == 0:
+            why = "they were made with other settings" if other else "none of them reads back"
+            print(f"[clods-pl] {stage}: cannot resume from the checkpoints in {ckpt_dir} ({why}); starting over")
+            shutil.rmtree(ckpt_dir)
         return None
 
     # ----- dataset requirements ----------------------------------------------------------------------
@@ -497,7 +519,9 @@ class StageRunner:
             model = self._instantiate("stage3", "model", {})
             data = self._instantiate("stage3", "data", {"dataset_dir": dataset, "mesh_cache_dir": str(cache_dir),
                                                          "source": source})
-            trainer = self._trainer("stage3", sub, f"stage3-{safe_name(source)}", fit=True)
+            trainer = self._trainer("stage3", sub, f"stage3-{safe_name(source)}", fit=True,
+                                    validate=bool(getattr(data, "val_split", None)),
+                                    stamp_extra={"stage3.source": source})
             trainer.fit(model, datamodule=data, ckpt_path=resume)
             ckpt = stage_dir / f"{safe_name(source)}.ckpt"
             trainer.save_checkpoint(ckpt)

@@ -10,6 +10,7 @@ Loss: ``(1 - ssim_weight) L1 + ssim_weight (1 - SSIM)`` on RGB composited over t
 
 from __future__ import annotations
 
+import importlib.util
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,15 +268,17 @@ class AppearanceModule(L.LightningModule):
         """LPIPS when its backbone weights are available locally; otherwise None with one notice (no downloads)."""
         if not self._lpips_checked:
             self._lpips_checked = True
+            weights = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONE_WEIGHTS
             try:
-                weights = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONE_WEIGHTS
+                if importlib.util.find_spec("torchvision") is None:
+                    raise ModuleNotFoundError(f"it needs torchvision (`pip install torchvision`) and {weights}")
                 if not weights.is_file():  # torchvision would try to download it (and hang on an offline machine)
                     raise FileNotFoundError(f"{weights} missing; put torchvision's AlexNet weights there to get LPIPS")
                 from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity  # noqa: PLC0415
 
                 self._lpips = LearnedPerceptualImagePatchSimilarity(net_type="alex").to(self.device)
             except Exception as exc:  # torchvision missing or weights not cached: never download here
-                notice = f"[clods-pl] LPIPS skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+                notice = f"[clods-pl] LPIPS skipped (PSNR and SSIM still reported): {str(exc).splitlines()[0][:200]}"
                 if self._trainer is None:
                     print(notice)
                 else:
