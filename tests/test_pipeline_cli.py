@@ -318,3 +318,11 @@ def test_version(capsys: pytest.CaptureFixture) -> None:
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"clods-pl {__version__}"
+
+
+def test_stage_help_is_short_and_lists_the_stage_options(capsys: pytest.CaptureFixture) -> None:
+    assert main(["stage1", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--stage1.model.gaussians_per_face" in out and "--stage1.trainer" in out
+    assert "--stage2.model" not in out and "--stage1.trainer.max_epochs MAX_EPOCHS" not in out
+    assert len(out.splitlines()) < 250  # was 1,324 lines: three stages x every lightning.Trainer argument

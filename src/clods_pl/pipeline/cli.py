@@ -87,9 +87,14 @@ def _report_command(argv: Sequence[str]) -> int:
 
 
 def _experiment_command(command: str, argv: Sequence[str]) -> int:
-    from clods_pl.pipeline.experiment import build_parser, rewrite_stage_overrides  # noqa: PLC0415
+    from clods_pl.pipeline.experiment import STAGE_NAMES, build_parser, rewrite_stage_overrides  # noqa: PLC0415
     from clods_pl.pipeline.runner import StageRunner  # noqa: PLC0415
 
+    if "-h" in argv or "--help" in argv:  # this stage's own options, the Trainer in one line: fast and short
+        stages = (command,) if command.startswith("stage") else STAGE_NAMES
+        parser, _ = build_parser(prog=f"clods-pl {command}", stages=stages, trainer_arguments=False)
+        parser.print_help()
+        return 0
     parser, unavailable = build_parser(prog=f"clods-pl {command}")
     parser.add_argument("--force", type=bool, default=False,
                         help="run even when the outputs are up to date (pipeline: every stage)")

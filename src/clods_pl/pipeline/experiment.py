@@ -87,10 +87,13 @@ def _add_class(parser: ArgumentParser, cls: type, key: str, skip: set[str]) -> N
 
 
 def build_parser(prog: str = "clods-pl", stages: Sequence[str] = STAGE_NAMES,
-                 description: str | None = None) -> tuple[ArgumentParser, dict[str, str]]:
+                 description: str | None = None, trainer_arguments: bool = True
+                 ) -> tuple[ArgumentParser, dict[str, str]]:
     """The experiment parser and ``{stage: reason}`` for stages whose code could not be imported.
 
     An unavailable stage's section is accepted as a free-form dict, so the other stages still run.
+    ``trainer_arguments=False`` (for ``--help``) lists ``<stage>.trainer`` as one line instead of the ~60 typed
+    ``lightning.Trainer`` arguments per stage.
     """
     # allow_abbrev=False: argparse would otherwise take a misspelt `--stage1.model.opacity_mod` for `opacity_mode`
     parser = ArgumentParser(prog=prog, description=description, exit_on_error=False, allow_abbrev=False)
@@ -116,7 +119,12 @@ def build_parser(prog: str = "clods-pl", stages: Sequence[str] = STAGE_NAMES,
             continue
         _add_class(parser, module_cls, f"{name}.model", set(spec.model_inputs))
         _add_class(parser, data_cls, f"{name}.data", set(spec.data_inputs))
-        _add_class(parser, L.Trainer, f"{name}.trainer", TRAINER_SKIP)
+        if trainer_arguments:
+            _add_class(parser, L.Trainer, f"{name}.trainer", TRAINER_SKIP)
+        else:
+            parser.add_argument(f"--{name}.trainer", type=dict, default={},
+                                help=f"any lightning.Trainer argument, e.g. --{name}.trainer.max_epochs 4 (see "
+                                     "Lightning's Trainer docs; --print_config shows every one)")
     if "stage3" in stages and "stage3" not in unavailable:
         parser.add_argument("--stage3.sources", type=list[str] | None, default=None,
                             help="stage-3 sources trained in turn (recovered, gt, gt:N, mixed:N); "
