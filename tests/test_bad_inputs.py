@@ -187,6 +187,8 @@ SETTING_CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "holdout_view_out_of_range": (["stage1", "--stage1.data.holdout_views", "[7]"], ("holdout_views",)),
     "rollout_length_zero": (["stage3", "--stage3.model.rollout_length", "0", "--stage3.data.rollout_length", "0"],
                             ("rollout_length",)),
+    "windows_shorter_than_rollout": (["stage3", "--stage3.model.rollout_length", "8", "--stage3.data.rollout_length",
+                                      "4"], ("stage3.data.rollout_length >= 8",)),
     "stage3_batch_size_zero": (["stage3", "--stage3.data.batch_size", "0"], ("batch_size",)),
     "stage3_unknown_source": (["stage3", "--stage3.sources", "[simulated]"], ("simulated",)),
     "stage3_compile_mode": (["stage3", "--stage3.model.compile_mode", "turbo"], ("compile_mode",)),

@@ -388,9 +388,10 @@ class StageRunner:
             data_inputs["source"] = self.stage3_sources()[0]
             model_rl = section(self.cfg, "stage3.model").get("rollout_length")
             data_rl = section(self.cfg, "stage3.data").get("rollout_length")
-            if model_rl is not None and data_rl is not None and model_rl != data_rl:
-                raise ClodsError(f"stage3.model.rollout_length={model_rl} but stage3.data.rollout_length={data_rl}; "
-                                 "set both to the same value")
+            if model_rl is not None and data_rl is not None and data_rl < model_rl:
+                raise ClodsError(f"stage3.model.rollout_length={model_rl} needs windows of {model_rl + 2} frames but "
+                                 f"stage3.data.rollout_length={data_rl} makes them {data_rl + 2}; set "
+                                 f"stage3.data.rollout_length >= {model_rl} (usually equal)")
         spec = STAGES[stage]
         injected = {"model": set(spec.model_inputs), "data": set(spec.data_inputs) | {"source"} & set(data_inputs)}
         for role, inputs in (("model", model_inputs), ("data", data_inputs)):
