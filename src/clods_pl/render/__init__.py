@@ -1,4 +1,4 @@
-"""Differentiable Gaussian rasterization: one contract, three backends (``torch``, ``gsplat``, ``inria``)."""
+"""Differentiable Gaussian rasterization: one contract, four backends (``torch``, ``cpu``, ``gsplat``, ``inria``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import Tensor
 from clods_pl.errors import BackendUnavailableError
 from clods_pl.render.types import RenderOutput
 
-BACKENDS = ("torch", "gsplat", "inria")
+BACKENDS = ("torch", "cpu", "gsplat", "inria")
 
 __all__ = ["BACKENDS", "RenderOutput", "available_backends", "rasterize"]
 
@@ -19,6 +19,13 @@ def _backend_fn(name: str) -> Callable[..., RenderOutput]:
     if name == "torch":
         from clods_pl.render.torch_backend import rasterize_torch  # noqa: PLC0415
         return rasterize_torch
+    if name == "cpu":
+        try:
+            from clods_pl.render.cpu_backend import rasterize_cpu  # noqa: PLC0415
+        except ImportError as exc:
+            raise BackendUnavailableError(f"backend 'cpu' needs numba (`pip install numba`; {exc}); "
+                                          "use backend=torch") from exc
+        return rasterize_cpu
     if name == "gsplat":
         from clods_pl.render.gsplat_backend import rasterize_gsplat  # noqa: PLC0415
         return rasterize_gsplat
