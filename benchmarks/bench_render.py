@@ -1,6 +1,6 @@
 """Rasterizer forward+backward time and peak memory per backend.
 
-    python -m benchmarks.bench_render --device cpu --quick --threads 2  # -> benchmarks/results/render_cpu_2threads.json
+    python -m benchmarks.bench_render --device cpu --quick --threads 2  # torch and cpu -> results/render_cpu_2threads.json
     python -m benchmarks.bench_render --device cuda            # torch, gsplat, inria (when installed)
     # CUDA sizes: 10k / 100k / 1M Gaussians at 512 px (torch up to 100k)
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    backends = args.backends or (["torch"] if device.type == "cpu" else ["torch", "gsplat", "inria"])
+    backends = args.backends or (["torch", "cpu"] if device.type == "cpu" else ["torch", "gsplat", "inria"])
     rows = []
     sizes = CUDA if device.type == "cuda" else QUICK if args.quick else FULL
     for backend in backends:
