@@ -1,6 +1,6 @@
 """Rasterizer forward+backward time and peak memory per backend.
 
-    python -m benchmarks.bench_render --device cpu --quick --threads 2  # torch and cpu -> results/render_cpu_2threads.json
+    python -m benchmarks.bench_render --device cpu --quick --threads 2  # torch, cpu -> results/render_cpu_2threads.json
     python -m benchmarks.bench_render --device cuda            # torch, gsplat, inria (when installed)
     # CUDA sizes: 10k / 100k / 1M Gaussians at 512 px (torch up to 100k)
 
