@@ -326,3 +326,23 @@ def test_stage_help_is_short_and_lists_the_stage_options(capsys: pytest.CaptureF
     assert "--stage1.model.gaussians_per_face" in out and "--stage1.trainer" in out
     assert "--stage2.model" not in out and "--stage1.trainer.max_epochs MAX_EPOCHS" not in out
     assert len(out.splitlines()) < 250  # was 1,324 lines: three stages x every lightning.Trainer argument
+
+
+def test_threads_setting_default_and_notice(dummy: dict, capsys: pytest.CaptureFixture) -> None:
+    """Issue 13: the CLI picks torch's thread count itself (a loaded 2-core box is 10-20x slower with 2 threads)."""
+    import torch
+
+    from clods_pl.pipeline.cli import default_threads
+
+    assert default_threads(2, 1.3, None) == (1, "2 cores, load 1.3")
+    assert default_threads(2, 0.1, None)[0] == 2 and default_threads(16, 20.0, None)[0] == 1
+    assert default_threads(8, 0.0, "3") == (3, "OMP_NUM_THREADS=3")
+    before = torch.get_num_threads()
+    try:
+        assert main(["stage1", "--config", dummy["cfg"], "--threads", "1"]) == 0
+        assert "[clods-pl] 1 CPU thread (--threads; --threads N to change)" in capsys.readouterr().out
+        assert torch.get_num_threads() == 1
+        assert main(["stage1", "--config", dummy["cfg"], "--threads", "0"]) == 2
+        assert "--threads=0; it must be >= 1" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

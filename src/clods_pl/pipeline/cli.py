@@ -101,6 +101,7 @@ def _experiment_command(command: str, argv: Sequence[str]) -> int:
     if command.startswith("stage"):
         argv = rewrite_stage_overrides(command, argv)
     cfg = parser.parse_args(list(argv))
+    set_threads(cfg.get("threads"))
     runner = StageRunner(parser, cfg, unavailable)
     force = bool(cfg.get("force"))
     if command == "pipeline":
@@ -116,6 +117,36 @@ def _experiment_command(command: str, argv: Sequence[str]) -> int:
     return 0
 
 
+def default_threads(cores: int, load: float, env: str | None) -> tuple[int, str]:
+    """(threads, why): ``OMP_NUM_THREADS`` when set, else the cores the 1-minute load average leaves free, >= 1.
+    Two torch threads on a busy 2-core machine run 10-20x slower than one (BENCHMARKS.md), hence the load."""
+    if env:
+        try:
+            return max(1, int(env)), f"OMP_NUM_THREADS={env}"
+        except ValueError:
+            pass
+    free = max(1, int(cores - load + 0.5))
+    return free, f"{cores} cores, load {load:.1f}"
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (``--threads`` or :func:`default_threads`) and say so in one line."""
+    import os  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    if threads is not None:
+        if threads < 1:
+            raise ClodsError(f"--threads={threads}; it must be >= 1")
+        n, why = threads, "--threads"
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n, why = default_threads(cores, os.getloadavg()[0], os.environ.get("OMP_NUM_THREADS"))
+    torch.set_num_threads(n)
+    print(f"[clods-pl] {n} CPU thread{'s' if n > 1 else ''} ({why}; --threads N to change)")
+    return n
+
+
 def _recover_command(argv: Sequence[str]) -> int:
     from clods_pl.pipeline.experiment import build_parser  # noqa: PLC0415
     from clods_pl.pipeline.runner import MESH_CACHE_DIR, StageRunner, check_backends, dataset_of, stage_device  # noqa: PLC0415
@@ -124,6 +155,7 @@ def _recover_command(argv: Sequence[str]) -> int:
     parser.add_argument("--traj", type=str, required=True, help="trajectory name")
     parser.add_argument("--frames", type=str | None, default=None, help="A:B frame range (default: all)")
     cfg = parser.parse_args(list(argv))
+    set_threads(cfg.get("threads"))
     runner = StageRunner(parser, cfg, unavailable)
     check_backends(cfg, "stage2")
     runner.consumed("stage2")

@@ -102,6 +102,9 @@ def build_parser(prog: str = "clods-pl", stages: Sequence[str] = STAGE_NAMES,
                         help="run directory (default: runs/<config name>)")
     parser.add_argument("--dataset", type=str | None, default=None, help="dataset folder (docs/dataset.md)")
     parser.add_argument("--seed_everything", type=int, default=0, help="seed for every stage")
+    parser.add_argument("--threads", type=int | None, default=None,
+                        help="CPU threads for torch (and the cpu rasterizer); default: OMP_NUM_THREADS when set, "
+                             "else the cores the current load leaves free (at least 1)")
     parser.add_argument("--logger", type=str, default="csv", choices=LOGGER_KINDS, help="csv, wandb or both")
     parser.add_argument("--wandb.project", type=str, default="clods-pl")
     parser.add_argument("--wandb.entity", type=str | None, default=None)
