@@ -72,38 +72,58 @@ def _forward(attrs: np.ndarray, reach: np.ndarray, tile_start: np.ndarray, gids:
         c, lt = t // tiles_per_cam, t % tiles_per_cam
         x0, y0 = (lt % tiles_x) * TILE, (lt // tiles_x) * TILE
         x1, y1 = min(x0 + TILE, width), min(y0 + TILE, height)
+        # the tile's pixel state lives in small local arrays (cache-resident), written out once at the end
+        T_loc = np.ones((TILE, TILE))
+        F_loc = np.zeros((TILE, TILE, D))
+        L_loc = np.full((TILE, TILE), -1, np.int64)
         done = np.zeros((TILE, TILE), np.bool_)
+        f = np.empty(D)
         left = (x1 - x0) * (y1 - y0)
         for k in range(s, e):
             g = gids[k]
             mx, my, a, b, cc, lo = attrs[g, 0], attrs[g, 1], attrs[g, 2], attrs[g, 3], attrs[g, 4], attrs[g, 5]
+            for d in range(D):
+                f[d] = attrs[g, ATTR + d]
             bx0, bx1, by0, by1 = _box(mx, my, reach[g], x0, x1, y0, y1)
             q = 2.0 * (lo - LOG_ALPHA_MIN)
+            step2 = math.exp(-a)
             for py in range(by0, by1):
                 dy = py + 0.5 - my
                 rx0, rx1 = _row(mx, a, b, cc, q, dy, bx0, bx1)
+                if rx0 >= rx1:
+                    continue
+                # opacity * exp(power) along the row by two products per pixel instead of one exp (see _backward)
+                dx = rx0 + 0.5 - mx
+                G = math.exp(lo - 0.5 * (a * dx * dx + cc * dy * dy) - b * dx * dy)
+                ratio = math.exp(-0.5 * a * (2.0 * dx + 1.0) - b * dy)
+                iy = py - y0
                 for px in range(rx0, rx1):
-                    if done[py - y0, px - x0]:
+                    raw = min(G, 1.0)
+                    G *= ratio
+                    ratio *= step2
+                    ix = px - x0
+                    if done[iy, ix] or raw < ALPHA_MIN:
                         continue
-                    dx = px + 0.5 - mx
-                    la = lo - 0.5 * (a * dx * dx + cc * dy * dy) - b * dx * dy
-                    alpha = math.exp(min(la, 0.0))
-                    if alpha < ALPHA_MIN:
-                        continue
-                    alpha = min(alpha, ALPHA_MAX)
-                    T = trans[c, py, px]
+                    alpha = min(raw, ALPHA_MAX)
+                    T = T_loc[iy, ix]
                     nxt = T * (1.0 - alpha)
                     if nxt < T_MIN:  # stop before the transmittance falls below T_MIN (3DGS)
-                        done[py - y0, px - x0] = True
+                        done[iy, ix] = True
                         left -= 1
                         continue
                     w = alpha * T
                     for d in range(D):
-                        feat[c, py, px, d] += w * attrs[g, ATTR + d]
-                    trans[c, py, px] = nxt
-                    last[c, py, px] = k
+                        F_loc[iy, ix, d] += w * f[d]
+                    T_loc[iy, ix] = nxt
+                    L_loc[iy, ix] = k
             if left == 0:
                 break
+        for py in range(y0, y1):
+            for px in range(x0, x1):
+                trans[c, py, px] = T_loc[py - y0, px - x0]
+                last[c, py, px] = L_loc[py - y0, px - x0]
+                for d in range(D):
+                    feat[c, py, px, d] = F_loc[py - y0, px - x0, d]
 
 
 @njit(parallel=True, cache=True)
@@ -118,46 +138,71 @@ def _backward(attrs: np.ndarray, reach: np.ndarray, tile_start: np.ndarray, gids
         c, lt = t // tiles_per_cam, t % tiles_per_cam
         x0, y0 = (lt % tiles_x) * TILE, (lt // tiles_x) * TILE
         x1, y1 = min(x0 + TILE, width), min(y0 + TILE, height)
-        T_cur = np.empty((TILE, TILE))
-        behind = np.empty((TILE, TILE))  # sum over later Gaussians of w_j f_j . g, plus g_T * T_final
+        T_cur = np.ones((TILE, TILE))
+        behind = np.zeros((TILE, TILE))  # sum over later Gaussians of w_j f_j . g, plus g_T * T_final
+        G_loc = np.zeros((TILE, TILE, D))
+        L_loc = np.full((TILE, TILE), -1, np.int64)
+        f = np.empty(D)
         for py in range(y0, y1):
             for px in range(x0, x1):
-                T_cur[py - y0, px - x0] = trans[c, py, px]
-                behind[py - y0, px - x0] = g_trans[c, py, px] * trans[c, py, px]
+                iy, ix = py - y0, px - x0
+                T_cur[iy, ix] = trans[c, py, px]
+                behind[iy, ix] = g_trans[c, py, px] * trans[c, py, px]
+                L_loc[iy, ix] = last[c, py, px]
+                for d in range(D):
+                    G_loc[iy, ix, d] = g_feat[c, py, px, d]
         for k in range(e - 1, s - 1, -1):
             g = gids[k]
             mx, my, a, b, cc, lo = attrs[g, 0], attrs[g, 1], attrs[g, 2], attrs[g, 3], attrs[g, 4], attrs[g, 5]
+            for d in range(D):
+                f[d] = attrs[g, ATTR + d]
             bx0, bx1, by0, by1 = _box(mx, my, reach[g], x0, x1, y0, y1)
             q = 2.0 * (lo - LOG_ALPHA_MIN)
+            step2 = math.exp(-a)
+            g_mx = g_my = g_a = g_b = g_c = g_lo = 0.0
             for py in range(by0, by1):
                 dy = py + 0.5 - my
                 rx0, rx1 = _row(mx, a, b, cc, q, dy, bx0, bx1)
+                if rx0 >= rx1:
+                    continue
+                # log alpha is quadratic in dx: alpha(dx + 1) / alpha(dx) = exp(-a (dx + 1/2) - b dy), and that
+                # ratio itself changes by exp(-a) per pixel
+                dx0 = rx0 + 0.5 - mx
+                G = math.exp(lo - 0.5 * (a * dx0 * dx0 + cc * dy * dy) - b * dx0 * dy)
+                ratio = math.exp(-0.5 * a * (2.0 * dx0 + 1.0) - b * dy)
+                iy = py - y0
                 for px in range(rx0, rx1):
-                    if k > last[c, py, px]:
-                        continue
-                    dx = px + 0.5 - mx
-                    la = lo - 0.5 * (a * dx * dx + cc * dy * dy) - b * dx * dy
-                    raw = math.exp(min(la, 0.0))
-                    if raw < ALPHA_MIN:
+                    raw = min(G, 1.0)
+                    G *= ratio
+                    ratio *= step2
+                    ix = px - x0
+                    if k > L_loc[iy, ix] or raw < ALPHA_MIN:
                         continue
                     alpha = min(raw, ALPHA_MAX)
-                    T_before = T_cur[py - y0, px - x0] / (1.0 - alpha)
+                    T_before = T_cur[iy, ix] / (1.0 - alpha)
                     fg = 0.0
                     for d in range(D):
-                        gd = g_feat[c, py, px, d]
-                        fg += attrs[g, ATTR + d] * gd
+                        gd = G_loc[iy, ix, d]
+                        fg += f[d] * gd
                         g_pair[k, ATTR + d] += alpha * T_before * gd
-                    dl_dalpha = T_before * fg - behind[py - y0, px - x0] / (1.0 - alpha)
-                    behind[py - y0, px - x0] += alpha * T_before * fg
-                    T_cur[py - y0, px - x0] = T_before
+                    dl_dalpha = T_before * fg - behind[iy, ix] / (1.0 - alpha)
+                    behind[iy, ix] += alpha * T_before * fg
+                    T_cur[iy, ix] = T_before
                     if raw < ALPHA_MAX:  # neither clamp active: d alpha / d log alpha = alpha
+                        dx = px + 0.5 - mx
                         g_la = dl_dalpha * alpha
-                        g_pair[k, 0] += g_la * (a * dx + b * dy)
-                        g_pair[k, 1] += g_la * (cc * dy + b * dx)
-                        g_pair[k, 2] += g_la * (-0.5 * dx * dx)
-                        g_pair[k, 3] += g_la * (-dx * dy)
-                        g_pair[k, 4] += g_la * (-0.5 * dy * dy)
-                        g_pair[k, 5] += g_la
+                        g_mx += g_la * (a * dx + b * dy)
+                        g_my += g_la * (cc * dy + b * dx)
+                        g_a += g_la * (-0.5 * dx * dx)
+                        g_b += g_la * (-dx * dy)
+                        g_c += g_la * (-0.5 * dy * dy)
+                        g_lo += g_la
+            g_pair[k, 0] += g_mx
+            g_pair[k, 1] += g_my
+            g_pair[k, 2] += g_a
+            g_pair[k, 3] += g_b
+            g_pair[k, 4] += g_c
+            g_pair[k, 5] += g_lo
 
 
 class _Composite(torch.autograd.Function):
