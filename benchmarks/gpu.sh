@@ -32,7 +32,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 step gsplat-jit 300 python3 -m benchmarks.gsplat_jit
 step gpu-tests 240 python3 -m pytest -q -s -m gpu -p no:cacheprovider tests/test_render_gpu.py
 step bench-render 180 python3 -m benchmarks.bench_render --device cuda --repeats 10
-step bench-dynamics 120 python3 -m benchmarks.bench_dynamics --device cuda --repeats 10 --train_steps 30
+step bench-dynamics 240 python3 -m benchmarks.bench_dynamics --device cuda --repeats 10 --train_steps 30 \
+    --compile_modes none reduce-overhead
 if [[ ! -f data/gpu_bench/dataset.json ]]; then
     step data 300 python3 -m clods_pl data generate --config experiments/data/gpu_bench.yaml --out data/gpu_bench
 fi
