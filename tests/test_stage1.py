@@ -84,3 +84,29 @@ def test_lpips_is_skipped_without_local_backbone_weights(tmp_path, monkeypatch, 
     out = capsys.readouterr().out
     assert "LPIPS skipped" in out and "alexnet-owt-7be5be79.pth" in out
     assert not (tmp_path / "checkpoints").exists()  # nothing was fetched
+
+
+def test_stage2_gets_the_smgs_and_background_of_stage1_strictly(mini: Path, tmp_path: Path) -> None:
+    """smgs/io.py: stage 2 rebuilds the SMGS from the checkpoint alone (options, topology, strict weights) and
+    composites over the background stage 1 fitted with, unless stage2.model.background says otherwise."""
+    from clods_pl.errors import ClodsError
+    from clods_pl.smgs.io import load_smgs
+    from clods_pl.stages.recovery import RecoveryModule
+
+    module, _dm, trainer = _fit(mini, tmp_path, steps=2, background=(0.0, 0.0, 0.0))
+    ckpt = tmp_path / "smgs.ckpt"
+    trainer.save_checkpoint(ckpt)
+    smgs, settings = load_smgs(ckpt)
+    assert settings.background == (0.0, 0.0, 0.0) and settings.backend == "torch"
+    assert smgs.options == module.smgs.options
+    stage2 = RecoveryModule(stage1_checkpoint=str(ckpt), cache_dir=str(tmp_path / "meshes"))
+    stage2._ensure_renderer()
+    assert stage2.config.background == (0.0, 0.0, 0.0)  # was white whatever stage 1 used
+    explicit = RecoveryModule(stage1_checkpoint=str(ckpt), cache_dir=str(tmp_path / "m2"), background=(1.0, 1.0, 1.0))
+    explicit._ensure_renderer()
+    assert explicit.config.background == (1.0, 1.0, 1.0)
+    broken = torch.load(ckpt, weights_only=False)
+    broken["state_dict"].pop("smgs.sh")
+    torch.save(broken, tmp_path / "broken.ckpt")
+    with pytest.raises(ClodsError, match="do not fit the SMGS"):
+        load_smgs(tmp_path / "broken.ckpt")

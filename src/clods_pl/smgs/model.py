@@ -66,6 +66,7 @@ class SMGS(nn.Module):
                                             learn_inplane_rotation=learn_inplane_rotation, two_sided=two_sided,
                                             init_color=tuple(init_color), init_opacity=init_opacity, seed=seed)
         self.normal_eps, self.sh_degree = float(normal_eps), int(sh_degree)
+        self.fitted_with: Any = None  # smgs.io.RenderSettings of the stage-1 fit, once loaded from a checkpoint
         self.register_buffer("faces", faces)
         self.register_buffer("mesh_pos", mesh_pos)
         self.register_buffer("verts0", verts0)

@@ -27,9 +27,10 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from clods_pl.errors import ClodsError, DatasetError
 from clods_pl.geometry import Cameras
 from clods_pl.smgs import OPACITY_MODES, SMGS, export_ply
+from clods_pl.smgs.io import SMGS_KEY, load_smgs, smgs_record
 
 RUN_MODE = "fit"
-TOPOLOGY_KEY = "smgs_topology"
+TOPOLOGY_KEY = SMGS_KEY
 PLY_NAME = "smgs_frame0.ply"
 LPIPS_BACKBONE_WEIGHTS = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet, the backbone of LPIPS(net="alex")
 
@@ -201,12 +202,12 @@ class AppearanceModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         assert self.smgs is not None
-        checkpoint[TOPOLOGY_KEY] = {"faces": self.smgs.faces.cpu(), "mesh_pos": self.smgs.mesh_pos.cpu(),
-                                    "verts0": self.smgs.verts0.cpu()}
+        checkpoint[TOPOLOGY_KEY] = smgs_record(self.smgs, self.background, self.hparams.backend)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.smgs is None:
-            self.build(**checkpoint[TOPOLOGY_KEY])
+            rec = checkpoint[TOPOLOGY_KEY]
+            self.build(rec["faces"], rec["mesh_pos"], rec["verts0"])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         assert self.smgs is not None, "SMGS is built in setup(); fit with a datamodule"
@@ -295,28 +296,10 @@ class AppearanceModule(L.LightningModule):
 
 def load_smgs_from_checkpoint(path: str | Path,
                               map_location: str | torch.device = "cpu") -> tuple[SMGS, dict[str, Any]]:
-    """Rebuild the fitted SMGS of a stage-1 checkpoint (eval mode, no gradients).
-
-    Returns:
-        (smgs, metadata) with metadata = the stage-1 hyper-parameters (backend, background, ...).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ClodsError(f"stage-1 checkpoint {path} does not exist; run `clods-pl stage1` first")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:
-        raise ClodsError(f"stage-1 checkpoint {path} cannot be read ({type(exc).__name__}); rerun stage 1") from exc
-    if TOPOLOGY_KEY not in ckpt:
-        raise ClodsError(f"{path} is not a stage-1 (SMGS) checkpoint: no '{TOPOLOGY_KEY}'")
-    hparams = dict(ckpt.get("hyper_parameters", {}))
-    module = AppearanceModule(**hparams)
-    module.build(**ckpt[TOPOLOGY_KEY])
-    module.load_state_dict(ckpt["state_dict"], strict=False)
-    smgs = module.smgs
-    assert smgs is not None
-    smgs.eval().requires_grad_(False)
-    return smgs, hparams
+    """Rebuild the fitted SMGS of a stage-1 checkpoint (eval mode, no gradients): ``smgs.io.load_smgs`` plus its
+    rendering settings as a dict (``background``, ``backend``)."""
+    smgs, settings = load_smgs(path, map_location)
+    return smgs, {"background": settings.background, "backend": settings.backend}
 
 
 def render_numpy(smgs: SMGS, verts: Tensor, cameras: Cameras, background: tuple[float, float, float],

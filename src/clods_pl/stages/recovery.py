@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 from clods_pl.data.splits import STANDARD_SPLITS, names_in_splits
 from clods_pl.errors import ClodsError
 from clods_pl.geometry import NodeType, unique_edges
+from clods_pl.smgs.io import load_smgs
 from clods_pl.stages.mesh_cache import MeshCache
 from clods_pl.stages.recovery_metrics import (  # noqa: F401  (re-exported for callers of stage 2)
     NovelViewResult,
@@ -424,16 +425,25 @@ def plot_rmse(cache: MeshCache, name: str, out_path: str | os.PathLike, size: fl
 
 
 def load_stage1(stage1_checkpoint: str, device: torch.device | str = "cpu") -> tuple[nn.Module, str]:
-    """The frozen SMGS of a stage-1 checkpoint and the checkpoint's sha256."""
+    """The frozen SMGS of a stage-1 checkpoint (``smgs.io.load_smgs``: strict, with the background and backend it
+    was fitted with in ``smgs.fitted_with``) and the checkpoint's digest (weights and settings)."""
     path = Path(stage1_checkpoint)
     if not path.is_file():
         raise RecoveryConfigError(f"model.stage1_checkpoint {path} does not exist; run stage 1 first (clods-pl stage1)")
-    from clods_pl.stages.appearance import load_smgs_from_checkpoint  # noqa: PLC0415  (stage-1 code on demand)
-
-    smgs, _meta = load_smgs_from_checkpoint(str(path))
+    smgs, _settings = load_smgs(str(path))
     smgs = smgs.to(device).eval()
     smgs.requires_grad_(False)
     return smgs, checkpoint_digest(path)
+
+
+def with_stage1_background(config: RecoveryConfig, renderer: Any, explicit: bool) -> RecoveryConfig:
+    """``config`` with the background stage 1 fitted the SMGS over, unless the user set ``model.background``
+    (``explicit``): targets and renders are composited over it, so by default stage 2 cannot disagree with
+    stage 1."""
+    fitted = getattr(renderer, "fitted_with", None)
+    if explicit or fitted is None:
+        return config
+    return dataclasses.replace(config, background=tuple(float(v) for v in fitted.background))
 
 
 def _read_dataset(dataset_dir: str) -> Any:
@@ -452,10 +462,13 @@ def recover_cli(dataset_dir: str, stage1_checkpoint: str, cache_dir: str, traj: 
     unknown = sorted(k for k in options if k not in fields and k not in CLI_IGNORED_OPTIONS)
     if unknown:
         raise RecoveryConfigError(f"unknown stage-2 model settings {unknown}; valid: {sorted(fields)}")
-    config = RecoveryConfig(**{k: (tuple(v) if k == "background" else v) for k, v in options.items() if k in fields})
+    explicit_bg = options.get("background") is not None
+    config = RecoveryConfig(**{k: (tuple(v) if k == "background" else v) for k, v in options.items()
+                               if k in fields and not (k == "background" and v is None)})
     ds = _read_dataset(dataset_dir)
     trajectory = ds.trajectory(traj)
     smgs, h = load_stage1(stage1_checkpoint, device)
+    config = with_stage1_background(config, smgs, explicit_bg)
 
     def report(job: TrajectoryJob, t: int, m: dict[str, float]) -> None:
         extra = f" rmse {m['rmse']:.5f}" if "rmse" in m else ""
@@ -529,7 +542,7 @@ class RecoveryModule(L.LightningModule):
         stage1_checkpoint: stage-1 SMGS checkpoint (its sha256 is stored in every cache).
         cache_dir: folder of ``<traj>.npz`` caches (``runs/<name>/stage2/meshes``); plots go to ``../plots``.
         iterations, lr, gamma, alpha_weight, extrapolate, plateau_patience, plateau_tol, min_iterations,
-        background, backend: see ``RecoveryConfig``.
+        background, backend: see ``RecoveryConfig``; ``background`` None (default): the one stage 1 fitted over.
         overwrite: rebuild every existing cache.
         log_every_n_frames: log per-frame metrics every n frames (1 = every frame).
         recompute_stale: recover again (instead of refusing) a cache made with another stage-1 checkpoint or other
@@ -541,12 +554,14 @@ class RecoveryModule(L.LightningModule):
     def __init__(self, stage1_checkpoint: str, cache_dir: str, iterations: int = 150, lr: float = 2e-3,
                  gamma: float = 1.0, alpha_weight: float = 1.0, extrapolate: bool = True,
                  plateau_patience: int = 20, plateau_tol: float = 1e-4, min_iterations: int = 10,
-                 background: tuple[float, float, float] = (1.0, 1.0, 1.0), backend: str = "torch",
+                 background: tuple[float, float, float] | None = None, backend: str = "torch",
                  overwrite: bool = False, log_every_n_frames: int = 1, recompute_stale: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.config = RecoveryConfig(iterations, lr, gamma, alpha_weight, extrapolate, plateau_patience,
-                                     plateau_tol, min_iterations, tuple(background), backend)
+                                     plateau_tol, min_iterations,
+                                     (1.0, 1.0, 1.0) if background is None else tuple(background), backend)
+        self.background_from_stage1 = background is None
         if log_every_n_frames < 1:
             raise RecoveryConfigError(f"model.log_every_n_frames must be >= 1, got {log_every_n_frames}")
         self.stage1_checkpoint, self.cache_dir = stage1_checkpoint, Path(cache_dir)
@@ -572,6 +587,7 @@ class RecoveryModule(L.LightningModule):
         if self.renderer is None:
             renderer, self.stage1_hash = self.load_renderer()
             self.renderer = renderer.to(self.device).eval().requires_grad_(False)
+            self.config = with_stage1_background(self.config, self.renderer, not self.background_from_stage1)
         return self.renderer
 
     def _on_frame(self, job: TrajectoryJob, t: int, metrics: dict[str, float]) -> None:
