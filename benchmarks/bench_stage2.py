@@ -22,7 +22,9 @@ import torch
 
 from clods_pl.data.format import read_dataset
 from clods_pl.errors import BackendUnavailableError
-from clods_pl.stages.recovery import RecoveryConfig, load_stage1, open_job, recover_batch
+from clods_pl.stages.recovery_cli import load_stage1
+from clods_pl.stages.recovery_config import RecoveryConfig
+from clods_pl.stages.recovery_loop import open_job, recover_batch
 from clods_pl.stages.recovery_metrics import flag_size
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -17,19 +17,9 @@ from test_recovery_toy import FLAG_W, ToyTrajectory
 from clods_pl.errors import ClodsError, ManifestError
 from clods_pl.geometry import unique_edges
 from clods_pl.stages.mesh_cache import MeshCache, MeshCacheError
-from clods_pl.stages.recovery import (
-    RecoveryConfig,
-    RecoveryConfigError,
-    compose_verts,
-    edge_strain_loss,
-    frame_loss,
-    open_job,
-    parse_frames,
-    recover_batch,
-    recover_trajectory,
-    rest_edge_lengths,
-    train_views,
-)
+from clods_pl.stages.recovery_config import RecoveryConfig, RecoveryConfigError
+from clods_pl.stages.recovery_loop import open_job, parse_frames, recover_batch, recover_trajectory, train_views
+from clods_pl.stages.recovery_losses import compose_verts, edge_strain_loss, frame_loss, rest_edge_lengths
 from clods_pl.stages.recovery_metrics import flag_size
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -196,7 +186,8 @@ _SCRIPT = """
 import sys, torch
 torch.set_num_threads(1); torch.manual_seed(0); torch.use_deterministic_algorithms(True)
 from test_recovery_toy import ToyTrajectory
-from clods_pl.stages.recovery import RecoveryConfig, recover_trajectory
+from clods_pl.stages.recovery_config import RecoveryConfig
+from clods_pl.stages.recovery_loop import recover_trajectory
 traj = ToyTrajectory(num_frames=8, views=3, size=20)
 recover_trajectory("toy", traj, traj.renderer, sys.argv[1], "h",
                    RecoveryConfig(iterations=40, lr=3e-3, min_iterations=40))

@@ -15,7 +15,9 @@ from lightning.pytorch.loggers import CSVLogger
 from test_recovery_toy import ToyTrajectory
 
 from clods_pl.stages.mesh_cache import MeshCache
-from clods_pl.stages.recovery import RecoveryConfigError, RecoveryDataModule, RecoveryModule, recover_trajectory
+from clods_pl.stages.recovery import RecoveryDataModule, RecoveryModule
+from clods_pl.stages.recovery_config import RecoveryConfigError
+from clods_pl.stages.recovery_loop import recover_trajectory
 
 SPLITS = {"train": ["a", "b"], "val": ["c"], "test_viewed": [], "test_unviewed": []}
 
@@ -153,9 +155,9 @@ def test_stage2_configs_parse_against_module_signatures(config) -> None:
 
 
 def test_recover_cli_recovers_one_trajectory_window(tmp_path, monkeypatch, capsys) -> None:
-    from clods_pl.stages import recovery
+    from clods_pl.stages import recovery_cli as recovery
 
-    monkeypatch.setattr(recovery, "_read_dataset", lambda d: DATASET)
+    monkeypatch.setattr(recovery, "read_dataset", lambda d: DATASET)
     monkeypatch.setattr(recovery, "load_stage1", lambda ckpt, device="cpu": (DATASET.trajs["a"].renderer, "cli-hash"))
     cache_dir = tmp_path / "stage2" / "meshes"
     cache = recovery.recover_cli("toy", "s1.ckpt", str(cache_dir), "c", frames="1:3", log_every_n_frames=2,
@@ -171,7 +173,7 @@ def test_recover_cli_recovers_one_trajectory_window(tmp_path, monkeypatch, capsy
 
 
 def test_missing_stage1_checkpoint_is_a_clear_error(tmp_path) -> None:
-    from clods_pl.stages.recovery import load_stage1
+    from clods_pl.stages.recovery_cli import load_stage1
 
     with pytest.raises(RecoveryConfigError, match="stage1_checkpoint .* does not exist; run stage 1"):
         load_stage1(str(tmp_path / "nope.ckpt"))

@@ -162,7 +162,7 @@ def _recover_command(argv: Sequence[str]) -> int:
     rec = runner.manifest.stage("stage1") or {}
     ckpt = runner.manifest.abspath(rec["outputs"]["checkpoint"]["path"])
     from clods_pl.pipeline.experiment import section  # noqa: PLC0415
-    from clods_pl.stages.recovery import recover_cli  # noqa: PLC0415
+    from clods_pl.stages.recovery_cli import recover_cli  # noqa: PLC0415
 
     options = section(cfg, "stage2.model")
     options.pop("stage1_checkpoint", None)

@@ -1,0 +1,70 @@
+"""Stage-2 settings: ``RecoveryConfig`` (one frame step's optimisation), what a mesh cache records of them, and the
+renderer contract stage 2 relies on."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from torch import Tensor
+
+from clods_pl.errors import ClodsError
+
+
+class RecoveryConfigError(ClodsError):
+    """A stage-2 setting is invalid; the message names the setting."""
+
+
+class Renderer(Protocol):
+    """What stage 2 needs from the frozen SMGS."""
+
+    def render(self, verts: Tensor, cameras: Any, background: Tensor, backend: str) -> Any:
+        """verts (V, 3) world -> object with ``rgb (C, H, W, 3)`` (over ``background``) and ``alpha (C, H, W, 1)``."""
+
+
+@dataclass
+class RecoveryConfig:
+    """Optimisation settings of one frame step.
+
+    Attributes:
+        iterations: max Adam steps per frame. lr: Adam learning rate (metres per step scale).
+        gamma: weight of the edge-strain loss. alpha_weight: weight of the alpha L1 term (0 = off).
+        extrapolate: initialise with constant velocity instead of the previous frame.
+        plateau_patience: stop a trajectory after this many steps without relative improvement
+            ``plateau_tol``. min_iterations: never stop before this many steps.
+        background: (3,) colour both render and target are composited over. backend: rasterizer backend.
+    """
+
+    iterations: int = 150
+    lr: float = 2e-3
+    gamma: float = 1.0
+    alpha_weight: float = 1.0
+    extrapolate: bool = True
+    plateau_patience: int = 20
+    plateau_tol: float = 1e-4
+    min_iterations: int = 10
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    backend: str = "torch"
+
+    def __post_init__(self) -> None:
+        if self.iterations < 0 or self.min_iterations < 0 or self.plateau_patience < 1:
+            raise RecoveryConfigError("model.iterations and model.min_iterations must be >= 0 and "
+                                      "model.plateau_patience >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise RecoveryConfigError(f"model.lr must be a positive number, got {self.lr}")
+        if self.gamma < 0 or self.alpha_weight < 0:
+            raise RecoveryConfigError("model.gamma and model.alpha_weight must be >= 0")
+        if len(self.background) != 3:
+            raise RecoveryConfigError(f"model.background must be 3 floats, got {self.background}")
+
+
+def recovery_settings(config: RecoveryConfig, holdout_views: Sequence[int]) -> dict[str, Any]:
+    """What determines a recovered frame, as stored in each mesh cache: every ``RecoveryConfig`` field and the
+    held-out views (a resume with other settings would mix two recoveries in one sequence)."""
+    out: dict[str, Any] = {f"model.{k}": (list(v) if isinstance(v, tuple) else v)
+                           for k, v in dataclasses.asdict(config).items()}
+    out["data.holdout_views"] = sorted(int(v) for v in holdout_views)
+    return out

@@ -1,0 +1,63 @@
+"""Stage-2 losses: photometric L1 (colour over the background, optional alpha), edge strain, and their sum for
+one trajectory at one frame."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from clods_pl.stages.recovery_config import RecoveryConfig, Renderer
+from clods_pl.stages.recovery_metrics import composite
+
+
+def rest_edge_lengths(verts0: Tensor, edges: Tensor) -> Tensor:
+    """(E,) rest lengths of ``edges (E, 2)`` on ``verts0 (V, 3)``, floored to avoid division by zero."""
+    return (verts0[edges[:, 0]] - verts0[edges[:, 1]]).norm(dim=-1).clamp_min(1e-8)
+
+
+def edge_strain_loss(verts: Tensor, edges: Tensor, rest: Tensor) -> Tensor:
+    """Mean squared relative edge strain ``((|e| - |e_rest|) / |e_rest|)^2``.
+
+    Args:
+        verts: (..., V, 3) world. edges: (E, 2) int64. rest: (..., E) or (E,) rest lengths.
+    Returns:
+        (...,) loss, zero at rest.
+    """
+    d = verts[..., edges[:, 0], :] - verts[..., edges[:, 1], :]
+    length = (d.pow(2).sum(-1) + 1e-20).sqrt()
+    return ((length - rest) / rest).pow(2).mean(-1)
+
+
+def photometric_loss(rgb: Tensor, alpha: Tensor, target_rgba: Tensor, background: Tensor,
+                     alpha_weight: float) -> Tensor:
+    """L1 of render vs target, both over ``background``, plus optional alpha L1.
+
+    Args:
+        rgb: (C, H, W, 3) render over ``background``. alpha: (C, H, W, 1). target_rgba: (C, H, W, 4) in [0, 1].
+    Returns:
+        scalar.
+    """
+    loss = (rgb - composite(target_rgba, background)).abs().mean()
+    if alpha_weight > 0:
+        loss = loss + alpha_weight * (alpha - target_rgba[..., 3:4]).abs().mean()
+    return loss
+
+
+def compose_verts(x_init: Tensor, dx: Tensor, pinned: Tensor, pinned_pos: Tensor) -> Tensor:
+    """(..., V, 3) ``x_init + dx`` with the ``pinned (..., V)`` rows replaced by ``pinned_pos`` (no gradient there)."""
+    return torch.where(pinned[..., None], pinned_pos, x_init + dx)
+
+
+def frame_loss(renderer: Renderer, verts: Tensor, cameras: Any, target: Tensor, background: Tensor,
+               edges: Tensor, rest: Tensor, config: RecoveryConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """Total loss of one trajectory at ``verts (V, 3)`` against ``target (C, H, W, 4)``.
+
+    Returns:
+        (total, photometric (detached), edge (detached)) scalars; total = photo + gamma * edge.
+    """
+    out = renderer.render(verts, cameras, background, config.backend)
+    photo = photometric_loss(out.rgb, out.alpha, target, background, config.alpha_weight)
+    edge = edge_strain_loss(verts, edges, rest)
+    return photo + config.gamma * edge, photo.detach(), edge.detach()
