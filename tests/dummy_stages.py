@@ -59,9 +59,12 @@ class PredictModule(L.LightningModule):
         from clods_pl.utils.files import checkpoint_digest
 
         made_from = checkpoint_digest(self.stage1_checkpoint)  # as the real caches record it
-        for name in batch:
-            np.savez(self.cache_dir / f"{name}.npz", verts=np.full((3, 4, 3), self.scale, np.float32),
-                     stage1_hash=np.asarray(made_from))
+        from clods_pl.stages.mesh_cache import MeshCache
+
+        for name in batch:  # a real (3-frame, 4-vertex) cache, as stage 2 writes them
+            MeshCache(self.cache_dir / f"{name}.npz", np.full((3, 4, 3), self.scale, np.float32),
+                      np.array([[0, 1, 2]]), 3, np.zeros(3, np.float32), np.zeros(3, np.float32),
+                      np.zeros(3, np.int64), made_from).save()
         return None
 
 

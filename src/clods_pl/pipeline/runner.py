@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,10 +22,19 @@ import torch
 from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
 from jsonargparse import ArgumentParser, Namespace
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
-from clods_pl.errors import BackendUnavailableError, ClodsError, ManifestError
+from clods_pl.errors import ClodsError, ManifestError
+from clods_pl.pipeline.checks import (  # noqa: F401  (used by tests)
+    CUDA_BACKENDS,
+    GPU_ACCELERATORS,
+    check_backends,
+    check_dataset_needs,
+    check_trainer_limits,
+    dataset_of,
+    stage_device,
+)
 from clods_pl.pipeline.experiment import (
     EVAL_FUNCTION,
     EVAL_NAME,
@@ -37,6 +45,7 @@ from clods_pl.pipeline.experiment import (
     section,
 )
 from clods_pl.pipeline.manifest import Manifest
+from clods_pl.pipeline.resume import STAMP_KEY, SettingsStamp, resume_checkpoint  # noqa: F401
 from clods_pl.utils.files import atomic_write_json, atomic_write_text
 
 STAGE1_CKPT = "smgs.ckpt"
@@ -45,12 +54,8 @@ CHECKPOINTS_DIR = "checkpoints"
 LOGS_DIR = "logs"
 EVAL_METRICS = "metrics.json"
 RECOVERED_SOURCES = ("recovered", "mixed")
-CUDA_BACKENDS = {"gsplat": ("gsplat", "pip install gsplat==1.5.3"),
-                 "inria": ("diff_gaussian_rasterization",
-                           "build graphdeco-inria/diff-gaussian-rasterization yourself (non-commercial licence)")}
 SUMMARY_FILE = "summary.json"
 RUN_LOCK, RUN_LOCK_PID = "run.lock", "run.lock.pid"
-STAMP_KEY = "clods_pl_settings_digest"  # in every stage checkpoint: the digest of the settings it was made with
 UPSTREAM = {"stage1": (), "stage2": ("stage1",), "stage3": ("stage2",), EVAL_NAME: ("stage3",)}
 
 
@@ -66,116 +71,6 @@ def run_dir_of(cfg: Namespace) -> Path:
     configs = cfg.get("config") or []
     stem = Path(str(configs[0])).stem if configs else "default"
     return Path("runs") / stem
-
-
-def dataset_of(cfg: Namespace) -> str:
-    """The dataset folder named by the config, checked to exist."""
-    ds = cfg.get("dataset")
-    if not ds:
-        raise ClodsError("no dataset: set `dataset: <folder>` in the experiment YAML or pass --dataset")
-    if not Path(ds).is_dir():
-        raise ClodsError(f"dataset folder {ds} does not exist; generate it with "
-                         f"`clods-pl data generate --preset tiny --out {ds}` (or `make data`)")
-    return str(ds)
-
-
-GPU_ACCELERATORS = ("gpu", "cuda")
-
-
-def stage_device(cfg: Namespace, stage: str) -> str:
-    """``cuda`` or ``cpu``: where ``<stage>.trainer.accelerator`` puts the stage (``auto``: CUDA when visible)."""
-    accelerator = str(section(cfg, f"{stage}.trainer").get("accelerator", "auto"))
-    if accelerator in GPU_ACCELERATORS or accelerator == "auto" and torch.cuda.is_available():
-        return "cuda"
-    return "cpu"
-
-
-def check_backends(cfg: Namespace, stage: str) -> None:
-    """Fail fast when a stage's config names a CUDA rasterizer that is not installed or has no GPU, asks for a GPU
-    that is not there, or pairs a CUDA rasterizer with ``trainer.accelerator: cpu``."""
-    from clods_pl.pipeline.manifest import flatten  # noqa: PLC0415
-
-    accelerator = str(section(cfg, f"{stage}.trainer").get("accelerator", "auto"))
-    if accelerator in GPU_ACCELERATORS and not torch.cuda.is_available():
-        raise BackendUnavailableError(f"{stage}.trainer.accelerator={accelerator} but no CUDA GPU is visible; "
-                                      f"use {stage}.trainer.accelerator=cpu (and backend torch)")
-    for key, value in flatten(section(cfg, stage)).items():
-        if not key.endswith("backend") or value not in CUDA_BACKENDS:
-            continue
-        module, fix = CUDA_BACKENDS[value]
-        try:
-            __import__(module)
-        except ImportError:
-            raise BackendUnavailableError(f"{stage}.{key}={value} is not installed ({fix}); "
-                                          f"use {stage}.{key}=torch on the CPU") from None
-        if not torch.cuda.is_available():
-            raise BackendUnavailableError(f"{stage}.{key}={value} needs a CUDA GPU and none is visible; "
-                                          f"use {stage}.{key}=torch on the CPU")
-        if stage_device(cfg, stage) == "cpu":
-            raise BackendUnavailableError(
-                f"{stage}.{key}={value} renders on CUDA but {stage}.trainer.accelerator={accelerator}; "
-                f"set {stage}.trainer.accelerator=gpu (or {stage}.{key}=torch)")
-
-
-class SettingsStamp(Callback):
-    """Writes the stage's settings digest into every checkpoint it saves (key ``STAMP_KEY``), so a resume can tell
-    a checkpoint of these settings from one of other settings left in the same folder."""
-
-    def __init__(self, digest: str) -> None:
-        self.digest = digest
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint[STAMP_KEY] = self.digest
-
-
-def _checkpoint_stamp(ckpt: Path) -> str:
-    """The settings digest stamped in a checkpoint ("" when it has none); None when the file does not read back
-    (truncated while writing, or not a checkpoint)."""
-    try:
-        data = torch.load(ckpt, map_location="cpu", weights_only=False)
-    except Exception:  # truncated zip, EOF, unpickling errors: all mean "cannot resume from this file"
-        return None
-    return str(data.get(STAMP_KEY, "")) if isinstance(data, dict) else ""
-
-
-def check_trainer_limits(stage: str, trainer: dict[str, Any]) -> None:
-    """``max_epochs`` / ``max_steps`` that would train forever, or not at all, are refused naming the setting."""
-    epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps")
-    if epochs is not None and (epochs == 0 or epochs < -1):
-        raise ClodsError(f"{stage}.trainer.max_epochs={epochs}; it must be >= 1")
-    if steps is not None and (steps == 0 or steps < -1):
-        raise ClodsError(f"{stage}.trainer.max_steps={steps}; it must be >= 1 (or -1: no step limit)")
-    if epochs == -1 and steps in (None, -1):
-        raise ClodsError(f"{stage}.trainer.max_epochs=-1 with no max_steps would train forever; set "
-                         f"{stage}.trainer.max_epochs >= 1 or {stage}.trainer.max_steps >= 1")
-
-
-def recovery_summary(dataset: str, cache_dir: Path, names: list[str]) -> dict[str, Any]:
-    """Stage-2 errors vs GT (evaluation only) from the mesh caches, relative to the flag size, per trajectory and
-    overall: mean over frames 1..T-1, frame 1, last frame, and last / frame-1 (drift)."""
-    import numpy as np  # noqa: PLC0415
-
-    from clods_pl.data.format import read_dataset  # noqa: PLC0415
-    from clods_pl.stages.recovery_metrics import flag_size  # noqa: PLC0415
-
-    raw: dict[str, Any] = {}
-    for name in names:
-        with np.load(cache_dir / f"{name}.npz") as z:
-            if "gt_rmse" in z.files and int(z["frames_done"]) > 1:
-                raw[name] = z["gt_rmse"][1:int(z["frames_done"])]
-    per: dict[str, Any] = {}
-    if raw:
-        ds = read_dataset(dataset, validate=False)
-        for name, abs_rmse in raw.items():
-            rmse = abs_rmse / flag_size(ds.trajectory(name).mesh_pos.numpy())
-            per[name] = {"mean_rel_rmse": float(rmse.mean()), "first_rel_rmse": float(rmse[0]),
-                         "last_rel_rmse": float(rmse[-1]),
-                         "drift_last_over_first": float(rmse[-1] / max(rmse[0], 1e-12))}
-    out: dict[str, Any] = {"trajectories": per}
-    if per:
-        out["mean_rel_rmse"] = float(np.mean([v["mean_rel_rmse"] for v in per.values()]))
-        out["max_drift_last_over_first"] = float(max(v["drift_last_over_first"] for v in per.values()))
-    return out
 
 
 class StageRunner:
@@ -308,68 +203,13 @@ class StageRunner:
         return sha256_json({**self.stage_config(stage), **(extra or {})})
 
     def _resume_ckpt(self, ckpt_dir: Path, stage: str, extra: dict[str, Any] | None = None) -> str | None:
-        """The newest checkpoint in ``ckpt_dir`` (``last.ckpt`` first) stamped with this stage's current settings
-        (``SettingsStamp`` writes the digest into every checkpoint); a truncated one is skipped with a notice. With
-        none, the folder's checkpoints (other settings, unreadable, or too old to say) are removed with a notice and
-        training starts over, so a resume never mixes two configurations."""
-        digest = self.settings_digest(stage, extra)
-        last = ckpt_dir / "last.ckpt"
-        found = [last] if last.is_file() else []
-        found += sorted((p for p in ckpt_dir.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime,
-                        reverse=True) if ckpt_dir.is_dir() else []
-        other = 0
-        for ckpt in found:
-            stamp = _checkpoint_stamp(ckpt)
-            if stamp == digest:
-                print(f"[clods-pl] {stage}: resuming from {ckpt}")
-                return str(ckpt)
-            if stamp is None:
-                print(f"[clods-pl] {stage}: {ckpt} is truncated or corrupt (killed while writing?); skipping it")
-            else:
-                other += 1
-        if found and rank_zero_only.rank == 0:
-            why = "they were made with other settings" if other else "none of them reads back"
-            print(f"[clods-pl] {stage}: cannot resume from the checkpoints in {ckpt_dir} ({why}); starting over")
-            shutil.rmtree(ckpt_dir)
-        return None
+        """See :func:`clods_pl.pipeline.resume.resume_checkpoint` (the current settings' digest)."""
+        return resume_checkpoint(ckpt_dir, stage, self.settings_digest(stage, extra))
 
     # ----- dataset requirements ----------------------------------------------------------------------
     def preflight(self, stages: tuple[str, ...]) -> None:
-        """Check, before any of ``stages`` runs, what they will need of the dataset: every file valid (the reader
-        checks images, meshes and ground truth), ground truth and >= 3 frames for every trajectory ``eval``
-        scores, and ground truth for the training trajectories of stage 3's ``gt``/``mixed`` sources. A bad
-        dataset then fails in seconds instead of after stages 1-2."""
-        from clods_pl.data.format import read_dataset  # noqa: PLC0415
-        from clods_pl.stages.dynamics import parse_source  # noqa: PLC0415
-        from clods_pl.stages.evaluation import SPLITS  # noqa: PLC0415
-
-        root = dataset_of(self.cfg)
-        ds = read_dataset(root)
-        if EVAL_NAME in stages:
-            for split in section(self.cfg, EVAL_NAME).get("splits") or SPLITS:
-                if split not in ds.info.splits:
-                    raise ClodsError(f"{root}/dataset.json has no split '{split}' that eval.splits names; "
-                                     f"set eval.splits to some of {sorted(ds.info.splits)}")
-                for name in ds.names(split):
-                    traj = ds.trajectory(name)
-                    if not traj.has_gt:
-                        raise ClodsError(f"{traj.root / 'gt.npz'} is missing: eval scores split '{split}' against "
-                                         "ground-truth meshes; add it, or drop the split from eval.splits")
-                    if traj.num_frames < 3:
-                        raise ClodsError(f"{traj.root}: {traj.num_frames} frame(s); a trajectory eval scores "
-                                         "needs >= 3 (two start the rollout, the rest are predicted)")
-        if "stage3" in stages:
-            train = str(section(self.cfg, "stage3.data").get("train_split", "train"))
-            for source in self.stage3_sources():
-                kind, n = parse_source(source)
-                if kind == "recovered":
-                    continue
-                names = ds.names(train) if kind == "gt" and n is None else ds.names(train)[: n or 0]
-                for name in names:
-                    if not ds.trajectory(name).has_gt:
-                        raise ClodsError(f"{ds.trajectory(name).root / 'gt.npz'} is missing: stage3 source "
-                                         f"'{source}' trains on ground-truth meshes of split '{train}'; add it or "
-                                         "drop the source from stage3.sources")
+        """See :func:`clods_pl.pipeline.checks.check_dataset_needs`."""
+        check_dataset_needs(self.cfg, stages, self.stage3_sources())
 
     # ----- settings ------------------------------------------------------------------------------------
     def check_settings(self, stage: str) -> None:
@@ -508,6 +348,8 @@ class StageRunner:
             return None
         names = [item.name for item in data.items]
         if trainer.is_global_zero:
+            from clods_pl.stages.recovery_metrics import recovery_summary  # noqa: PLC0415  (stage code on demand)
+
             atomic_write_json(stage_dir / SUMMARY_FILE, recovery_summary(dataset, cache_dir, names))
         return {f"mesh:{n}": cache_dir / f"{n}.npz" for n in names}
 

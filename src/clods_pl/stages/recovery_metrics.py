@@ -5,8 +5,10 @@ Ground truth enters only here (evaluation); the recovery optimisation never sees
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -149,3 +151,30 @@ def novel_view_table(results: Mapping[str, Sequence[NovelViewResult] | NovelView
         rows.append({"opacity_mode": mode, "psnr": float(psnr.mean()) if psnr.size else float("nan"),
                      "ssim": float(ssim.mean()) if ssim.size else float("nan"), "frames": int(psnr.size)})
     return pd.DataFrame(rows).set_index("opacity_mode")
+
+
+def recovery_summary(dataset: str, cache_dir: str | os.PathLike, names: list[str]) -> dict[str, Any]:
+    """Stage-2 errors vs GT (evaluation only) from the mesh caches, relative to the flag size, per trajectory and
+    overall: mean over frames 1..T-1, frame 1, last frame, and last / frame-1 (drift)."""
+    from clods_pl.data.format import read_dataset  # noqa: PLC0415  (the data package loads lazily)
+    from clods_pl.stages.mesh_cache import MeshCache  # noqa: PLC0415  (the one reader of mesh caches)
+
+    raw: dict[str, Any] = {}
+    for name in names:
+        cache = MeshCache.load(Path(cache_dir) / f"{name}.npz")
+        rmse = cache.gt_metrics.get("rmse")
+        if rmse is not None and cache.frames_done > 1:
+            raw[name] = rmse[1:cache.frames_done]
+    per: dict[str, Any] = {}
+    if raw:
+        ds = read_dataset(dataset, validate=False)
+        for name, abs_rmse in raw.items():
+            rmse = abs_rmse / flag_size(ds.trajectory(name).mesh_pos.numpy())
+            per[name] = {"mean_rel_rmse": float(rmse.mean()), "first_rel_rmse": float(rmse[0]),
+                         "last_rel_rmse": float(rmse[-1]),
+                         "drift_last_over_first": float(rmse[-1] / max(rmse[0], 1e-12))}
+    out: dict[str, Any] = {"trajectories": per}
+    if per:
+        out["mean_rel_rmse"] = float(np.mean([v["mean_rel_rmse"] for v in per.values()]))
+        out["max_drift_last_over_first"] = float(max(v["drift_last_over_first"] for v in per.values()))
+    return out
