@@ -9,26 +9,21 @@ import numpy as np
 import pytest
 import yaml
 
-from clods_pl.pipeline import experiment, runner
+from clods_pl.pipeline import runner
 from clods_pl.pipeline.cli import main
 from clods_pl.pipeline.experiment import StageSpec
-
-DUMMY = "dummy_stages"
 
 
 @pytest.fixture
 def dummy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
+    import dummy_stages as d
+
     stages = {
-        "stage1": StageSpec("stage1", f"{DUMMY}:FitModule", f"{DUMMY}:FitData", "fit", (), ("dataset_dir",)),
-        "stage2": StageSpec("stage2", f"{DUMMY}:PredictModule", f"{DUMMY}:PredictData", "predict",
+        "stage1": StageSpec("stage1", d.FitModule, d.FitData, "fit", (), ("dataset_dir",)),
+        "stage2": StageSpec("stage2", d.PredictModule, d.PredictData, "predict",
                             ("stage1_checkpoint", "cache_dir", "recompute_stale"), ("dataset_dir",)),
-        "stage3": StageSpec("stage3", f"{DUMMY}:FitModule", f"{DUMMY}:FitData", "fit", (),
-                            ("dataset_dir", "mesh_cache_dir")),
+        "stage3": StageSpec("stage3", d.FitModule, d.FitData, "fit", (), ("dataset_dir", "mesh_cache_dir")),
     }
-    monkeypatch.setattr(experiment, "STAGES", stages)
-    monkeypatch.setattr(runner, "STAGES", stages)
-    monkeypatch.setattr(experiment, "EVAL_FUNCTION", f"{DUMMY}:run_evaluation")
-    monkeypatch.setattr(runner, "EVAL_FUNCTION", f"{DUMMY}:run_evaluation")
     monkeypatch.setattr(runner.StageRunner, "preflight", lambda self, stages: None)  # the stand-in dataset is empty
     (tmp_path / "ds").mkdir()
     cfg = tmp_path / "exp.yaml"
@@ -42,7 +37,12 @@ def dummy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
                    "sources": ["recovered", "gt:1"]},
         "eval": {"splits": ["test"]},
     }))
-    return {"cfg": str(cfg), "run": tmp_path / "run"}
+    return {"cfg": str(cfg), "run": tmp_path / "run", "stages": stages, "evaluate": d.run_evaluation}
+
+
+def clods(dummy: dict, argv: list[str]) -> int:
+    """``clods-pl`` on the stand-in stages of the ``dummy`` fixture."""
+    return main(argv, stages=dummy["stages"], evaluate=dummy["evaluate"])
 
 
 def _manifest(run: Path) -> dict:
@@ -51,55 +51,55 @@ def _manifest(run: Path) -> dict:
 
 def test_stage_by_stage_hand_off(dummy: dict, capsys: pytest.CaptureFixture) -> None:
     cfg, run = dummy["cfg"], dummy["run"]
-    assert main(["stage2", "--config", cfg]) == 2
+    assert clods(dummy, ["stage2", "--config", cfg]) == 2
     assert "stage1 never ran" in capsys.readouterr().err
-    assert main(["stage1", "--config", cfg]) == 0
+    assert clods(dummy, ["stage1", "--config", cfg]) == 0
     assert (run / "stage1" / "smgs.ckpt").is_file() and (run / "stage1" / "config.yaml").is_file()
-    assert main(["stage2", "--config", cfg]) == 0
+    assert clods(dummy, ["stage2", "--config", cfg]) == 0
     m = _manifest(run)
     assert set(m["stages"]["stage2"]["outputs"]) == {"mesh:traj_a", "mesh:traj_b"}
     assert "stage1:checkpoint" in m["stages"]["stage2"]["consumed"]
-    assert main(["stage3", "--config", cfg]) == 0
+    assert clods(dummy, ["stage3", "--config", cfg]) == 0
     assert (run / "stage3" / "recovered.ckpt").is_file() and (run / "stage3" / "gt-1.ckpt").is_file()
-    assert main(["eval", "--config", cfg]) == 0
+    assert clods(dummy, ["eval", "--config", cfg]) == 0
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert metrics["methods"] == {"recovered": {"checkpoint_exists": True}, "gt:1": {"checkpoint_exists": True}}
 
 
 def test_pipeline_skips_up_to_date_and_names_changed_setting(dummy: dict, capsys: pytest.CaptureFixture) -> None:
     cfg, run = dummy["cfg"], dummy["run"]
-    assert main(["pipeline", "--config", cfg]) == 0
+    assert clods(dummy, ["pipeline", "--config", cfg]) == 0
     first = _manifest(run)
     assert all(first["stages"][s]["status"] == "done" for s in ("stage1", "stage2", "stage3", "eval"))
     assert (run / "report.md").is_file()
     capsys.readouterr()
-    assert main(["pipeline", "--config", cfg]) == 0
+    assert clods(dummy, ["pipeline", "--config", cfg]) == 0
     out = capsys.readouterr().out
     assert all(f"{s} is up to date" in out for s in ("stage1", "stage2", "stage3", "eval"))
     assert _manifest(run)["stages"]["stage1"]["finished"] == first["stages"]["stage1"]["finished"]
     # change a stage-1 setting: stage 3 alone is refused, naming the setting; the pipeline reruns everything
-    assert main(["stage3", "--config", cfg, "--stage1.model.lr", "0.2"]) == 2
+    assert clods(dummy, ["stage3", "--config", cfg, "--stage1.model.lr", "0.2"]) == 2
     err = capsys.readouterr().err
     assert "stage1.model.lr changed from 0.1 to 0.2" in err and "clods-pl pipeline" in err
-    assert main(["pipeline", "--config", cfg, "--stage1.model.lr", "0.2"]) == 0
+    assert clods(dummy, ["pipeline", "--config", cfg, "--stage1.model.lr", "0.2"]) == 0
     out = capsys.readouterr().out
     assert "running stage1: stage1.model.lr changed from 0.1 to 0.2" in out and "running stage3" in out
 
 
 def test_overrides_short_form_and_print_config(dummy: dict, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["stage2", "--config", dummy["cfg"], "--model.scale", "3.5", "--print_config"])
+        clods(dummy, ["stage2", "--config", dummy["cfg"], "--model.scale", "3.5", "--print_config"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "scale: 3.5" in out and "stage1_checkpoint" not in out
 
 
 def test_clear_errors(dummy: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["stage1", "--config", dummy["cfg"], "--dataset", str(tmp_path / "missing")]) == 2
+    assert clods(dummy, ["stage1", "--config", dummy["cfg"], "--dataset", str(tmp_path / "missing")]) == 2
     assert "does not exist; generate it" in capsys.readouterr().err
-    assert main(["bogus"]) == 2
+    assert clods(dummy, ["bogus"]) == 2
     assert "unknown command 'bogus'" in capsys.readouterr().err
-    assert main(["stage1", "--config", dummy["cfg"], "--model.no_such_key", "1"]) == 2
+    assert clods(dummy, ["stage1", "--config", dummy["cfg"], "--model.no_such_key", "1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
 
 
@@ -114,7 +114,7 @@ def test_gpu_settings_without_a_gpu_or_with_a_cpu_accelerator_are_clear(
 
     cfg = dummy["cfg"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert main(["stage1", "--config", cfg, "--stage1.trainer.accelerator", "gpu"]) == 2
+    assert clods(dummy, ["stage1", "--config", cfg, "--stage1.trainer.accelerator", "gpu"]) == 2
     err = capsys.readouterr().err
     assert "stage1.trainer.accelerator=gpu but no CUDA GPU is visible" in err and "Traceback" not in err
     assert not (dummy["run"] / "stage1" / "smgs.ckpt").exists()
@@ -156,10 +156,10 @@ def test_stage1_never_resumes_a_checkpoint_of_other_settings(dummy: dict, capsys
 
     cfg, run = dummy["cfg"], dummy["run"]
     ckpts = run / "stage1" / "checkpoints"
-    assert main(["stage1", "--config", cfg]) == 0
+    assert clods(dummy, ["stage1", "--config", cfg]) == 0
     saved = run.parent / "ckpts_A"
     shutil.copytree(ckpts, saved)
-    assert main(["stage1", "--config", cfg, "--stage1.model.lr", "0.2"]) == 0
+    assert clods(dummy, ["stage1", "--config", cfg, "--stage1.model.lr", "0.2"]) == 0
     # B "killed before its first checkpoint": A's checkpoints in the folder, B running in the manifest
     shutil.rmtree(ckpts)
     shutil.copytree(saved, ckpts)
@@ -167,14 +167,14 @@ def test_stage1_never_resumes_a_checkpoint_of_other_settings(dummy: dict, capsys
     m["stages"]["stage1"]["status"] = "running"
     (run / "manifest.json").write_text(json.dumps(m))
     capsys.readouterr()
-    assert main(["stage1", "--config", cfg, "--stage1.model.lr", "0.2"]) == 0
+    assert clods(dummy, ["stage1", "--config", cfg, "--stage1.model.lr", "0.2"]) == 0
     out = capsys.readouterr().out
     assert "made with other settings); starting over" in out and "resuming" not in out
     # B killed after a checkpoint of its own: the rerun resumes it and says so
     m = _manifest(run)
     m["stages"]["stage1"]["status"] = "running"
     (run / "manifest.json").write_text(json.dumps(m))
-    assert main(["stage1", "--config", cfg, "--stage1.model.lr", "0.2"]) == 0
+    assert clods(dummy, ["stage1", "--config", cfg, "--stage1.model.lr", "0.2"]) == 0
     assert "stage1: resuming from" in capsys.readouterr().out
     assert not any("-v" in p.stem for p in ckpts.glob("*.ckpt"))  # no last-v1.ckpt pile-up
 
@@ -183,14 +183,14 @@ def test_stage3_resumes_each_source_with_its_own_checkpoint(dummy: dict, capsys:
     """Issue 11 (faults): stage 3 killed after a checkpoint used to restart from step 0 without a word."""
     cfg = dummy["cfg"]
     for stage in ("stage1", "stage2", "stage3"):
-        assert main([stage, "--config", cfg]) == 0
+        assert clods(dummy, [stage, "--config", cfg]) == 0
     capsys.readouterr()
-    assert main(["stage3", "--config", cfg]) == 0
+    assert clods(dummy, ["stage3", "--config", cfg]) == 0
     assert "stage3 is up to date" in capsys.readouterr().out  # a finished stage is not run again
-    assert main(["stage3", "--config", cfg, "--force", "true"]) == 0
+    assert clods(dummy, ["stage3", "--config", cfg, "--force", "true"]) == 0
     out = capsys.readouterr().out
     assert out.count("stage3: resuming from") == 2  # one per source (recovered, gt:1)
-    assert main(["stage3", "--config", cfg, "--stage3.model.lr", "0.07"]) == 0
+    assert clods(dummy, ["stage3", "--config", cfg, "--stage3.model.lr", "0.07"]) == 0
     out = capsys.readouterr().out
     assert out.count("starting over") == 2 and "resuming" not in out
 
@@ -204,15 +204,15 @@ def test_dataset_edited_after_a_run_makes_the_stages_stale(dummy: dict, capsys: 
         (ds / name).mkdir()
         np.savez(ds / name / "mesh.npz", verts0=np.zeros((4, 3)))
     (ds / "preview.png").write_bytes(b"not part of the data")
-    assert main(["pipeline", "--config", cfg]) == 0
+    assert clods(dummy, ["pipeline", "--config", cfg]) == 0
     capsys.readouterr()
     (ds / "preview.png").write_bytes(b"a new preview")  # not data: nothing is stale
-    assert main(["pipeline", "--config", cfg]) == 0
+    assert clods(dummy, ["pipeline", "--config", cfg]) == 0
     assert "stage1 is up to date" in capsys.readouterr().out
     np.savez(ds / "traj_b" / "mesh.npz", verts0=np.full((4, 3), 0.1))  # verts0 shifted by 0.1 m
-    assert main(["stage2", "--config", cfg]) == 2
+    assert clods(dummy, ["stage2", "--config", cfg]) == 2
     assert "its input stage1 is out of date (dataset_files.traj_b changed" in capsys.readouterr().err
-    assert main(["pipeline", "--config", cfg]) == 0
+    assert clods(dummy, ["pipeline", "--config", cfg]) == 0
     out = capsys.readouterr().out
     assert "running stage1: dataset_files.traj_b changed" in out and "running eval" in out
 
@@ -225,21 +225,21 @@ def test_second_process_on_a_run_dir_stops_naming_the_first(dummy: dict, capsys:
     from clods_pl.pipeline.experiment import build_parser
 
     cfg, run = dummy["cfg"], dummy["run"]
-    parser, unavailable = build_parser()
-    first = runner.StageRunner(parser, parser.parse_args(["--config", cfg]), unavailable)
+    parser = build_parser(stages=dummy["stages"], evaluate=dummy["evaluate"])
+    first = runner.StageRunner(parser, parser.parse_args(["--config", cfg]), dummy["stages"], dummy["evaluate"])
     with first.exclusive():
-        assert main(["pipeline", "--config", cfg]) == 2
+        assert clods(dummy, ["pipeline", "--config", cfg]) == 2
         err = capsys.readouterr().err
         assert f"run dir {run} is in use by PID {os.getpid()}" in err and "another --run_dir" in err
         assert not (run / "manifest.json").exists()  # nothing ran
-    assert main(["pipeline", "--config", cfg]) == 0  # released: the run goes ahead
+    assert clods(dummy, ["pipeline", "--config", cfg]) == 0  # released: the run goes ahead
 
 
 def test_caches_from_another_stage1_checkpoint_make_stage2_stale(dummy: dict, capsys: pytest.CaptureFixture) -> None:
     """Issue 11.6: the up-to-date check verifies the chain: every recorded mesh cache was recovered from the
     recorded stage-1 checkpoint (an interleaved second run could leave caches of another one)."""
     cfg, run = dummy["cfg"], dummy["run"]
-    assert main(["pipeline", "--config", cfg]) == 0
+    assert clods(dummy, ["pipeline", "--config", cfg]) == 0
     cache = run / "stage2" / "meshes" / "traj_a.npz"
     z = dict(np.load(cache))
     z["stage1_hash"] = np.asarray("f" * 64)
@@ -249,7 +249,7 @@ def test_caches_from_another_stage1_checkpoint_make_stage2_stale(dummy: dict, ca
     m["stages"]["stage2"]["outputs"]["mesh:traj_a"]["sha256"] = sha256_file(cache)
     (run / "manifest.json").write_text(json.dumps(m))
     capsys.readouterr()
-    assert main(["pipeline", "--config", cfg]) == 0
+    assert clods(dummy, ["pipeline", "--config", cfg]) == 0
     out = capsys.readouterr().out
     assert "stage1 is up to date" in out and "running stage2: mesh cache" in out and "recovered from stage-1" in out
 
@@ -257,18 +257,18 @@ def test_caches_from_another_stage1_checkpoint_make_stage2_stale(dummy: dict, ca
 def test_truncated_last_checkpoint_falls_back(dummy: dict, capsys: pytest.CaptureFixture) -> None:
     """Issue 11 (faults): a last.ckpt cut short while writing gave `OSError: [Errno 22]` and a traceback."""
     cfg, run = dummy["cfg"], dummy["run"]
-    assert main(["stage1", "--config", cfg]) == 0
+    assert clods(dummy, ["stage1", "--config", cfg]) == 0
     ckpts = run / "stage1" / "checkpoints"
     last = ckpts / "last.ckpt"
     last.write_bytes(last.read_bytes()[:100])
     capsys.readouterr()
-    assert main(["stage1", "--config", cfg, "--force", "true"]) == 0
+    assert clods(dummy, ["stage1", "--config", cfg, "--force", "true"]) == 0
     out = capsys.readouterr().out
     assert f"{last} is truncated or corrupt" in out
     assert "resuming from" in out and "epoch=" in out  # the previous checkpoint
     for p in ckpts.glob("*.ckpt"):
         p.write_bytes(b"junk")
-    assert main(["stage1", "--config", cfg, "--force", "true"]) == 0
+    assert clods(dummy, ["stage1", "--config", cfg, "--force", "true"]) == 0
     out = capsys.readouterr().out
     assert "resuming" not in out and "starting over" in out
 
@@ -278,10 +278,10 @@ def test_rerunning_stage1_with_the_same_weights_keeps_stage2_current(dummy: dict
     """Issue 11: `make stage1 stage2 stage3` on a finished run re-saved smgs.ckpt with new bytes (it embeds paths)
     and stage 2 then refused its caches. Checkpoints now count by weights and settings."""
     cfg = dummy["cfg"]
-    assert main(["pipeline", "--config", cfg]) == 0
-    assert main(["stage1", "--config", cfg, "--force", "true"]) == 0  # resumes the finished run, saves again
+    assert clods(dummy, ["pipeline", "--config", cfg]) == 0
+    assert clods(dummy, ["stage1", "--config", cfg, "--force", "true"]) == 0  # resumes the finished run, saves again
     capsys.readouterr()
-    assert main(["pipeline", "--config", cfg]) == 0
+    assert clods(dummy, ["pipeline", "--config", cfg]) == 0
     out = capsys.readouterr().out
     assert all(f"{s} is up to date" in out for s in ("stage2", "stage3", "eval")), out
 
@@ -292,7 +292,7 @@ def test_disk_full_is_one_line_and_keeps_finished_stages(dummy: dict, monkeypatc
     import errno
 
     cfg, run = dummy["cfg"], dummy["run"]
-    assert main(["stage1", "--config", cfg]) == 0
+    assert clods(dummy, ["stage1", "--config", cfg]) == 0
     real = runner.Manifest.finish_stage
 
     def full(self, name, outputs, status="done"):
@@ -302,14 +302,14 @@ def test_disk_full_is_one_line_and_keeps_finished_stages(dummy: dict, monkeypatc
 
     monkeypatch.setattr(runner.Manifest, "finish_stage", full)
     capsys.readouterr()
-    assert main(["pipeline", "--config", cfg]) == 2
+    assert clods(dummy, ["pipeline", "--config", cfg]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert f"{run / 'stage2' / 'meshes' / 'traj_a.npz'}: No space left on device" in err
     m = _manifest(run)
     assert m["stages"]["stage1"]["status"] == "done" and m["stages"]["stage2"]["status"] == "failed"
     monkeypatch.setattr(runner.Manifest, "finish_stage", real)
-    assert main(["pipeline", "--config", cfg]) == 0  # space freed: the pipeline repairs the failed stage
+    assert clods(dummy, ["pipeline", "--config", cfg]) == 0  # space freed: the pipeline repairs the failed stage
     assert _manifest(run)["stages"]["stage2"]["status"] == "done"
 
 
@@ -339,10 +339,10 @@ def test_threads_setting_default_and_notice(dummy: dict, capsys: pytest.CaptureF
     assert default_threads(8, 0.0, "3") == (3, "OMP_NUM_THREADS=3")
     before = torch.get_num_threads()
     try:
-        assert main(["stage1", "--config", dummy["cfg"], "--threads", "1"]) == 0
+        assert clods(dummy, ["stage1", "--config", dummy["cfg"], "--threads", "1"]) == 0
         assert "[clods-pl] 1 CPU thread (--threads; --threads N to change)" in capsys.readouterr().out
         assert torch.get_num_threads() == 1
-        assert main(["stage1", "--config", dummy["cfg"], "--threads", "0"]) == 2
+        assert clods(dummy, ["stage1", "--config", dummy["cfg"], "--threads", "0"]) == 2
         assert "--threads=0; it must be >= 1" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from clods_pl.errors import ClodsError
 
@@ -86,23 +87,24 @@ def _report_command(argv: Sequence[str]) -> int:
     return 0
 
 
-def _experiment_command(command: str, argv: Sequence[str]) -> int:
+def _experiment_command(command: str, argv: Sequence[str], stage_specs: dict[str, Any] | None = None,
+                        evaluate: Callable[..., Any] | None = None) -> int:
     from clods_pl.pipeline.experiment import STAGE_NAMES, build_parser, rewrite_stage_overrides  # noqa: PLC0415
     from clods_pl.pipeline.runner import StageRunner  # noqa: PLC0415
 
     if "-h" in argv or "--help" in argv:  # this stage's own options, the Trainer in one line: fast and short
         stages = (command,) if command.startswith("stage") else STAGE_NAMES
-        parser, _ = build_parser(prog=f"clods-pl {command}", stages=stages, trainer_arguments=False)
+        parser = build_parser(prog=f"clods-pl {command}", stage_names=stages, trainer_arguments=False)
         parser.print_help()
         return 0
-    parser, unavailable = build_parser(prog=f"clods-pl {command}")
+    parser = build_parser(prog=f"clods-pl {command}", stages=stage_specs, evaluate=evaluate)
     parser.add_argument("--force", type=bool, default=False,
                         help="run even when the outputs are up to date (pipeline: every stage)")
     if command.startswith("stage"):
         argv = rewrite_stage_overrides(command, argv)
     cfg = parser.parse_args(list(argv))
     set_threads(cfg.get("threads"))
-    runner = StageRunner(parser, cfg, unavailable)
+    runner = StageRunner(parser, cfg, stage_specs, evaluate)
     force = bool(cfg.get("force"))
     if command == "pipeline":
         runner.pipeline(force=force)
@@ -151,12 +153,12 @@ def _recover_command(argv: Sequence[str]) -> int:
     from clods_pl.pipeline.experiment import build_parser  # noqa: PLC0415
     from clods_pl.pipeline.runner import MESH_CACHE_DIR, StageRunner, check_backends, dataset_of, stage_device  # noqa: PLC0415
 
-    parser, unavailable = build_parser(prog="clods-pl recover")  # every stage: the experiment YAML has them all
+    parser = build_parser(prog="clods-pl recover")  # every stage: the experiment YAML has them all
     parser.add_argument("--traj", type=str, required=True, help="trajectory name")
     parser.add_argument("--frames", type=str | None, default=None, help="A:B frame range (default: all)")
     cfg = parser.parse_args(list(argv))
     set_threads(cfg.get("threads"))
-    runner = StageRunner(parser, cfg, unavailable)
+    runner = StageRunner(parser, cfg)
     check_backends(cfg, "stage2")
     runner.consumed("stage2")
     rec = runner.manifest.stage("stage1") or {}
@@ -173,8 +175,10 @@ def _recover_command(argv: Sequence[str]) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``clods-pl``; user-fixable errors print one line and exit with status 2."""
+def main(argv: Sequence[str] | None = None, stages: dict[str, Any] | None = None,
+         evaluate: Callable[..., Any] | None = None) -> int:
+    """Entry point of ``clods-pl``; user-fixable errors print one line and exit with status 2. ``stages`` and
+    ``evaluate`` replace the pipeline's stages and evaluation (tests run the orchestrator on stand-ins)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -199,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report_command(rest)
         if command == "recover":
             return _recover_command(rest)
-        return _experiment_command(command, rest)
+        return _experiment_command(command, rest, stages, evaluate)
     except ClodsError as exc:
         print(f"clods-pl {command}: error: {exc}", file=sys.stderr)
         return 2

@@ -10,16 +10,13 @@ subcommand also ``--model.lr_color 0.01``). Arguments that the orchestrator fill
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
-
-from clods_pl.errors import ClodsError
 
 STAGE_NAMES = ("stage1", "stage2", "stage3")
 EVAL_NAME = "eval"
@@ -39,46 +36,45 @@ class StageSpec:
     """How the orchestrator runs one stage.
 
     Attributes:
-        module, datamodule: ``"package.module:Class"`` import paths.
+        name: ``stage1`` | ``stage2`` | ``stage3`` (its config section).
+        module, datamodule: the stage's LightningModule and LightningDataModule classes.
         run_mode: ``fit`` or ``predict``.
         model_inputs, data_inputs: ``__init__`` arguments the orchestrator fills (not config keys).
     """
 
     name: str
-    module: str
-    datamodule: str
+    module: type[L.LightningModule]
+    datamodule: type[L.LightningDataModule]
     run_mode: str
     model_inputs: tuple[str, ...] = ()
     data_inputs: tuple[str, ...] = ()
-    extra_keys: dict[str, Any] = field(default_factory=dict)
 
 
-STAGES: dict[str, StageSpec] = {
-    "stage1": StageSpec("stage1", "clods_pl.stages.appearance:AppearanceModule",
-                        "clods_pl.stages.appearance:AppearanceDataModule", "fit", (), ("dataset_dir",)),
-    "stage2": StageSpec("stage2", "clods_pl.stages.recovery:RecoveryModule",
-                        "clods_pl.stages.recovery:RecoveryDataModule", "predict",
-                        ("stage1_checkpoint", "cache_dir", "recompute_stale"), ("dataset_dir",)),
-    "stage3": StageSpec("stage3", "clods_pl.stages.dynamics:DynamicsModule",
-                        "clods_pl.stages.dynamics:DynamicsDataModule", "fit", (),
-                        ("dataset_dir", "mesh_cache_dir")),
-}
-EVAL_FUNCTION = "clods_pl.stages.evaluation:run_evaluation"
+def default_stages() -> dict[str, StageSpec]:
+    """The three stages of CloDS, by name, in pipeline order."""
+    # imported here, not at the top: the stage code (Lightning, torchmetrics) loads when a command needs it, and
+    # the stages' own imports of pipeline helpers then cannot form a cycle with this module
+    from clods_pl.stages.appearance import AppearanceDataModule, AppearanceModule  # noqa: PLC0415
+    from clods_pl.stages.dynamics import DynamicsDataModule, DynamicsModule  # noqa: PLC0415
+    from clods_pl.stages.recovery import RecoveryDataModule, RecoveryModule  # noqa: PLC0415
+
+    return {
+        "stage1": StageSpec("stage1", AppearanceModule, AppearanceDataModule, "fit", (), ("dataset_dir",)),
+        "stage2": StageSpec("stage2", RecoveryModule, RecoveryDataModule, "predict",
+                            ("stage1_checkpoint", "cache_dir", "recompute_stale"), ("dataset_dir",)),
+        "stage3": StageSpec("stage3", DynamicsModule, DynamicsDataModule, "fit", (),
+                            ("dataset_dir", "mesh_cache_dir")),
+    }
+
+
+def default_evaluate() -> Callable[..., Any]:
+    """The evaluation function (rollout RMSE against GT): ``clods_pl.stages.evaluation.run_evaluation``."""
+    from clods_pl.stages.evaluation import run_evaluation  # noqa: PLC0415  (see default_stages)
+
+    return run_evaluation
+
+
 EVAL_INPUTS = {"dataset_dir", "checkpoints", "out_dir", "dataset"}
-
-
-class StageUnavailableError(ClodsError):
-    """A stage's code cannot be imported."""
-
-
-def import_object(path: str) -> Any:
-    """``"pkg.mod:Name"`` -> the object; a clear StageUnavailableError when it cannot be imported."""
-    mod_name, _, attr = path.partition(":")
-    try:
-        return getattr(importlib.import_module(mod_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise StageUnavailableError(f"{path} cannot be imported ({type(exc).__name__}: {exc}); "
-                                    "reinstall clods-pl with `make install`") from exc
 
 
 def _add_class(parser: ArgumentParser, cls: type, key: str, skip: set[str]) -> None:
@@ -86,15 +82,18 @@ def _add_class(parser: ArgumentParser, cls: type, key: str, skip: set[str]) -> N
     parser.add_class_arguments(cls, key, skip={s for s in skip if s in params}, sub_configs=True)
 
 
-def build_parser(prog: str = "clods-pl", stages: Sequence[str] = STAGE_NAMES,
-                 description: str | None = None, trainer_arguments: bool = True
-                 ) -> tuple[ArgumentParser, dict[str, str]]:
-    """The experiment parser and ``{stage: reason}`` for stages whose code could not be imported.
+def build_parser(prog: str = "clods-pl", stage_names: Sequence[str] = STAGE_NAMES,
+                 description: str | None = None, trainer_arguments: bool = True,
+                 stages: dict[str, StageSpec] | None = None,
+                 evaluate: Callable[..., Any] | None = None) -> ArgumentParser:
+    """The experiment parser: top-level keys, then ``<stage>.model|data|trainer`` from the classes in ``stages``
+    (default: :func:`default_stages`) for ``stage_names``, then ``eval`` from ``evaluate``'s signature.
 
-    An unavailable stage's section is accepted as a free-form dict, so the other stages still run.
     ``trainer_arguments=False`` (for ``--help``) lists ``<stage>.trainer`` as one line instead of the ~60 typed
     ``lightning.Trainer`` arguments per stage.
     """
+    stages = default_stages() if stages is None else stages
+    evaluate = default_evaluate() if evaluate is None else evaluate
     # allow_abbrev=False: argparse would otherwise take a misspelt `--stage1.model.opacity_mod` for `opacity_mode`
     parser = ArgumentParser(prog=prog, description=description, exit_on_error=False, allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile, help="experiment YAML (repeatable; later ones win)")
@@ -111,34 +110,22 @@ def build_parser(prog: str = "clods-pl", stages: Sequence[str] = STAGE_NAMES,
     parser.add_argument("--wandb.offline", type=bool | None, default=None,
                         help="None: offline when WANDB_MODE=offline or no API key")
     parser.add_argument("--wandb.tags", type=list[str], default=[])
-    unavailable: dict[str, str] = {}
-    for name in stages:
-        spec = STAGES[name]
-        try:
-            module_cls, data_cls = import_object(spec.module), import_object(spec.datamodule)
-        except StageUnavailableError as exc:
-            unavailable[name] = str(exc)
-            parser.add_argument(f"--{name}", type=dict, default={}, help=f"(unavailable: {exc})")
-            continue
-        _add_class(parser, module_cls, f"{name}.model", set(spec.model_inputs))
-        _add_class(parser, data_cls, f"{name}.data", set(spec.data_inputs))
+    for name in stage_names:
+        spec = stages[name]
+        _add_class(parser, spec.module, f"{name}.model", set(spec.model_inputs))
+        _add_class(parser, spec.datamodule, f"{name}.data", set(spec.data_inputs))
         if trainer_arguments:
             _add_class(parser, L.Trainer, f"{name}.trainer", TRAINER_SKIP)
         else:
             parser.add_argument(f"--{name}.trainer", type=dict, default={},
                                 help=f"any lightning.Trainer argument, e.g. --{name}.trainer.max_epochs 4 (see "
                                      "Lightning's Trainer docs; --print_config shows every one)")
-    if "stage3" in stages and "stage3" not in unavailable:
+    if "stage3" in stage_names:
         parser.add_argument("--stage3.sources", type=list[str] | None, default=None,
                             help="stage-3 sources trained in turn (recovered, gt, gt:N, mixed:N); "
                                  "default: [data.source]")
-    try:
-        run_eval: Callable[..., Any] = import_object(EVAL_FUNCTION)
-        parser.add_function_arguments(run_eval, EVAL_NAME, skip=EVAL_INPUTS)
-    except StageUnavailableError as exc:
-        unavailable[EVAL_NAME] = str(exc)
-        parser.add_argument(f"--{EVAL_NAME}", type=dict, default={})
-    return parser, unavailable
+    parser.add_function_arguments(evaluate, EVAL_NAME, skip=EVAL_INPUTS)
+    return parser
 
 
 def rewrite_stage_overrides(stage: str, argv: Sequence[str]) -> list[str]:

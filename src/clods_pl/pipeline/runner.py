@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,11 +36,11 @@ from clods_pl.pipeline.checks import (  # noqa: F401  (used by tests)
     stage_device,
 )
 from clods_pl.pipeline.experiment import (
-    EVAL_FUNCTION,
     EVAL_NAME,
     STAGE_NAMES,
-    STAGES,
-    import_object,
+    StageSpec,
+    default_evaluate,
+    default_stages,
     result_config,
     section,
 )
@@ -76,8 +76,16 @@ def run_dir_of(cfg: Namespace) -> Path:
 class StageRunner:
     """Runs stages of one experiment config in one run directory."""
 
-    def __init__(self, parser: ArgumentParser, cfg: Namespace, unavailable: dict[str, str]) -> None:
-        self.parser, self.cfg, self.unavailable = parser, cfg, unavailable
+    def __init__(self, parser: ArgumentParser, cfg: Namespace, stages: dict[str, StageSpec] | None = None,
+                 evaluate: Callable[..., Any] | None = None) -> None:
+        """``stages`` (default :func:`~clods_pl.pipeline.experiment.default_stages`) and ``evaluate`` (default
+        ``run_evaluation``) are what the runner runs; tests pass stand-ins."""
+        self.parser, self.cfg = parser, cfg
+        self.stages = default_stages() if stages is None else stages
+        self.evaluate = default_evaluate() if evaluate is None else evaluate
+        self._stage_runs: dict[str, Callable[[str, Path, str | None], dict[str, Path] | None]] = {
+            "stage1": self._run_stage1, "stage2": self._run_stage2, "stage3": self._run_stage3,
+            EVAL_NAME: self._run_eval}
         self.run_dir = run_dir_of(cfg)
         self.manifest = Manifest(self.run_dir)
         self.repair = False  # `pipeline` repairs stale outputs (e.g. recovers stale mesh caches again)
@@ -168,8 +176,8 @@ class StageRunner:
 
     # ----- Lightning objects -------------------------------------------------------------------------
     def _instantiate(self, stage: str, role: str, injected: dict[str, Any]) -> Any:
-        spec = STAGES[stage]
-        cls = import_object(spec.module if role == "model" else spec.datamodule)
+        spec = self.stages[stage]
+        cls = spec.module if role == "model" else spec.datamodule
         kwargs = section(self.cfg, f"{stage}.{role}")
         kwargs.update(injected)
         return cls(**kwargs)
@@ -232,7 +240,7 @@ class StageRunner:
                 raise ClodsError(f"stage3.model.rollout_length={model_rl} needs windows of {model_rl + 2} frames but "
                                  f"stage3.data.rollout_length={data_rl} makes them {data_rl + 2}; set "
                                  f"stage3.data.rollout_length >= {model_rl} (usually equal)")
-        spec = STAGES[stage]
+        spec = self.stages[stage]
         injected = {"model": set(spec.model_inputs), "data": set(spec.data_inputs) | {"source"} & set(data_inputs)}
         for role, inputs in (("model", model_inputs), ("data", data_inputs)):
             try:
@@ -286,8 +294,6 @@ class StageRunner:
             self._run(stage)
 
     def _run(self, stage: str) -> None:
-        if stage in self.unavailable:
-            raise ClodsError(f"{stage} is not available in this installation: {self.unavailable[stage]}")
         dataset = dataset_of(self.cfg)
         if not self.repair:  # `pipeline` checked every stage up front
             self.check_settings(stage)
@@ -307,7 +313,7 @@ class StageRunner:
         self._save_config(stage)
         L.seed_everything(int(self.cfg.get("seed_everything", 0)), workers=True, verbose=False)
         try:
-            outputs = getattr(self, f"_run_{stage}")(dataset, stage_dir, resume_from)
+            outputs = self._stage_runs[stage](dataset, stage_dir, resume_from)
             if outputs is None:  # a shard of stage 2: the finalize run records the stage
                 return
             if is_rank0:
@@ -377,8 +383,8 @@ class StageRunner:
                        for key, entry in rec.get("outputs", {}).items() if key.startswith("checkpoint:")}
         if not checkpoints:
             raise ManifestError(f"stage3 recorded no checkpoints in {self.manifest.path}; rerun `clods-pl stage3`")
-        run_eval = import_object(EVAL_FUNCTION)
-        run_eval(dataset_dir=dataset, checkpoints=checkpoints, out_dir=str(stage_dir), **section(self.cfg, EVAL_NAME))
+        self.evaluate(dataset_dir=dataset, checkpoints=checkpoints, out_dir=str(stage_dir),
+                      **section(self.cfg, EVAL_NAME))
         return {"metrics": stage_dir / EVAL_METRICS}
 
     def pipeline(self, force: bool = False) -> list[str]:
@@ -387,8 +393,7 @@ class StageRunner:
         self.repair = True
         dataset_of(self.cfg)
         for stage in (*STAGE_NAMES, EVAL_NAME):
-            if stage not in self.unavailable:
-                self.check_settings(stage)
+            self.check_settings(stage)
         with self.exclusive():
             self.preflight((*STAGE_NAMES, EVAL_NAME))
             for stage in (*STAGE_NAMES, EVAL_NAME):
