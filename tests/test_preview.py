@@ -5,7 +5,15 @@ import torch
 from PIL import Image
 
 from clods_pl.data.format import DatasetInfo, write_dataset_info, write_trajectory
-from clods_pl.data.preview import GAP, checkerboard, evenly_spaced, write_contact_sheet
+from clods_pl.data.preview import (
+    GAP,
+    LABEL_LEFT,
+    LABEL_TOP,
+    checkerboard,
+    evenly_spaced,
+    tile_origin,
+    write_contact_sheet,
+)
 from clods_pl.geometry import grid_mesh, ring_cameras
 
 
@@ -26,10 +34,18 @@ def test_contact_sheet_grid_and_pixels(tmp_path):
     img = np.asarray(Image.open(out))
     ts = evenly_spaced(T, 3)
     assert ts == [0, 2, 4]
-    assert img.shape == (C * (S + GAP) - GAP, 3 * (S + GAP) - GAP, 3)
+    assert img.shape == (LABEL_TOP + C * (S + GAP) - GAP, LABEL_LEFT + 3 * (S + GAP) - GAP, 3)
     for i in range(C):
         for j, t in enumerate(ts):
-            y, x = i * (S + GAP) + 4, j * (S + GAP) + 4
-            assert img[y, x, 0] == 10 * t + i
-    assert tuple(img[0, 0]) == tuple(checkerboard(S, S)[0, 0])
-    assert tuple(img[S, 0]) == (255, 255, 255)  # gutter
+            y, x = tile_origin(i, j, S, S)
+            assert img[y + 4, x + 4, 0] == 10 * t + i
+    y0, x0 = tile_origin(0, 0, S, S)
+    assert tuple(img[y0, x0]) == tuple(checkerboard(S, S)[0, 0])
+    assert tuple(img[y0 + S, x0]) == (255, 255, 255)  # gutter
+    # labels: "t=<frame>" above every column, the view name left of every row (dark text on white)
+    for j in range(3):
+        x = tile_origin(0, j, S, S)[1]
+        assert (img[:LABEL_TOP, x:x + 12].max(-1) < 128).any(), f"no frame label above column {j}"
+    for i in range(C):
+        y = tile_origin(i, 0, S, S)[0]
+        assert (img[y:y + S, :LABEL_LEFT].max(-1) < 128).any(), f"no view label left of row {i}"

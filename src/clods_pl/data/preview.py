@@ -1,17 +1,20 @@
-"""Contact sheet of a dataset: views (rows) x frames (columns), RGBA composited over a checkerboard."""
+"""Contact sheet of a dataset: views (rows) x frames (columns), RGBA composited over a checkerboard, with the
+frame index above each column and the view name left of each row."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from clods_pl.data.format import Dataset, read_dataset
 
 CHECKER_SIZE = 8
 CHECKER_LIGHT, CHECKER_DARK = 200, 150
 GAP = 2
+LABEL_TOP, LABEL_LEFT = 14, 56  # px for "t=12" above the columns and "view_03" left of the rows
+LABEL_COLOUR = (40, 40, 40)
 
 
 def checkerboard(height: int, width: int, size: int = CHECKER_SIZE) -> np.ndarray:
@@ -50,14 +53,26 @@ def write_contact_sheet(dataset: str | Path | Dataset, out_png: str | Path, traj
     frames = evenly_spaced(tr.num_frames, max_frames)
     views = evenly_spaced(len(tr.cameras), max_views)
     H, W = tr.cameras.height, tr.cameras.width
-    sheet = np.full((len(views) * (H + GAP) - GAP, len(frames) * (W + GAP) - GAP, 3), 255, np.uint8)
+    sheet = np.full((LABEL_TOP + len(views) * (H + GAP) - GAP, LABEL_LEFT + len(frames) * (W + GAP) - GAP, 3), 255,
+                    np.uint8)
     bg = checkerboard(H, W)
     for j, t in enumerate(frames):
         imgs = tr.load_frame(t)
         for i, c in enumerate(views):
-            y, x = i * (H + GAP), j * (W + GAP)
+            y, x = tile_origin(i, j, H, W)
             sheet[y:y + H, x:x + W] = composite_over(imgs[c], bg)
+    image = Image.fromarray(sheet, "RGB")
+    draw = ImageDraw.Draw(image)
+    for j, t in enumerate(frames):
+        draw.text((tile_origin(0, j, H, W)[1] + 1, 1), f"t={t}", fill=LABEL_COLOUR)
+    for i, c in enumerate(views):
+        draw.text((2, tile_origin(i, 0, H, W)[0] + max(0, H // 2 - 5)), str(tr.cameras.names[c])[:9], fill=LABEL_COLOUR)
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(sheet, "RGB").save(out)
+    image.save(out)
     return out
+
+
+def tile_origin(row: int, col: int, height: int, width: int) -> tuple[int, int]:
+    """(y, x) of the top-left pixel of the tile of view row ``row`` and frame column ``col``."""
+    return LABEL_TOP + row * (height + GAP), LABEL_LEFT + col * (width + GAP)
