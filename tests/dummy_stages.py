@@ -13,8 +13,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 
 class FitModule(L.LightningModule):
-    RUN_MODE = "fit"
-
     def __init__(self, lr: float = 0.1, width: int = 2) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -45,8 +43,6 @@ class FitData(L.LightningDataModule):
 
 
 class PredictModule(L.LightningModule):
-    RUN_MODE = "predict"
-
     def __init__(self, stage1_checkpoint: str, cache_dir: str, scale: float = 1.0,
                  recompute_stale: bool = False) -> None:
         super().__init__()

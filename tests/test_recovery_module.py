@@ -68,7 +68,6 @@ OPTS = dict(iterations=30, lr=3e-3, plateau_patience=5, min_iterations=3)
 def test_predict_fills_caches_logs_and_plots(tmp_path) -> None:
     cache_dir = tmp_path / "stage2" / "meshes"
     module = ToyRecoveryModule(stage1_checkpoint="unused.ckpt", cache_dir=str(cache_dir), **OPTS)
-    assert RecoveryModule.RUN_MODE == "predict"
     dm = ToyRecoveryDataModule("toy", holdout_views=[2], batch_size=2)
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=CSVLogger(str(tmp_path / "logs")),
                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
@@ -139,14 +138,16 @@ def test_datamodule_selects_trajectories_and_rejects_unknown() -> None:
         RecoveryDataModule("toy", batch_size=0)
 
 
-@pytest.mark.parametrize("config", sorted(Path(__file__).resolve().parents[1].glob("experiments/stage2/*.yaml")),
+@pytest.mark.parametrize("config", sorted(Path(__file__).resolve().parents[1].glob("experiments/flag_*.yaml")),
                          ids=lambda p: p.name)
-def test_stage2_configs_parse_against_module_signatures(config) -> None:
+def test_stage2_sections_parse_against_module_signatures(config) -> None:
+    """Stage 2 standalone: an experiment's stage2 section parses against the module's and datamodule's signatures."""
     parser = ArgumentParser()
     parser.add_class_arguments(RecoveryModule, "model")
     parser.add_class_arguments(RecoveryDataModule, "data")
     parser.add_argument("--trainer", type=dict)
-    cfg = yaml.safe_load(config.read_text())
+    cfg = yaml.safe_load(config.read_text())["stage2"]
+    cfg.setdefault("data", {})
     cfg["model"].update(stage1_checkpoint="x.ckpt", cache_dir="meshes")
     cfg["data"]["dataset_dir"] = "data"
     ns = parser.parse_object(cfg)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,28 +24,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for key in SLURM_VARS:
         monkeypatch.delenv(key, raising=False)
     return monkeypatch
-
-
-def test_detection_follows_lightning(clean_env: pytest.MonkeyPatch) -> None:
-    assert not slurm.in_slurm()
-    assert not slurm.slurm_info().in_slurm
-    clean_env.setenv("SLURM_JOB_ID", "123")
-    clean_env.setenv("SLURM_NTASKS", "2")
-    clean_env.setenv("SLURM_JOB_NAME", "clods-stage1")
-    clean_env.setenv("SLURM_PROCID", "1")
-    clean_env.setenv("SLURM_NODEID", "0")
-    assert slurm.in_slurm()
-    info = slurm.slurm_info()
-    assert (info.in_slurm, info.job_id, info.global_rank, info.world_size) == (True, "123", 1, 2)
-    # Lightning treats an interactive allocation as "not SLURM-launched"; so do we.
-    clean_env.setenv("SLURM_JOB_NAME", "interactive")
-    assert not slurm.in_slurm()
-    assert not slurm.slurm_info().in_slurm
-
-
-def test_slurm_environment_requeues_on_sigusr1() -> None:
-    env = slurm.slurm_environment()
-    assert env.auto_requeue and env.requeue_signal == signal.SIGUSR1
 
 
 @pytest.mark.parametrize("n,count", [(0, 1), (1, 3), (7, 3), (8, 4), (10, 3), (5, 5), (3, 8), (50, 7)])

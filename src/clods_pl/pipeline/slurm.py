@@ -10,38 +10,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from clods_pl.errors import ClodsError
 
 LAST_CKPT = "last.ckpt"
 STATUS_DONE = "done"
-REQUEUE_SIGNAL = signal.SIGUSR1
 ARRAY_TASK_ID = "SLURM_ARRAY_TASK_ID"
 ARRAY_TASK_COUNT = "SLURM_ARRAY_TASK_COUNT"
 ARRAY_TASK_MIN = "SLURM_ARRAY_TASK_MIN"
-JOB_ID = "SLURM_JOB_ID"
 
 
 class SlurmConfigError(ClodsError):
     """A SLURM setting (array index, task count, sbatch option) is inconsistent; the message names it."""
-
-
-@dataclass(frozen=True)
-class SlurmInfo:
-    """What this process knows about its SLURM job (all None / False outside SLURM)."""
-
-    in_slurm: bool
-    job_id: str | None
-    array_task_id: int | None
-    array_task_count: int | None
-    node_rank: int | None
-    global_rank: int | None
-    world_size: int | None
 
 
 def _int_or_none(env: Mapping[str, str], key: str) -> int | None:
@@ -53,34 +36,6 @@ def _int_or_none(env: Mapping[str, str], key: str) -> int | None:
     except ValueError as exc:
         raise SlurmConfigError(f"environment variable {key}={value!r} is not an integer; "
                                "unset it or fix the job") from exc
-
-
-def in_slurm() -> bool:
-    """True when Lightning's ``SLURMEnvironment`` detects an ``srun``-launched process (not an interactive shell)."""
-    from lightning.pytorch.plugins.environments import SLURMEnvironment  # noqa: PLC0415  (import cost)
-
-    return bool(SLURMEnvironment.detect())
-
-
-def slurm_info(env: Mapping[str, str] | None = None) -> SlurmInfo:
-    """Read the SLURM job variables of ``env`` (default ``os.environ``)."""
-    env = os.environ if env is None else env
-    return SlurmInfo(
-        in_slurm=JOB_ID in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"),
-        job_id=env.get(JOB_ID),
-        array_task_id=_int_or_none(env, ARRAY_TASK_ID),
-        array_task_count=_int_or_none(env, ARRAY_TASK_COUNT),
-        node_rank=_int_or_none(env, "SLURM_NODEID"),
-        global_rank=_int_or_none(env, "SLURM_PROCID"),
-        world_size=_int_or_none(env, "SLURM_NTASKS"),
-    )
-
-
-def slurm_environment(auto_requeue: bool = True):  # -> lightning SLURMEnvironment
-    """Lightning's SLURM cluster environment that requeues the job on ``SIGUSR1`` (``#SBATCH --signal=SIGUSR1@90``)."""
-    from lightning.pytorch.plugins.environments import SLURMEnvironment  # noqa: PLC0415
-
-    return SLURMEnvironment(auto_requeue=auto_requeue, requeue_signal=REQUEUE_SIGNAL)
 
 
 def last_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -29,7 +28,6 @@ from clods_pl.geometry import Cameras
 from clods_pl.smgs import OPACITY_MODES, SMGS, export_ply
 from clods_pl.smgs.io import SMGS_KEY, load_smgs, smgs_record
 
-RUN_MODE = "fit"
 TOPOLOGY_KEY = SMGS_KEY
 PLY_NAME = "smgs_frame0.ply"
 LPIPS_BACKBONE_WEIGHTS = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet, the backbone of LPIPS(net="alex")
@@ -159,8 +157,6 @@ class AppearanceModule(L.LightningModule):
         the alpha image. backend: rasterizer (torch on the CPU, gsplat on CUDA). background: RGB behind the cloth.
         log_images_every_n_epochs: image grids (prediction | target | error) of held-out views.
     """
-
-    RUN_MODE = RUN_MODE
 
     def __init__(self, gaussians_per_face: int = 2, sampling: str = "uniform", opacity_mode: str = "dual",
                  sh_degree: int = 0, pe_frequencies: int = 4, mlp_hidden: int = 64, mlp_layers: int = 2,
@@ -300,10 +296,3 @@ def load_smgs_from_checkpoint(path: str | Path,
     rendering settings as a dict (``background``, ``backend``)."""
     smgs, settings = load_smgs(path, map_location)
     return smgs, {"background": settings.background, "backend": settings.backend}
-
-
-def render_numpy(smgs: SMGS, verts: Tensor, cameras: Cameras, background: tuple[float, float, float],
-                 backend: str = "torch") -> np.ndarray:
-    """Convenience: (C, H, W, 3) float32 numpy render without gradients."""
-    with torch.no_grad():
-        return smgs.render(verts, cameras, torch.tensor(background), backend).rgb.cpu().numpy()

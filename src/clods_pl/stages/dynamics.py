@@ -32,7 +32,6 @@ from clods_pl.dynamics import MeshGraph, MeshGraphNet, batch_graphs, graph_from_
 from clods_pl.errors import ClodsError, DatasetError
 from clods_pl.geometry import NodeType
 
-RUN_MODE = "fit"
 SOURCE_KINDS = ("recovered", "gt", "gt:N", "mixed:N")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 

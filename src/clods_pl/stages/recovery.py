@@ -36,7 +36,6 @@ from clods_pl.stages.recovery_config import RecoveryConfig, RecoveryConfigError
 from clods_pl.stages.recovery_loop import TrajectoryJob, open_job, recover_batch
 from clods_pl.stages.recovery_metrics import flag_size
 
-RUN_MODE = "predict"
 DEFAULT_SPLITS = STANDARD_SPLITS
 
 
@@ -105,8 +104,6 @@ class RecoveryModule(L.LightningModule):
         recompute_stale: recover again (instead of refusing) a cache made with another stage-1 checkpoint or other
             settings; the orchestrator sets it for ``clods-pl pipeline``, which repairs stale stages.
     """
-
-    RUN_MODE = RUN_MODE
 
     def __init__(self, stage1_checkpoint: str, cache_dir: str, iterations: int = 150, lr: float = 2e-3,
                  gamma: float = 1.0, alpha_weight: float = 1.0, extrapolate: bool = True,
