@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from clods_pl.data.generate import GenerateConfig, generate_dataset
+from clods_pl.render.types import composite
 from clods_pl.smgs import OPACITY_MODES
-from clods_pl.stages.appearance import AppearanceDataModule, AppearanceModule, composite, load_smgs_from_checkpoint
+from clods_pl.stages.appearance import AppearanceDataModule, AppearanceModule, load_smgs_from_checkpoint
 
 MINI = GenerateConfig(name="mini", splits={"train": 2}, num_frames=2, num_views=4, resolution=32, grid=(6, 5),
                       substeps=3, iterations=10, supersample=2)

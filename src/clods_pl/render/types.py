@@ -15,3 +15,10 @@ class RenderOutput:
     rgb: Tensor
     alpha: Tensor
     depth: Tensor | None = None
+
+
+def composite(rgba: Tensor, background: Tensor) -> Tensor:
+    """Straight-alpha RGBA (..., 4) in [0, 1] over ``background (3,)`` -> RGB (..., 3): how targets are compared
+    with renders (stages 1 and 2 and the novel-view metrics)."""
+    a = rgba[..., 3:4]
+    return rgba[..., :3] * a + background * (1.0 - a)

@@ -25,6 +25,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from clods_pl.errors import ClodsError, DatasetError
 from clods_pl.geometry import Cameras
+from clods_pl.render.types import composite
 from clods_pl.smgs import OPACITY_MODES, SMGS, export_ply
 from clods_pl.smgs.io import SMGS_KEY, load_smgs, smgs_record
 
@@ -142,11 +143,6 @@ class AppearanceDataModule(L.LightningDataModule):
             return []
         frames0 = [f for f in self.frames if f.t == 0]
         return DataLoader(_FixedViews(frames0, self.holdout_views), batch_size=1, collate_fn=_collate_one)
-
-
-def composite(rgba: Tensor, background: Tensor) -> Tensor:
-    """(C, H, W, 4) straight-alpha RGBA over a (3,) background -> (C, H, W, 3)."""
-    return rgba[..., :3] * rgba[..., 3:4] + background * (1.0 - rgba[..., 3:4])
 
 
 class AppearanceModule(L.LightningModule):

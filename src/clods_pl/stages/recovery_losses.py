@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from clods_pl.render.types import composite
 from clods_pl.stages.recovery_config import RecoveryConfig, Renderer
-from clods_pl.stages.recovery_metrics import composite
 
 
 def rest_edge_lengths(verts0: Tensor, edges: Tensor) -> Tensor:

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from clods_pl.render.types import composite
+
 try:  # pytorch3d is optional; the torch fallback computes the same quantity
     from pytorch3d.loss import chamfer_distance as _p3d_chamfer  # type: ignore
 except Exception:  # pragma: no cover - depends on the environment
@@ -93,12 +95,6 @@ class NovelViewResult:
 
     def summary(self) -> dict[str, float]:
         return {"psnr": float(np.mean(self.psnr)), "ssim": float(np.mean(self.ssim)), "frames": int(len(self.frames))}
-
-
-def composite(rgba: Tensor, background: Tensor) -> Tensor:
-    """RGBA (..., 4) in [0, 1] over ``background (3,)`` -> RGB (..., 3)."""
-    a = rgba[..., 3:4]
-    return rgba[..., :3] * a + background * (1.0 - a)
 
 
 @torch.no_grad()
