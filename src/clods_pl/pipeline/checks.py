@@ -12,10 +12,7 @@ from jsonargparse import Namespace
 from clods_pl.data.format import read_dataset
 from clods_pl.errors import BackendUnavailableError, ClodsError
 from clods_pl.pipeline.experiment import EVAL_NAME, section
-
-CUDA_BACKENDS = {"gsplat": ("gsplat", "pip install gsplat==1.5.3"),
-                 "inria": ("diff_gaussian_rasterization",
-                           "build graphdeco-inria/diff-gaussian-rasterization yourself (non-commercial licence)")}
+from clods_pl.render import CUDA_BACKENDS
 
 
 def dataset_of(cfg: Namespace) -> str:

@@ -11,6 +11,10 @@ from clods_pl.errors import BackendUnavailableError
 from clods_pl.render.types import RenderOutput
 
 BACKENDS = ("torch", "cpu", "gsplat", "inria")
+# CUDA backends: name -> (module to import, how to install it)
+CUDA_BACKENDS = {"gsplat": ("gsplat", "pip install gsplat==1.5.3"),
+                 "inria": ("diff_gaussian_rasterization",
+                           "build graphdeco-inria/diff-gaussian-rasterization yourself (non-commercial licence)")}
 
 __all__ = ["BACKENDS", "RenderOutput", "available_backends", "rasterize"]
 
@@ -36,10 +40,17 @@ def _backend_fn(name: str) -> Callable[..., RenderOutput]:
 
 
 def available_backends() -> list[str]:
-    """Backends usable on this machine (``torch`` always; the CUDA ones when installed and a GPU is visible)."""
+    """Backends usable on this machine (``torch`` always, ``cpu`` with numba; the CUDA ones when installed and a GPU
+    is visible)."""
     out = ["torch"]
+    try:
+        import numba  # noqa: F401,PLC0415  (probe only)
+
+        out.append("cpu")
+    except ImportError:
+        pass
     if torch.cuda.is_available():
-        for name, module in (("gsplat", "gsplat"), ("inria", "diff_gaussian_rasterization")):
+        for name, (module, _install) in CUDA_BACKENDS.items():
             try:
                 __import__(module)
                 out.append(name)
