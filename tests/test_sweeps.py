@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from clods_pl.pipeline.loggers import LOGGER_KINDS
+from clods_pl.utils.loggers import LOGGER_KINDS
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((REPO / "experiments" / "sweeps").glob("*.yaml"))

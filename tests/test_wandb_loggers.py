@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from clods_pl.errors import ClodsError
-from clods_pl.pipeline.loggers import build_loggers, log_images, log_manifest_artifact, log_video, wandb_offline
+from clods_pl.utils.loggers import build_loggers, log_images, log_manifest_artifact, log_video, wandb_offline
 
 BLOCK = 32768  # W&B's run file is a leveldb-style log of protobuf records in 32 KiB blocks
 

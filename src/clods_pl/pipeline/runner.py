@@ -184,7 +184,7 @@ class StageRunner:
 
     def _trainer(self, stage: str, stage_dir: Path, name: str, fit: bool, validate: bool = True,
                  stamp_extra: dict[str, Any] | None = None) -> L.Trainer:
-        from clods_pl.pipeline.loggers import build_loggers  # noqa: PLC0415
+        from clods_pl.utils.loggers import build_loggers  # noqa: PLC0415
 
         kwargs = section(self.cfg, f"{stage}.trainer")
         wandb = section(self.cfg, "wandb")

@@ -28,6 +28,7 @@ from clods_pl.geometry import Cameras
 from clods_pl.render.types import composite
 from clods_pl.smgs import OPACITY_MODES, SMGS, export_ply
 from clods_pl.smgs.io import SMGS_KEY, load_smgs, smgs_record
+from clods_pl.utils.loggers import log_images
 
 TOPOLOGY_KEY = SMGS_KEY
 PLY_NAME = "smgs_frame0.ply"
@@ -241,8 +242,6 @@ class AppearanceModule(L.LightningModule):
             lpips.update(p * 2 - 1, t * 2 - 1)
         every = max(1, self.hparams.log_images_every_n_epochs)
         if batch_idx == 0 and self.current_epoch % every == 0 and self.trainer.loggers:
-            from clods_pl.pipeline.loggers import log_images  # noqa: PLC0415
-
             err = (pred - target).abs().clamp(0, 1)
             grid = torch.cat([pred.clamp(0, 1), target, err], dim=2).detach().cpu().numpy()  # views x (H, 3W)
             log_images(self.trainer.loggers, "stage1/heldout_pred_target_error", list(grid),
