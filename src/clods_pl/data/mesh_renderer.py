@@ -141,8 +141,8 @@ class Pytorch3dMeshRenderer:
 
     def __init__(self, supersample: int = 3) -> None:
         try:
-            from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes  # noqa: PLC0415
-            from pytorch3d.structures import Meshes  # noqa: PLC0415
+            from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes  # noqa: PLC0415  (optional dependency)
+            from pytorch3d.structures import Meshes  # noqa: PLC0415  (optional dependency)
         except ImportError as exc:
             raise BackendUnavailableError(
                 "renderer=pytorch3d needs pytorch3d (no PyPI wheel for Linux: `conda install -c pytorch3d "

@@ -17,6 +17,8 @@ import numpy as np
 
 from clods_pl.data.tfrecord import parse_example, read_records
 from clods_pl.errors import DatasetError
+from clods_pl.data.format import DatasetInfo, write_dataset_info, write_trajectory
+from clods_pl.data.generate import default_cameras, render_sequence
 
 REQUIRED_FIELDS = ("cells", "mesh_pos", "node_type", "world_pos")
 Y_UP_TO_Z_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]], dtype=np.float32)
@@ -80,8 +82,6 @@ def import_mgn_flag(tfrecord_path: str | Path, meta_path: str | Path, out_dir: s
                     num_views: int = 4, resolution: int = 64, renderer: str = "auto",
                     test_fraction: float = 0.25) -> Path:
     """Convert MGN flag trajectories into a clods-multiview dataset in ``out_dir`` (rendered RGBA + GT)."""
-    from clods_pl.data.format import DatasetInfo, write_dataset_info, write_trajectory  # noqa: PLC0415
-    from clods_pl.data.generate import default_cameras, render_sequence  # noqa: PLC0415
 
     meta = read_meta(meta_path)
     trajs = read_mgn_trajectories(tfrecord_path, meta_path, num_trajectories)

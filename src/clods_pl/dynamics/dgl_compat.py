@@ -36,7 +36,7 @@ def _alias_setuptools_extern() -> None:
     except Exception:
         pass
     import packaging  # noqa: PLC0415  (only needed when the alias must be made)
-    import packaging.version  # noqa: PLC0415
+    import packaging.version  # noqa: PLC0415  (only when the alias is made)
 
     extern = sys.modules.get("setuptools.extern")
     if extern is None:

@@ -13,6 +13,7 @@ from clods_pl.data.format import read_dataset
 from clods_pl.errors import BackendUnavailableError, ClodsError
 from clods_pl.pipeline.experiment import EVAL_NAME, section
 from clods_pl.render import CUDA_BACKENDS
+from clods_pl.utils.settings import flatten
 
 
 def dataset_of(cfg: Namespace) -> str:
@@ -40,7 +41,6 @@ def stage_device(cfg: Namespace, stage: str) -> str:
 def check_backends(cfg: Namespace, stage: str) -> None:
     """Fail fast when a stage's config names a CUDA rasterizer that is not installed or has no GPU, asks for a GPU
     that is not there, or pairs a CUDA rasterizer with ``trainer.accelerator: cpu``."""
-    from clods_pl.pipeline.manifest import flatten  # noqa: PLC0415
 
     accelerator = str(section(cfg, f"{stage}.trainer").get("accelerator", "auto"))
     if accelerator in GPU_ACCELERATORS and not torch.cuda.is_available():
@@ -82,7 +82,7 @@ def check_dataset_needs(cfg: Namespace, stages: tuple[str, ...], stage3_sources:
     scores, and ground truth for the training trajectories of stage 3's ``gt``/``mixed`` sources. A bad
     dataset then fails in seconds instead of after stages 1-2."""
     from clods_pl.stages.dynamics import parse_source  # noqa: PLC0415  (stage code loads on demand)
-    from clods_pl.stages.evaluation import SPLITS  # noqa: PLC0415
+    from clods_pl.stages.evaluation import SPLITS  # noqa: PLC0415  (stage code loads on demand)
 
     root = dataset_of(cfg)
     ds = read_dataset(root)

@@ -54,19 +54,19 @@ def _data_command(argv: Sequence[str]) -> int:
     imp.add_argument("--frame_stride", type=int, default=1)
     args = parser.parse_args(list(argv))
     if args.cmd == "generate":
-        from clods_pl.data.generate import generate_dataset  # noqa: PLC0415
+        from clods_pl.data.generate import generate_dataset  # noqa: PLC0415  (commands load only what they use)
 
         if (args.preset is None) == (args.config is None):
             parser.error("give exactly one of --preset or --config")
         generate_dataset(args.preset or args.config, args.out, seed=args.seed)
         print(f"[clods-pl] dataset written to {args.out}")
     elif args.cmd == "preview":
-        from clods_pl.data.preview import write_contact_sheet  # noqa: PLC0415
+        from clods_pl.data.preview import write_contact_sheet  # noqa: PLC0415  (commands load only what they use)
 
         out = write_contact_sheet(args.dataset, args.out, traj=args.traj, max_frames=args.max_frames)
         print(f"[clods-pl] preview written to {out}")
     else:
-        from clods_pl.data.mgn_import import import_mgn_flag  # noqa: PLC0415
+        from clods_pl.data.mgn_import import import_mgn_flag  # noqa: PLC0415  (commands load only what they use)
 
         import_mgn_flag(args.tfrecord, args.meta, args.out, num_trajectories=args.num_trajectories,
                         frame_stride=args.frame_stride, max_frames=args.max_frames)
@@ -79,7 +79,7 @@ def _report_command(argv: Sequence[str]) -> int:
     parser.add_argument("--run_dir", required=True)
     parser.add_argument("--config", action="append", default=[], help="accepted and ignored (Makefile symmetry)")
     args = parser.parse_args(list(argv))
-    from clods_pl.report import build_report  # noqa: PLC0415
+    from clods_pl.report import build_report  # noqa: PLC0415  (commands load only what they use)
 
     if not Path(args.run_dir).is_dir():
         raise ClodsError(f"run directory {args.run_dir} does not exist; run `clods-pl pipeline` first")
@@ -89,8 +89,8 @@ def _report_command(argv: Sequence[str]) -> int:
 
 def _experiment_command(command: str, argv: Sequence[str], stage_specs: dict[str, Any] | None = None,
                         evaluate: Callable[..., Any] | None = None) -> int:
-    from clods_pl.pipeline.experiment import STAGE_NAMES, build_parser, rewrite_stage_overrides  # noqa: PLC0415
-    from clods_pl.pipeline.runner import StageRunner  # noqa: PLC0415
+    from clods_pl.pipeline.experiment import STAGE_NAMES, build_parser, rewrite_stage_overrides  # noqa: PLC0415  (commands load only what they use)
+    from clods_pl.pipeline.runner import StageRunner  # noqa: PLC0415  (commands load only what they use)
 
     if "-h" in argv or "--help" in argv:  # this stage's own options, the Trainer in one line: fast and short
         stages = (command,) if command.startswith("stage") else STAGE_NAMES
@@ -133,9 +133,9 @@ def default_threads(cores: int, load: float, env: str | None) -> tuple[int, str]
 
 def set_threads(threads: int | None) -> int:
     """Set torch's intra-op threads (``--threads`` or :func:`default_threads`) and say so in one line."""
-    import os  # noqa: PLC0415
+    import os  # noqa: PLC0415  (commands load only what they use)
 
-    import torch  # noqa: PLC0415
+    import torch  # noqa: PLC0415  (commands load only what they use)
 
     if threads is not None:
         if threads < 1:
@@ -150,8 +150,8 @@ def set_threads(threads: int | None) -> int:
 
 
 def _recover_command(argv: Sequence[str]) -> int:
-    from clods_pl.pipeline.experiment import build_parser  # noqa: PLC0415
-    from clods_pl.pipeline.runner import MESH_CACHE_DIR, StageRunner, check_backends, dataset_of, stage_device  # noqa: PLC0415
+    from clods_pl.pipeline.experiment import build_parser  # noqa: PLC0415  (commands load only what they use)
+    from clods_pl.pipeline.runner import MESH_CACHE_DIR, StageRunner, check_backends, dataset_of, stage_device  # noqa: PLC0415  (commands load only what they use)
 
     parser = build_parser(prog="clods-pl recover")  # every stage: the experiment YAML has them all
     parser.add_argument("--traj", type=str, required=True, help="trajectory name")
@@ -163,8 +163,8 @@ def _recover_command(argv: Sequence[str]) -> int:
     runner.consumed("stage2")
     rec = runner.manifest.stage("stage1") or {}
     ckpt = runner.manifest.abspath(rec["outputs"]["checkpoint"]["path"])
-    from clods_pl.pipeline.experiment import section  # noqa: PLC0415
-    from clods_pl.stages.recovery_cli import recover_cli  # noqa: PLC0415
+    from clods_pl.pipeline.experiment import section  # noqa: PLC0415  (commands load only what they use)
+    from clods_pl.stages.recovery_cli import recover_cli  # noqa: PLC0415  (commands load only what they use)
 
     options = section(cfg, "stage2.model")
     options.pop("stage1_checkpoint", None)

@@ -18,6 +18,8 @@ from typing import Any
 import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
+from clods_pl.utils.settings import flatten
+
 STAGE_NAMES = ("stage1", "stage2", "stage3")
 EVAL_NAME = "eval"
 LOGGER_KINDS = ("csv", "wandb", "both")
@@ -54,9 +56,9 @@ def default_stages() -> dict[str, StageSpec]:
     """The three stages of CloDS, by name, in pipeline order."""
     # imported here, not at the top: the stage code (Lightning, torchmetrics) loads when a command needs it, and
     # the stages' own imports of pipeline helpers then cannot form a cycle with this module
-    from clods_pl.stages.appearance import AppearanceDataModule, AppearanceModule  # noqa: PLC0415
-    from clods_pl.stages.dynamics import DynamicsDataModule, DynamicsModule  # noqa: PLC0415
-    from clods_pl.stages.recovery import RecoveryDataModule, RecoveryModule  # noqa: PLC0415
+    from clods_pl.stages.appearance import AppearanceDataModule, AppearanceModule  # noqa: PLC0415  (see above)
+    from clods_pl.stages.dynamics import DynamicsDataModule, DynamicsModule  # noqa: PLC0415  (see above)
+    from clods_pl.stages.recovery import RecoveryDataModule, RecoveryModule  # noqa: PLC0415  (see above)
 
     return {
         "stage1": StageSpec("stage1", AppearanceModule, AppearanceDataModule, "fit", (), ("dataset_dir",)),
@@ -150,7 +152,6 @@ def section(cfg: Namespace, key: str) -> dict[str, Any]:
 
 def result_config(cfg: Namespace, stage: str) -> dict[str, Any]:
     """The flat settings that determine a stage's result (for staleness), e.g. ``stage1.model.lr``."""
-    from clods_pl.pipeline.manifest import flatten  # noqa: PLC0415
 
     flat = {k: v for k, v in flatten(section(cfg, stage)).items() if k not in NON_RESULT_KEYS}
     out = {f"{stage}.{k}": v for k, v in flat.items()}

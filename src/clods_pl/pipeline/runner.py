@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
@@ -46,7 +47,8 @@ from clods_pl.pipeline.experiment import (
 )
 from clods_pl.pipeline.manifest import Manifest
 from clods_pl.pipeline.resume import STAMP_KEY, SettingsStamp, resume_checkpoint  # noqa: F401
-from clods_pl.utils.files import atomic_write_json, atomic_write_text
+from clods_pl.utils.files import atomic_write_json, atomic_write_text, folder_fingerprint, sha256_json
+from clods_pl.utils.loggers import build_loggers
 
 STAGE1_CKPT = "smgs.ckpt"
 MESH_CACHE_DIR = "meshes"
@@ -108,7 +110,6 @@ class StageRunner:
         """``{"dataset_files.<entry>": digest}`` for ``dataset.json`` and every trajectory folder it lists (once per
         process): a dataset edited after a run makes every stage that read it stale, naming the trajectory."""
         if self._dataset_files is None:
-            from clods_pl.utils.files import folder_fingerprint  # noqa: PLC0415
 
             root = Path(str(self.cfg.get("dataset") or ""))
             entries = ["dataset.json"]
@@ -161,7 +162,6 @@ class StageRunner:
         return reason
 
     def _mesh_chain_reason(self) -> str | None:
-        import numpy as np  # noqa: PLC0415
 
         entry = (self.manifest.stage("stage1") or {}).get("outputs", {}).get("checkpoint") or {}
         ckpt = entry.get("content", entry.get("sha256"))
@@ -184,7 +184,6 @@ class StageRunner:
 
     def _trainer(self, stage: str, stage_dir: Path, name: str, fit: bool, validate: bool = True,
                  stamp_extra: dict[str, Any] | None = None) -> L.Trainer:
-        from clods_pl.utils.loggers import build_loggers  # noqa: PLC0415
 
         kwargs = section(self.cfg, f"{stage}.trainer")
         wandb = section(self.cfg, "wandb")
@@ -206,7 +205,6 @@ class StageRunner:
 
     def settings_digest(self, stage: str, extra: dict[str, Any] | None = None) -> str:
         """sha256 of what determines ``stage``'s result (its settings, upstream settings, dataset fingerprint)."""
-        from clods_pl.utils.files import sha256_json  # noqa: PLC0415
 
         return sha256_json({**self.stage_config(stage), **(extra or {})})
 
@@ -250,7 +248,7 @@ class StageRunner:
             except (ValueError, TypeError) as exc:
                 raise ClodsError(f"{stage}.{role}: {str(exc).splitlines()[0]}") from None
         if stage == "stage3":
-            from clods_pl.stages.dynamics import parse_source  # noqa: PLC0415
+            from clods_pl.stages.dynamics import parse_source  # noqa: PLC0415  (stage code on demand)
 
             for source in self.stage3_sources():
                 parse_source(source)

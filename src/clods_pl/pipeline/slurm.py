@@ -14,6 +14,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import yaml
+
+from clods_pl.data.splits import STANDARD_SPLITS, names_in_splits
 from clods_pl.errors import ClodsError
 
 LAST_CKPT = "last.ckpt"
@@ -112,14 +115,12 @@ def array_shard(names: Sequence[str], env: Mapping[str, str] | None = None) -> l
 def dataset_trajectories(dataset_dir: str | os.PathLike, splits: Sequence[str] | None = None) -> list[str]:
     """Sorted, unique trajectory names of ``splits`` (default: stage 2's, the standard ones) of a dataset."""
     from clods_pl.data.format import read_dataset  # noqa: PLC0415  (data package loads lazily)
-    from clods_pl.data.splits import STANDARD_SPLITS, names_in_splits  # noqa: PLC0415
 
     return sorted(names_in_splits(read_dataset(dataset_dir), splits or STANDARD_SPLITS))
 
 
 def stage2_shard_source(config_path: str | os.PathLike) -> tuple[str, list[str] | None]:
     """(dataset dir, stage-2 splits or None) of an experiment YAML: ``stage2.data.dataset_dir`` else ``dataset``."""
-    import yaml  # noqa: PLC0415
 
     path = Path(config_path)
     if not path.is_file():

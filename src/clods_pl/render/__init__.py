@@ -21,20 +21,20 @@ __all__ = ["BACKENDS", "RenderOutput", "available_backends", "rasterize"]
 
 def _backend_fn(name: str) -> Callable[..., RenderOutput]:
     if name == "torch":
-        from clods_pl.render.torch_backend import rasterize_torch  # noqa: PLC0415
+        from clods_pl.render.torch_backend import rasterize_torch  # noqa: PLC0415  (backends load on first use)
         return rasterize_torch
     if name == "cpu":
         try:
-            from clods_pl.render.cpu_backend import rasterize_cpu  # noqa: PLC0415
+            from clods_pl.render.cpu_backend import rasterize_cpu  # noqa: PLC0415  (numba: first use only)
         except ImportError as exc:
             raise BackendUnavailableError(f"backend 'cpu' needs numba (`pip install numba`; {exc}); "
                                           "use backend=torch") from exc
         return rasterize_cpu
     if name == "gsplat":
-        from clods_pl.render.gsplat_backend import rasterize_gsplat  # noqa: PLC0415
+        from clods_pl.render.gsplat_backend import rasterize_gsplat  # noqa: PLC0415  (CUDA backends on use)
         return rasterize_gsplat
     if name == "inria":
-        from clods_pl.render.inria_backend import rasterize_inria  # noqa: PLC0415
+        from clods_pl.render.inria_backend import rasterize_inria  # noqa: PLC0415  (CUDA backends on use)
         return rasterize_inria
     raise BackendUnavailableError(f"unknown rasterizer backend '{name}'; choose one of {', '.join(BACKENDS)}")
 

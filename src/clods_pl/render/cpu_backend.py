@@ -20,6 +20,7 @@ import torch
 from numba import njit, prange
 from torch import Tensor
 
+from clods_pl.errors import BackendUnavailableError
 from clods_pl.render.conventions import TORCH
 from clods_pl.render.projection import num_tiles, project_gaussians, tile_bounds
 from clods_pl.render.torch_backend import T_MIN, TILE, _pairs
@@ -242,7 +243,6 @@ def rasterize_cpu(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tenso
                   return_depth: bool = False) -> RenderOutput:
     """See :func:`clods_pl.render.rasterize` (CPU tensors; float32 or float64, computed in float64)."""
     if means.device.type != "cpu":
-        from clods_pl.errors import BackendUnavailableError  # noqa: PLC0415
 
         raise BackendUnavailableError(f"backend 'cpu' needs CPU tensors, got {means.device}; use backend=torch "
                                       "(or gsplat) on a GPU")

@@ -24,7 +24,7 @@ INSTALL_HINT = "backend 'gsplat' needs `pip install gsplat==1.5.3` and a CUDA GP
 def import_gsplat() -> Any:
     """``gsplat`` or a clear BackendUnavailableError."""
     try:
-        import gsplat  # noqa: PLC0415
+        import gsplat  # noqa: PLC0415  (optional dependency, CUDA only)
     except ImportError as exc:
         raise BackendUnavailableError(f"{INSTALL_HINT} ({exc})") from exc
     return gsplat

@@ -26,7 +26,7 @@ INSTALL_HINT = ("backend 'inria' needs the original diff_gaussian_rasterization 
 
 def import_inria() -> Any:
     try:
-        import diff_gaussian_rasterization as dgr  # noqa: PLC0415
+        import diff_gaussian_rasterization as dgr  # noqa: PLC0415  (optional, user-built)
     except ImportError as exc:
         raise BackendUnavailableError(f"{INSTALL_HINT} ({exc})") from exc
     return dgr

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from clods_pl.data.format import read_dataset
 from clods_pl.errors import ClodsError, DatasetError
 from clods_pl.geometry import Cameras
 from clods_pl.render.types import composite
@@ -108,7 +109,6 @@ class AppearanceDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.frames:
             return
-        from clods_pl.data.format import read_dataset  # noqa: PLC0415
 
         ds = read_dataset(self.dataset_dir)
         names = ds.names(self.split)[: self.max_trajectories]
@@ -266,7 +266,7 @@ class AppearanceModule(L.LightningModule):
                     raise ModuleNotFoundError(f"it needs torchvision (`pip install torchvision`) and {weights}")
                 if not weights.is_file():  # torchvision would try to download it (and hang on an offline machine)
                     raise FileNotFoundError(f"{weights} missing; put torchvision's AlexNet weights there to get LPIPS")
-                from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity  # noqa: PLC0415
+                from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity  # noqa: PLC0415  (needs torchvision)
 
                 self._lpips = LearnedPerceptualImagePatchSimilarity(net_type="alex").to(self.device)
             except Exception as exc:  # torchvision missing or weights not cached: never download here

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clods_pl.data.format import read_dataset
 from clods_pl.dynamics import MeshGraph, MeshGraphNet, constant_velocity_rollout
 from clods_pl.errors import DatasetError
 from clods_pl.report.plots import plot_rmse_over_steps
@@ -162,7 +163,6 @@ def run_evaluation(dataset_dir: str | os.PathLike, checkpoints: dict[str, str | 
         The metrics dict written to ``metrics.json``.
     """
     if dataset is None:
-        from clods_pl.data.format import read_dataset  # noqa: PLC0415
 
         dataset = read_dataset(dataset_dir)
     out = Path(out_dir)

@@ -32,7 +32,7 @@ def plot_rmse(cache: MeshCache, name: str, out_path: str | os.PathLike, size: fl
     import matplotlib  # noqa: PLC0415  (plots only: keeps matplotlib out of the stage's import time)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # noqa: PLC0415  (after matplotlib.use("Agg"))
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
+import imageio.v3 as iio
 import numpy as np
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -115,7 +116,6 @@ def log_images(loggers: Sequence[Logger], key: str, images: Sequence[np.ndarray]
 
     Returns the PNG paths written for the file-based loggers.
     """
-    import imageio.v3 as iio  # noqa: PLC0415
 
     frames = [_to_uint8(im) for im in images]
     written: list[Path] = []
@@ -140,7 +140,6 @@ def log_video(loggers: Sequence[Logger], key: str, frames: np.ndarray, fps: int 
     The GIF is written under the first logger's ``<log_dir>/media/`` (a W&B logger's run dir otherwise) and sent
     to every W&B logger as ``wandb.Video``. Returns the GIF path (None when no logger has a folder).
     """
-    import imageio.v3 as iio  # noqa: PLC0415
 
     video = _to_uint8(frames)
     if video.ndim != 4 or video.shape[-1] not in (1, 3, 4):
@@ -162,7 +161,7 @@ def log_video(loggers: Sequence[Logger], key: str, frames: np.ndarray, fps: int 
         return None
     iio.imwrite(path, video, extension=".gif", duration=1000.0 / fps, loop=0)
     if wandb_loggers:
-        import wandb  # noqa: PLC0415
+        import wandb  # noqa: PLC0415  (optional: only with a W&B logger)
 
         for logger in wandb_loggers:
             logger.log_metrics({key: wandb.Video(str(path), fps=fps, format="gif")}, step=step)
@@ -183,7 +182,7 @@ def log_manifest_artifact(loggers: Sequence[Logger], manifest_path: str | os.Pat
     wandb_loggers = _wandb_loggers(loggers)
     if not wandb_loggers:
         return 0
-    import wandb  # noqa: PLC0415
+    import wandb  # noqa: PLC0415  (optional: only with a W&B logger)
 
     art_name = _safe(name or f"manifest-{path.parent.name}")
     for logger in wandb_loggers:
