@@ -9,13 +9,11 @@ import torch
 
 from clods_pl.dynamics.synthetic import wave_dataset
 from clods_pl.errors import ClodsError, DatasetError
-from clods_pl.stages.dynamics import (
+from clods_pl.stages.dynamics import DynamicsModule, exponential_lr_factor, load_dynamics_model
+from clods_pl.stages.dynamics_data import (
     DynamicsDataModule,
-    DynamicsModule,
     FixedWindows,
     collate_windows,
-    exponential_lr_factor,
-    load_dynamics_model,
     load_mesh_cache,
     load_trajectories,
     parse_source,

@@ -81,7 +81,7 @@ def check_dataset_needs(cfg: Namespace, stages: tuple[str, ...], stage3_sources:
     checks images, meshes and ground truth), ground truth and >= 3 frames for every trajectory ``eval``
     scores, and ground truth for the training trajectories of stage 3's ``gt``/``mixed`` sources. A bad
     dataset then fails in seconds instead of after stages 1-2."""
-    from clods_pl.stages.dynamics import parse_source  # noqa: PLC0415  (stage code loads on demand)
+    from clods_pl.stages.dynamics_data import parse_source  # noqa: PLC0415  (stage code loads on demand)
     from clods_pl.stages.evaluation import SPLITS  # noqa: PLC0415  (stage code loads on demand)
 
     root = dataset_of(cfg)

@@ -57,7 +57,8 @@ def default_stages() -> dict[str, StageSpec]:
     # imported here, not at the top: the stage code (Lightning, torchmetrics) loads when a command needs it, and
     # the stages' own imports of pipeline helpers then cannot form a cycle with this module
     from clods_pl.stages.appearance import AppearanceDataModule, AppearanceModule  # noqa: PLC0415  (see above)
-    from clods_pl.stages.dynamics import DynamicsDataModule, DynamicsModule  # noqa: PLC0415  (see above)
+    from clods_pl.stages.dynamics import DynamicsModule  # noqa: PLC0415  (see above)
+    from clods_pl.stages.dynamics_data import DynamicsDataModule  # noqa: PLC0415  (see above)
     from clods_pl.stages.recovery import RecoveryDataModule, RecoveryModule  # noqa: PLC0415  (see above)
 
     return {

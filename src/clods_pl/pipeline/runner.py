@@ -248,7 +248,7 @@ class StageRunner:
             except (ValueError, TypeError) as exc:
                 raise ClodsError(f"{stage}.{role}: {str(exc).splitlines()[0]}") from None
         if stage == "stage3":
-            from clods_pl.stages.dynamics import parse_source  # noqa: PLC0415  (stage code on demand)
+            from clods_pl.stages.dynamics_data import parse_source  # noqa: PLC0415  (stage code on demand)
 
             for source in self.stage3_sources():
                 parse_source(source)

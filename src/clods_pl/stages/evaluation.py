@@ -29,7 +29,8 @@ from clods_pl.errors import DatasetError
 from clods_pl.report.plots import plot_rmse_over_steps
 from clods_pl.report.tables import method_label, rollout_table_markdown
 from clods_pl.report.video import write_rollout_video
-from clods_pl.stages.dynamics import load_dynamics_model, trajectory_data
+from clods_pl.stages.dynamics import load_dynamics_model
+from clods_pl.stages.dynamics_data import trajectory_data
 from clods_pl.utils.files import atomic_write_json, atomic_write_text
 
 SPLITS = ("test_viewed", "test_unviewed")
