@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from clods_pl.pipeline import runner
+from clods_pl.pipeline import checks, runner
 from clods_pl.pipeline.cli import main
 from clods_pl.pipeline.experiment import StageSpec
 
@@ -129,9 +129,9 @@ def test_gpu_settings_without_a_gpu_or_with_a_cpu_accelerator_are_clear(
     with pytest.raises(BackendUnavailableError,
                        match="stage2.model.backend=gsplat renders on CUDA but stage2.trainer.accelerator=cpu; "
                              "set stage2.trainer.accelerator=gpu"):
-        runner.check_backends(Namespace(stage2=stage), "stage2")
+        checks.check_backends(Namespace(stage2=stage), "stage2")
     stage.trainer.accelerator = "gpu"
-    runner.check_backends(Namespace(stage2=stage), "stage2")
+    checks.check_backends(Namespace(stage2=stage), "stage2")
 
 
 def test_stage_device_follows_the_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,13 +140,13 @@ def test_stage_device_follows_the_accelerator(monkeypatch: pytest.MonkeyPatch) -
 
     cfg = Namespace(stage2=Namespace(trainer=Namespace(accelerator="auto")))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert runner.stage_device(cfg, "stage2") == "cpu"
+    assert checks.stage_device(cfg, "stage2") == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert runner.stage_device(cfg, "stage2") == "cuda"
+    assert checks.stage_device(cfg, "stage2") == "cuda"
     cfg.stage2.trainer.accelerator = "cpu"
-    assert runner.stage_device(cfg, "stage2") == "cpu"
+    assert checks.stage_device(cfg, "stage2") == "cpu"
     cfg.stage2.trainer.accelerator = "gpu"
-    assert runner.stage_device(cfg, "stage2") == "cuda"
+    assert checks.stage_device(cfg, "stage2") == "cuda"
 
 
 def test_stage1_never_resumes_a_checkpoint_of_other_settings(dummy: dict, capsys: pytest.CaptureFixture) -> None:

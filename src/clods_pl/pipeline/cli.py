@@ -150,8 +150,9 @@ def set_threads(threads: int | None) -> int:
 
 
 def _recover_command(argv: Sequence[str]) -> int:
+    from clods_pl.pipeline.checks import check_backends, dataset_of, stage_device  # noqa: PLC0415  (see above)
     from clods_pl.pipeline.experiment import build_parser  # noqa: PLC0415  (commands load only what they use)
-    from clods_pl.pipeline.runner import MESH_CACHE_DIR, StageRunner, check_backends, dataset_of, stage_device  # noqa: PLC0415  (commands load only what they use)
+    from clods_pl.pipeline.runner import MESH_CACHE_DIR, StageRunner  # noqa: PLC0415  (see above)
 
     parser = build_parser(prog="clods-pl recover")  # every stage: the experiment YAML has them all
     parser.add_argument("--traj", type=str, required=True, help="trajectory name")

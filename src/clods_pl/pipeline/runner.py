@@ -27,14 +27,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from clods_pl.errors import ClodsError, ManifestError
-from clods_pl.pipeline.checks import (  # noqa: F401  (used by tests)
-    CUDA_BACKENDS,
-    GPU_ACCELERATORS,
+from clods_pl.pipeline.checks import (
     check_backends,
     check_dataset_needs,
     check_trainer_limits,
     dataset_of,
-    stage_device,
 )
 from clods_pl.pipeline.experiment import (
     EVAL_NAME,
@@ -46,7 +43,7 @@ from clods_pl.pipeline.experiment import (
     section,
 )
 from clods_pl.pipeline.manifest import Manifest
-from clods_pl.pipeline.resume import STAMP_KEY, SettingsStamp, resume_checkpoint  # noqa: F401
+from clods_pl.pipeline.resume import SettingsStamp, resume_checkpoint
 from clods_pl.utils.files import atomic_write_json, atomic_write_text, folder_fingerprint, sha256_json
 from clods_pl.utils.loggers import build_loggers
 

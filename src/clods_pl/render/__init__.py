@@ -85,7 +85,7 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
         viewmats: (C, 4, 4) world-to-camera, OpenCV axes. Ks: (C, 3, 3) intrinsics, pixel centres at +0.5.
         width, height: image size. background: (3,) RGB behind the Gaussians (black when None).
         backend: ``torch`` (reference, CPU or CUDA), ``cpu`` (Numba kernels, CPU tensors, same results as ``torch``
-            3-6x faster), ``gsplat`` (CUDA), ``inria`` (CUDA, user-installed).
+            2-4x faster on one thread), ``gsplat`` (CUDA), ``inria`` (CUDA, user-installed).
     Returns:
         RenderOutput(rgb (C, H, W, 3), alpha (C, H, W, 1), depth (C, H, W, 1) | None).
     """

@@ -52,6 +52,23 @@ def _row(mx: float, a: float, b: float, c: float, q: float, dy: float, x0: int, 
 
 
 @njit(cache=True, inline="always")
+def _tile(t: int, tiles_x: int, tiles_per_cam: int, width: int, height: int) -> tuple[int, int, int, int, int]:
+    """Camera and pixel rectangle [x0, x1) x [y0, y1) of flat tile index ``t``."""
+    c, lt = t // tiles_per_cam, t % tiles_per_cam
+    x0, y0 = (lt % tiles_x) * TILE, (lt // tiles_x) * TILE
+    return c, x0, y0, min(x0 + TILE, width), min(y0 + TILE, height)
+
+
+@njit(cache=True, inline="always")
+def _row_start(mx: float, a: float, b: float, cc: float, lo: float, dy: float, rx0: int) -> tuple[float, float]:
+    """(opacity * exp(power) at pixel ``rx0`` of the row, its ratio to the next pixel's): log alpha is quadratic in
+    dx, so alpha(dx + 1) / alpha(dx) = exp(-a (dx + 1/2) - b dy), and that ratio changes by exp(-a) per pixel."""
+    dx = rx0 + 0.5 - mx
+    return (math.exp(lo - 0.5 * (a * dx * dx + cc * dy * dy) - b * dx * dy),
+            math.exp(-0.5 * a * (2.0 * dx + 1.0) - b * dy))
+
+
+@njit(cache=True, inline="always")
 def _box(mx: float, my: float, r: float, x0: int, x1: int, y0: int, y1: int) -> tuple[int, int, int, int]:
     """Pixels [bx0, bx1) x [by0, by1) of the tile [x0, x1) x [y0, y1) whose centres lie within r of the mean."""
     bx0 = max(x0, int(math.ceil(mx - r - 0.5)))
@@ -70,9 +87,7 @@ def _forward(attrs: np.ndarray, reach: np.ndarray, tile_start: np.ndarray, gids:
         s, e = tile_start[t], tile_start[t + 1]
         if e == s:
             continue
-        c, lt = t // tiles_per_cam, t % tiles_per_cam
-        x0, y0 = (lt % tiles_x) * TILE, (lt // tiles_x) * TILE
-        x1, y1 = min(x0 + TILE, width), min(y0 + TILE, height)
+        c, x0, y0, x1, y1 = _tile(t, tiles_x, tiles_per_cam, width, height)
         # the tile's pixel state lives in small local arrays (cache-resident), written out once at the end
         T_loc = np.ones((TILE, TILE))
         F_loc = np.zeros((TILE, TILE, D))
@@ -93,10 +108,7 @@ def _forward(attrs: np.ndarray, reach: np.ndarray, tile_start: np.ndarray, gids:
                 rx0, rx1 = _row(mx, a, b, cc, q, dy, bx0, bx1)
                 if rx0 >= rx1:
                     continue
-                # opacity * exp(power) along the row by two products per pixel instead of one exp (see _backward)
-                dx = rx0 + 0.5 - mx
-                G = math.exp(lo - 0.5 * (a * dx * dx + cc * dy * dy) - b * dx * dy)
-                ratio = math.exp(-0.5 * a * (2.0 * dx + 1.0) - b * dy)
+                G, ratio = _row_start(mx, a, b, cc, lo, dy, rx0)  # then two products per pixel, no exp
                 iy = py - y0
                 for px in range(rx0, rx1):
                     raw = min(G, 1.0)
@@ -136,9 +148,7 @@ def _backward(attrs: np.ndarray, reach: np.ndarray, tile_start: np.ndarray, gids
         s, e = tile_start[t], tile_start[t + 1]
         if e == s:
             continue
-        c, lt = t // tiles_per_cam, t % tiles_per_cam
-        x0, y0 = (lt % tiles_x) * TILE, (lt // tiles_x) * TILE
-        x1, y1 = min(x0 + TILE, width), min(y0 + TILE, height)
+        c, x0, y0, x1, y1 = _tile(t, tiles_x, tiles_per_cam, width, height)
         T_cur = np.ones((TILE, TILE))
         behind = np.zeros((TILE, TILE))  # sum over later Gaussians of w_j f_j . g, plus g_T * T_final
         G_loc = np.zeros((TILE, TILE, D))
@@ -166,11 +176,7 @@ def _backward(attrs: np.ndarray, reach: np.ndarray, tile_start: np.ndarray, gids
                 rx0, rx1 = _row(mx, a, b, cc, q, dy, bx0, bx1)
                 if rx0 >= rx1:
                     continue
-                # log alpha is quadratic in dx: alpha(dx + 1) / alpha(dx) = exp(-a (dx + 1/2) - b dy), and that
-                # ratio itself changes by exp(-a) per pixel
-                dx0 = rx0 + 0.5 - mx
-                G = math.exp(lo - 0.5 * (a * dx0 * dx0 + cc * dy * dy) - b * dx0 * dy)
-                ratio = math.exp(-0.5 * a * (2.0 * dx0 + 1.0) - b * dy)
+                G, ratio = _row_start(mx, a, b, cc, lo, dy, rx0)
                 iy = py - y0
                 for px in range(rx0, rx1):
                     raw = min(G, 1.0)
