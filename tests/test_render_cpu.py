@@ -25,12 +25,14 @@ def scene(n: int, seed: int, dtype: torch.dtype, opaque: bool = False, spread: f
     return [means, quats, scales, opac, cols]
 
 
-def render(backend: str, params: list[torch.Tensor], size: int = 48, views: int = 3, depth: bool = False):
+def render(backend: str, params: list[torch.Tensor], size: int = 48, views: int = 3, depth: bool = False,
+           antialiased: bool = False):
     cams = ring_cameras(views, 2.0, width=size, height=size)
     dtype = params[0].dtype
     leaves = [p.clone().requires_grad_(True) for p in params]
     bg = torch.tensor([0.3, 0.6, 0.9], dtype=dtype)
-    out = rasterize(*leaves, cams.w2c.to(dtype), cams.K.to(dtype), size, size, bg, backend=backend, return_depth=depth)
+    out = rasterize(*leaves, cams.w2c.to(dtype), cams.K.to(dtype), size, size, bg, backend=backend, return_depth=depth,
+                    antialiased=antialiased)
     weight = torch.rand(out.rgb.shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
     loss = (out.rgb * weight).sum() + 0.5 * out.alpha.sum() + (out.depth.sum() * 0.1 if depth else 0)
     grads = torch.autograd.grad(loss, leaves)
@@ -38,14 +40,15 @@ def render(backend: str, params: list[torch.Tensor], size: int = 48, views: int 
 
 
 @pytest.mark.parametrize("dtype,img_tol,grad_tol", [(torch.float64, 1e-10, 1e-8), (torch.float32, 1e-5, 1e-4)])
-@pytest.mark.parametrize("opaque", [False, True])
-def test_cpu_matches_torch(dtype: torch.dtype, img_tol: float, grad_tol: float, opaque: bool) -> None:
+@pytest.mark.parametrize("opaque,antialiased", [(False, False), (True, False), (True, True)])
+def test_cpu_matches_torch(dtype: torch.dtype, img_tol: float, grad_tol: float, opaque: bool,
+                           antialiased: bool) -> None:
     params = scene(300, 1, dtype, opaque)
-    ref, ref_g = render("torch", params)
-    out, out_g = render("cpu", params)
+    ref, ref_g = render("torch", params, antialiased=antialiased)
+    out, out_g = render("cpu", params, antialiased=antialiased)
     assert float(ref.alpha.detach().max()) > 0.9  # the scene is visible
-    assert float((ref.rgb - out.rgb).abs().max()) < img_tol
-    assert float((ref.alpha - out.alpha).abs().max()) < img_tol
+    assert float((ref.rgb - out.rgb).detach().abs().max()) < img_tol
+    assert float((ref.alpha - out.alpha).detach().abs().max()) < img_tol
     for name, a, b in zip(NAMES, ref_g, out_g):
         rel = float((a - b).norm() / a.norm())
         assert rel < grad_tol, (name, rel)

@@ -51,15 +51,16 @@ def _cameras():
     return ring_cameras(3, 2.5, width=SIZE, height=SIZE)
 
 
-def render(backend: str, params: list[torch.Tensor], conventions: RasterConventions = TORCH
-           ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def render(backend: str, params: list[torch.Tensor], conventions: RasterConventions = TORCH,
+           antialiased: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """(rgb, alpha, gradients of a weighted image sum) for ``backend``; ``torch`` uses ``conventions``."""
     cams = _cameras().to(DEVICE)
     bg = torch.tensor([1.0, 0.5, 0.25], device=DEVICE)
     if backend == "torch":
-        out = rasterize_torch(*params, cams.w2c, cams.K, SIZE, SIZE, bg, conventions=conventions)
+        out = rasterize_torch(*params, cams.w2c, cams.K, SIZE, SIZE, bg, conventions=conventions,
+                              antialiased=antialiased)
     else:
-        out = rasterize(*params, cams.w2c, cams.K, SIZE, SIZE, bg, backend=backend)
+        out = rasterize(*params, cams.w2c, cams.K, SIZE, SIZE, bg, backend=backend, antialiased=antialiased)
     weight = torch.linspace(0.5, 1.5, SIZE * SIZE * 3, device=DEVICE).reshape(1, SIZE, SIZE, 3)
     loss = (out.rgb * weight).sum() + out.alpha.sum()
     grads = torch.autograd.grad(loss, params)
@@ -92,6 +93,16 @@ def test_backend_matches_torch_reference_with_its_conventions(backend: str) -> N
     params = parity_scene()
     stats = parity_stats(render("torch", params, CONVENTIONS[backend]), render(backend, params))
     print(backend, stats)
+    assert_parity(stats)
+
+
+def test_gsplat_antialiased_mode_matches_torch_reference() -> None:
+    """gsplat's rasterize_mode="antialiased" against the torch reference's antialiased=True (same compensation)."""
+    pytest.importorskip("gsplat", reason="gsplat not installed")
+    params = parity_scene()
+    stats = parity_stats(render("torch", params, CONVENTIONS["gsplat"], antialiased=True),
+                         render("gsplat", params, antialiased=True))
+    print("gsplat antialiased", stats)
     assert_parity(stats)
 
 

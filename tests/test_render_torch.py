@@ -17,9 +17,11 @@ from clods_pl.render.torch_backend import rasterize_torch
 TILE = 16
 
 
-def reference(means, quats, scales, opac, colors, viewmats, Ks, W, H, bg, conv: RasterConventions = TORCH):
+def reference(means, quats, scales, opac, colors, viewmats, Ks, W, H, bg, conv: RasterConventions = TORCH,
+              antialiased: bool = False):
     """Per pixel, per Gaussian, in numpy float64: 3DGS classic semantics written out longhand (``conv``: the
-    alpha clamp, the near plane, 16x16-tile coverage or every pixel, and 3DGS's integer-pixel tile rectangle)."""
+    alpha clamp, the near plane, 16x16-tile coverage or every pixel, and 3DGS's integer-pixel tile rectangle;
+    ``antialiased``: opacity times sqrt(det(cov) / det(cov + 0.3 I)), Mip-Splatting's compensation)."""
     C, N = viewmats.shape[0], means.shape[0]
     rgb = np.zeros((C, H, W, 3))
     alpha_img = np.zeros((C, H, W, 1))
@@ -41,10 +43,12 @@ def reference(means, quats, scales, opac, colors, viewmats, Ks, W, H, bg, conv: 
             u = np.clip(t[0] / t[2], -(cx / fx + 0.3 * tanx), (W - cx) / fx + 0.3 * tanx)
             v = np.clip(t[1] / t[2], -(cy / fy + 0.3 * tany), (H - cy) / fy + 0.3 * tany)
             J = np.array([[fx / t[2], 0, -fx * u / t[2]], [0, fy / t[2], -fy * v / t[2]]])
-            cov = J @ S @ J.T + 0.3 * np.eye(2)
+            cov_raw = J @ S @ J.T
+            cov = cov_raw + 0.3 * np.eye(2)
             det = np.linalg.det(cov)
             if det <= 0:
                 continue
+            o = opac[n] * math.sqrt(max(np.linalg.det(cov_raw), 0.0) / det) if antialiased else opac[n]
             conic = np.linalg.inv(cov)
             mid = 0.5 * (cov[0, 0] + cov[1, 1])
             r = math.ceil(3 * math.sqrt(mid + math.sqrt(max(0.1, mid * mid - det))))
@@ -61,17 +65,17 @@ def reference(means, quats, scales, opac, colors, viewmats, Ks, W, H, bg, conv: 
                     continue
                 tx0, tx1 = max(0, math.floor((m2[0] - r) / TILE)), math.ceil((m2[0] + r) / TILE)
                 ty0, ty1 = max(0, math.floor((m2[1] - r) / TILE)), math.ceil((m2[1] + r) / TILE)
-            items.append((t[2], n, m2, conic, (tx0, tx1, ty0, ty1)))
+            items.append((t[2], n, m2, conic, (tx0, tx1, ty0, ty1), o))
         items.sort(key=lambda it: it[0])
         for i in range(H):
             for j in range(W):
                 Tr, acc = 1.0, np.zeros(3)
-                for _, n, m2, conic, (tx0, tx1, ty0, ty1) in items:
+                for _, n, m2, conic, (tx0, tx1, ty0, ty1), o in items:
                     if not (tx0 <= j // TILE < tx1 and ty0 <= i // TILE < ty1):
                         continue
                     d = np.array([j + 0.5, i + 0.5]) - m2
                     power = -0.5 * d @ conic @ d
-                    a = min(conv.alpha_max, opac[n] * math.exp(power))
+                    a = min(conv.alpha_max, o * math.exp(power))
                     if a < 1 / 255:
                         continue
                     if Tr * (1 - a) < 1e-4:
@@ -108,13 +112,14 @@ def central_differences(f, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 CAMS = ring_cameras(2, radius=2.0, width=40, height=36, fov_deg=50.0)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_forward_matches_brute_force_reference(seed: int) -> None:
+@pytest.mark.parametrize("seed,antialiased", [(0, False), (1, False), (0, True), (1, True)])
+def test_forward_matches_brute_force_reference(seed: int, antialiased: bool) -> None:
     means, quats, scales, opac, colors = scene(25, seed)
     bg = torch.tensor([0.2, 0.4, 0.9], dtype=torch.float64)
     w2c, K = CAMS.w2c.double(), CAMS.K.double()
-    out = rasterize(means, quats, scales, opac, colors, w2c, K, 40, 36, bg)
-    ref_rgb, ref_a = reference(*(x.numpy() for x in (means, quats, scales, opac, colors, w2c, K)), 40, 36, bg.numpy())
+    out = rasterize(means, quats, scales, opac, colors, w2c, K, 40, 36, bg, antialiased=antialiased)
+    ref_rgb, ref_a = reference(*(x.numpy() for x in (means, quats, scales, opac, colors, w2c, K)), 40, 36, bg.numpy(),
+                               antialiased=antialiased)
     assert out.rgb.shape == (2, 36, 40, 3) and out.alpha.shape == (2, 36, 40, 1)
     assert np.abs(out.rgb.numpy() - ref_rgb).max() < 1e-5
     assert np.abs(out.alpha.numpy() - ref_a).max() < 1e-5
@@ -134,15 +139,17 @@ def test_gaussian_straddling_border_matches_reference() -> None:
     assert float(border) > 0.1  # some Gaussian really covers the border
 
 
-@pytest.mark.parametrize("name", ["means", "quats", "scales", "opac", "colors"])
-def test_gradients_match_finite_differences(name: str) -> None:
+@pytest.mark.parametrize("name,antialiased", [(n, False) for n in ["means", "quats", "scales", "opac", "colors"]]
+                         + [("means", True), ("scales", True), ("quats", True)])
+def test_gradients_match_finite_differences(name: str, antialiased: bool) -> None:
     params = dict(zip(["means", "quats", "scales", "opac", "colors"], scene(6, 7, spread=0.4)))
     w2c, K = CAMS.w2c.double(), CAMS.K.double()
     weight = torch.rand(2, 36, 40, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
     def f(x: torch.Tensor) -> torch.Tensor:
         p = dict(params, **{name: x})
-        out = rasterize(p["means"], p["quats"], p["scales"], p["opac"], p["colors"], w2c, K, 40, 36)
+        out = rasterize(p["means"], p["quats"], p["scales"], p["opac"], p["colors"], w2c, K, 40, 36,
+                        antialiased=antialiased)
         return (out.rgb * weight).sum() + out.alpha.sum()
 
     x = params[name].clone().requires_grad_(True)
@@ -150,6 +157,41 @@ def test_gradients_match_finite_differences(name: str) -> None:
     num = central_differences(f, x.detach())
     assert torch.allclose(grad, num, rtol=1e-4, atol=1e-6), (grad - num).abs().max()
     assert grad.abs().sum() > 0
+
+
+def _one_gaussian(scales: list[float], opacity: float, antialiased: bool, quat=(1.0, 0.0, 0.0, 0.0)):
+    cams = ring_cameras(1, radius=2.0, width=64, height=64, fov_deg=40.0)
+    t = torch.float64
+    out = rasterize(torch.zeros(1, 3, dtype=t), torch.tensor([quat], dtype=t), torch.tensor([scales], dtype=t),
+                    torch.tensor([opacity], dtype=t), torch.ones(1, 3, dtype=t), cams.w2c.double(), cams.K.double(),
+                    64, 64, antialiased=antialiased)
+    fx = float(cams.K[0, 0, 0])
+    return out, fx
+
+
+def test_antialiasing_keeps_a_small_gaussians_integrated_opacity() -> None:
+    """An isotropic Gaussian of sigma 0.4 px: the summed alpha is opacity x 2 pi sigma^2 when antialiased, and
+    opacity x 2 pi (sigma^2 + 0.3) in the classic mode (the dilation adds area at full opacity). The 1/255 skip
+    drops the tails below it, a fraction (1/255) / peak alpha of a 2D Gaussian's mass."""
+    sigma_px, opacity = 0.4, 0.5
+    fx = float(ring_cameras(1, radius=2.0, width=64, height=64, fov_deg=40.0).K[0, 0, 0])
+    s = sigma_px * 2.0 / fx  # world scale that projects to sigma_px at the centre's depth 2
+    var = sigma_px**2 + 0.3
+    for antialiased, peak, area in ((True, opacity * sigma_px**2 / var, sigma_px**2), (False, opacity, var)):
+        out, _ = _one_gaussian([s, s, s], opacity, antialiased)
+        expected = opacity * 2 * math.pi * area * (1 - 1 / (255 * peak))
+        assert float(out.alpha.sum()) == pytest.approx(expected, rel=0.01), antialiased
+
+
+def test_antialiasing_hides_an_edge_on_flat_gaussian() -> None:
+    """A flat disk seen exactly edge-on covers no area: classic 3DGS still draws a 0.55 px wide line at full
+    opacity, the antialiased mode draws (almost) nothing."""
+    flat = [0.2, 0.2, 1e-6]
+    edge_on = (math.cos(math.pi / 4), math.sin(math.pi / 4), 0.0, 0.0)  # normal turned into the image plane
+    classic, _ = _one_gaussian(flat, 0.9, False, edge_on)
+    aa, _ = _one_gaussian(flat, 0.9, True, edge_on)
+    assert float(classic.alpha.max()) > 0.5
+    assert float(aa.alpha.max()) < 0.02
 
 
 def test_empty_scene_and_all_behind_camera_give_background() -> None:

@@ -156,3 +156,75 @@ def test_two_sided_colour_follows_the_side_a_camera_sees() -> None:
     colors = smgs.gaussians(verts0, cams).colors
     assert colors.shape == (2, smgs.num_gaussians, 3)
     assert bool((colors[0, :, 0] > colors[0, :, 2]).all()) and bool((colors[1, :, 2] > colors[1, :, 0]).all())
+
+
+def _camera_above(size: int = 32):
+    from clods_pl.geometry import Cameras, look_at
+
+    K = torch.tensor([[40.0, 0, size / 2], [0, 40.0, size / 2], [0, 0, 1]], dtype=torch.float64)
+    eye = look_at(torch.tensor([0.5, 0.4, 2.5]), torch.tensor([0.5, 0.5, 0.0]), torch.tensor([0.0, 1.0, 0.0]))
+    return Cameras(K[None].clone(), eye[None].double(), size, size)
+
+
+def test_coverage_scale_takes_alpha_from_the_wide_pass_and_colour_from_the_small_one() -> None:
+    """Small Gaussians leave holes (alpha < 1 inside the cloth) that a one-pass render fills with background; the
+    coverage render keeps their colour, divided by their alpha, and takes alpha from the same Gaussians widened by
+    coverage_scale, exactly as a one-pass render of those wider Gaussians would."""
+    small, two_pass, wide = (_smgs("static", gaussians_per_face=4, init_log_scale=ls, coverage_scale=cs)[0].double()
+                             for ls, cs in ((-0.9, None), (-0.9, 3.0), (-0.9 + math.log(3.0), None)))
+    verts = _smgs("static")[1].double()
+    for m in (small, two_pass, wide):
+        with torch.no_grad():
+            m.sh[:, 0] = torch.tensor([1.2, -1.0, -0.8], dtype=torch.float64)  # one uniform colour, front and back
+            m.sh_back[:, 0] = m.sh[:, 0]
+            m.opacity.logits.fill_(4.0)
+    cams, bg = _camera_above(), torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    colour = small.gaussians(verts).colors[0]
+    with torch.no_grad():
+        one, two, ref = (m.render(verts, cams, bg) for m in (small, two_pass, wide))
+    assert torch.allclose(two.alpha, ref.alpha, atol=1e-12)
+    hole = (one.alpha[..., 0] > 0.2) & (one.alpha[..., 0] < 0.8) & (ref.alpha[..., 0] > 0.999)
+    assert int(hole.sum()) > 10  # the small Gaussians really leave holes inside the cloth
+    assert float((one.rgb[hole] - colour).abs().max()) > 0.1  # background leaks into the one-pass render
+    assert float((two.rgb[hole] - colour).abs().max()) < 1e-3  # not into the coverage render
+
+
+def test_coverage_render_gradient_in_vertices_matches_finite_differences() -> None:
+    smgs, verts = _smgs("dual", gaussians_per_face=2, init_log_scale=-0.3, coverage_scale=2.0)
+    smgs = smgs.double()
+    for p in smgs.opacity.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    cams, bg = _camera_above(24), torch.tensor([0.2, 0.3, 0.9], dtype=torch.float64)
+    weight = torch.rand(1, 24, 24, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    direction = torch.randn(verts.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.1
+
+    def f(v: torch.Tensor) -> torch.Tensor:
+        out = smgs.render(v, cams, bg)
+        return (out.rgb * weight).sum() + out.alpha.sum()
+
+    x = verts.double().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(f(x), x)
+    eps = 1e-6
+    numeric = (f(verts.double() + eps * direction) - f(verts.double() - eps * direction)) / (2 * eps)
+    assert float((grad * direction).sum()) == pytest.approx(float(numeric), rel=1e-4)
+
+
+def test_rendering_options_round_trip_and_old_checkpoints_render_classic(tmp_path) -> None:
+    from clods_pl.smgs.io import SMGS_KEY, load_smgs, smgs_record
+
+    smgs, _ = _smgs("dual", coverage_scale=2.5, init_log_scale=-0.4)
+    rec = smgs_record(smgs, (1.0, 1.0, 1.0), "torch")
+    state = {f"smgs.{k}": v for k, v in smgs.state_dict().items()}
+    torch.save({SMGS_KEY: rec, "state_dict": state}, tmp_path / "new.ckpt")
+    loaded, _ = load_smgs(tmp_path / "new.ckpt")
+    assert loaded.coverage_scale == 2.5 and loaded.antialiased and loaded.options == smgs.options
+    old = dict(rec, options={k: v for k, v in rec["options"].items()
+                             if k not in ("antialiased", "coverage_scale", "init_log_scale")})
+    torch.save({SMGS_KEY: old, "state_dict": state}, tmp_path / "old.ckpt")
+    loaded, _ = load_smgs(tmp_path / "old.ckpt")
+    assert not loaded.antialiased and loaded.coverage_scale is None  # as it was fitted
+
+
+def test_coverage_scale_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="coverage_scale must be > 0"):
+        _smgs("dual", coverage_scale=0.0)

@@ -76,7 +76,7 @@ def _check_finite(named: dict[str, Tensor]) -> None:
 
 def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, viewmats: Tensor,
               Ks: Tensor, width: int, height: int, background: Tensor | None = None, backend: str = "torch",
-              return_depth: bool = False) -> RenderOutput:
+              return_depth: bool = False, antialiased: bool = False) -> RenderOutput:
     """Render N Gaussians into C cameras.
 
     Args:
@@ -84,6 +84,9 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
         opacities: (N,) in [0, 1]. colors: (N, 3) or (C, N, 3) RGB.
         viewmats: (C, 4, 4) world-to-camera, OpenCV axes. Ks: (C, 3, 3) intrinsics, pixel centres at +0.5.
         width, height: image size. background: (3,) RGB behind the Gaussians (black when None).
+        antialiased: multiply each Gaussian's opacity by ``sqrt(det(Sigma2D) / det(Sigma2D + 0.3 I))`` per camera
+            (Mip-Splatting; gsplat's ``rasterize_mode="antialiased"``), so the 0.3 px dilation no longer fattens
+            small, thin or edge-on Gaussians. ``inria`` supports it only in builds with an ``antialiasing`` setting.
         backend: ``torch`` (reference, CPU or CUDA), ``cpu`` (Numba kernels, CPU tensors, same results as ``torch``
             2-4x faster on one thread), ``gsplat`` (CUDA), ``inria`` (CUDA, user-installed).
     Returns:
@@ -108,4 +111,5 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
         _check("background", background, (3,))
     _check_finite({"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors,
                    "viewmats": viewmats, "Ks": Ks, **({} if background is None else {"background": background})})
-    return fn(means, quats, scales, opacities, colors, viewmats, Ks, int(width), int(height), background, return_depth)
+    return fn(means, quats, scales, opacities, colors, viewmats, Ks, int(width), int(height), background, return_depth,
+              antialiased=antialiased)

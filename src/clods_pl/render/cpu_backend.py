@@ -246,7 +246,7 @@ class _Composite(torch.autograd.Function):
 
 def rasterize_cpu(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
                   viewmats: Tensor, Ks: Tensor, width: int, height: int, background: Tensor | None = None,
-                  return_depth: bool = False) -> RenderOutput:
+                  return_depth: bool = False, antialiased: bool = False) -> RenderOutput:
     """See :func:`clods_pl.render.rasterize` (CPU tensors; float32 or float64, computed in float64)."""
     if means.device.type != "cpu":
 
@@ -258,20 +258,21 @@ def rasterize_cpu(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tenso
     p = project_gaussians(means, quats, scales, viewmats, Ks, width, height)
     tiles_x, tiles_y = num_tiles(width, height, TILE)
     x0, x1, y0, y1 = tile_bounds(p, TILE, tiles_x, tiles_y)
-    op = opacities.detach().to(torch.float64)
-    live = p.front & (255.0 * op[None, :] >= 1.0)
+    opac = opacities[None, :] * p.compensation if antialiased else opacities[None, :].expand(C, N)  # (C, N)
+    op = opac.detach().to(torch.float64)
+    live = p.front & (255.0 * op >= 1.0)
     x1, y1 = torch.where(live, x1, x0), torch.where(live, y1, y0)
     tile_id, gid = _pairs(x0, x1, y0, y1, p.depth, tiles_x, tiles_x * tiles_y)
     n_tiles = C * tiles_x * tiles_y
     counts = torch.bincount(tile_id, minlength=n_tiles) if tile_id.numel() else torch.zeros(n_tiles, dtype=torch.long)
     tile_start = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
     # where alpha >= 1/255 is possible: |d| <= sqrt(2 ln(255 opacity) lambda_max), lambda_max <= (radius / 3)^2
-    reach = torch.sqrt(2.0 * torch.log((255.0 * op).clamp_min(1.0)))[None, :] * p.radius.to(torch.float64) / 3.0
+    reach = torch.sqrt(2.0 * torch.log((255.0 * op).clamp_min(1.0))) * p.radius.to(torch.float64) / 3.0
     reach = (reach + 1e-3).reshape(C * N).contiguous()
 
     cols = colors if colors.ndim == 3 else colors.unsqueeze(0).expand(C, N, 3)
     feats = torch.cat([cols, p.depth.unsqueeze(-1)], -1) if return_depth else cols
-    log_opac = torch.log(opacities.clamp_min(1e-30)).unsqueeze(0).expand(C, N).unsqueeze(-1)
+    log_opac = torch.log(opac.clamp_min(1e-30)).unsqueeze(-1)
     attrs = torch.cat([p.mean2d, p.conic, log_opac, feats], -1).reshape(C * N, ATTR + feats.shape[-1])
     feat, trans = _Composite.apply(attrs, reach, tile_start, gid.contiguous(),
                                    (C, height, width, tiles_x, tiles_x * tiles_y))

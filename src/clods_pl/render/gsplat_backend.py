@@ -32,7 +32,7 @@ def import_gsplat() -> Any:
 
 def rasterize_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
                      viewmats: Tensor, Ks: Tensor, width: int, height: int, background: Tensor | None = None,
-                     return_depth: bool = False) -> RenderOutput:
+                     return_depth: bool = False, antialiased: bool = False) -> RenderOutput:
     """See :func:`clods_pl.render.rasterize`."""
     if means.device.type != "cuda":
         raise BackendUnavailableError(f"backend 'gsplat' needs CUDA tensors, got {means.device}; "
@@ -43,7 +43,8 @@ def rasterize_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opacities: Te
     bgs = None if background is None else background.to(means).expand(C, 3).contiguous()
     render, alpha, _meta = gsplat.rasterization(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane=NEAR_PLANE,
-        eps2d=EPS_2D, packed=False, rasterize_mode="classic", render_mode="RGB+ED" if return_depth else "RGB",
+        eps2d=EPS_2D, packed=False, rasterize_mode="antialiased" if antialiased else "classic",
+        render_mode="RGB+ED" if return_depth else "RGB",
         backgrounds=bgs, sh_degree=None)
     rgb = render[..., :3]
     depth = render[..., 3:4] if return_depth else None

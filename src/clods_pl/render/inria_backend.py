@@ -43,14 +43,18 @@ def projection_matrix(K: Tensor, width: int, height: int, znear: float = ZNEAR, 
     return P
 
 
-def _settings(dgr: Any, K: Tensor, w2c: Tensor, width: int, height: int, bg: Tensor) -> Any:
+def _settings(dgr: Any, K: Tensor, w2c: Tensor, width: int, height: int, bg: Tensor, antialiased: bool = False
+              ) -> Any:
     P = projection_matrix(K, width, height)
     values = dict(image_height=int(height), image_width=int(width), tanfovx=float(width / (2 * K[0, 0])),
                   tanfovy=float(height / (2 * K[1, 1])), bg=bg, scale_modifier=1.0,
                   viewmatrix=w2c.T.contiguous(), projmatrix=(P @ w2c).T.contiguous(), sh_degree=0,
                   campos=torch.linalg.inv(w2c)[:3, 3].contiguous(), prefiltered=False, debug=False,
-                  antialiasing=False)
+                  antialiasing=antialiased)
     fields = dgr.GaussianRasterizationSettings._fields
+    if antialiased and "antialiasing" not in fields:
+        raise BackendUnavailableError("this build of diff_gaussian_rasterization has no antialiasing setting; use "
+                                      "backend=gsplat (or torch/cpu), or set antialiased: false")
     return dgr.GaussianRasterizationSettings(**{k: v for k, v in values.items() if k in fields})
 
 
@@ -65,7 +69,7 @@ def _render_one(dgr: Any, settings: Any, means: Tensor, opac: Tensor, scales: Te
 
 def rasterize_inria(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
                     viewmats: Tensor, Ks: Tensor, width: int, height: int, background: Tensor | None = None,
-                    return_depth: bool = False) -> RenderOutput:
+                    return_depth: bool = False, antialiased: bool = False) -> RenderOutput:
     """See :func:`clods_pl.render.rasterize` (depth is not supported by every version: None)."""
     if means.device.type != "cuda":
         raise BackendUnavailableError(f"backend 'inria' needs CUDA tensors, got {means.device}")
@@ -79,8 +83,9 @@ def rasterize_inria(means: Tensor, quats: Tensor, scales: Tensor, opacities: Ten
     rgbs, alphas = [], []
     for c in range(C):
         col = colors[c] if colors.ndim == 3 else colors
-        rgbs.append(_render_one(dgr, _settings(dgr, Ks[c], viewmats[c], width, height, bg), means, opac, scales, q,
-                                col).permute(1, 2, 0))
-        a = _render_one(dgr, _settings(dgr, Ks[c], viewmats[c], width, height, black), means, opac, scales, q, white)
+        rgb_settings = _settings(dgr, Ks[c], viewmats[c], width, height, bg, antialiased)
+        rgbs.append(_render_one(dgr, rgb_settings, means, opac, scales, q, col).permute(1, 2, 0))
+        alpha_settings = _settings(dgr, Ks[c], viewmats[c], width, height, black, antialiased)
+        a = _render_one(dgr, alpha_settings, means, opac, scales, q, white)
         alphas.append(a[:1].permute(1, 2, 0))
     return RenderOutput(rgb=torch.stack(rgbs), alpha=torch.stack(alphas), depth=None)

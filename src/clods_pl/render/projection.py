@@ -4,6 +4,11 @@ For camera c and Gaussian n: camera-space centre ``t = R_c mu + T_c``; 3D covari
 ``M = R(q) diag(s)``; 2D covariance ``J W Sigma W^T J^T + 0.3 I`` with the perspective Jacobian ``J`` evaluated
 at ``t`` whose x/z and y/z are clamped to 1.3x the field of view (as gsplat and 3DGS do); 3-sigma radius
 ``ceil(3 sqrt(lambda_max))``; Gaussians with ``z <= near`` or a non-positive determinant are culled.
+
+The dilation gives every Gaussian a footprint of at least ~0.55 px (sigma) at its full opacity, which fattens
+silhouettes and thin or edge-on Gaussians at low resolution. ``compensation = sqrt(det(cov2) / det(cov2 + 0.3 I))``
+is Mip-Splatting's (and gsplat's ``rasterize_mode="antialiased"``) opacity factor that keeps each Gaussian's
+integrated opacity unchanged by the dilation; rasterizers multiply it in when asked to antialias.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class Projected:
     radius: Tensor   # (C, N) int64 pixels
     valid: Tensor    # (C, N) bool: in front, non-degenerate and its 3-sigma box on screen
     front: Tensor    # (C, N) bool: in front of the near plane with a positive-definite 2D covariance
+    compensation: Tensor  # (C, N) antialiasing opacity factor in [0, 1] (module docstring)
 
 
 def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor, Ks: Tensor, width: int,
@@ -67,6 +73,7 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Te
     b = cov2[..., 0, 1]
     c = cov2[..., 1, 1] + eps2d
     det = a * c - b * b
+    det_raw = cov2[..., 0, 0] * cov2[..., 1, 1] - b * b
     det_safe = torch.where(det > 0, det, torch.ones_like(det))
     conic = torch.stack([c / det_safe, -b / det_safe, a / det_safe], -1)
     mid = 0.5 * (a + c)
@@ -77,7 +84,8 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Te
     on_screen = (mx + radius > 0) & (mx - radius < width) & (my + radius > 0) & (my - radius < height)
     front = (z > near) & (det > 0)
     valid = front & (radius > 0) & on_screen
-    return Projected(mean2d, conic, z, radius, valid, front)
+    compensation = torch.sqrt(torch.clamp(det_raw / det_safe, min=1e-12))  # > 0: finite gradient
+    return Projected(mean2d, conic, z, radius, valid, front, compensation)
 
 
 def tile_bounds(p: Projected, tile: int, tiles_x: int, tiles_y: int, integer_pixel: bool = False

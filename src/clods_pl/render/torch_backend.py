@@ -52,7 +52,8 @@ def _pairs(x0: Tensor, x1: Tensor, y0: Tensor, y1: Tensor, depth: Tensor, tiles_
 
 def rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
                     viewmats: Tensor, Ks: Tensor, width: int, height: int, background: Tensor | None = None,
-                    return_depth: bool = False, conventions: RasterConventions = TORCH) -> RenderOutput:
+                    return_depth: bool = False, antialiased: bool = False,
+                    conventions: RasterConventions = TORCH) -> RenderOutput:
     """See :func:`clods_pl.render.rasterize`. colors: (N, 3) or (C, N, 3).
 
     ``conventions``: :data:`~clods_pl.render.conventions.TORCH` (the backend's own); ``GSPLAT_1_5`` or
@@ -63,7 +64,8 @@ def rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Ten
     tiles_per_cam = tiles_x * tiles_y
     bg = torch.zeros(3, dtype=dtype, device=device) if background is None else background.to(means)
     p = project_gaussians(means, quats, scales, viewmats, Ks, width, height, near=conventions.near)
-    tile_id, gid = _pairs(*_block_bounds(p, opacities, width, height, conventions), p.depth, tiles_x,
+    opac = opacities[None, :] * p.compensation if antialiased else opacities[None, :].expand(C, N)  # (C, N)
+    tile_id, gid = _pairs(*_block_bounds(p, opac, width, height, conventions), p.depth, tiles_x,
                           tiles_per_cam)
     n_tiles = C * tiles_per_cam
     counts = (torch.bincount(tile_id, minlength=n_tiles) if tile_id.numel()
@@ -74,7 +76,7 @@ def rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Ten
     feat_dim = 4 if return_depth else 3
     feats = torch.cat([cols, p.depth.unsqueeze(-1)], -1) if return_depth else cols
     feats = feats.reshape(C * N, feat_dim)
-    log_opac = torch.log(opacities.clamp_min(1e-30)).unsqueeze(0).expand(C, N).reshape(C * N, 1)
+    log_opac = torch.log(opac.clamp_min(1e-30)).reshape(C * N, 1)
     attrs = torch.cat([p.mean2d.reshape(C * N, 2), p.conic.reshape(C * N, 3), log_opac, feats], -1)
 
     # pixel centres of one tile (tile-local coordinates)
@@ -117,20 +119,22 @@ def rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Ten
 
 def _block_bounds(p: Projected, opacities: Tensor, width: int, height: int, conventions: RasterConventions
                   ) -> tuple[Tensor, ...]:
-    """BLOCK rectangles [x0, x1) x [y0, y1) per (camera, Gaussian): inside its 16-pixel tile rectangle (3DGS
+    """``opacities``: (C, N) as composited.
+
+    BLOCK rectangles [x0, x1) x [y0, y1) per (camera, Gaussian): inside its 16-pixel tile rectangle (3DGS
     semantics; skipped when ``conventions.tile_coverage`` is False) and inside the box where
     ``opacity * exp(-0.5 d^T Sigma^-1 d) >= 1/255`` is possible, i.e. ``|d| <= sqrt(2 ln(255 opacity) lambda_max)``;
     every skipped pixel would have been skipped by the threshold."""
     bx, by = num_tiles(width, height, BLOCK)
-    op = opacities.detach().to(p.mean2d.dtype)
-    reach = torch.sqrt(2.0 * torch.log((255.0 * op).clamp_min(1.0)))  # (N,) Mahalanobis reach
-    r = reach[None, :] * p.radius.to(op.dtype) / 3.0 + 1e-3  # radius = ceil(3 sqrt(lambda_max)) >= 3 sqrt(lam)
+    op = opacities.detach().to(p.mean2d.dtype)  # (C, N)
+    reach = torch.sqrt(2.0 * torch.log((255.0 * op).clamp_min(1.0)))  # (C, N) Mahalanobis reach
+    r = reach * p.radius.to(op.dtype) / 3.0 + 1e-3  # radius = ceil(3 sqrt(lambda_max)) >= 3 sqrt(lam)
     mx, my = p.mean2d[..., 0].detach(), p.mean2d[..., 1].detach()
     x0 = torch.clamp(torch.floor((mx - r) / BLOCK), 0, bx).long()
     x1 = torch.clamp(torch.ceil((mx + r) / BLOCK), 0, bx).long()
     y0 = torch.clamp(torch.floor((my - r) / BLOCK), 0, by).long()
     y1 = torch.clamp(torch.ceil((my + r) / BLOCK), 0, by).long()
-    live = p.front & (255.0 * op[None, :] >= 1.0)
+    live = p.front & (255.0 * op >= 1.0)
     if conventions.tile_coverage:
         tiles_x, tiles_y = num_tiles(width, height, TILE)
         k = TILE // BLOCK

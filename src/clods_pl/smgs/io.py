@@ -55,7 +55,8 @@ def load_smgs(path: str | os.PathLike, map_location: str | torch.device = "cpu")
         raise ClodsError(f"{path} is not a stage-1 (SMGS) checkpoint: no '{SMGS_KEY}'")
     rec, hparams = ckpt[SMGS_KEY], dict(ckpt.get("hyper_parameters", {}))
     accepted = set(inspect.signature(SMGS.__init__).parameters) - {"self", "faces", "mesh_pos", "verts0"}
-    options = rec.get("options") or {k: v for k, v in hparams.items() if k in accepted}
+    options = dict(rec.get("options") or {k: v for k, v in hparams.items() if k in accepted})
+    options.setdefault("antialiased", False)  # fitted before the option existed: classic rasterization
     smgs = SMGS(rec["faces"], rec["mesh_pos"], rec["verts0"], **options)
     state = {k[len(PREFIX):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(PREFIX)}
     try:

@@ -16,9 +16,13 @@ import torch
 from torch import Tensor, nn
 
 from clods_pl.geometry import Cameras
+from clods_pl.render import rasterize
+from clods_pl.render.types import RenderOutput
 from clods_pl.smgs.anchoring import anchor_gaussians, barycentric_weights
 from clods_pl.smgs.color import eval_sh, num_sh_coeffs, rgb_to_sh0
 from clods_pl.smgs.opacity import OpacityField
+
+COLOUR_ALPHA_FLOOR = 0.01  # coverage_scale rendering: the colour pass's alpha is divided out above this floor
 
 
 @dataclass
@@ -47,6 +51,14 @@ class SMGS(nn.Module):
         world | mesh | dual. sh_degree: 0..3. pe_frequencies, mlp_hidden, mlp_layers: opacity MLP.
         normal_eps: Gaussian scale along the face normal (world units). learn_inplane_rotation: learn an angle per
         Gaussian. init_color: starting RGB. init_opacity: starting opacity. seed: for ``random`` sampling.
+        antialiased: render with the rasterizer's antialiased mode (opacity compensation for the 0.3 px dilation,
+        :func:`clods_pl.render.rasterize`); part of the appearance, so stage 2 renders as stage 1 fitted.
+        init_log_scale: starting value of the learned in-plane log multipliers (0: the GaMeS base scale).
+        coverage_scale: None renders as 3DGS does (one pass). A number s > 0 renders in two passes: the colour is
+        the alpha-normalised composite ``sum c_i a_i T_i / (1 - T)`` of the Gaussians as they are, the coverage
+        (alpha) that of the same Gaussians with in-plane scales times s. Small Gaussians then give sharp colour
+        that does not depend on the depth order of overlapping neighbours (which differs per view on a tilted
+        surface), and the wider coverage pass keeps the cloth opaque. docs/results.md has the measurements.
     """
 
     def __init__(self, faces: Tensor, mesh_pos: Tensor, verts0: Tensor, gaussians_per_face: int = 2,
@@ -54,7 +66,8 @@ class SMGS(nn.Module):
                  mlp_hidden: int = 64, mlp_layers: int = 2, normal_eps: float = 1e-4,
                  learn_inplane_rotation: bool = False, two_sided: bool = True,
                  init_color: tuple[float, float, float] = (0.5, 0.5, 0.5), init_opacity: float = 0.5,
-                 seed: int = 0) -> None:
+                 seed: int = 0, antialiased: bool = True, init_log_scale: float = 0.0,
+                 coverage_scale: float | None = None) -> None:
         super().__init__()
         faces = torch.as_tensor(faces, dtype=torch.int64)
         mesh_pos = torch.as_tensor(mesh_pos, dtype=torch.float32)
@@ -64,7 +77,13 @@ class SMGS(nn.Module):
                                             sh_degree=sh_degree, pe_frequencies=pe_frequencies,
                                             mlp_hidden=mlp_hidden, mlp_layers=mlp_layers, normal_eps=normal_eps,
                                             learn_inplane_rotation=learn_inplane_rotation, two_sided=two_sided,
-                                            init_color=tuple(init_color), init_opacity=init_opacity, seed=seed)
+                                            init_color=tuple(init_color), init_opacity=init_opacity, seed=seed,
+                                            antialiased=antialiased, init_log_scale=init_log_scale,
+                                            coverage_scale=coverage_scale)
+        if coverage_scale is not None and not coverage_scale > 0:
+            raise ValueError(f"coverage_scale must be > 0 (or None), got {coverage_scale}")
+        self.antialiased = bool(antialiased)
+        self.coverage_scale = None if coverage_scale is None else float(coverage_scale)
         self.normal_eps, self.sh_degree = float(normal_eps), int(sh_degree)
         self.fitted_with: Any = None  # smgs.io.RenderSettings of the stage-1 fit, once loaded from a checkpoint
         self.register_buffer("faces", faces)
@@ -78,7 +97,7 @@ class SMGS(nn.Module):
         sh[:, 0] = rgb_to_sh0(torch.tensor(init_color, dtype=torch.float32))
         self.sh = nn.Parameter(sh)
         self.sh_back = nn.Parameter(sh.clone()) if two_sided else None
-        self.log_scale = nn.Parameter(torch.zeros(F, K, 2))
+        self.log_scale = nn.Parameter(torch.full((F, K, 2), float(init_log_scale)))
         self.theta = nn.Parameter(torch.zeros(F, K)) if learn_inplane_rotation else None
         lo, hi = verts0.min(0).values, verts0.max(0).values
         mlo, mhi = mesh_pos.min(0).values, mesh_pos.max(0).values
@@ -115,14 +134,26 @@ class SMGS(nn.Module):
 
     def render(self, verts: Tensor, cameras: Cameras, background: Tensor | None = None,
                backend: str = "torch") -> Any:
-        """Render the mesh ``verts`` (V, 3) into every camera -> RenderOutput(rgb (C,H,W,3), alpha (C,H,W,1))."""
-        from clods_pl.render import rasterize  # noqa: PLC0415  (render backends load lazily)
+        """Render the mesh ``verts`` (V, 3) into every camera -> RenderOutput(rgb (C,H,W,3), alpha (C,H,W,1)),
+        antialiased when the SMGS was built so."""
 
         g = self.gaussians(verts, cameras)
         cams = cameras.to(verts.device, verts.dtype)
         bg = None if background is None else torch.as_tensor(background, device=verts.device, dtype=verts.dtype)
-        return rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, cams.w2c, cams.K, cameras.width,
-                         cameras.height, background=bg, backend=backend)
+        W, H = cameras.width, cameras.height
+        if self.coverage_scale is None:
+            return rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, cams.w2c, cams.K, W, H,
+                             background=bg, backend=backend, antialiased=self.antialiased)
+        colour = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, cams.w2c, cams.K, W, H,
+                           backend=backend, antialiased=self.antialiased)
+        s = self.coverage_scale
+        wide = g.scales * torch.tensor([s, s, 1.0], dtype=g.scales.dtype, device=g.scales.device)
+        cover = rasterize(g.means, g.quats, wide, g.opacities, torch.zeros_like(g.means), cams.w2c, cams.K, W, H,
+                          backend=backend, antialiased=self.antialiased)
+        rgb = colour.rgb / colour.alpha.clamp_min(COLOUR_ALPHA_FLOOR) * cover.alpha
+        if bg is not None:
+            rgb = rgb + (1.0 - cover.alpha) * bg
+        return RenderOutput(rgb=rgb, alpha=cover.alpha, depth=None)
 
     def param_groups(self, lr_color: float = 0.0025, lr_opacity: float = 0.05, lr_scale: float = 0.005,
                      lr_mlp: float = 1e-3, lr_rotation: float = 0.001) -> list[dict[str, Any]]:

@@ -152,13 +152,15 @@ class AppearanceModule(L.LightningModule):
     Args:
         lr_*: Adam learning rates per parameter group. ssim_weight: D-SSIM weight (0.2). alpha_weight: L1 weight on
         the alpha image. backend: rasterizer (torch on the CPU, gsplat on CUDA). background: RGB behind the cloth.
+        antialiased: the rasterizer's antialiased mode (see :class:`clods_pl.smgs.SMGS`; stage 2 follows it).
         log_images_every_n_epochs: image grids (prediction | target | error) of held-out views.
     """
 
     def __init__(self, gaussians_per_face: int = 2, sampling: str = "uniform", opacity_mode: str = "dual",
                  sh_degree: int = 0, pe_frequencies: int = 4, mlp_hidden: int = 64, mlp_layers: int = 2,
                  normal_eps: float = 1e-4, learn_inplane_rotation: bool = False, two_sided: bool = True,
-                 init_opacity: float = 0.5,
+                 init_opacity: float = 0.5, antialiased: bool = True, init_log_scale: float = 0.0,
+                 coverage_scale: float | None = None,
                  lr_color: float = 0.01, lr_opacity: float = 0.05, lr_scale: float = 0.005, lr_mlp: float = 1e-3,
                  lr_rotation: float = 1e-3, ssim_weight: float = 0.2, alpha_weight: float = 0.5,
                  backend: str = "torch", background: tuple[float, float, float] = (1.0, 1.0, 1.0),
@@ -166,6 +168,8 @@ class AppearanceModule(L.LightningModule):
         super().__init__()
         if gaussians_per_face < 1:
             raise ClodsError(f"stage1.model.gaussians_per_face={gaussians_per_face}; it must be >= 1")
+        if coverage_scale is not None and not coverage_scale > 0:
+            raise ClodsError(f"stage1.model.coverage_scale={coverage_scale}; it must be > 0, or null for one pass")
         if opacity_mode not in OPACITY_MODES:
             raise ClodsError(f"stage1.model.opacity_mode={opacity_mode!r}; choose one of {OPACITY_MODES}")
         self.save_hyperparameters()
@@ -179,7 +183,8 @@ class AppearanceModule(L.LightningModule):
     # ----- model construction ------------------------------------------------------------------------
     def smgs_options(self) -> dict[str, Any]:
         keys = ("gaussians_per_face", "sampling", "opacity_mode", "sh_degree", "pe_frequencies", "mlp_hidden",
-                "mlp_layers", "normal_eps", "learn_inplane_rotation", "two_sided", "init_opacity")
+                "mlp_layers", "normal_eps", "learn_inplane_rotation", "two_sided", "init_opacity", "antialiased",
+                "init_log_scale", "coverage_scale")
         return {k: self.hparams[k] for k in keys}
 
     def build(self, faces: Tensor, mesh_pos: Tensor, verts0: Tensor) -> None:
