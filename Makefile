@@ -65,7 +65,7 @@ report: $(STAMP) ## write RUN/report.md with tables, plots and videos
 demo: $(STAMP) ## install, generate the tiny dataset, run all stages on the CPU, write the report
 	@test -f data/tiny/dataset.json || $(MAKE) --no-print-directory data PRESET=tiny DATA=data/tiny
 	$(CLI) pipeline --config experiments/flag_tiny.yaml --run_dir $(RUN)
-	@echo "Report: $(RUN)/report.md"
+	@echo "Report: $(RUN)/report.html (self-contained; $(RUN)/report.md links the same files)"
 
 test: $(STAMP) lint ## install (if needed), lint, and run the test suite (GPU tests skip without CUDA)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

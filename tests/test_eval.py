@@ -66,17 +66,28 @@ def test_run_evaluation_writes_metrics_table_plot_video_and_report(tmp_path):
     assert on_disk["methods"]["gt"]["splits"]["test_viewed"]["extrapolation"] > 0
     table = (eval_dir / "rollout_table.md").read_text()
     assert "| CloDS |" in table and "| MGN |" in table and "| Const. velocity |" in table
-    assert (eval_dir / "rmse_over_steps.png").stat().st_size > 1000
+    for split in ("all", "test_viewed", "test_unviewed"):
+        assert (eval_dir / f"rmse_over_steps_{split}.png").stat().st_size > 1000
+    assert metrics["train_sequence_frames"] == 8 and metrics["test_sequence_frames"] == 12
+    assert metrics["num_train_trajectories"] == 2
+    assert metrics["videos"] == ["videos/compare_test_viewed_002.gif"]
     gif = eval_dir / metrics["videos"][0]
     frames = imageio.mimread(gif)
     assert len(frames) == 12 and frames[0].shape[-1] in (3, 4)
+    assert frames[0].shape[1] / frames[0].shape[0] == pytest.approx(3 / 2)  # GT | MGN | CloDS x 2 views
     from PIL import Image
 
     with Image.open(gif) as im:  # 10 fps: 100 ms per frame (it was written with a delay of 0)
         assert im.info["duration"] == 100
     report = build_report(tmp_path / "run")
     text = report.read_text()
-    assert "Rollout RMSE" in text and "rmse_over_steps.png" in text and "videos/" in text
+    assert "Rollout RMSE" in text and "eval/rmse_over_steps_test_unviewed.png" in text
+    assert "eval/videos/compare_test_viewed_002.gif" in text
+    assert "Training sequences have 8 frames and test sequences 12, so extrapolation is beyond" in text
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and page.count("data:image/gif;base64,") == 1
+    assert "src='eval" not in page and "http" not in page  # self-contained: nothing to fetch
+    assert "<td>CloDS</td>" in page and "<th>Method</th>" in page
     with pytest.raises(ManifestError, match="clods-pl eval"):
         build_report(tmp_path / "empty_run")
 

@@ -56,4 +56,4 @@ def test_preset_yaml_files_match_code() -> None:
     for name, cfg in PRESETS.items():
         raw = yaml.safe_load((ROOT / "experiments" / "data" / f"{name}.yaml").read_text())
         assert GenerateConfig.from_dict(raw) == cfg, name
-    assert PRESETS["tiny"].num_trajectories == 4 and PRESETS["tiny"].resolution == 64
+    assert PRESETS["tiny"].num_trajectories == 8 and PRESETS["tiny"].resolution == 64

@@ -84,7 +84,7 @@ class GenerateConfig:
 
 
 PRESETS: dict[str, GenerateConfig] = {
-    "tiny": GenerateConfig(),
+    "tiny": GenerateConfig(splits={"train": 4, "val": 0, "test_viewed": 2, "test_unviewed": 2}, num_views=8),
     "small": GenerateConfig(name="small", splits={"train": 4, "val": 1, "test_viewed": 2, "test_unviewed": 1},
                             num_frames=32, num_views=6, resolution=96, grid=(16, 12), iterations=5),
     "paper": GenerateConfig(name="paper", splits={"train": 40, "val": 2, "test_viewed": 4, "test_unviewed": 4},

@@ -128,6 +128,10 @@ def build_parser(prog: str = "clods-pl", stage_names: Sequence[str] = STAGE_NAME
                             help="stage-3 sources trained in turn (recovered, gt, gt:N, mixed:N); "
                                  "default: [data.source]")
     parser.add_function_arguments(evaluate, EVAL_NAME, skip=EVAL_INPUTS)
+    if evaluate is default_evaluate():
+        from clods_pl.stages.novel_views import NovelViewSettings  # noqa: PLC0415  (see default_stages)
+
+        parser.add_class_arguments(NovelViewSettings, f"{EVAL_NAME}.novel_views")
     return parser
 
 

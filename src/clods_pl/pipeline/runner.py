@@ -55,6 +55,7 @@ EVAL_METRICS = "metrics.json"
 RECOVERED_SOURCES = ("recovered", "mixed")
 SUMMARY_FILE = "summary.json"
 RUN_LOCK, RUN_LOCK_PID = "run.lock", "run.lock.pid"
+NOVEL_VIEWS_KEY = "novel_views"  # eval.novel_views: stages.novel_views.NovelViewSettings
 UPSTREAM = {"stage1": (), "stage2": ("stage1",), "stage3": ("stage2",), EVAL_NAME: ("stage3",)}
 
 
@@ -378,9 +379,51 @@ class StageRunner:
                        for key, entry in rec.get("outputs", {}).items() if key.startswith("checkpoint:")}
         if not checkpoints:
             raise ManifestError(f"stage3 recorded no checkpoints in {self.manifest.path}; rerun `clods-pl stage3`")
-        self.evaluate(dataset_dir=dataset, checkpoints=checkpoints, out_dir=str(stage_dir),
-                      **section(self.cfg, EVAL_NAME))
-        return {"metrics": stage_dir / EVAL_METRICS}
+        settings = section(self.cfg, EVAL_NAME)
+        views = settings.pop(NOVEL_VIEWS_KEY, None) or {}
+        self.evaluate(dataset_dir=dataset, checkpoints=checkpoints, out_dir=str(stage_dir), **settings)
+        outputs = {"metrics": stage_dir / EVAL_METRICS}
+        if views.get("enabled", False):
+            table = self._run_novel_views(dataset, stage_dir, views)
+            if table is not None:
+                outputs["novel_views"] = table
+        return outputs
+
+    def _run_novel_views(self, dataset: str, stage_dir: Path, views: dict[str, Any]) -> Path | None:
+        """The novel-view table (``stages/novel_views.py``): the run's stage-1 SMGS plus the ablation fits."""
+        from clods_pl.data.format import read_dataset  # noqa: PLC0415  (stage code on demand)
+        from clods_pl.smgs.io import load_smgs  # noqa: PLC0415  (stage code on demand)
+        from clods_pl.stages.novel_views import (  # noqa: PLC0415  (stage code on demand)
+            RECOVERED_RENDERS,
+            NovelViewSettings,
+            fit_appearance_variant,
+            recovered_render_sheet,
+            run_novel_view_evaluation,
+        )
+
+        rec = (self.manifest.stage("stage1") or {}).get("outputs", {}).get("checkpoint")
+        if rec is None:
+            print("[clods-pl] novel-view table skipped: this run has no stage-1 checkpoint")
+            return None
+        settings = NovelViewSettings(**views)
+        smgs, rendered = load_smgs(self.manifest.abspath(rec["path"]))
+        models = {"dual": smgs}
+        spec, seed = self.stages["stage1"], int(self.cfg.get("seed_everything", 0))
+        for mode in settings.ablations:
+            print(f"[clods-pl] novel views: fitting the {mode}-opacity ablation of stage 1")
+            models[mode] = fit_appearance_variant(
+                spec.module, spec.datamodule, {**section(self.cfg, "stage1.model"), "opacity_mode": mode},
+                {**section(self.cfg, "stage1.data"), "dataset_dir": dataset}, section(self.cfg, "stage1.trainer"),
+                seed, stage_dir / "novel_views" / mode)
+        backend = rendered.backend if rendered.backend in ("torch", "cpu") else "torch"  # eval renders on the CPU
+        holdout = section(self.cfg, "stage1.data").get("holdout_views", [0])
+        out = run_novel_view_evaluation(dataset, models, holdout, rendered.background, stage_dir, settings, backend)
+        ds = read_dataset(dataset)
+        names = [ds.names(s)[0] for s in ("train", *settings.splits) if ds.names(s)]
+        train_view = next(v for v in range(len(ds.trajectory(names[0]).cameras)) if v not in holdout)
+        recovered_render_sheet(smgs, ds, self.run_dir / "stage2" / MESH_CACHE_DIR, names, [train_view, holdout[0]],
+                               rendered.background, stage_dir / RECOVERED_RENDERS, backend)
+        return out
 
     def pipeline(self, force: bool = False) -> list[str]:
         """Run every stage that is out of date, in order; returns the stages that ran."""

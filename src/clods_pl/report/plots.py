@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from clods_pl.report.tables import RMSE_SCALE, _rank, method_label  # noqa: E402
+from clods_pl.report.tables import RMSE_SCALE, method_label, method_rank  # noqa: E402
 
 
 def plot_rmse_over_steps(metrics: dict[str, Any], path: str | Path, split: str = "all") -> Path:
@@ -21,7 +21,7 @@ def plot_rmse_over_steps(metrics: dict[str, Any], path: str | Path, split: str =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.0, 3.6), dpi=110)
-    for key in sorted(metrics.get("methods", {}), key=_rank):
+    for key in sorted(metrics.get("methods", {}), key=method_rank):
         m = metrics["methods"][key]
         curve = m.get("per_step_rmse", {}).get(split, [])
         pts = [(t, v * RMSE_SCALE) for t, v in enumerate(curve) if v is not None and t >= 2]

@@ -25,7 +25,7 @@ def method_label(key: str) -> str:
     return key
 
 
-def _rank(key: str) -> tuple[int, str]:
+def method_rank(key: str) -> tuple[int, str]:
     for i, prefix in enumerate(_ORDER):
         if key == prefix or (prefix.endswith(":") and key.startswith(prefix)):
             return i, key
@@ -45,7 +45,7 @@ def rollout_table_markdown(metrics: dict[str, Any]) -> str:
     each column is bold.
     """
     methods = metrics.get("methods", {})
-    keys = sorted(methods, key=_rank)
+    keys = sorted(methods, key=method_rank)
     cols = [(s, r) for s, _ in SPLIT_COLUMNS for r, _ in REGIME_COLUMNS]
 
     def val(key: str, s: str, r: str) -> float | None:
@@ -54,8 +54,8 @@ def rollout_table_markdown(metrics: dict[str, Any]) -> str:
 
     best = {c: min((val(k, *c) for k in keys if val(k, *c) is not None), default=None) for c in cols}
     head = "| Method | " + " | ".join(f"{sl} {rl}" for _, sl in SPLIT_COLUMNS for _, rl in REGIME_COLUMNS) + " |"
-    lines = [f"Rollout RMSE (x10^-3; interpolation = frames < {metrics.get('train_horizon', '?')}, "
-             "the training sequence length)", "", head, "|---" * (len(cols) + 1) + "|"]
+    lines = [f"Rollout RMSE (x10^-3; interpolation = frames < {metrics.get('train_horizon', '?')}, extrapolation = "
+             "the later frames)", "", head, "|---" * (len(cols) + 1) + "|"]
     for k in keys:
         cells = []
         for c in cols:

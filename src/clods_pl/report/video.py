@@ -1,4 +1,5 @@
-"""Rollout videos: predicted vs ground-truth cloth as orthographic wireframes (front and top views)."""
+"""Rollout videos: predicted vs ground-truth cloth as orthographic wireframes (front and oblique views), one method
+over GT, or GT and several methods side by side."""
 
 from __future__ import annotations
 
@@ -63,6 +64,65 @@ def write_rollout_video(pred: np.ndarray, gt: np.ndarray, faces: np.ndarray, pat
     frames = rollout_frames(pred, gt, faces, title or path.stem, max_frames)
     if path.suffix.lower() == ".gif":
         imageio.mimsave(path, frames, duration=1000.0 / fps, loop=0)  # milliseconds per frame (imageio >= 2.28)
+    else:
+        imageio.mimsave(path, frames, fps=fps)
+    return path
+
+
+def comparison_frames(gt: np.ndarray, preds: dict[str, np.ndarray], faces: np.ndarray, title: str = "",
+                      max_frames: int = 60, panel_px: int = 220) -> list[np.ndarray]:
+    """RGB frames (H, W, 3) uint8: columns GT | method 1 | method 2 ..., rows front and oblique view, every panel on
+    the same axes so the methods compare at a glance; each method's panel shows GT in light grey underneath.
+
+    gt: (T, V, 3); preds: label -> (T, V, 3); faces: (F, 3)."""
+    gt, faces = np.asarray(gt), np.asarray(faces)
+    preds = {k: np.asarray(v) for k, v in preds.items()}
+    idx = np.unique(np.linspace(0, len(gt) - 1, min(len(gt), max_frames)).round().astype(int))
+    cols = [("ground truth", gt)] + list(preds.items())
+    dpi = 80
+    fig, axes = plt.subplots(len(VIEWS), len(cols), figsize=(len(cols) * panel_px / dpi, len(VIEWS) * panel_px / dpi),
+                             dpi=dpi, squeeze=False)
+    lims = []
+    for _, m in VIEWS:
+        both = np.concatenate([x @ m.T for _, x in cols])
+        lo, hi = both.min(axis=(0, 1)), both.max(axis=(0, 1))
+        pad = 0.05 * float((hi - lo).max() + 1e-9)
+        lims.append((lo - pad, hi + pad))
+    frames = []
+    for t in idx:
+        for r, (view, m) in enumerate(VIEWS):
+            for c, (label, x) in enumerate(cols):
+                ax = axes[r, c]
+                ax.clear()
+                if c > 0:
+                    g2 = gt[t] @ m.T
+                    ax.triplot(Triangulation(g2[:, 0], g2[:, 1], faces), color="0.8", lw=0.5)
+                x2 = x[t] @ m.T
+                ax.triplot(Triangulation(x2[:, 0], x2[:, 1], faces), color="0.35" if c == 0 else "tab:red", lw=0.6)
+                (lo, hi) = lims[r]
+                ax.set_xlim(lo[0], hi[0])
+                ax.set_ylim(lo[1], hi[1])
+                ax.set_aspect("equal")
+                ax.set_xticks([]), ax.set_yticks([])
+                if r == 0:
+                    ax.set_title(label, fontsize=9)
+                if c == 0:
+                    ax.set_ylabel(view, fontsize=8)
+        fig.suptitle(f"{title} frame {t}", fontsize=9)
+        fig.canvas.draw()
+        frames.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+    plt.close(fig)
+    return frames
+
+
+def write_comparison_video(gt: np.ndarray, preds: dict[str, np.ndarray], faces: np.ndarray, path: str | Path,
+                           fps: int = 10, title: str = "", max_frames: int = 60) -> Path:
+    """Write :func:`comparison_frames` to ``path`` (``.gif`` or ``.mp4``) and return it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = comparison_frames(gt, preds, faces, title or path.stem, max_frames)
+    if path.suffix.lower() == ".gif":
+        imageio.mimsave(path, frames, duration=1000.0 / fps, loop=0)
     else:
         imageio.mimsave(path, frames, fps=fps)
     return path

@@ -27,8 +27,8 @@ from clods_pl.data.format import read_dataset
 from clods_pl.dynamics import MeshGraph, MeshGraphNet, constant_velocity_rollout
 from clods_pl.errors import DatasetError
 from clods_pl.report.plots import plot_rmse_over_steps
-from clods_pl.report.tables import method_label, rollout_table_markdown
-from clods_pl.report.video import write_rollout_video
+from clods_pl.report.tables import method_label, method_rank, rollout_table_markdown
+from clods_pl.report.video import write_comparison_video
 from clods_pl.stages.dynamics import load_dynamics_model
 from clods_pl.stages.dynamics_data import trajectory_data
 from clods_pl.utils.files import atomic_write_json, atomic_write_text
@@ -138,6 +138,11 @@ def evaluate_rollouts(model: MeshGraphNet | Predictor | None, dataset: Any, spli
     }
 
 
+def split_of(dataset: Any, name: str) -> str:
+    """The split that holds trajectory ``name``."""
+    return next((s for s in SPLITS if name in dataset.names(s)), "?")
+
+
 def default_train_horizon(dataset: Any, split: str = "train") -> int:
     """Training sequence length: the most frames of any trajectory in ``split``."""
     lengths = [int(dataset.trajectory(n).num_frames) for n in dataset.names(split)]
@@ -156,10 +161,12 @@ def run_evaluation(dataset_dir: str | os.PathLike, checkpoints: dict[str, str | 
         checkpoints: method key -> stage-3 checkpoint; keys are sources (``gt`` = MGN, ``gt:N`` = MGN*,
             ``recovered`` = CloDS, ``mixed:N``) or any label.
         train_horizon: interpolation/extrapolation boundary; default: the training split's sequence length.
-        videos: number of test trajectories (first of each split, in turn) to render for the first method.
+        videos: number of test trajectories (first of each split, in turn) to render, every learned method side by
+            side with GT.
         dataset: an already opened dataset (tests); otherwise ``read_dataset(dataset_dir)``.
     Writes:
-        ``metrics.json``, ``rollout_table.md``, ``rmse_over_steps.png``, ``videos/<method>_<traj>.<format>``.
+        ``metrics.json``, ``rollout_table.md``, ``rmse_over_steps_<all|split>.png`` and
+        ``videos/compare_<traj>.<format>`` (GT | each learned method, side by side).
     Returns:
         The metrics dict written to ``metrics.json``.
     """
@@ -176,22 +183,29 @@ def run_evaluation(dataset_dir: str | os.PathLike, checkpoints: dict[str, str | 
     methods: dict[str, Any] = {}
     runs: list[tuple[str, Any, str | None]] = [(BASELINE, None, None)] if baseline else []
     runs += [(k, load_dynamics_model(p, map_location=device), str(p)) for k, p in checkpoints.items()]
-    video_method = next((k for k, _, p in runs if p is not None), BASELINE)
     video_files = []
+    kept: dict[str, dict[str, np.ndarray]] = {}  # trajectory -> method key -> predicted (T, V, 3)
     for key, model, ckpt in runs:
         res = evaluate_rollouts(model, dataset, splits, horizon, device,
-                                keep_predictions=video_names if key == video_method else ())
+                                keep_predictions=video_names if ckpt is not None else ())
         methods[key] = {"label": method_label(key), "checkpoint": ckpt, "splits": res["splits"],
                         "per_step_rmse": res["per_step_rmse"], "trajectories": res["trajectories"]}
         for name, pred in res["predictions"].items():
-            traj = dataset.trajectory(name)
-            path = out / "videos" / f"{key.replace(':', '-')}_{name}.{video_format}"
-            write_rollout_video(pred, np.asarray(traj.load_gt_verts()), np.asarray(traj.faces), path,
-                                title=f"{method_label(key)} {name}")
-            video_files.append(path.relative_to(out).as_posix())
-    metrics = {"definition": RMSE_DEFINITION, "train_horizon": horizon, "splits": list(splits),
-               "methods": methods, "videos": video_files}
+            kept.setdefault(name, {})[key] = np.asarray(pred)
+    for name, preds in kept.items():
+        traj = dataset.trajectory(name)
+        ordered = {method_label(k): preds[k] for k in sorted(preds, key=method_rank)}
+        path = out / "videos" / f"compare_{name}.{video_format}"
+        write_comparison_video(np.asarray(traj.load_gt_verts()), ordered, np.asarray(traj.faces), path,
+                               title=f"{name} ({split_of(dataset, name)})")
+        video_files.append(path.relative_to(out).as_posix())
+    train_frames = default_train_horizon(dataset) if dataset.names("train") else None
+    test_frames = max(int(dataset.trajectory(n).num_frames) for n in names)
+    metrics = {"definition": RMSE_DEFINITION, "train_horizon": horizon, "train_sequence_frames": train_frames,
+               "test_sequence_frames": test_frames, "num_train_trajectories": len(dataset.names("train")),
+               "splits": list(splits), "methods": methods, "videos": video_files}
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "rollout_table.md", rollout_table_markdown(metrics))
-    plot_rmse_over_steps(metrics, out / "rmse_over_steps.png")
+    for split in ("all", *splits):
+        plot_rmse_over_steps(metrics, out / f"rmse_over_steps_{split}.png", split=split)
     return metrics

@@ -1,0 +1,267 @@
+"""The paper's Table 2: novel-view synthesis on the held-out views of every (strided) frame of the test trajectories.
+
+Each appearance model is rendered on the ground-truth mesh of the frame (evaluation only), so the table compares
+appearance models and nothing else: SMGS with the opacity field of the run (``dual``, CloDS), the same fit with
+static per-Gaussian opacity (GaMeS-style) and the world-only / mesh-only ablations, against an upper bound that
+sees the frame itself: free 3D Gaussians (means, rotations, scales, opacities, colours all per frame), started
+from the run's SMGS on that frame's mesh and fitted to that frame's training views.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from clods_pl.data.format import read_dataset
+from clods_pl.errors import ClodsError, DatasetError
+from clods_pl.geometry import Cameras
+from clods_pl.render import rasterize
+from clods_pl.render.projection import quat_to_rotmat
+from clods_pl.render.types import composite
+from clods_pl.smgs import SMGS
+from clods_pl.smgs.color import eval_sh
+from clods_pl.utils.files import atomic_write_json, atomic_write_text
+
+NOVEL_VIEWS_FILE = "novel_views.json"
+NOVEL_VIEWS_TABLE = "novel_view_table.md"
+RECOVERED_RENDERS = "recovered_renders.png"  # eval/: input image | SMGS render of the recovered mesh
+UPPER_BOUND = "upper_bound"
+ROW_LABELS = {UPPER_BOUND: "Per-frame 3DGS (upper bound)", "dual": "SMGS (CloDS: world + mesh opacity)",
+              "static": "GaMeS-style (static opacity)", "world": "SMGS, world-only opacity",
+              "mesh": "SMGS, mesh-only opacity"}
+ROW_ORDER = (UPPER_BOUND, "dual", "static", "world", "mesh")
+DEFINITION = ("PSNR (dB) and SSIM of renders against the images of the held-out views, averaged over every "
+              "evaluated frame and view of the test trajectories; each model renders the frame's ground-truth mesh "
+              "(evaluation only), so rows differ only in appearance.")
+
+
+@dataclass
+class NovelViewSettings:
+    """``eval.novel_views``: the novel-view table (docs/results.md).
+
+    Attributes:
+        enabled: write ``eval/novel_views.json`` and its table.
+        ablations: opacity modes refitted from the run's stage-1 settings for the other rows (``static`` is the
+            GaMeS-style row); the run's own stage 1 is the ``dual`` row whatever its mode.
+        splits: trajectories to evaluate. frame_stride: every n-th frame.
+        upper_bound_steps: Adam steps of the per-frame 3DGS fit (0: no upper-bound row).
+        upper_bound_frame_stride: fit the upper bound on every n-th evaluated frame only (it costs a fit each).
+    """
+
+    enabled: bool = True
+    ablations: list[str] = field(default_factory=lambda: ["static", "world", "mesh"])
+    splits: list[str] = field(default_factory=lambda: ["test_viewed", "test_unviewed"])
+    frame_stride: int = 1
+    upper_bound_steps: int = 150
+    upper_bound_frame_stride: int = 5
+
+
+def image_metrics(pred: Tensor, target: Tensor, lpips: Any = None) -> dict[str, float]:
+    """pred, target: (C, H, W, 3) in [0, 1] -> mean PSNR, SSIM (and LPIPS) over the C views."""
+    p, t = pred.clamp(0, 1).permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)
+    out = {"psnr": float(peak_signal_noise_ratio(p, t, data_range=1.0, reduction="elementwise_mean",
+                                                 dim=(1, 2, 3)).mean()),
+           "ssim": float(structural_similarity_index_measure(p, t, data_range=1.0))}
+    if lpips is not None:
+        out["lpips"] = float(lpips(p * 2 - 1, t * 2 - 1))
+    return out
+
+
+def fit_frame_gaussians(smgs: SMGS, verts: Tensor, images: Tensor, cameras: Cameras, background: Tensor,
+                        steps: int, backend: str = "torch", lr: float = 0.01, side_offset: float = 2e-3
+                        ) -> dict[str, Tensor]:
+    """Free Gaussians fitted to one frame (the per-frame 3DGS upper bound).
+
+    Start: the Gaussians of ``smgs`` on ``verts`` (V, 3), in two layers ``side_offset`` (world units) in front of
+    and behind the surface carrying the front and back colours (a Gaussian has one colour, a cloth two sides),
+    in-plane scales widened by the SMGS's ``coverage_scale``. Then every parameter (means, rotations, scales,
+    opacities, colours) is optimised with Adam on ``images`` (C, H, W, 4) of ``cameras`` (the frame's training
+    views): L1 on RGB plus 0.5 L1 on alpha, ``steps`` times. Returns the fitted parameters, detached.
+    """
+    with torch.no_grad():
+        g = smgs.gaussians(verts)
+        normal = quat_to_rotmat(g.quats)[:, :, 2]
+        front = eval_sh(smgs.sh.to(verts.dtype), None)
+        back = front if smgs.sh_back is None else eval_sh(smgs.sh_back.to(verts.dtype), None)
+        widen = torch.tensor([smgs.coverage_scale or 1.0] * 2 + [1.0], dtype=verts.dtype)
+        means0 = torch.cat([g.means + side_offset * normal, g.means - side_offset * normal])
+    means, quats = means0.clone().requires_grad_(True), g.quats.repeat(2, 1).requires_grad_(True)
+    log_scales = torch.log((g.scales * widen).clamp_min(1e-8)).repeat(2, 1).requires_grad_(True)
+    logit_op = torch.logit(g.opacities.clamp(1e-4, 1 - 1e-4)).repeat(2).requires_grad_(True)
+    colors = torch.cat([front, back]).clamp(0, 1).requires_grad_(True)
+    extent = float((verts.max(0).values - verts.min(0).values).max())
+    opt = torch.optim.Adam([{"params": [means], "lr": lr * 0.01 * extent}, {"params": [quats], "lr": lr * 0.1},
+                            {"params": [log_scales], "lr": lr * 0.5}, {"params": [logit_op], "lr": lr * 5},
+                            {"params": [colors], "lr": lr * 2}], eps=1e-15)
+    target, target_alpha = composite(images, background), images[..., 3:]
+    for _ in range(steps):
+        out = rasterize(means, quats, log_scales.exp(), torch.sigmoid(logit_op), colors, cameras.w2c, cameras.K,
+                        cameras.width, cameras.height, background=background, backend=backend, antialiased=True)
+        loss = (out.rgb - target).abs().mean() + 0.5 * (out.alpha - target_alpha).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {"means": means.detach(), "quats": quats.detach(), "scales": log_scales.detach().exp(),
+            "opacities": torch.sigmoid(logit_op).detach(), "colors": colors.detach()}
+
+
+def novel_view_rows(dataset: Any, models: Mapping[str, SMGS], holdout_views: Sequence[int],
+                    background: Sequence[float], settings: NovelViewSettings, backend: str = "torch",
+                    lpips: Any = None, upper_bound_from: str = "dual") -> dict[str, Any]:
+    """Metrics per row (``models`` keys, plus :data:`UPPER_BOUND` when ``settings.upper_bound_steps > 0``).
+
+    Args:
+        dataset: an opened dataset with GT meshes for ``settings.splits``. models: row key -> fitted SMGS.
+        holdout_views: the views no model was fitted on (evaluated); the others train the upper bound.
+    Returns:
+        ``{"rows": {key: {"label", "psnr", "ssim", ["lpips"], "frames", "per_frame": [...]}}, ...}``.
+    """
+    names = [n for s in settings.splits for n in dataset.names(s)]
+    if not names:
+        raise DatasetError(f"eval.novel_views.splits {settings.splits} hold no trajectories")
+    bg = torch.as_tensor(background, dtype=torch.float32)
+    per: dict[str, list[dict[str, Any]]] = {k: [] for k in (*models, UPPER_BOUND)}
+    for name in names:
+        traj = dataset.trajectory(name)
+        C = len(traj.cameras)
+        held = [int(v) for v in holdout_views]
+        train = [v for v in range(C) if v not in held]
+        if not held or any(not 0 <= v < C for v in held):
+            raise ClodsError(f"novel views: holdout_views {held} must name some of the {C} views of {name}")
+        gt = traj.load_gt_verts()
+        frames = list(range(0, traj.num_frames, max(1, settings.frame_stride)))
+        for i, t in enumerate(frames):
+            images = traj.image_tensor(t)
+            target = composite(images[held], bg)
+            with torch.no_grad():
+                for key, smgs in models.items():
+                    rgb = smgs.render(gt[t], traj.cameras[held], bg, backend).rgb
+                    per[key].append({"traj": name, "frame": t, **image_metrics(rgb, target, lpips)})
+            if settings.upper_bound_steps > 0 and i % max(1, settings.upper_bound_frame_stride) == 0:
+                p = fit_frame_gaussians(models[upper_bound_from], gt[t], images[train], traj.cameras[train], bg,
+                                        settings.upper_bound_steps, backend)
+                cams = traj.cameras[held]
+                with torch.no_grad():
+                    out = rasterize(p["means"], p["quats"], p["scales"], p["opacities"], p["colors"], cams.w2c,
+                                    cams.K, cams.width, cams.height, background=bg, backend=backend,
+                                    antialiased=True)
+                per[UPPER_BOUND].append({"traj": name, "frame": t, **image_metrics(out.rgb, target, lpips)})
+    rows = {}
+    for key, items in per.items():
+        if not items:
+            continue
+        row: dict[str, Any] = {"label": ROW_LABELS.get(key, key), "frames": len(items)}
+        for metric in ("psnr", "ssim", "lpips"):
+            vals = [it[metric] for it in items if metric in it]
+            if vals:
+                row[metric] = float(np.mean(vals))
+                row[f"{metric}_std_over_frames"] = float(np.std(vals))
+        row["per_frame"] = items
+        rows[key] = row
+    return {"definition": DEFINITION, "holdout_views": [int(v) for v in holdout_views],
+            "splits": list(settings.splits), "trajectories": names, "rows": rows}
+
+
+def novel_view_table_markdown(result: Mapping[str, Any]) -> str:
+    """The table of :func:`novel_view_rows` (rows in the paper's order, best value per column in bold)."""
+    rows = result.get("rows", {})
+    keys = sorted(rows, key=lambda k: (ROW_ORDER.index(k) if k in ROW_ORDER else len(ROW_ORDER), k))
+    metrics = [m for m in ("psnr", "ssim", "lpips") if any(m in rows[k] for k in keys)]
+    heads = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓"}
+    models = [k for k in keys if k != UPPER_BOUND]
+    best = {m: (min if m == "lpips" else max)((rows[k][m] for k in models if m in rows[k]), default=None)
+            for m in metrics}
+    lines = ["| Appearance model | " + " | ".join(heads[m] for m in metrics) + " | frames |",
+             "|---" * (len(metrics) + 2) + "|"]
+    for k in keys:
+        cells = []
+        for m in metrics:
+            v = rows[k].get(m)
+            s = "-" if v is None or math.isnan(v) else (f"{v:.2f}" if m == "psnr" else f"{v:.4f}")
+            cells.append(f"**{s}**" if k != UPPER_BOUND and v is not None and v == best[m] and len(models) > 1 else s)
+        lines.append(f"| {rows[k]['label']} | " + " | ".join(cells) + f" | {rows[k]['frames']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_novel_view_results(result: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
+    """``<out_dir>/novel_views.json`` and ``novel_view_table.md``; returns the JSON path."""
+    out = Path(out_dir) / NOVEL_VIEWS_FILE
+    atomic_write_json(out, dict(result))
+    atomic_write_text(Path(out_dir) / NOVEL_VIEWS_TABLE, novel_view_table_markdown(result))
+    return out
+
+
+def run_novel_view_evaluation(dataset_dir: str | os.PathLike, models: Mapping[str, SMGS],
+                              holdout_views: Sequence[int], background: Sequence[float], out_dir: str | os.PathLike,
+                              settings: NovelViewSettings, backend: str = "torch", lpips: Any = None) -> Path:
+    """Open the dataset, compute :func:`novel_view_rows` and write them (see :func:`write_novel_view_results`)."""
+    result = novel_view_rows(read_dataset(dataset_dir), models, holdout_views, background, settings, backend, lpips)
+    return write_novel_view_results(result, out_dir)
+
+
+def fit_appearance_variant(module_cls: type, datamodule_cls: type, model_kwargs: dict[str, Any],
+                           data_kwargs: dict[str, Any], trainer_kwargs: dict[str, Any], seed: int,
+                           root: str | os.PathLike) -> SMGS:
+    """Fit one stage-1 variant (an ablation row) in-process, without loggers or checkpoints; returns its SMGS in
+    eval mode. ``module_cls``/``datamodule_cls``: the stage-1 LightningModule/DataModule; kwargs as in the config."""
+    import lightning as L  # noqa: PLC0415  (only the ablation rows train; the metrics alone do not need Lightning)
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    model = module_cls(**{**model_kwargs, "export_ply": False})
+    data = datamodule_cls(**data_kwargs)
+    kwargs = {**trainer_kwargs, "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+              "enable_model_summary": False, "default_root_dir": str(root), "num_sanity_val_steps": 0,
+              "limit_val_batches": 0}
+    L.Trainer(**kwargs).fit(model, datamodule=data)
+    return model.smgs.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def recovered_render_sheet(smgs: SMGS, dataset: Any, cache_dir: str | os.PathLike, names: Sequence[str],
+                           views: Sequence[int], background: Sequence[float], path: str | os.PathLike,
+                           backend: str = "torch", frames_per_traj: int = 3, scale: int = 3) -> Path | None:
+    """A PNG contact sheet: per trajectory, view and a few frames, the input image next to the SMGS render of the
+    recovered mesh (stage 2's output), so a reader sees what stage 2 fitted. None when no cache is there."""
+    import imageio.v2 as imageio  # noqa: PLC0415  (image output only)
+
+    from clods_pl.stages.mesh_cache import MeshCache  # noqa: PLC0415  (the one reader of mesh caches)
+
+    bg = torch.as_tensor(background, dtype=torch.float32)
+    rows = []
+    for name in names:
+        cache_path = Path(cache_dir) / f"{name}.npz"
+        if not cache_path.is_file():
+            continue
+        cache = MeshCache.load(cache_path)
+        traj = dataset.trajectory(name)
+        last = max(1, cache.frames_done - 1)
+        ts = sorted({int(round(x)) for x in np.linspace(1, last, frames_per_traj)})
+        for v in views:
+            cells = []
+            for t in ts:
+                target = composite(traj.image_tensor(t)[[v]], bg)[0]
+                verts = torch.as_tensor(cache.verts[t], dtype=torch.float32)
+                render = smgs.render(verts, traj.cameras[[v]], bg, backend).rgb[0].clamp(0, 1)
+                gap = torch.ones(target.shape[0], 2, 3)
+                cells += [target, render, gap, gap]
+            rows.append(torch.cat(cells[:-2], 1))
+            rows.append(torch.ones(2, rows[-1].shape[1], 3))
+    if not rows:
+        return None
+    width = max(r.shape[1] for r in rows)
+    rows = [torch.cat([r, torch.ones(r.shape[0], width - r.shape[1], 3)], 1) for r in rows[:-1]]
+    img = (torch.cat(rows, 0).numpy() * 255).round().astype(np.uint8)
+    img = np.kron(img, np.ones((scale, scale, 1), dtype=np.uint8))
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    imageio.imwrite(out, img)
+    return out
