@@ -12,6 +12,7 @@ import yaml
 from clods_pl.pipeline import checks, runner
 from clods_pl.pipeline.cli import main
 from clods_pl.pipeline.experiment import StageSpec
+from clods_pl.stages.run_dir import RunDir
 
 
 @pytest.fixture
@@ -64,6 +65,12 @@ def test_stage_by_stage_hand_off(dummy: dict, capsys: pytest.CaptureFixture) -> 
     assert clods(dummy, ["eval", "--config", cfg]) == 0
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert metrics["methods"] == {"recovered": {"checkpoint_exists": True}, "gt:1": {"checkpoint_exists": True}}
+    outputs = RunDir(run)  # the typed reader sees what the stages recorded, as absolute paths
+    assert outputs.stage1_checkpoint() == run / "stage1" / "smgs.ckpt"
+    assert outputs.mesh_caches() == {n: run / "stage2" / "meshes" / f"{n}.npz" for n in ("traj_a", "traj_b")}
+    assert outputs.stage3_checkpoints() == {"recovered": run / "stage3" / "recovered.ckpt",
+                                            "gt:1": run / "stage3" / "gt-1.ckpt"}
+    assert RunDir(run.parent / "no_such_run").stage1_checkpoint() is None
 
 
 def test_pipeline_skips_up_to_date_and_names_changed_setting(dummy: dict, capsys: pytest.CaptureFixture) -> None:

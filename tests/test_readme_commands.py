@@ -3,6 +3,7 @@ exits 0 (only the stages are shortened by one extra ``--config``). A README comm
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -17,7 +18,8 @@ SHORT = {
     "stage1": {"trainer": {"max_epochs": 1}, "data": {"steps_per_epoch": 2}},
     "stage2": {"model": {"iterations": 2, "min_iterations": 1}},
     "stage3": {"model": {"latent": 8, "blocks": 1, "normalizer_steps": 1}, "trainer": {"max_steps": 2}},
-    "eval": {"videos": 1},
+    "eval": {"videos": 1, "novel_views": {"ablations": ["static"], "frame_stride": 8, "upper_bound_steps": 3,
+                                          "upper_bound_frame_stride": 2}},
 }
 
 
@@ -55,6 +57,11 @@ def test_readme_step_by_step_commands_run(tmp_path: Path, monkeypatch: pytest.Mo
             assert "stage1 is up to date" in out, out
     assert (tmp_path / "runs" / "demo" / "eval" / "metrics.json").is_file()
     assert (tmp_path / "runs" / "demo" / "report.md").is_file()
+    views = json.loads((tmp_path / "runs" / "demo" / "eval" / "novel_views.json").read_text())
+    assert set(views["rows"]) == {"upper_bound", "dual", "static"} and views["holdout_views"] == [1]
+    assert views["rows"]["dual"]["frames"] == 4 * 2 and views["rows"]["upper_bound"]["frames"] == 4  # 4 test traj.
+    page = (tmp_path / "runs" / "demo" / "report.html").read_text()
+    assert "paper Table 2" in page and "GaMeS-style (static opacity)" in page and "data:image/gif;base64," in page
     # the fixes an error message suggests are commands that work: change a stage-2 setting, `stage2` refuses the
     # old caches naming the setting and both suggested commands, each of which then runs
     base = ["--config", "experiments/flag_tiny.yaml", "--run_dir", "runs/demo", "--config", "short.yaml",

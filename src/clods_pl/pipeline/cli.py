@@ -162,8 +162,7 @@ def _recover_command(argv: Sequence[str]) -> int:
     runner = StageRunner(parser, cfg)
     check_backends(cfg, "stage2")
     runner.consumed("stage2")
-    rec = runner.manifest.stage("stage1") or {}
-    ckpt = runner.manifest.abspath(rec["outputs"]["checkpoint"]["path"])
+    ckpt = runner.outputs.stage1_checkpoint()
     from clods_pl.pipeline.experiment import section  # noqa: PLC0415  (commands load only what they use)
     from clods_pl.stages.recovery_cli import recover_cli  # noqa: PLC0415  (commands load only what they use)
 

@@ -44,6 +44,7 @@ from clods_pl.pipeline.experiment import (
 )
 from clods_pl.pipeline.manifest import Manifest
 from clods_pl.pipeline.resume import SettingsStamp, resume_checkpoint
+from clods_pl.stages.run_dir import RunDir
 from clods_pl.utils.files import atomic_write_json, atomic_write_text, folder_fingerprint, sha256_json
 from clods_pl.utils.loggers import build_loggers
 
@@ -88,6 +89,7 @@ class StageRunner:
             EVAL_NAME: self._run_eval}
         self.run_dir = run_dir_of(cfg)
         self.manifest = Manifest(self.run_dir)
+        self.outputs = RunDir(self.run_dir)  # typed reader of what the manifest records
         self.repair = False  # `pipeline` repairs stale outputs (e.g. recovers stale mesh caches again)
         self._dataset_files: dict[str, str] | None = None
         self._run_lock = FileLock(str(self.run_dir / RUN_LOCK))
@@ -161,10 +163,8 @@ class StageRunner:
 
     def _mesh_chain_reason(self) -> str | None:
 
-        entry = (self.manifest.stage("stage1") or {}).get("outputs", {}).get("checkpoint") or {}
-        ckpt = entry.get("content", entry.get("sha256"))
-        for entry in (self.manifest.stage("stage2") or {}).get("outputs", {}).values():
-            path = self.manifest.abspath(entry["path"])
+        ckpt = self.outputs.stage1_checkpoint_digest()
+        for path in self.outputs.mesh_caches().values():
             with np.load(path, allow_pickle=False) as z:
                 made_from = str(z["stage1_hash"]) if "stage1_hash" in z.files else ""
             if made_from != ckpt:
@@ -334,11 +334,10 @@ class StageRunner:
         if trainer.is_global_zero:
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
             atomic_write_json(stage_dir / SUMMARY_FILE, {"held_out_views": metrics})
-        return {"checkpoint": ckpt}
+        return RunDir.stage1_outputs(ckpt)
 
     def _run_stage2(self, dataset: str, stage_dir: Path, resume_from: str | None) -> dict[str, Path] | None:
-        rec = self.manifest.stage("stage1") or {}
-        ckpt = self.manifest.abspath(rec.get("outputs", {}).get("checkpoint", {}).get("path", ""))
+        ckpt = self.outputs.stage1_checkpoint()
         cache_dir = stage_dir / MESH_CACHE_DIR
         model = self._instantiate("stage2", "model", {"stage1_checkpoint": str(ckpt), "cache_dir": str(cache_dir),
                                                       "recompute_stale": self.repair})
@@ -353,7 +352,7 @@ class StageRunner:
             from clods_pl.stages.recovery_metrics import recovery_summary  # noqa: PLC0415  (stage code on demand)
 
             atomic_write_json(stage_dir / SUMMARY_FILE, recovery_summary(dataset, cache_dir, names))
-        return {f"mesh:{n}": cache_dir / f"{n}.npz" for n in names}
+        return RunDir.stage2_outputs({n: cache_dir / f"{n}.npz" for n in names})
 
     def _run_stage3(self, dataset: str, stage_dir: Path, resume_from: str | None) -> dict[str, Path]:
         outputs: dict[str, Path] = {}
@@ -370,13 +369,11 @@ class StageRunner:
             trainer.fit(model, datamodule=data, ckpt_path=resume)
             ckpt = stage_dir / f"{safe_name(source)}.ckpt"
             trainer.save_checkpoint(ckpt)
-            outputs[f"checkpoint:{source}"] = ckpt
-        return outputs
+            outputs[source] = ckpt
+        return RunDir.stage3_outputs(outputs)
 
     def _run_eval(self, dataset: str, stage_dir: Path, resume_from: str | None) -> dict[str, Path]:
-        rec = self.manifest.stage("stage3") or {}
-        checkpoints = {key.split(":", 1)[1]: str(self.manifest.abspath(entry["path"]))
-                       for key, entry in rec.get("outputs", {}).items() if key.startswith("checkpoint:")}
+        checkpoints = {source: str(path) for source, path in self.outputs.stage3_checkpoints().items()}
         if not checkpoints:
             raise ManifestError(f"stage3 recorded no checkpoints in {self.manifest.path}; rerun `clods-pl stage3`")
         settings = section(self.cfg, EVAL_NAME)
@@ -401,12 +398,12 @@ class StageRunner:
             run_novel_view_evaluation,
         )
 
-        rec = (self.manifest.stage("stage1") or {}).get("outputs", {}).get("checkpoint")
-        if rec is None:
+        ckpt = self.outputs.stage1_checkpoint()
+        if ckpt is None:
             print("[clods-pl] novel-view table skipped: this run has no stage-1 checkpoint")
             return None
         settings = NovelViewSettings(**views)
-        smgs, rendered = load_smgs(self.manifest.abspath(rec["path"]))
+        smgs, rendered = load_smgs(ckpt)
         models = {"dual": smgs}
         spec, seed = self.stages["stage1"], int(self.cfg.get("seed_everything", 0))
         for mode in settings.ablations:

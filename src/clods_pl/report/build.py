@@ -19,6 +19,7 @@ from clods_pl.errors import ManifestError
 from clods_pl.report.tables import rollout_table_markdown
 from clods_pl.stages.novel_views import NOVEL_VIEWS_FILE as NOVEL_VIEWS
 from clods_pl.stages.novel_views import NOVEL_VIEWS_TABLE, RECOVERED_RENDERS
+from clods_pl.stages.run_dir import RunDir
 from clods_pl.utils.files import atomic_write_text
 
 ROLLOUT_METRICS = "metrics.json"
@@ -49,18 +50,6 @@ class Section:
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
-
-
-def _dataset_dir(run_dir: Path) -> Path | None:
-    try:
-        stages = json.loads((run_dir / "manifest.json").read_text()).get("stages", {})
-    except (OSError, ValueError):
-        return None
-    for rec in stages.values():
-        ds = (rec.get("config") or {}).get("dataset")
-        if ds:
-            return Path(ds)
-    return None
 
 
 def dynamics_section(eval_dir: Path) -> Section | None:
@@ -159,7 +148,7 @@ def collect_sections(run_dir: Path) -> list[Section]:
         raise ManifestError(f"{eval_dir} holds no metrics (*.json); run `clods-pl eval --run_dir {run_dir}` first")
     sections = [s for s in (dynamics_section(eval_dir), novel_view_section(eval_dir)) if s is not None]
     sections += stage_sections(run_dir) + other_sections(eval_dir)
-    ds = _dataset_dir(run_dir)
+    ds = RunDir(run_dir).dataset()
     if ds is not None and (ds / "preview.png").is_file():
         sections.append(Section("Data").text(f"Dataset {ds}: views (rows) x frames (columns) of a trajectory.")
                         .media(ds / "preview.png", "data preview"))

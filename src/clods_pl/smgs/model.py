@@ -133,27 +133,11 @@ class SMGS(nn.Module):
         return Gaussians(means, quats, scales, opacities, colors, sh)
 
     def render(self, verts: Tensor, cameras: Cameras, background: Tensor | None = None,
-               backend: str = "torch") -> Any:
+               backend: str = "torch") -> RenderOutput:
         """Render the mesh ``verts`` (V, 3) into every camera -> RenderOutput(rgb (C,H,W,3), alpha (C,H,W,1)),
-        antialiased when the SMGS was built so."""
-
-        g = self.gaussians(verts, cameras)
-        cams = cameras.to(verts.device, verts.dtype)
-        bg = None if background is None else torch.as_tensor(background, device=verts.device, dtype=verts.dtype)
-        W, H = cameras.width, cameras.height
-        if self.coverage_scale is None:
-            return rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, cams.w2c, cams.K, W, H,
-                             background=bg, backend=backend, antialiased=self.antialiased)
-        colour = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, cams.w2c, cams.K, W, H,
-                           backend=backend, antialiased=self.antialiased)
-        s = self.coverage_scale
-        wide = g.scales * torch.tensor([s, s, 1.0], dtype=g.scales.dtype, device=g.scales.device)
-        cover = rasterize(g.means, g.quats, wide, g.opacities, torch.zeros_like(g.means), cams.w2c, cams.K, W, H,
-                          backend=backend, antialiased=self.antialiased)
-        rgb = colour.rgb / colour.alpha.clamp_min(COLOUR_ALPHA_FLOOR) * cover.alpha
-        if bg is not None:
-            rgb = rgb + (1.0 - cover.alpha) * bg
-        return RenderOutput(rgb=rgb, alpha=cover.alpha, depth=None)
+        antialiased and in two passes as the SMGS was built (:func:`render_gaussians`)."""
+        return render_gaussians(self.gaussians(verts, cameras), cameras, background, backend, self.antialiased,
+                                self.coverage_scale)
 
     def param_groups(self, lr_color: float = 0.0025, lr_opacity: float = 0.05, lr_scale: float = 0.005,
                      lr_mlp: float = 1e-3, lr_rotation: float = 0.001) -> list[dict[str, Any]]:
@@ -168,3 +152,26 @@ class SMGS(nn.Module):
         if self.theta is not None:
             groups.append({"params": [self.theta], "lr": lr_rotation, "name": "rotation"})
         return groups
+
+
+def render_gaussians(g: Gaussians, cameras: Cameras, background: Tensor | None = None, backend: str = "torch",
+                     antialiased: bool = False, coverage_scale: float | None = None) -> RenderOutput:
+    """Rasterize ``g`` into ``cameras`` as an SMGS renders: one pass (3DGS), or with ``coverage_scale`` two passes
+    (colour from ``g`` normalised by its alpha, alpha from ``g`` with in-plane scales times ``coverage_scale``; see
+    :class:`SMGS`). rgb (C, H, W, 3) over ``background`` (3,) (black when None), alpha (C, H, W, 1)."""
+    cams = cameras.to(g.means.device, g.means.dtype)
+    bg = None if background is None else torch.as_tensor(background, device=g.means.device, dtype=g.means.dtype)
+    W, H = cameras.width, cameras.height
+    if coverage_scale is None:
+        return rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, cams.w2c, cams.K, W, H,
+                         background=bg, backend=backend, antialiased=antialiased)
+    colour = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, cams.w2c, cams.K, W, H,
+                       backend=backend, antialiased=antialiased)
+    wide = g.scales * torch.tensor([coverage_scale, coverage_scale, 1.0], dtype=g.scales.dtype,
+                                   device=g.scales.device)
+    cover = rasterize(g.means, g.quats, wide, g.opacities, torch.zeros_like(g.means), cams.w2c, cams.K, W, H,
+                      backend=backend, antialiased=antialiased)
+    rgb = colour.rgb / colour.alpha.clamp_min(COLOUR_ALPHA_FLOOR) * cover.alpha
+    if bg is not None:
+        rgb = rgb + (1.0 - cover.alpha) * bg
+    return RenderOutput(rgb=rgb, alpha=cover.alpha, depth=None)

@@ -3,15 +3,15 @@
 Each appearance model is rendered on the ground-truth mesh of the frame (evaluation only), so the table compares
 appearance models and nothing else: SMGS with the opacity field of the run (``dual``, CloDS), the same fit with
 static per-Gaussian opacity (GaMeS-style) and the world-only / mesh-only ablations, against an upper bound that
-sees the frame itself: free 3D Gaussians (means, rotations, scales, opacities, colours all per frame), started
-from the run's SMGS on that frame's mesh and fitted to that frame's training views.
+sees the frame itself: per-frame Gaussians (free centres, opacities, colours and scales), started from the run's
+SMGS on that frame's mesh, rendered as it renders, and fitted to that frame's training views.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,9 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from clods_pl.data.format import read_dataset
 from clods_pl.errors import ClodsError, DatasetError
 from clods_pl.geometry import Cameras
-from clods_pl.render import rasterize
-from clods_pl.render.projection import quat_to_rotmat
 from clods_pl.render.types import composite
 from clods_pl.smgs import SMGS
-from clods_pl.smgs.color import eval_sh
+from clods_pl.smgs.model import render_gaussians
 from clods_pl.utils.files import atomic_write_json, atomic_write_text
 
 NOVEL_VIEWS_FILE = "novel_views.json"
@@ -77,41 +75,42 @@ def image_metrics(pred: Tensor, target: Tensor, lpips: Any = None) -> dict[str, 
 
 
 def fit_frame_gaussians(smgs: SMGS, verts: Tensor, images: Tensor, cameras: Cameras, background: Tensor,
-                        steps: int, backend: str = "torch", lr: float = 0.01, side_offset: float = 2e-3
-                        ) -> dict[str, Tensor]:
-    """Free Gaussians fitted to one frame (the per-frame 3DGS upper bound).
+                        steps: int, backend: str = "torch", lr: float = 0.003) -> Callable[[Cameras], Tensor]:
+    """Free Gaussians fitted to one frame (the per-frame 3DGS upper bound); returns ``render(cameras) -> rgb``.
 
-    Start: the Gaussians of ``smgs`` on ``verts`` (V, 3), in two layers ``side_offset`` (world units) in front of
-    and behind the surface carrying the front and back colours (a Gaussian has one colour, a cloth two sides),
-    in-plane scales widened by the SMGS's ``coverage_scale``. Then every parameter (means, rotations, scales,
-    opacities, colours) is optimised with Adam on ``images`` (C, H, W, 4) of ``cameras`` (the frame's training
-    views): L1 on RGB plus 0.5 L1 on alpha, ``steps`` times. Returns the fitted parameters, detached.
+    Start: a copy of ``smgs`` on ``verts`` (V, 3) whose every Gaussian gets its own free centre offset and opacity
+    (the opacity field is replaced by per-Gaussian values equal to its output), keeping its colours (both sides),
+    scales and renderer (antialiasing, coverage pass). Then offsets, opacities, colours and scales are optimised
+    with Adam on ``images`` (C, H, W, 4) of ``cameras`` (the frame's training views): L1 on RGB plus 0.5 L1 on alpha,
+    ``steps`` times. Rotations stay in the face frames (a flat Gaussian's only free angle is in-plane, which a
+    free centre and two scales already cover at these sizes).
     """
+    free = SMGS(smgs.faces, smgs.mesh_pos, smgs.verts0, **{**smgs.options, "opacity_mode": "static"})
+    state = {k: v for k, v in smgs.state_dict().items() if not k.startswith("opacity.")}
+    free.load_state_dict(state, strict=False)
     with torch.no_grad():
-        g = smgs.gaussians(verts)
-        normal = quat_to_rotmat(g.quats)[:, :, 2]
-        front = eval_sh(smgs.sh.to(verts.dtype), None)
-        back = front if smgs.sh_back is None else eval_sh(smgs.sh_back.to(verts.dtype), None)
-        widen = torch.tensor([smgs.coverage_scale or 1.0] * 2 + [1.0], dtype=verts.dtype)
-        means0 = torch.cat([g.means + side_offset * normal, g.means - side_offset * normal])
-    means, quats = means0.clone().requires_grad_(True), g.quats.repeat(2, 1).requires_grad_(True)
-    log_scales = torch.log((g.scales * widen).clamp_min(1e-8)).repeat(2, 1).requires_grad_(True)
-    logit_op = torch.logit(g.opacities.clamp(1e-4, 1 - 1e-4)).repeat(2).requires_grad_(True)
-    colors = torch.cat([front, back]).clamp(0, 1).requires_grad_(True)
+        free.opacity.logits.copy_(torch.logit(smgs.gaussians(verts).opacities.clamp(1e-4, 1 - 1e-4)))
+    offset = torch.zeros(free.num_gaussians, 3, requires_grad=True)
     extent = float((verts.max(0).values - verts.min(0).values).max())
-    opt = torch.optim.Adam([{"params": [means], "lr": lr * 0.01 * extent}, {"params": [quats], "lr": lr * 0.1},
-                            {"params": [log_scales], "lr": lr * 0.5}, {"params": [logit_op], "lr": lr * 5},
-                            {"params": [colors], "lr": lr * 2}], eps=1e-15)
+    groups = free.param_groups(lr_color=2 * lr, lr_opacity=5 * lr, lr_scale=0.5 * lr)
+    opt = torch.optim.Adam([*groups, {"params": [offset], "lr": 0.01 * lr * extent}], eps=1e-15)
+
+    def render(cams: Cameras) -> Any:
+        g = free.gaussians(verts, cams)
+        g.means = g.means + offset
+        return render_gaussians(g, cams, background, backend, free.antialiased, free.coverage_scale)
+
     target, target_alpha = composite(images, background), images[..., 3:]
-    for _ in range(steps):
-        out = rasterize(means, quats, log_scales.exp(), torch.sigmoid(logit_op), colors, cameras.w2c, cameras.K,
-                        cameras.width, cameras.height, background=background, backend=backend, antialiased=True)
-        loss = (out.rgb - target).abs().mean() + 0.5 * (out.alpha - target_alpha).abs().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return {"means": means.detach(), "quats": quats.detach(), "scales": log_scales.detach().exp(),
-            "opacities": torch.sigmoid(logit_op).detach(), "colors": colors.detach()}
+    with torch.enable_grad():  # also when called under no_grad
+        for _ in range(steps):
+            out = render(cameras)
+            loss = (out.rgb - target).abs().mean() + 0.5 * (out.alpha - target_alpha).abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    free.requires_grad_(False)
+    offset.requires_grad_(False)
+    return lambda cams: render(cams).rgb
 
 
 def novel_view_rows(dataset: Any, models: Mapping[str, SMGS], holdout_views: Sequence[int],
@@ -147,14 +146,11 @@ def novel_view_rows(dataset: Any, models: Mapping[str, SMGS], holdout_views: Seq
                     rgb = smgs.render(gt[t], traj.cameras[held], bg, backend).rgb
                     per[key].append({"traj": name, "frame": t, **image_metrics(rgb, target, lpips)})
             if settings.upper_bound_steps > 0 and i % max(1, settings.upper_bound_frame_stride) == 0:
-                p = fit_frame_gaussians(models[upper_bound_from], gt[t], images[train], traj.cameras[train], bg,
-                                        settings.upper_bound_steps, backend)
-                cams = traj.cameras[held]
+                render = fit_frame_gaussians(models[upper_bound_from], gt[t], images[train], traj.cameras[train],
+                                             bg, settings.upper_bound_steps, backend)
                 with torch.no_grad():
-                    out = rasterize(p["means"], p["quats"], p["scales"], p["opacities"], p["colors"], cams.w2c,
-                                    cams.K, cams.width, cams.height, background=bg, backend=backend,
-                                    antialiased=True)
-                per[UPPER_BOUND].append({"traj": name, "frame": t, **image_metrics(out.rgb, target, lpips)})
+                    rgb = render(traj.cameras[held])
+                per[UPPER_BOUND].append({"traj": name, "frame": t, **image_metrics(rgb, target, lpips)})
     rows = {}
     for key, items in per.items():
         if not items:
