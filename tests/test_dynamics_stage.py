@@ -180,3 +180,4 @@ def test_normalizer_steps_leave_weights_unchanged_and_return_a_loss(tmp_path):
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     # the optimizer never stepped (issue 11: Adam's state used to count these zero-gradient steps)
     assert trainer.optimizers[0].state == {} or all(int(st["step"]) == 0 for st in trainer.optimizers[0].state.values())
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 0  # nor did the learning-rate schedule

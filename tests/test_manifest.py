@@ -87,3 +87,15 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "manifest.json").read_text())
     rec = data["stages"]["stress"]
     assert len(rec) == 75 and all(rec[f"w{w}_{i}"] == i for w in range(3) for i in range(25))
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path: Path) -> None:
+    """Reports and manifests written atomically are readable like any other file (not the temp file's 0600)."""
+    import os
+
+    from clods_pl.utils.files import atomic_write_text
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic = atomic_write_text(tmp_path / "report.md", "x")
+    assert os.stat(atomic).st_mode & 0o777 == os.stat(plain).st_mode & 0o777

@@ -89,6 +89,10 @@ def test_evaluation_writes_json_and_table_with_every_row(mini: Path, fitted: SMG
     assert table[0].startswith("| Appearance model | PSNR (dB)")
     assert [line.split("|")[1].strip() for line in table[2:]] == [
         "Per-frame 3DGS (upper bound)", "SMGS (CloDS: world + mesh opacity)", "GaMeS-style (static opacity)"]
+    dual = data["rows"]["dual"]
+    on_ub = [it["psnr"] for it in dual["per_frame"] if it["frame"] in (0, 2)]
+    assert dual["psnr_upper_bound_frames"] == pytest.approx(sum(on_ub) / 2)  # the same frames as the upper bound
+    assert table[0].endswith("| frames | PSNR on the upper bound's frames |")
     best = f"**{data['rows']['dual']['psnr']:.2f}**"
     assert best in table[3]  # the fitted SMGS is the best model row (the upper bound is not ranked)
 

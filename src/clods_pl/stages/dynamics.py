@@ -134,11 +134,18 @@ class DynamicsModule(L.LightningModule):
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         """Normaliser-only steps run the closure (forward, zero loss, backward: DDP still syncs) but never step the
         optimizer: Adam stepping on zero gradients would decay its moments and inflate the first real updates."""
-        if self.accumulating and not self.hparams.train_during_normalizer_steps:
+        self._optimizer_skipped = self.accumulating and not self.hparams.train_during_normalizer_steps
+        if self._optimizer_skipped:
             if optimizer_closure is not None:
                 optimizer_closure()
             return
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """The learning-rate schedule counts optimizer steps: none while the optimizer is skipped (and torch does not
+        warn about a scheduler stepping before its optimizer)."""
+        if not getattr(self, "_optimizer_skipped", False):
+            super().lr_scheduler_step(scheduler, metric)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, per_step = self.rollout_loss(batch, noise=False, accumulate=False)

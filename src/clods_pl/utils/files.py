@@ -13,10 +13,17 @@ from typing import Any
 import numpy as np
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
     """Write ``path`` atomically: ``writer(tmp_path)`` fills a temp file in the same folder, then rename.
 
-    A reader never sees a half-written file and a killed process leaves the old file intact.
+    A reader never sees a half-written file and a killed process leaves the old file intact. The file gets the
+    permissions a plain ``open(path, "w")`` would (0666 less the umask), not the temp file's 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -26,6 +33,7 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path
         writer(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
