@@ -22,9 +22,9 @@ import torch
 
 from clods_pl.data.format import read_dataset
 from clods_pl.pipeline.cli import main as cli
-from clods_pl.pipeline.runner import STAGE1_CKPT
 from clods_pl.render.types import composite
 from clods_pl.smgs.io import load_smgs
+from clods_pl.stages.run_dir import STAGE1_CKPT
 
 OLD = ["--stage1.model.antialiased", "false", "--stage1.model.gaussians_per_face", "4",
        "--stage1.model.init_log_scale", "0.0", "--stage1.model.coverage_scale", "null",

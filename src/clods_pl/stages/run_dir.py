@@ -19,6 +19,13 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST_FILE = "manifest.json"
+# the run directory's layout (docs/pipeline.md, "Run directory and manifest")
+STAGE1_CKPT = "smgs.ckpt"          # <run>/stage1/
+MESH_CACHE_DIR = "meshes"          # <run>/stage2/<dir>/<traj>.npz
+CHECKPOINTS_DIR = "checkpoints"    # <run>/<stage>/<dir>/ (Lightning's ModelCheckpoint)
+LOGS_DIR = "logs"                  # <run>/<stage>/<dir>/
+EVAL_METRICS = "metrics.json"      # <run>/eval/
+SUMMARY_FILE = "summary.json"      # <run>/stage1/ and <run>/stage2/
 CHECKPOINT = "checkpoint"
 MESH_PREFIX = "mesh:"
 SOURCE_PREFIX = "checkpoint:"
