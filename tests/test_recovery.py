@@ -228,3 +228,73 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path) -> None:
     np.testing.assert_allclose(a.verts, b.verts, rtol=0, atol=1e-7)
     np.testing.assert_allclose(a.losses, b.losses, rtol=1e-6, atol=1e-9)
     np.testing.assert_array_equal(a.iterations, b.iterations)
+
+
+# ----- init: dynamics and the dynamics prior (issue 15) ----------------------------------------------------------
+def _still_model_checkpoint(path: Path, accel: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> Path:
+    """A stage-3 checkpoint whose model predicts the acceleration ``accel`` everywhere (its normalisers are empty:
+    unit scale), so its one-step prediction is constant velocity plus ``accel``."""
+    import lightning as L
+
+    from clods_pl.stages.dynamics import DynamicsModule
+
+    module = DynamicsModule(latent=8, blocks=1, rollout_length=2, normalizer_steps=0)
+    last = module.model.decoder[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor(accel))
+    trainer = L.Trainer(max_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_dynamics_init_is_the_models_one_step_prediction(tmp_path) -> None:
+    """``init: dynamics`` starts frame t at the model's prediction from the recovered frames t-2, t-1: constant
+    velocity plus the model's acceleration on free vertices, the prescribed positions on HANDLE rows."""
+    from clods_pl.stages.recovery_loop import DynamicsPrior
+
+    accel = (0.01, -0.02, 0.03)
+    ckpt = _still_model_checkpoint(tmp_path / "accel.ckpt", accel)
+    traj = ToyTrajectory(num_frames=5, views=3, size=24)
+    recover_trajectory("toy", traj, traj.renderer, tmp_path / "toy.npz", "h", RecoveryConfig(**FAST), frames="0:3")
+    job = open_job("toy", traj, tmp_path / "toy.npz", "h", [], None, False, False, RecoveryConfig(**FAST))
+    assert job.next_frame == 3
+    prior = DynamicsPrior(str(ckpt))
+    guess = job.initial_guess(3, "dynamics", prior).numpy()
+    x1, x2 = job.cache.verts[1], job.cache.verts[2]
+    free = ~job.pinned.numpy()
+    np.testing.assert_allclose(guess[free], (2 * x2 - x1 + np.asarray(accel))[free], atol=1e-6)
+    np.testing.assert_allclose(guess[~free], job.pinned_positions(3).numpy()[~free])
+    np.testing.assert_allclose(job.initial_guess(3, "velocity").numpy(), 2 * x2 - x1, atol=1e-6)
+    np.testing.assert_allclose(job.initial_guess(3, "previous").numpy(), x2)
+    np.testing.assert_allclose(job.initial_guess(1, "dynamics", prior).numpy(), job.cache.verts[0])  # one frame known
+    assert prior.scale.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_strong_prior_holds_the_frame_at_the_prediction(tmp_path) -> None:
+    """prior_weight scales (x - x_pred)^2 in units of the model's acceleration scale: very large, the recovered frame
+    is the prediction (constant velocity from the recovered frames); zero, the images decide."""
+    ckpt = str(_still_model_checkpoint(tmp_path / "still.ckpt"))
+    traj = ToyTrajectory(num_frames=4, views=3, size=24)
+    strong = RecoveryConfig(init="previous", dynamics_checkpoint=ckpt, prior_weight=1e6, **FAST)
+    verts = recover_trajectory("toy", traj, traj.renderer, tmp_path / "strong.npz", "h", strong).verts
+    free = ~(torch.as_tensor(traj.node_type) != 0).numpy()
+    predicted = 2 * verts[2] - verts[1]  # frame 3 from the recovered frames 1 and 2
+    assert np.abs(verts[3][free] - predicted[free]).max() < 2e-3
+    off = RecoveryConfig(init="previous", dynamics_checkpoint=ckpt, prior_weight=0.0, **FAST)
+    free_run = recover_trajectory("toy", traj, traj.renderer, tmp_path / "off.npz", "h", off).verts
+    assert np.abs(free_run[3][free] - (2 * free_run[2] - free_run[1])[free]).max() > 1e-2
+
+
+def test_dynamics_settings_errors_are_clear(tmp_path) -> None:
+    with pytest.raises(RecoveryConfigError, match="model.init='model'; choose one of previous, velocity, dynamics"):
+        RecoveryConfig(init="model")
+    with pytest.raises(RecoveryConfigError, match="need model.dynamics_checkpoint"):
+        RecoveryConfig(init="dynamics")
+    with pytest.raises(RecoveryConfigError, match="need model.dynamics_checkpoint"):
+        RecoveryConfig(prior_weight=1.0)
+    with pytest.raises(RecoveryConfigError, match="model.dynamics_checkpoint .*missing.ckpt does not exist"):
+        RecoveryConfig(init="dynamics", dynamics_checkpoint=str(tmp_path / "missing.ckpt"))
+    with pytest.raises(RecoveryConfigError, match="model.prior_weight must be >= 0"):
+        RecoveryConfig(prior_weight=-1.0)

@@ -1,11 +1,14 @@
 """Stage 2: recover each trajectory's mesh sequence from multi-view video by inverse rendering a frozen SMGS.
 
-Recursive recovery (frame t-1 -> t, t = 1..T-1): initialise ``x_t`` from ``x_{t-1}`` (plus the velocity
-``x_{t-1} - x_{t-2}`` when ``extrapolate``), then optimise per-vertex world displacements ``dx (V, 3)`` with Adam so
-that the SMGS render of ``x_init + dx`` matches every training view of frame t:
+Recursive recovery (frame t-1 -> t, t = 1..T-1): initialise ``x_t`` from ``x_{t-1}`` (``init: previous``), plus
+the velocity ``x_{t-1} - x_{t-2}`` (``velocity``), or a stage-3 model's prediction (``dynamics``), then optimise
+per-vertex world displacements ``dx (V, 3)`` with Adam so that the SMGS render of ``x_init + dx`` matches every
+training view of frame t:
 
     loss = L1(render rgb over bg, target rgb over bg) + alpha_weight * L1(alpha, target alpha) + gamma * L_edge,
-    L_edge = mean over edges of ((|e| - |e_rest|) / |e_rest|)^2, rest lengths from ``verts0``.
+    L_edge = mean over edges of ((|e| - |e_rest|) / |e_rest|)^2, rest lengths from ``verts0``,
+    (+ prior_weight * mean(((x - x_pred) / sigma_a)^2) over free vertices with a stage-3 model, ``x_pred`` its
+    one-step prediction from the recovered frames t-2, t-1 and sigma_a its acceleration scale).
 
 HANDLE vertices follow ``handle_pos`` when the dataset gives it, else stay at ``verts0``; they get no gradient.
 Several trajectories are optimised together: their displacements are stacked into one ``(B, V, 3)`` tensor with
@@ -97,8 +100,9 @@ class RecoveryModule(L.LightningModule):
     Args:
         stage1_checkpoint: stage-1 SMGS checkpoint (its sha256 is stored in every cache).
         cache_dir: folder of ``<traj>.npz`` caches (``runs/<name>/stage2/meshes``); plots go to ``../plots``.
-        iterations, lr, gamma, alpha_weight, extrapolate, plateau_patience, plateau_tol, min_iterations,
-        background, backend: see ``RecoveryConfig``; ``background`` None (default): the one stage 1 fitted over.
+        iterations, lr, gamma, alpha_weight, init, dynamics_checkpoint, prior_weight, plateau_patience,
+        plateau_tol, min_iterations, background, backend: see ``RecoveryConfig``; ``background`` None (default):
+        the one stage 1 fitted over.
         overwrite: rebuild every existing cache.
         log_every_n_frames: log per-frame metrics every n frames (1 = every frame).
         recompute_stale: recover again (instead of refusing) a cache made with another stage-1 checkpoint or other
@@ -106,14 +110,15 @@ class RecoveryModule(L.LightningModule):
     """
 
     def __init__(self, stage1_checkpoint: str, cache_dir: str, iterations: int = 150, lr: float = 2e-3,
-                 gamma: float = 1.0, alpha_weight: float = 1.0, extrapolate: bool = True,
-                 plateau_patience: int = 20, plateau_tol: float = 1e-4, min_iterations: int = 10,
+                 gamma: float = 1.0, alpha_weight: float = 1.0, init: str = "velocity",
+                 dynamics_checkpoint: str | None = None, prior_weight: float = 0.0, plateau_patience: int = 20,
+                 plateau_tol: float = 1e-4, min_iterations: int = 10,
                  background: tuple[float, float, float] | None = None, backend: str = "torch",
                  overwrite: bool = False, log_every_n_frames: int = 1, recompute_stale: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.config = RecoveryConfig(iterations, lr, gamma, alpha_weight, extrapolate, plateau_patience,
-                                     plateau_tol, min_iterations,
+        self.config = RecoveryConfig(iterations, lr, gamma, alpha_weight, init, dynamics_checkpoint, prior_weight,
+                                     plateau_patience, plateau_tol, min_iterations,
                                      (1.0, 1.0, 1.0) if background is None else tuple(background), backend)
         self.background_from_stage1 = background is None
         if log_every_n_frames < 1:

@@ -7,11 +7,15 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from torch import Tensor
 
 from clods_pl.errors import ClodsError
+from clods_pl.utils.files import checkpoint_digest
+
+INITS = ("previous", "velocity", "dynamics")
 
 
 class RecoveryConfigError(ClodsError):
@@ -32,7 +36,12 @@ class RecoveryConfig:
     Attributes:
         iterations: max Adam steps per frame. lr: Adam learning rate (metres per step scale).
         gamma: weight of the edge-strain loss. alpha_weight: weight of the alpha L1 term (0 = off).
-        extrapolate: initialise with constant velocity instead of the previous frame.
+        init: the starting guess for frame t: ``previous`` (frame t-1), ``velocity`` (2 x_{t-1} - x_{t-2}) or
+            ``dynamics`` (a stage-3 model's one-step prediction from the recovered frames t-2 and t-1; frame 1,
+            with one frame known, starts from ``velocity``).
+        dynamics_checkpoint: the stage-3 checkpoint for ``init: dynamics`` and the prior.
+        prior_weight: weight of ``mean(((x - x_pred) / sigma_a)^2)`` over the free vertices, ``x_pred`` the model's
+            prediction and ``sigma_a`` its output normaliser's per-axis acceleration scale (0 = off).
         plateau_patience: stop a trajectory after this many steps without relative improvement
             ``plateau_tol``. min_iterations: never stop before this many steps.
         background: (3,) colour both render and target are composited over. backend: rasterizer backend.
@@ -42,7 +51,9 @@ class RecoveryConfig:
     lr: float = 2e-3
     gamma: float = 1.0
     alpha_weight: float = 1.0
-    extrapolate: bool = True
+    init: str = "velocity"
+    dynamics_checkpoint: str | None = None
+    prior_weight: float = 0.0
     plateau_patience: int = 20
     plateau_tol: float = 1e-4
     min_iterations: int = 10
@@ -57,6 +68,16 @@ class RecoveryConfig:
             raise RecoveryConfigError(f"model.lr must be a positive number, got {self.lr}")
         if self.gamma < 0 or self.alpha_weight < 0:
             raise RecoveryConfigError("model.gamma and model.alpha_weight must be >= 0")
+        if self.init not in INITS:
+            raise RecoveryConfigError(f"model.init={self.init!r}; choose one of {', '.join(INITS)}")
+        if not self.prior_weight >= 0:
+            raise RecoveryConfigError(f"model.prior_weight must be >= 0, got {self.prior_weight}")
+        if (self.init == "dynamics" or self.prior_weight > 0) and not self.dynamics_checkpoint:
+            raise RecoveryConfigError("model.init=dynamics and model.prior_weight > 0 need model.dynamics_checkpoint "
+                                      "(a stage-3 checkpoint, e.g. runs/<name>/stage3/recovered.ckpt)")
+        if self.dynamics_checkpoint and not Path(self.dynamics_checkpoint).is_file():
+            raise RecoveryConfigError(f"model.dynamics_checkpoint {self.dynamics_checkpoint} does not exist; run "
+                                      "stage 3 first or fix the path")
         if len(self.background) != 3:
             raise RecoveryConfigError(f"model.background must be 3 floats, got {self.background}")
 
@@ -66,5 +87,7 @@ def recovery_settings(config: RecoveryConfig, holdout_views: Sequence[int]) -> d
     held-out views (a resume with other settings would mix two recoveries in one sequence)."""
     out: dict[str, Any] = {f"model.{k}": (list(v) if isinstance(v, tuple) else v)
                            for k, v in dataclasses.asdict(config).items()}
+    if config.dynamics_checkpoint:  # the model's weights decide the frames, not the file's name
+        out["model.dynamics_checkpoint"] = checkpoint_digest(config.dynamics_checkpoint)
     out["data.holdout_views"] = sorted(int(v) for v in holdout_views)
     return out

@@ -32,9 +32,36 @@ class FrameResult:
     iterations: Tensor
 
 
+class DynamicsPrior:
+    """A stage-3 MeshGraphNet as stage 2's predictor: ``predict(job, t)`` is its one-step prediction of frame t from
+    the recovered frames t-2 and t-1 (HANDLE rows prescribed), ``scale`` (3,) its output normaliser's acceleration
+    standard deviation (the prior's unit). Evaluation mode, no gradients."""
+
+    def __init__(self, checkpoint: str, device: torch.device | str = "cpu") -> None:
+        from clods_pl.dynamics import graph_from_faces  # noqa: PLC0415  (only the dynamics options need stage 3)
+        from clods_pl.stages.dynamics import load_dynamics_model  # noqa: PLC0415  (see above)
+
+        self.model = load_dynamics_model(checkpoint, map_location=device).eval().requires_grad_(False)
+        self.scale = self.model.output_normalizer.std().detach().to(device).reshape(3)
+        self.device, self._graphs, self._graph_from_faces = torch.device(device), {}, graph_from_faces
+
+    @torch.no_grad()
+    def predict(self, job: TrajectoryJob, t: int) -> Tensor:
+        if id(job) not in self._graphs:
+            faces = torch.as_tensor(np.asarray(job.traj.faces), dtype=torch.int64)
+            self._graphs[id(job)] = self._graph_from_faces(faces, job.verts0.shape[0]).to(self.device)
+        prev = torch.from_numpy(job.cache.verts[t - 2].copy()).to(self.device)
+        cur = torch.from_numpy(job.cache.verts[t - 1].copy()).to(self.device)
+        mesh_pos = torch.as_tensor(np.asarray(job.traj.mesh_pos), dtype=torch.float32, device=self.device)
+        node_type = torch.as_tensor(np.asarray(job.traj.node_type), device=self.device).long().reshape(-1)
+        return self.model.step(prev, cur, mesh_pos, node_type, self._graphs[id(job)],
+                               job.pinned_positions(t).to(self.device))
+
+
 def recover_frame(renderer: Renderer, x_init: Tensor, pinned: Tensor, pinned_pos: Tensor,
                   targets: Sequence[Tensor], cameras: Sequence[Any], edges: Tensor, rest: Tensor,
-                  config: RecoveryConfig) -> FrameResult:
+                  config: RecoveryConfig, x_pred: Tensor | None = None, prior_scale: Tensor | None = None
+                  ) -> FrameResult:
     """Optimise displacements so the renders of ``x_init + dx`` match ``targets``, for B trajectories at once.
 
     Args:
@@ -42,6 +69,8 @@ def recover_frame(renderer: Renderer, x_init: Tensor, pinned: Tensor, pinned_pos
         x_init: (B, V, 3) world initial guess. pinned: (B, V) bool. pinned_pos: (B, V, 3) prescribed positions
             (only the pinned rows are used). targets: B tensors (C_b, H, W, 4) in [0, 1]. cameras: B camera sets.
         edges: (E, 2) int64. rest: (B, E) rest lengths.
+        x_pred: (B, V, 3) a dynamics model's predictions for the prior ``config.prior_weight``, in units of
+            ``prior_scale`` (3,); None: no prior.
     Returns:
         ``FrameResult`` with each trajectory's best iterate (lowest total loss) and its loss parts.
     """
@@ -51,9 +80,15 @@ def recover_frame(renderer: Renderer, x_init: Tensor, pinned: Tensor, pinned_pos
     dx = torch.zeros_like(x_init, requires_grad=True)
     opt = torch.optim.Adam([dx], lr=config.lr)
 
+    use_prior = x_pred is not None and config.prior_weight > 0
+
     def losses(b: int) -> tuple[Tensor, Tensor, Tensor]:
         verts = compose_verts(x_init[b], dx[b], pinned[b], pinned_pos[b])
-        return frame_loss(renderer, verts, cameras[b], targets[b], bg, edges, rest[b], config)
+        total, photo, edge = frame_loss(renderer, verts, cameras[b], targets[b], bg, edges, rest[b], config)
+        if use_prior:
+            free = ~pinned[b]
+            total = total + config.prior_weight * (((verts - x_pred[b]) / prior_scale)[free] ** 2).mean()
+        return total, photo, edge
 
     best = [math.inf] * B
     best_dx = torch.zeros_like(x_init)
@@ -165,10 +200,12 @@ class TrajectoryJob:
             pos[self.pinned] = self.handle_pos[t]
         return pos
 
-    def initial_guess(self, t: int, extrapolate: bool) -> Tensor:
-        """(V, 3) initial ``x_t`` from the finished frames ``t-1`` (and ``t-2``)."""
+    def initial_guess(self, t: int, init: str, prior: DynamicsPrior | None = None) -> Tensor:
+        """(V, 3) initial ``x_t`` from the finished frames ``t-1`` and ``t-2`` (``RecoveryConfig.init``)."""
         prev = torch.from_numpy(self.cache.verts[t - 1].copy())
-        if extrapolate and t >= 2:
+        if init == "dynamics" and prior is not None and t >= 2:
+            return prior.predict(self, t).cpu()
+        if init in ("velocity", "dynamics") and t >= 2:
             prev = prev + (prev - torch.from_numpy(self.cache.verts[t - 2].copy()))
         return prev
 
@@ -222,19 +259,25 @@ def recover_batch(jobs: Sequence[TrajectoryJob], renderer: Renderer, config: Rec
     if len(edges_set) > 1 or any(not torch.equal(j.edges, jobs[0].edges) for j in jobs):
         raise RecoveryConfigError("data.batch_size > 1 needs trajectories with one mesh topology; use batch_size 1")
     cams = {id(j): j.traj.cameras[j.views].to(device) for j in jobs}
+    prior = DynamicsPrior(config.dynamics_checkpoint, device) if config.dynamics_checkpoint else None
     while True:
         todo = [j for j in jobs if j.pending]
         if not todo:
             return
         ts = [j.next_frame for j in todo]
-        x_init = torch.stack([j.initial_guess(t, config.extrapolate) for j, t in zip(todo, ts)]).to(device)
+        x_init = torch.stack([j.initial_guess(t, config.init, prior) for j, t in zip(todo, ts)]).to(device)
+        x_pred = None
+        if prior is not None and config.prior_weight > 0:  # frame 1 (one frame known): the velocity guess
+            x_pred = torch.stack([prior.predict(j, t) if t >= 2 else j.initial_guess(t, "velocity")
+                                  for j, t in zip(todo, ts)]).to(device)
         pin_pos = torch.stack([j.pinned_positions(t) for j, t in zip(todo, ts)]).to(device)
         pinned = torch.stack([j.pinned for j in todo]).to(device)
         rest = torch.stack([j.rest for j in todo]).to(device)
         targets = [j.target(t).to(device) for j, t in zip(todo, ts)]
         with torch.enable_grad():
             res = recover_frame(renderer, x_init, pinned, pin_pos, targets, [cams[id(j)] for j in todo],
-                                todo[0].edges.to(device), rest, config)
+                                todo[0].edges.to(device), rest, config, x_pred,
+                                None if prior is None else prior.scale)
         verts = res.verts.cpu()
         for b, (job, t) in enumerate(zip(todo, ts)):
             metrics = {"photo_loss": float(res.photo[b]), "edge_loss": float(res.edge[b]),

@@ -126,7 +126,8 @@ def checkpoint_digest(path: str | os.PathLike) -> str:
         h.update(key.encode())
         if isinstance(t, torch.Tensor):
             h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            flat = t.detach().cpu().reshape(-1).contiguous()  # 0-d tensors cannot be viewed as bytes
+            h.update(flat.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     h.update(json.dumps(hp, sort_keys=True, default=str).encode())
     return h.hexdigest()
