@@ -22,7 +22,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test data preview stage1 stage2 stage3 pipeline eval report bench bench-gpu clean \
+.PHONY: help install demo test data preview stage1 stage2 stage3 pipeline eval refine report bench bench-gpu clean \
         test-slurm slurm-pipeline sweep agent lint
 
 help: ## show this list
@@ -59,7 +59,10 @@ pipeline: $(STAMP) ## run every stage that is not up to date, then evaluate and 
 eval: $(STAMP) ## rollout evaluation against ground-truth meshes -> RUN/eval/metrics.json
 	$(CLI) eval --config $(CONFIG) --run_dir $(RUN) $(ARGS)
 
-report: $(STAMP) ## write RUN/report.md with tables, plots and videos
+refine: $(STAMP) ## close the loop: stage 2 again from the stage-3 model, stage 3, eval (RUN, CONFIG, ARGS)
+	$(CLI) refine --config $(CONFIG) --run_dir $(RUN) $(ARGS)
+
+report: $(STAMP) ## write RUN/report.md and RUN/report.html with tables, plots and videos
 	$(CLI) report --run_dir $(RUN)
 
 demo: $(STAMP) ## install, generate the tiny dataset, run all stages on the CPU, write the report

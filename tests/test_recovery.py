@@ -116,18 +116,25 @@ def test_pinned_vertices_follow_prescription(tmp_path, with_handle_pos) -> None:
 
 
 # ----- (c) ground truth never enters the optimisation ---------------------------------------------------------
-def test_changing_gt_leaves_recovered_meshes_bit_identical(tmp_path) -> None:
+@pytest.mark.parametrize("dynamics", [False, True])
+def test_changing_gt_leaves_recovered_meshes_bit_identical(tmp_path, dynamics) -> None:
+    """Ground truth is for evaluation only, also when a stage-3 model starts each frame and adds its prior (the
+    refine loop's stage 2)."""
+    extra = {}
+    if dynamics:
+        ckpt = _still_model_checkpoint(tmp_path / "m.ckpt", (0.0, 0.0, -0.01))
+        extra = dict(init="dynamics", dynamics_checkpoint=str(ckpt), prior_weight=1e-3)
     runs = {}
     for offset in (0.0, 0.05):
         traj = ToyTrajectory(num_frames=4, views=3, size=20, gt_offset=offset)
         runs[offset] = recover_trajectory("toy", traj, traj.renderer, tmp_path / f"{offset}.npz", "h",
-                                          RecoveryConfig(**FAST))
+                                          RecoveryConfig(**FAST, **extra))
     a, b = runs[0.0], runs[0.05]
     assert np.array_equal(a.verts, b.verts) and np.array_equal(a.losses, b.losses)
     assert np.array_equal(a.edge_losses, b.edge_losses)
     assert not np.allclose(a.gt_metrics["rmse"], b.gt_metrics["rmse"])  # the evaluation did see the change
     no_gt = recover_trajectory("toy", ToyTrajectory(num_frames=4, views=3, size=20), traj.renderer,
-                               tmp_path / "nogt.npz", "h", RecoveryConfig(**FAST), evaluate_gt=False)
+                               tmp_path / "nogt.npz", "h", RecoveryConfig(**FAST, **extra), evaluate_gt=False)
     assert np.array_equal(no_gt.verts, a.verts) and not no_gt.gt_metrics
 
 

@@ -6,7 +6,8 @@
     clods-pl stage1|stage2|stage3 --config X.yaml [--config Y.yaml] [--run_dir R] [--model.k v ...]
     clods-pl pipeline --config X.yaml [--run_dir R]            every stage that is out of date, eval, report
     clods-pl eval --config X.yaml [--run_dir R]                rollout RMSE vs GT -> R/eval/metrics.json
-    clods-pl report --run_dir R                                R/report.md
+    clods-pl refine --config X.yaml [--run_dir R]              rounds of stage 2 from the stage-3 model, stage 3
+    clods-pl report --run_dir R                                R/report.md, R/report.html
     clods-pl recover --config X.yaml --traj NAME --frames A:B  stage 2 by hand for one trajectory
 
 Stage commands are jsonargparse/LightningCLI-style: ``--print_config`` prints the resolved config, every typed
@@ -24,7 +25,7 @@ from typing import Any
 
 from clods_pl.errors import ClodsError
 
-EXPERIMENT_COMMANDS = ("stage1", "stage2", "stage3", "pipeline", "eval")
+EXPERIMENT_COMMANDS = ("stage1", "stage2", "stage3", "pipeline", "eval", "refine")
 COMMANDS = ("data", *EXPERIMENT_COMMANDS, "report", "recover")
 
 
@@ -110,6 +111,13 @@ def _experiment_command(command: str, argv: Sequence[str], stage_specs: dict[str
         runner.pipeline(force=force)
         _report_command(["--run_dir", str(runner.run_dir)])
         return 0
+    if command == "refine":
+        from clods_pl.pipeline.refine import RefineSettings, run_refine  # noqa: PLC0415  (commands load only what they use)
+
+        with runner.exclusive():
+            run_refine(runner, RefineSettings(**section_of(cfg, "refine")))
+        _report_command(["--run_dir", str(runner.run_dir)])
+        return 0
     shard = command == "stage2" and runner.cfg.get("stage2.data.trajectories") is not None
     if not force and not shard and runner.staleness(command) is None:
         print(f"[clods-pl] {command} is up to date in {runner.run_dir} (same settings, inputs and outputs); "
@@ -117,6 +125,12 @@ def _experiment_command(command: str, argv: Sequence[str], stage_specs: dict[str
         return 0
     runner.run(command)
     return 0
+
+
+def section_of(cfg: Any, key: str) -> dict[str, Any]:
+    from clods_pl.pipeline.experiment import section  # noqa: PLC0415  (commands load only what they use)
+
+    return section(cfg, key)
 
 
 def default_threads(cores: int, load: float, env: str | None) -> tuple[int, str]:

@@ -132,6 +132,10 @@ def build_parser(prog: str = "clods-pl", stage_names: Sequence[str] = STAGE_NAME
         from clods_pl.stages.novel_views import NovelViewSettings  # noqa: PLC0415  (see default_stages)
 
         parser.add_class_arguments(NovelViewSettings, f"{EVAL_NAME}.novel_views")
+    if "stage3" in stage_names:
+        from clods_pl.pipeline.refine import RefineSettings  # noqa: PLC0415  (see default_stages)
+
+        parser.add_class_arguments(RefineSettings, "refine")
     return parser
 
 

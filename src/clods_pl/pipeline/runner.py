@@ -170,14 +170,14 @@ class StageRunner(StageRuns):
         return None
 
     # ----- Lightning objects -------------------------------------------------------------------------
-    def _instantiate(self, stage: str, role: str, injected: dict[str, Any]) -> Any:
+    def instantiate(self, stage: str, role: str, injected: dict[str, Any]) -> Any:
         spec = self.stages[stage]
         cls = spec.module if role == "model" else spec.datamodule
         kwargs = section(self.cfg, f"{stage}.{role}")
         kwargs.update(injected)
         return cls(**kwargs)
 
-    def _trainer(self, stage: str, stage_dir: Path, name: str, fit: bool, validate: bool = True,
+    def trainer(self, stage: str, stage_dir: Path, name: str, fit: bool, validate: bool = True,
                  stamp_extra: dict[str, Any] | None = None) -> L.Trainer:
 
         kwargs = section(self.cfg, f"{stage}.trainer")
@@ -203,7 +203,7 @@ class StageRunner(StageRuns):
 
         return sha256_json({**self.stage_config(stage), **(extra or {})})
 
-    def _resume_ckpt(self, ckpt_dir: Path, stage: str, extra: dict[str, Any] | None = None) -> str | None:
+    def resume_ckpt(self, ckpt_dir: Path, stage: str, extra: dict[str, Any] | None = None) -> str | None:
         """See :func:`clods_pl.pipeline.resume.resume_checkpoint` (the current settings' digest)."""
         return resume_checkpoint(ckpt_dir, stage, self.settings_digest(stage, extra))
 
@@ -237,7 +237,7 @@ class StageRunner(StageRuns):
         injected = {"model": set(spec.model_inputs), "data": set(spec.data_inputs) | {"source"} & set(data_inputs)}
         for role, inputs in (("model", model_inputs), ("data", data_inputs)):
             try:
-                self._instantiate(stage, role, {k: v for k, v in inputs.items() if k in injected[role]})
+                self.instantiate(stage, role, {k: v for k, v in inputs.items() if k in injected[role]})
             except ClodsError:
                 raise
             except (ValueError, TypeError) as exc:
@@ -299,7 +299,7 @@ class StageRunner(StageRuns):
         resume_from = None
         stage_dir = self.run_dir / stage
         if stage == "stage1":
-            resume_from = self._resume_ckpt(stage_dir / CHECKPOINTS_DIR, stage)
+            resume_from = self.resume_ckpt(stage_dir / CHECKPOINTS_DIR, stage)
         is_rank0 = rank_zero_only.rank == 0
         if is_rank0:
             self.manifest.start_stage(stage, config, consumed)

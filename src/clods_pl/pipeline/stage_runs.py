@@ -41,9 +41,9 @@ class StageRuns:
     evaluate: Any
 
     def _run_stage1(self, dataset: str, stage_dir: Path, resume_from: str | None) -> dict[str, Path]:
-        model = self._instantiate("stage1", "model", {})
-        data = self._instantiate("stage1", "data", {"dataset_dir": dataset})
-        trainer = self._trainer("stage1", stage_dir, "stage1", fit=True)
+        model = self.instantiate("stage1", "model", {})
+        data = self.instantiate("stage1", "data", {"dataset_dir": dataset})
+        trainer = self.trainer("stage1", stage_dir, "stage1", fit=True)
         trainer.fit(model, datamodule=data, ckpt_path=resume_from)
         ckpt = stage_dir / STAGE1_CKPT
         trainer.save_checkpoint(ckpt)
@@ -55,10 +55,10 @@ class StageRuns:
     def _run_stage2(self, dataset: str, stage_dir: Path, resume_from: str | None) -> dict[str, Path] | None:
         ckpt = self.outputs.stage1_checkpoint()
         cache_dir = stage_dir / MESH_CACHE_DIR
-        model = self._instantiate("stage2", "model", {"stage1_checkpoint": str(ckpt), "cache_dir": str(cache_dir),
+        model = self.instantiate("stage2", "model", {"stage1_checkpoint": str(ckpt), "cache_dir": str(cache_dir),
                                                       "recompute_stale": self.repair})
-        data = self._instantiate("stage2", "data", {"dataset_dir": dataset})
-        trainer = self._trainer("stage2", stage_dir, "stage2", fit=False)
+        data = self.instantiate("stage2", "data", {"dataset_dir": dataset})
+        trainer = self.trainer("stage2", stage_dir, "stage2", fit=False)
         trainer.predict(model, datamodule=data, return_predictions=False)
         if section(self.cfg, "stage2.data").get("trajectories") is not None:
             print("[clods-pl] stage2: recovered a shard (data.trajectories); run stage2 without it to finish")
@@ -75,11 +75,11 @@ class StageRuns:
         cache_dir = self.run_dir / "stage2" / MESH_CACHE_DIR
         for source in self.stage3_sources():
             sub = stage_dir / safe_name(source)
-            resume = self._resume_ckpt(sub / CHECKPOINTS_DIR, "stage3", {"stage3.source": source})
-            model = self._instantiate("stage3", "model", {})
-            data = self._instantiate("stage3", "data", {"dataset_dir": dataset, "mesh_cache_dir": str(cache_dir),
+            resume = self.resume_ckpt(sub / CHECKPOINTS_DIR, "stage3", {"stage3.source": source})
+            model = self.instantiate("stage3", "model", {})
+            data = self.instantiate("stage3", "data", {"dataset_dir": dataset, "mesh_cache_dir": str(cache_dir),
                                                          "source": source})
-            trainer = self._trainer("stage3", sub, f"stage3-{safe_name(source)}", fit=True,
+            trainer = self.trainer("stage3", sub, f"stage3-{safe_name(source)}", fit=True,
                                     validate=bool(getattr(data, "val_split", None)),
                                     stamp_extra={"stage3.source": source})
             trainer.fit(model, datamodule=data, ckpt_path=resume)

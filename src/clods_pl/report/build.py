@@ -128,6 +128,20 @@ def stage_sections(run_dir: Path) -> list[Section]:
     return out
 
 
+def refine_section(run_dir: Path) -> Section | None:
+    table = run_dir / "refine" / "refine_table.md"
+    summary = run_dir / "refine" / "summary.json"
+    if not (table.is_file() and summary.is_file()):
+        return None
+    settings = json.loads(summary.read_text()).get("settings", {})
+    return (Section("Closing the loop: recovery started from the dynamics model (`clods-pl refine`)")
+            .table(table.read_text())
+            .text(f"Round 1 is the pipeline's plain stage 2 and stage 3. Each later round recovers the training meshes "
+                  f"again, starting every frame from the previous round's CloDS model (init: {settings.get('init')}, "
+                  f"prior weight {settings.get('prior_weight')}), then trains and evaluates stage 3 on them. No "
+                  "ground truth is used except to measure."))
+
+
 def other_sections(eval_dir: Path) -> list[Section]:
     out = []
     for path in sorted(eval_dir.glob("*.json")):
@@ -147,6 +161,7 @@ def collect_sections(run_dir: Path) -> list[Section]:
     if not jsons:
         raise ManifestError(f"{eval_dir} holds no metrics (*.json); run `clods-pl eval --run_dir {run_dir}` first")
     sections = [s for s in (dynamics_section(eval_dir), novel_view_section(eval_dir)) if s is not None]
+    sections += [s for s in (refine_section(run_dir),) if s is not None]
     sections += stage_sections(run_dir) + other_sections(eval_dir)
     ds = RunDir(run_dir).dataset()
     if ds is not None and (ds / "preview.png").is_file():

@@ -1,0 +1,151 @@
+"""``clods-pl refine``: close the loop between recovery and dynamics, without any 3D labels.
+
+Round 1 is the pipeline's own stage 2 (plain recovery) and stage 3. Round k >= 2 recovers the training meshes again
+with stage 2 started from round k-1's stage-3 model (``init: dynamics``, optionally a prior of weight
+``prior_weight`` towards its prediction), trains stage 3 on those meshes, and evaluates the new model. Each round's
+outputs live under ``<run>/refine/round<k>/{stage2,stage3,eval}`` and are recorded in the manifest as stages
+``refine<k>.stage2`` and ``refine<k>.stage3`` with their settings and hashes, so a rerun skips rounds that are up to
+date and resumes the others (mesh caches by frame, stage 3 from its settings-stamped checkpoints). Ground truth is
+read only to evaluate (``tests/test_refine.py`` proves the refined meshes do not depend on it).
+``<run>/refine/summary.json`` and ``refine_table.md``: per round, recovery error, optimiser iterations per frame and
+the rollout RMSE table.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import numpy as np
+
+from clods_pl.errors import ClodsError
+from clods_pl.pipeline.experiment import EVAL_NAME, section
+from clods_pl.pipeline.stage_runs import NOVEL_VIEWS_KEY
+from clods_pl.stages.run_dir import CHECKPOINTS_DIR, EVAL_METRICS, MESH_CACHE_DIR, SUMMARY_FILE, RunDir
+from clods_pl.utils.files import atomic_write_json, atomic_write_text, checkpoint_digest
+
+if TYPE_CHECKING:
+    from clods_pl.pipeline.runner import StageRunner
+
+REFINE_DIR = "refine"
+RECOVERED = "recovered"
+
+
+@dataclass
+class RefineSettings:
+    """The top-level ``refine`` section.
+
+    Attributes:
+        rounds: rounds in all, the pipeline's own stages 2-3 being round 1 (1: nothing to do).
+        init: how a refined round starts each frame (``dynamics``: the previous round's model; ``velocity`` for a
+            control with the same compute). prior_weight: stage 2's dynamics prior (0: off).
+    """
+
+    rounds: int = 2
+    init: str = "dynamics"
+    prior_weight: float = 0.0
+
+
+def _mean_iterations(cache_dir: Path, names: list[str]) -> float:
+    from clods_pl.stages.mesh_cache import MeshCache  # noqa: PLC0415  (stage code on demand)
+
+    its = [MeshCache.load(cache_dir / f"{n}.npz").iterations[1:] for n in names]
+    return float(np.mean(np.concatenate(its))) if its else float("nan")
+
+
+def _round_row(k: int, stage2_dir: Path, eval_dir: Path, names: list[str]) -> dict[str, Any]:
+    summary = json.loads((stage2_dir / SUMMARY_FILE).read_text())
+    metrics = json.loads((eval_dir / EVAL_METRICS).read_text())
+    return {"round": k, "recovery_mean_rel_rmse": summary.get("mean_rel_rmse"),
+            "recovery_max_drift": summary.get("max_drift_last_over_first"),
+            "iterations_per_frame": _mean_iterations(stage2_dir / MESH_CACHE_DIR, names),
+            "rollout": metrics["methods"].get(RECOVERED, {}).get("splits", {})}
+
+
+def refine_table_markdown(rows: list[dict[str, Any]]) -> str:
+    head = ("| round | recovery error (% of flag) | max drift | iterations / frame | viewed interp. | viewed extrap. "
+            "| unviewed interp. | unviewed extrap. |")
+    lines = [head, "|---" * 8 + "|"]
+    for r in rows:
+        cells = []
+        for split in ("test_viewed", "test_unviewed"):
+            for regime in ("interpolation", "extrapolation"):
+                v = r["rollout"].get(split, {}).get(regime)
+                cells.append("-" if v is None else f"{1e3 * v:.1f}")
+        err = r["recovery_mean_rel_rmse"]
+        lines.append(f"| {r['round']} | {'-' if err is None else f'{100 * err:.2f}'} | "
+                     f"{r['recovery_max_drift']:.2f} | {r['iterations_per_frame']:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\nRollout RMSE of the CloDS model of each round, x10^-3 m.\n"
+
+
+def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
+    """Run (or skip, when up to date) rounds 2..``settings.rounds``; returns ``<run>/refine/summary.json``."""
+    if settings.rounds < 1:
+        raise ClodsError(f"refine.rounds={settings.rounds}; it must be >= 1 (1: the pipeline's stages alone)")
+    if RECOVERED not in runner.stage3_sources():
+        raise ClodsError(f"refine needs stage3.sources to include '{RECOVERED}' (the model trained on recovered "
+                         "meshes predicts the next round); add it and run `clods-pl pipeline`")
+    runner.consumed(EVAL_NAME)  # stages 1-3 done and current, else a one-line error naming what to run
+    dataset = str(runner.cfg.get("dataset"))
+    base_stage2 = runner.run_dir / "stage2"
+    names = sorted(RunDir(runner.run_dir).mesh_caches())
+    rows = [_round_row(1, base_stage2, runner.run_dir / EVAL_NAME, names)]
+    previous = RunDir(runner.run_dir).stage3_checkpoints()[RECOVERED]
+    eval_settings = {k: v for k, v in section(runner.cfg, EVAL_NAME).items() if k != NOVEL_VIEWS_KEY}
+    stage1_ckpt = RunDir(runner.run_dir).stage1_checkpoint()
+    for k in range(2, settings.rounds + 1):
+        root = runner.run_dir / REFINE_DIR / f"round{k}"
+        s2, s3, ev = f"refine{k}.stage2", f"refine{k}.stage3", f"refine{k}.eval"
+        extra = {"refine.round": k, "refine.init": settings.init, "refine.prior_weight": settings.prior_weight}
+        consumed = {"dynamics_checkpoint": checkpoint_digest(previous)}
+        config2 = {**runner.stage_config("stage2"), **extra}
+        if runner.manifest.staleness(s2, config2, consumed) is not None:
+            print(f"[clods-pl] refine round {k}: stage 2 from the round-{k - 1} model")
+            runner.manifest.start_stage(s2, config2, consumed)
+            cache_dir = root / "stage2" / MESH_CACHE_DIR
+            model = runner.instantiate("stage2", "model", {
+                "stage1_checkpoint": str(stage1_ckpt), "cache_dir": str(cache_dir), "recompute_stale": True,
+                "init": settings.init, "dynamics_checkpoint": str(previous), "prior_weight": settings.prior_weight})
+            data = runner.instantiate("stage2", "data", {"dataset_dir": dataset})
+            L.seed_everything(int(runner.cfg.get("seed_everything", 0)), workers=True, verbose=False)
+            runner.trainer("stage2", root / "stage2", f"refine{k}-stage2", fit=False).predict(
+                model, datamodule=data, return_predictions=False)
+            from clods_pl.stages.recovery_metrics import recovery_summary  # noqa: PLC0415  (stage code on demand)
+
+            atomic_write_json(root / "stage2" / SUMMARY_FILE, recovery_summary(dataset, cache_dir, names))
+            runner.manifest.finish_stage(s2, RunDir.stage2_outputs({n: cache_dir / f"{n}.npz" for n in names}))
+        caches = runner.manifest.verified_outputs(s2)
+        config3 = {**runner.stage_config("stage3"), **extra}
+        ckpt = root / "stage3" / f"{RECOVERED}.ckpt"
+        if runner.manifest.staleness(s3, config3, caches) is not None:
+            print(f"[clods-pl] refine round {k}: stage 3 on the round-{k} meshes")
+            runner.manifest.start_stage(s3, config3, caches)
+            stamp = {"stage3.source": RECOVERED, **extra}
+            resume = runner.resume_ckpt(root / "stage3" / CHECKPOINTS_DIR, "stage3", stamp)
+            model = runner.instantiate("stage3", "model", {})
+            data = runner.instantiate("stage3", "data", {"dataset_dir": dataset,
+                                                         "mesh_cache_dir": str(root / "stage2" / MESH_CACHE_DIR),
+                                                         "source": RECOVERED})
+            L.seed_everything(int(runner.cfg.get("seed_everything", 0)), workers=True, verbose=False)
+            trainer = runner.trainer("stage3", root / "stage3", f"refine{k}-stage3", fit=True,
+                                     validate=bool(getattr(data, "val_split", None)), stamp_extra=stamp)
+            trainer.fit(model, datamodule=data, ckpt_path=resume)
+            trainer.save_checkpoint(ckpt)
+            runner.manifest.finish_stage(s3, RunDir.stage3_outputs({RECOVERED: ckpt}))
+        consumed_eval = runner.manifest.verified_outputs(s3)
+        if runner.manifest.staleness(ev, {**section(runner.cfg, EVAL_NAME), **extra}, consumed_eval) is not None:
+            runner.manifest.start_stage(ev, {**section(runner.cfg, EVAL_NAME), **extra}, consumed_eval)
+            runner.evaluate(dataset_dir=dataset, checkpoints={RECOVERED: str(ckpt)}, out_dir=str(root / EVAL_NAME),
+                            **eval_settings)
+            runner.manifest.finish_stage(ev, {"metrics": root / EVAL_NAME / EVAL_METRICS})
+        rows.append(_round_row(k, root / "stage2", root / EVAL_NAME, names))
+        previous = ckpt
+    out = runner.run_dir / REFINE_DIR / "summary.json"
+    atomic_write_json(out, {"settings": {"rounds": settings.rounds, "init": settings.init,
+                                         "prior_weight": settings.prior_weight}, "rounds": rows})
+    atomic_write_text(out.with_name("refine_table.md"), refine_table_markdown(rows))
+    print(f"[clods-pl] refine: {settings.rounds} rounds -> {out.with_name('refine_table.md')}")
+    return out

@@ -1,0 +1,62 @@
+"""``clods-pl refine`` on a generated mini dataset with the real stages (shortened): round 2 recovers the meshes
+again from the round-1 model, trains and evaluates; the manifest records the round; a rerun skips it; the report
+shows the rounds; bad settings are one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clods_pl.data.generate import GenerateConfig, generate_dataset
+from clods_pl.pipeline.cli import main
+from clods_pl.stages.mesh_cache import MeshCache
+
+ROOT = Path(__file__).resolve().parents[1]
+MINI = GenerateConfig(name="mini", splits={"train": 2, "test_viewed": 1, "test_unviewed": 1}, num_frames=5,
+                      num_views=4, resolution=24, grid=(6, 5), substeps=3, iterations=10, supersample=2)
+SHORT = {
+    "stage1": {"model": {"gaussians_per_face": 4}, "trainer": {"max_epochs": 1}, "data": {"steps_per_epoch": 3}},
+    "stage2": {"model": {"iterations": 6, "min_iterations": 6}},
+    "stage3": {"sources": ["recovered"], "model": {"latent": 8, "blocks": 1, "normalizer_steps": 1,
+                                                    "rollout_length": 2},
+               "data": {"rollout_length": 2}, "trainer": {"max_steps": 3}},
+    "eval": {"videos": 0, "train_horizon": 3, "novel_views": {"enabled": False}},
+}
+
+
+@pytest.mark.slow
+def test_refine_round_two(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = generate_dataset(MINI, tmp_path / "ds", progress=False)
+    (tmp_path / "short.yaml").write_text(yaml.safe_dump({**SHORT, "dataset": str(data)}))
+    run = tmp_path / "run"
+    base = ["--config", str(ROOT / "experiments" / "flag_tiny.yaml"), "--config", str(tmp_path / "short.yaml"),
+            "--run_dir", str(run)]
+    assert main(["refine", *base]) == 2  # stages 1-3 first
+    assert "run `clods-pl pipeline`" in capsys.readouterr().err
+    assert main(["pipeline", *base]) == 0
+    assert main(["refine", *base, "--refine.rounds", "2", "--refine.prior_weight", "1e-4"]) == 0
+    out = capsys.readouterr().out
+    assert "refine round 2: stage 2 from the round-1 model" in out and "refine round 2: stage 3" in out
+    summary = json.loads((run / "refine" / "summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert summary["rounds"][1]["iterations_per_frame"] == pytest.approx(6.0)
+    assert summary["rounds"][1]["rollout"]["test_viewed"]["interpolation"] > 0
+    cache = MeshCache.load(run / "refine" / "round2" / "stage2" / "meshes" / "traj_0000.npz")
+    assert cache.complete and cache.settings["model.init"] == "dynamics"
+    assert cache.settings["model.dynamics_checkpoint"] != str(run / "stage3" / "recovered.ckpt")  # its digest
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    assert all(stages[f"refine2.{s}"]["status"] == "done" for s in ("stage2", "stage3", "eval"))
+    assert stages["refine2.stage2"]["config"]["refine.prior_weight"] == 1e-4
+    assert "| 2 |" in (run / "refine" / "refine_table.md").read_text()
+    assert "Closing the loop" in (run / "report.md").read_text()
+    # up to date: nothing runs again
+    assert main(["refine", *base, "--refine.rounds", "2", "--refine.prior_weight", "1e-4"]) == 0
+    assert "refine round 2" not in capsys.readouterr().out
+    # another prior: round 2 runs again, naming nothing else
+    assert main(["refine", *base, "--refine.rounds", "2", "--refine.prior_weight", "0.0"]) == 0
+    assert "refine round 2: stage 2" in capsys.readouterr().out
+    assert main(["refine", *base, "--refine.rounds", "0"]) == 2
+    assert "refine.rounds=0" in capsys.readouterr().err
