@@ -44,7 +44,7 @@ def test_readme_step_by_step_commands_run(tmp_path: Path, monkeypatch: pytest.Mo
         args = shlex.split(line)[1:]
         rerun = line in seen  # the README runs stage 1 a second time to show that it is up to date
         seen.add(line)
-        if args[0] in ("stage1", "stage2", "stage3", "eval", "pipeline", "recover"):
+        if args[0] in ("stage1", "stage2", "stage3", "eval", "pipeline", "recover", "refine"):
             args += ["--config", "short.yaml"]
         capsys.readouterr()
         try:
@@ -57,6 +57,8 @@ def test_readme_step_by_step_commands_run(tmp_path: Path, monkeypatch: pytest.Mo
             assert "stage1 is up to date" in out, out
     assert (tmp_path / "runs" / "demo" / "eval" / "metrics.json").is_file()
     assert (tmp_path / "runs" / "demo" / "report.md").is_file()
+    refined = json.loads((tmp_path / "runs" / "demo" / "refine" / "summary.json").read_text())
+    assert [r["round"] for r in refined["rounds"]] == [1, 2]
     views = json.loads((tmp_path / "runs" / "demo" / "eval" / "novel_views.json").read_text())
     assert set(views["rows"]) == {"upper_bound", "dual", "static"} and views["holdout_views"] == [1]
     assert views["rows"]["dual"]["frames"] == 4 * 2 and views["rows"]["upper_bound"]["frames"] == 4  # 4 test traj.
