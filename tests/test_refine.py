@@ -20,7 +20,7 @@ MINI = GenerateConfig(name="mini", splits={"train": 2, "test_viewed": 1, "test_u
 SHORT = {
     "stage1": {"model": {"gaussians_per_face": 4}, "trainer": {"max_epochs": 1}, "data": {"steps_per_epoch": 3}},
     "stage2": {"model": {"iterations": 6, "min_iterations": 6}},
-    "stage3": {"sources": ["recovered"], "model": {"latent": 8, "blocks": 1, "normalizer_steps": 1,
+    "stage3": {"sources": ["recovered"], "seeds": [0, 1], "model": {"latent": 8, "blocks": 1, "normalizer_steps": 1,
                                                     "rollout_length": 2},
                "data": {"rollout_length": 2}, "trainer": {"max_steps": 3}},
     "eval": {"videos": 0, "train_horizon": 3, "novel_views": {"enabled": False}},
@@ -37,6 +37,15 @@ def test_refine_round_two(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
     assert main(["refine", *base]) == 2  # stages 1-3 first
     assert "run `clods-pl pipeline`" in capsys.readouterr().err
     assert main(["pipeline", *base]) == 0
+    # stage3.seeds: one model per seed, one table row of mean +- std over them
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert set(metrics["methods"]) == {"const_vel", "recovered@seed0", "recovered@seed1"}
+    a, b = (metrics["methods"][f"recovered@seed{s}"]["splits"]["test_viewed"]["interpolation"] for s in (0, 1))
+    cell = metrics["by_source"]["recovered"]["splits"]["test_viewed"]["interpolation"]
+    assert a != b and cell["n"] == 2 and cell["mean"] == pytest.approx((a + b) / 2)
+    assert cell["std"] == pytest.approx(abs(a - b) / 2 ** 0.5)
+    row = next(r for r in (run / "eval" / "rollout_table.md").read_text().splitlines() if r.startswith("| CloDS"))
+    assert row.startswith("| CloDS (2 seeds) | ") and f"{1e3 * (a + b) / 2:.3f} ± {1e3 * cell['std']:.3f}" in row
     assert main(["refine", *base, "--refine.rounds", "2", "--refine.prior_weight", "1e-4"]) == 0
     out = capsys.readouterr().out
     assert "refine round 2: stage 2 from the round-1 model" in out and "refine round 2: stage 3" in out

@@ -127,6 +127,9 @@ def build_parser(prog: str = "clods-pl", stage_names: Sequence[str] = STAGE_NAME
         parser.add_argument("--stage3.sources", type=list[str] | None, default=None,
                             help="stage-3 sources trained in turn (recovered, gt, gt:N, mixed:N); "
                                  "default: [data.source]")
+        parser.add_argument("--stage3.seeds", type=list[int] | None, default=None,
+                            help="train every source once per seed; eval reports mean +- std over them "
+                                 "(default: once, with seed_everything)")
     parser.add_function_arguments(evaluate, EVAL_NAME, skip=EVAL_INPUTS)
     if evaluate is default_evaluate():
         from clods_pl.stages.novel_views import NovelViewSettings  # noqa: PLC0415  (see default_stages)

@@ -24,7 +24,8 @@ import numpy as np
 from clods_pl.errors import ClodsError
 from clods_pl.pipeline.experiment import EVAL_NAME, section
 from clods_pl.pipeline.stage_runs import NOVEL_VIEWS_KEY
-from clods_pl.stages.run_dir import CHECKPOINTS_DIR, EVAL_METRICS, MESH_CACHE_DIR, SUMMARY_FILE, RunDir
+from clods_pl.report.tables import by_source
+from clods_pl.stages.run_dir import CHECKPOINTS_DIR, EVAL_METRICS, MESH_CACHE_DIR, SUMMARY_FILE, RunDir, source_of
 from clods_pl.utils.files import atomic_write_json, atomic_write_text, checkpoint_digest
 
 if TYPE_CHECKING:
@@ -62,7 +63,8 @@ def _round_row(k: int, stage2_dir: Path, eval_dir: Path, names: list[str]) -> di
     return {"round": k, "recovery_mean_rel_rmse": summary.get("mean_rel_rmse"),
             "recovery_max_drift": summary.get("max_drift_last_over_first"),
             "iterations_per_frame": _mean_iterations(stage2_dir / MESH_CACHE_DIR, names),
-            "rollout": metrics["methods"].get(RECOVERED, {}).get("splits", {})}
+            "rollout": {split: {regime: cell["mean"] for regime, cell in regimes.items()}  # seeds: their mean
+                        for split, regimes in by_source(metrics).get(RECOVERED, {}).get("splits", {}).items()}}
 
 
 def refine_table_markdown(rows: list[dict[str, Any]]) -> str:
@@ -93,7 +95,8 @@ def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
     base_stage2 = runner.run_dir / "stage2"
     names = sorted(RunDir(runner.run_dir).mesh_caches())
     rows = [_round_row(1, base_stage2, runner.run_dir / EVAL_NAME, names)]
-    previous = RunDir(runner.run_dir).stage3_checkpoints()[RECOVERED]
+    previous = next(p for k, p in RunDir(runner.run_dir).stage3_checkpoints().items()  # the first seed's
+                    if source_of(k) == RECOVERED)
     eval_settings = {k: v for k, v in section(runner.cfg, EVAL_NAME).items() if k != NOVEL_VIEWS_KEY}
     stage1_ckpt = RunDir(runner.run_dir).stage1_checkpoint()
     for k in range(2, settings.rounds + 1):

@@ -97,6 +97,11 @@ class StageRunner(StageRuns):
         sources = self.cfg.get("stage3.sources")
         return list(sources) if sources else [str(section(self.cfg, "stage3.data").get("source", "recovered"))]
 
+    def stage3_seeds(self) -> list[int] | None:
+        """``stage3.seeds``: train every source once per seed (None: once, with ``seed_everything``)."""
+        seeds = self.cfg.get("stage3.seeds")
+        return [int(s) for s in seeds] if seeds else None
+
     def upstream(self, stage: str) -> tuple[str, ...]:
         """Stages whose outputs ``stage`` consumes (stage 3 needs stage 2 only for recovered/mixed sources)."""
         if stage == "stage3" and not any(s.split(":")[0] in RECOVERED_SOURCES for s in self.stage3_sources()):
@@ -125,6 +130,7 @@ class StageRunner(StageRuns):
         flat.update(self.dataset_files())
         if stage == "stage3":
             flat["stage3.sources"] = self.stage3_sources()
+            flat["stage3.seeds"] = self.stage3_seeds()
         for up in self.upstream(stage):
             flat.update(self.stage_config(up))
         return flat

@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+
 from clods_pl.errors import ManifestError
 from clods_pl.pipeline.experiment import EVAL_NAME, section
 from clods_pl.stages.run_dir import (
@@ -19,6 +21,7 @@ from clods_pl.stages.run_dir import (
     STAGE1_CKPT,
     SUMMARY_FILE,
     RunDir,
+    seeded_key,
 )
 from clods_pl.utils.files import atomic_write_json
 
@@ -73,19 +76,24 @@ class StageRuns:
     def _run_stage3(self, dataset: str, stage_dir: Path, resume_from: str | None) -> dict[str, Path]:
         outputs: dict[str, Path] = {}
         cache_dir = self.run_dir / "stage2" / MESH_CACHE_DIR
+        seeds = self.stage3_seeds()
         for source in self.stage3_sources():
-            sub = stage_dir / safe_name(source)
-            resume = self.resume_ckpt(sub / CHECKPOINTS_DIR, "stage3", {"stage3.source": source})
-            model = self.instantiate("stage3", "model", {})
-            data = self.instantiate("stage3", "data", {"dataset_dir": dataset, "mesh_cache_dir": str(cache_dir),
-                                                         "source": source})
-            trainer = self.trainer("stage3", sub, f"stage3-{safe_name(source)}", fit=True,
-                                    validate=bool(getattr(data, "val_split", None)),
-                                    stamp_extra={"stage3.source": source})
-            trainer.fit(model, datamodule=data, ckpt_path=resume)
-            ckpt = stage_dir / f"{safe_name(source)}.ckpt"
-            trainer.save_checkpoint(ckpt)
-            outputs[source] = ckpt
+            for seed in seeds or [None]:
+                key = source if seed is None else seeded_key(source, seed)
+                sub = stage_dir / safe_name(source) / ("" if seed is None else f"seed{seed}")
+                stamp = {"stage3.source": source, **({} if seed is None else {"stage3.seed": seed})}
+                if seed is not None:  # each seed its own initialisation, window draws and noise
+                    L.seed_everything(seed, workers=True, verbose=False)
+                resume = self.resume_ckpt(sub / CHECKPOINTS_DIR, "stage3", stamp)
+                model = self.instantiate("stage3", "model", {})
+                data = self.instantiate("stage3", "data", {"dataset_dir": dataset, "mesh_cache_dir": str(cache_dir),
+                                                             "source": source})
+                trainer = self.trainer("stage3", sub, f"stage3-{safe_name(key)}", fit=True,
+                                        validate=bool(getattr(data, "val_split", None)), stamp_extra=stamp)
+                trainer.fit(model, datamodule=data, ckpt_path=resume)
+                ckpt = stage_dir / f"{safe_name(key)}.ckpt"
+                trainer.save_checkpoint(ckpt)
+                outputs[key] = ckpt
         return RunDir.stage3_outputs(outputs)
 
     def _run_eval(self, dataset: str, stage_dir: Path, resume_from: str | None) -> dict[str, Path]:

@@ -27,10 +27,11 @@ from clods_pl.data.format import read_dataset
 from clods_pl.dynamics import MeshGraph, MeshGraphNet, constant_velocity_rollout
 from clods_pl.errors import DatasetError
 from clods_pl.report.plots import plot_rmse_over_steps
-from clods_pl.report.tables import method_label, method_rank, rollout_table_markdown
+from clods_pl.report.tables import by_source, method_label, method_rank, rollout_table_markdown
 from clods_pl.report.video import write_comparison_video
 from clods_pl.stages.dynamics import load_dynamics_model
 from clods_pl.stages.dynamics_data import trajectory_data
+from clods_pl.stages.run_dir import source_of
 from clods_pl.utils.files import atomic_write_json, atomic_write_text
 
 SPLITS = ("test_viewed", "test_unviewed")
@@ -185,16 +186,18 @@ def run_evaluation(dataset_dir: str | os.PathLike, checkpoints: dict[str, str | 
     runs += [(k, load_dynamics_model(p, map_location=device), str(p)) for k, p in checkpoints.items()]
     video_files = []
     kept: dict[str, dict[str, np.ndarray]] = {}  # trajectory -> method key -> predicted (T, V, 3)
+    first_of_source = {source_of(k): k for k, _, _ in reversed(runs)}  # videos: each source's first seed only
     for key, model, ckpt in runs:
         res = evaluate_rollouts(model, dataset, splits, horizon, device,
-                                keep_predictions=video_names if ckpt is not None else ())
+                                keep_predictions=video_names if ckpt is not None and
+                                first_of_source[source_of(key)] == key else ())
         methods[key] = {"label": method_label(key), "checkpoint": ckpt, "splits": res["splits"],
                         "per_step_rmse": res["per_step_rmse"], "trajectories": res["trajectories"]}
         for name, pred in res["predictions"].items():
             kept.setdefault(name, {})[key] = np.asarray(pred)
     for name, preds in kept.items():
         traj = dataset.trajectory(name)
-        ordered = {method_label(k): preds[k] for k in sorted(preds, key=method_rank)}
+        ordered = {method_label(source_of(k)): preds[k] for k in sorted(preds, key=method_rank)}
         path = out / "videos" / f"compare_{name}.{video_format}"
         write_comparison_video(np.asarray(traj.load_gt_verts()), ordered, np.asarray(traj.faces), path,
                                title=f"{name} ({split_of(dataset, name)})")
@@ -204,6 +207,7 @@ def run_evaluation(dataset_dir: str | os.PathLike, checkpoints: dict[str, str | 
     metrics = {"definition": RMSE_DEFINITION, "train_horizon": horizon, "train_sequence_frames": train_frames,
                "test_sequence_frames": test_frames, "num_train_trajectories": len(dataset.names("train")),
                "splits": list(splits), "methods": methods, "videos": video_files}
+    metrics["by_source"] = by_source(metrics)  # seeds of one source: mean and std per cell
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "rollout_table.md", rollout_table_markdown(metrics))
     for split in ("all", *splits):

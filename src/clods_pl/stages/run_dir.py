@@ -29,6 +29,17 @@ SUMMARY_FILE = "summary.json"      # <run>/stage1/ and <run>/stage2/
 CHECKPOINT = "checkpoint"
 MESH_PREFIX = "mesh:"
 SOURCE_PREFIX = "checkpoint:"
+SEED_MARK = "@seed"  # stage-3 keys with stage3.seeds: "<source>@seed<k>"
+
+
+def seeded_key(source: str, seed: int) -> str:
+    """The key of ``source`` trained with ``seed`` (``recovered@seed1``)."""
+    return f"{source}{SEED_MARK}{seed}"
+
+
+def source_of(key: str) -> str:
+    """The source of a stage-3 key (``recovered@seed1`` -> ``recovered``; a key without a seed is its source)."""
+    return key.split(SEED_MARK, 1)[0]
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,8 @@ class RunDir:
                 if k.startswith(MESH_PREFIX)}
 
     def stage3_checkpoints(self) -> dict[str, Path]:
-        """``{source: checkpoint}`` recorded by stage 3 (sources: ``recovered``, ``gt``, ``gt:N``, ``mixed:N``)."""
+        """``{key: checkpoint}`` recorded by stage 3: keys are sources (``recovered``, ``gt``, ``gt:N``,
+        ``mixed:N``), or ``<source>@seed<k>`` with ``stage3.seeds`` (:func:`source_of` gives the source)."""
         return {k[len(SOURCE_PREFIX):]: self.path(e["path"]) for k, e in self.outputs("stage3").items()
                 if k.startswith(SOURCE_PREFIX)}
 
