@@ -136,7 +136,7 @@ def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
             trainer = runner.trainer("stage3", root / "stage3", f"refine{k}-stage3", fit=True,
                                      validate=bool(getattr(data, "val_split", None)), stamp_extra=stamp)
             trainer.fit(model, datamodule=data, ckpt_path=resume)
-            trainer.save_checkpoint(ckpt)
+            trainer.save_checkpoint(ckpt, weights_only=False)  # explicit: unset, Lightning logs a notice
             runner.manifest.finish_stage(s3, RunDir.stage3_outputs({RECOVERED: ckpt}))
         consumed_eval = runner.manifest.verified_outputs(s3)
         if runner.manifest.staleness(ev, {**section(runner.cfg, EVAL_NAME), **extra}, consumed_eval) is not None:

@@ -49,7 +49,7 @@ class StageRuns:
         trainer = self.trainer("stage1", stage_dir, "stage1", fit=True)
         trainer.fit(model, datamodule=data, ckpt_path=resume_from)
         ckpt = stage_dir / STAGE1_CKPT
-        trainer.save_checkpoint(ckpt)
+        trainer.save_checkpoint(ckpt, weights_only=False)  # explicit: unset, Lightning logs a notice
         if trainer.is_global_zero:
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
             atomic_write_json(stage_dir / SUMMARY_FILE, {"held_out_views": metrics})
@@ -92,7 +92,7 @@ class StageRuns:
                                         validate=bool(getattr(data, "val_split", None)), stamp_extra=stamp)
                 trainer.fit(model, datamodule=data, ckpt_path=resume)
                 ckpt = stage_dir / f"{safe_name(key)}.ckpt"
-                trainer.save_checkpoint(ckpt)
+                trainer.save_checkpoint(ckpt, weights_only=False)  # explicit: unset, Lightning logs a notice
                 outputs[key] = ckpt
         return RunDir.stage3_outputs(outputs)
 
