@@ -201,6 +201,14 @@ SETTING_CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "gsplat_on_cpu": (["stage1", "--stage1.model.backend", "gsplat"], ("stage1.model.backend=gsplat",)),
     "dataset_folder_missing": (["stage1", "--dataset", "/nonexistent/ds"], ("/nonexistent/ds",)),
     "config_file_missing": (["stage1", "--config", "/nonexistent/x.yaml"], ("x.yaml",)),
+    "coverage_scale_zero": (["stage1", "--stage1.model.coverage_scale", "0"], ("stage1.model.coverage_scale",)),
+    "stage2_dynamics_init_without_model": (["stage2", "--stage2.model.init", "dynamics"],
+                                           ("model.dynamics_checkpoint",)),
+    "stage2_unknown_init": (["stage2", "--stage2.model.init", "guess"], ("model.init='guess'",)),
+    "novel_views_unknown_ablation": (["eval", "--eval.novel_views.ablations", "[foggy]"],
+                                     ("eval.novel_views.ablations",)),
+    "refine_unknown_init": (["refine", "--refine.init", "guess"], ("refine.init='guess'",)),
+    "refine_negative_prior": (["refine", "--refine.prior_weight", "-1"], ("refine.prior_weight",)),
 }
 
 

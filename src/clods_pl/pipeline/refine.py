@@ -25,6 +25,7 @@ from clods_pl.errors import ClodsError
 from clods_pl.pipeline.experiment import EVAL_NAME, section
 from clods_pl.pipeline.stage_runs import NOVEL_VIEWS_KEY
 from clods_pl.report.tables import by_source
+from clods_pl.stages.recovery_config import INITS
 from clods_pl.stages.run_dir import CHECKPOINTS_DIR, EVAL_METRICS, MESH_CACHE_DIR, SUMMARY_FILE, RunDir, source_of
 from clods_pl.utils.files import atomic_write_json, atomic_write_text, checkpoint_digest
 
@@ -48,6 +49,14 @@ class RefineSettings:
     rounds: int = 2
     init: str = "dynamics"
     prior_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ClodsError(f"refine.rounds={self.rounds}; it must be >= 1 (1: the pipeline's stages alone)")
+        if self.init not in INITS:
+            raise ClodsError(f"refine.init={self.init!r}; choose one of {', '.join(INITS)}")
+        if not self.prior_weight >= 0:
+            raise ClodsError(f"refine.prior_weight={self.prior_weight}; it must be >= 0")
 
 
 def _mean_iterations(cache_dir: Path, names: list[str]) -> float:
@@ -85,8 +94,6 @@ def refine_table_markdown(rows: list[dict[str, Any]]) -> str:
 
 def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
     """Run (or skip, when up to date) rounds 2..``settings.rounds``; returns ``<run>/refine/summary.json``."""
-    if settings.rounds < 1:
-        raise ClodsError(f"refine.rounds={settings.rounds}; it must be >= 1 (1: the pipeline's stages alone)")
     if RECOVERED not in runner.stage3_sources():
         raise ClodsError(f"refine needs stage3.sources to include '{RECOVERED}' (the model trained on recovered "
                          "meshes predicts the next round); add it and run `clods-pl pipeline`")

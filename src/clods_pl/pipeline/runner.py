@@ -46,7 +46,7 @@ from clods_pl.pipeline.experiment import (
 )
 from clods_pl.pipeline.manifest import Manifest
 from clods_pl.pipeline.resume import SettingsStamp, resume_checkpoint
-from clods_pl.pipeline.stage_runs import StageRuns
+from clods_pl.pipeline.stage_runs import NOVEL_VIEWS_KEY, StageRuns
 from clods_pl.stages.run_dir import (  # noqa: F401  (MESH_CACHE_DIR, STAGE1_CKPT: also for the CLI)
     CHECKPOINTS_DIR,
     LOGS_DIR,
@@ -227,6 +227,11 @@ class StageRunner(StageRuns):
             device = str(section(self.cfg, EVAL_NAME).get("device", "cpu"))
             if device.startswith("cuda") and not torch.cuda.is_available():
                 raise ClodsError(f"eval.device={device} but no CUDA GPU is visible; use eval.device=cpu")
+            views = section(self.cfg, EVAL_NAME).get(NOVEL_VIEWS_KEY)
+            if views:
+                from clods_pl.stages.novel_views import NovelViewSettings  # noqa: PLC0415  (stage code on demand)
+
+                NovelViewSettings(**views)  # checks its values, naming the setting
             return
         check_trainer_limits(stage, section(self.cfg, f"{stage}.trainer"))
         model_inputs = {"stage1_checkpoint": "", "cache_dir": str(self.run_dir / stage), "recompute_stale": False}

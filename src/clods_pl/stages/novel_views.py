@@ -25,7 +25,7 @@ from clods_pl.data.format import read_dataset
 from clods_pl.errors import ClodsError, DatasetError
 from clods_pl.geometry import Cameras
 from clods_pl.render.types import composite
-from clods_pl.smgs import SMGS
+from clods_pl.smgs import OPACITY_MODES, SMGS
 from clods_pl.smgs.model import render_gaussians
 from clods_pl.utils.files import atomic_write_json, atomic_write_text
 
@@ -61,6 +61,14 @@ class NovelViewSettings:
     frame_stride: int = 1
     upper_bound_steps: int = 150
     upper_bound_frame_stride: int = 5
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.ablations if m not in OPACITY_MODES]
+        if bad:
+            raise ClodsError(f"eval.novel_views.ablations {bad}: each must be one of {', '.join(OPACITY_MODES)}")
+        if self.frame_stride < 1 or self.upper_bound_frame_stride < 1 or self.upper_bound_steps < 0:
+            raise ClodsError("eval.novel_views.frame_stride and upper_bound_frame_stride must be >= 1 and "
+                             "upper_bound_steps >= 0")
 
 
 def image_metrics(pred: Tensor, target: Tensor, lpips: Any = None) -> dict[str, float]:
