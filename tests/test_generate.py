@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 
@@ -57,3 +58,18 @@ def test_preset_yaml_files_match_code() -> None:
         raw = yaml.safe_load((ROOT / "experiments" / "data" / f"{name}.yaml").read_text())
         assert GenerateConfig.from_dict(raw) == cfg, name
     assert PRESETS["tiny"].num_trajectories == 8 and PRESETS["tiny"].resolution == 64
+
+
+def test_test_trajectories_can_be_longer_than_training_ones(tmp_path) -> None:
+    """``test_num_frames``: the test splits get more frames, so evaluation has frames beyond the training length."""
+    from clods_pl.data.format import read_dataset
+    from clods_pl.errors import ClodsError
+
+    cfg = GenerateConfig(name="ext", splits={"train": 1, "test_viewed": 1}, num_frames=3, test_num_frames=5,
+                         num_views=2, resolution=16, grid=(4, 3), substeps=2, iterations=2, supersample=1)
+    ds = read_dataset(generate_dataset(cfg, tmp_path / "ds", progress=False))
+    assert ds.trajectory(ds.names("train")[0]).num_frames == 3
+    test = ds.trajectory(ds.names("test_viewed")[0])
+    assert test.num_frames == 5 and test.load_gt_verts().shape[0] == 5
+    with pytest.raises(ClodsError, match="test_num_frames=2"):
+        GenerateConfig.from_dict({"test_num_frames": 2})

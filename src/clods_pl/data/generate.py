@@ -39,6 +39,7 @@ class GenerateConfig:
     splits: dict[str, int] = field(default_factory=lambda: {"train": 2, "val": 0, "test_viewed": 1,
                                                              "test_unviewed": 1})
     num_frames: int = 16
+    test_num_frames: int | None = None  # test splits' frames (None: num_frames); longer: a true extrapolation regime
     num_views: int = 4
     resolution: int = 64
     grid: tuple[int, int] = (10, 8)
@@ -70,6 +71,9 @@ class GenerateConfig:
         if unknown:
             raise ClodsError(f"unknown generator settings {unknown}; known: {sorted(known)}")
         d = dict(d)
+        if d.get("test_num_frames") is not None and int(d["test_num_frames"]) < 3:
+            raise ClodsError(f"test_num_frames={d['test_num_frames']}; a test trajectory needs >= 3 frames "
+                             "(two inputs and one predicted frame)")
         for key in ("grid", "flag_size", "camera_target", "viewed_azimuth_deg", "unviewed_azimuth_deg"):
             if key in d:
                 d[key] = tuple(d[key])
@@ -86,7 +90,8 @@ class GenerateConfig:
 PRESETS: dict[str, GenerateConfig] = {
     "tiny": GenerateConfig(splits={"train": 4, "val": 0, "test_viewed": 2, "test_unviewed": 2}, num_views=8),
     "small": GenerateConfig(name="small", splits={"train": 4, "val": 1, "test_viewed": 2, "test_unviewed": 1},
-                            num_frames=32, num_views=6, resolution=96, grid=(16, 12), iterations=5),
+                            num_frames=32, test_num_frames=48, num_views=6, resolution=96, grid=(16, 12),
+                            iterations=5),
     "paper": GenerateConfig(name="paper", splits={"train": 40, "val": 2, "test_viewed": 4, "test_unviewed": 4},
                             num_frames=100, num_views=8, resolution=256, grid=(40, 28), substeps=100, iterations=2,
                             supersample=2),
@@ -174,7 +179,8 @@ def _generate(cfg: GenerateConfig, out: Path, progress: bool) -> Path:
         if split == "test_unviewed" and torch.rand((), generator=g) < 0.5:
             az = (-az[1], -az[0])
         params = PhysicsParams.sample(g, azimuth_range=az)
-        verts = sim.simulate(params, cfg.num_frames, g, progress=progress, num_threads=None)
+        frames_here = cfg.test_num_frames if split.startswith("test") and cfg.test_num_frames else cfg.num_frames
+        verts = sim.simulate(params, frames_here, g, progress=progress, num_threads=None)
         frames = render_sequence(verts, mesh.faces, mesh.mesh_pos, cams, cfg.renderer, cfg.supersample,
                                  progress=progress, num_threads=None)
         handles = mesh.node_type == int(NodeType.HANDLE)
