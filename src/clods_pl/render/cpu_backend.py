@@ -255,10 +255,10 @@ def rasterize_cpu(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tenso
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     C, N = viewmats.shape[0], means.shape[0]
     dtype = means.dtype
-    p = project_gaussians(means, quats, scales, viewmats, Ks, width, height)
+    p = project_gaussians(means, quats, scales, viewmats, Ks, width, height, antialiased=antialiased)
     tiles_x, tiles_y = num_tiles(width, height, TILE)
     x0, x1, y0, y1 = tile_bounds(p, TILE, tiles_x, tiles_y)
-    opac = opacities[None, :] * p.compensation if antialiased else opacities[None, :].expand(C, N)  # (C, N)
+    opac = p.opacities(opacities)  # (C, N)
     op = opac.detach().to(torch.float64)
     live = p.front & (255.0 * op >= 1.0)
     x1, y1 = torch.where(live, x1, x0), torch.where(live, y1, y0)

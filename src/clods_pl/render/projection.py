@@ -46,12 +46,20 @@ class Projected:
     radius: Tensor   # (C, N) int64 pixels
     valid: Tensor    # (C, N) bool: in front, non-degenerate and its 3-sigma box on screen
     front: Tensor    # (C, N) bool: in front of the near plane with a positive-definite 2D covariance
-    compensation: Tensor  # (C, N) antialiasing opacity factor in [0, 1] (module docstring)
+    compensation: Tensor | None = None  # (C, N) antialiasing opacity factor in (0, 1]; only when asked for
+
+    def opacities(self, opacities: Tensor) -> Tensor:
+        """(C, N) per-camera opacities to composite: ``opacities`` (N,) times the compensation when computed."""
+        C = self.depth.shape[0]
+        return opacities[None, :] * self.compensation if self.compensation is not None \
+            else opacities[None, :].expand(C, -1)
 
 
 def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor, Ks: Tensor, width: int,
-                      height: int, near: float = NEAR_PLANE, eps2d: float = EPS_2D) -> Projected:
-    """Project N Gaussians into C cameras (see the module docstring)."""
+                      height: int, near: float = NEAR_PLANE, eps2d: float = EPS_2D,
+                      antialiased: bool = False) -> Projected:
+    """Project N Gaussians into C cameras (see the module docstring); ``antialiased`` also computes the
+    compensation (classic rendering skips that work)."""
     R, T = viewmats[:, :3, :3], viewmats[:, :3, 3]
     t = torch.einsum("cij,nj->cni", R, means) + T[:, None, :]  # (C, N, 3)
     x, y, z = t.unbind(-1)
@@ -73,7 +81,6 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Te
     b = cov2[..., 0, 1]
     c = cov2[..., 1, 1] + eps2d
     det = a * c - b * b
-    det_raw = cov2[..., 0, 0] * cov2[..., 1, 1] - b * b
     det_safe = torch.where(det > 0, det, torch.ones_like(det))
     conic = torch.stack([c / det_safe, -b / det_safe, a / det_safe], -1)
     mid = 0.5 * (a + c)
@@ -84,7 +91,10 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Te
     on_screen = (mx + radius > 0) & (mx - radius < width) & (my + radius > 0) & (my - radius < height)
     front = (z > near) & (det > 0)
     valid = front & (radius > 0) & on_screen
-    compensation = torch.sqrt(torch.clamp(det_raw / det_safe, min=1e-12))  # > 0: finite gradient
+    compensation = None
+    if antialiased:
+        det_raw = cov2[..., 0, 0] * cov2[..., 1, 1] - b * b
+        compensation = torch.sqrt(torch.clamp(det_raw / det_safe, min=1e-12))  # > 0: finite gradient
     return Projected(mean2d, conic, z, radius, valid, front, compensation)
 
 

@@ -63,8 +63,9 @@ def rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Ten
     tiles_x, tiles_y = num_tiles(width, height, BLOCK)
     tiles_per_cam = tiles_x * tiles_y
     bg = torch.zeros(3, dtype=dtype, device=device) if background is None else background.to(means)
-    p = project_gaussians(means, quats, scales, viewmats, Ks, width, height, near=conventions.near)
-    opac = opacities[None, :] * p.compensation if antialiased else opacities[None, :].expand(C, N)  # (C, N)
+    p = project_gaussians(means, quats, scales, viewmats, Ks, width, height, near=conventions.near,
+                          antialiased=antialiased)
+    opac = p.opacities(opacities)  # (C, N)
     tile_id, gid = _pairs(*_block_bounds(p, opac, width, height, conventions), p.depth, tiles_x,
                           tiles_per_cam)
     n_tiles = C * tiles_per_cam
