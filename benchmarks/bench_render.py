@@ -45,7 +45,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench(backend: str, n: int, size: int, device: torch.device, repeats: int) -> dict:
+def bench(backend: str, n: int, size: int, device: torch.device, repeats: int, antialiased: bool = False) -> dict:
     params = scene(n, device)
     cams = ring_cameras(4, 2.5, width=size, height=size).to(device)
     bg = torch.ones(3, device=device)
@@ -57,13 +57,14 @@ def bench(backend: str, n: int, size: int, device: torch.device, repeats: int) -
             p.grad = None
         _sync(device)
         t = time.perf_counter()
-        out = rasterize(*params, cams.w2c, cams.K, size, size, bg, backend=backend)
+        out = rasterize(*params, cams.w2c, cams.K, size, size, bg, backend=backend, antialiased=antialiased)
         out.rgb.sum().backward()
         _sync(device)
         if i > 0:  # first call warms up (gsplat JIT-compiles on its first use)
             times.append(time.perf_counter() - t)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"backend": backend, "gaussians": n, "size": size, "views": 4, "median_ms": 1e3 * statistics.median(times),
+    return {"backend": backend, "antialiased": antialiased, "gaussians": n, "size": size, "views": 4,
+            "median_ms": 1e3 * statistics.median(times),
             "min_ms": 1e3 * min(times), "repeats": repeats, "peak_mib": peak}
 
 
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--antialiased", action="store_true",
+                    help="also time every size with antialiased=True (the SMGS default), next to classic")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads on the CPU (2 on a busy 2-core box: 10x slower)")
     args = ap.parse_args(argv)
@@ -82,20 +85,23 @@ def main(argv: list[str] | None = None) -> None:
     backends = args.backends or (["torch", "cpu"] if device.type == "cpu" else ["torch", "gsplat", "inria"])
     rows = []
     sizes = CUDA if device.type == "cuda" else QUICK if args.quick else FULL
+    modes = (False, True) if args.antialiased else (False,)
     for backend in backends:
         for n, size in sizes:
-            if device.type == "cuda" and backend == "torch" and n > TORCH_MAX_ON_CUDA:
-                continue
-            try:
-                row = bench(backend, n, size, device, args.repeats)
-            except BackendUnavailableError as exc:
-                print(f"skip {backend}: {exc}")
-                break
-            except torch.OutOfMemoryError:
-                row = {"backend": backend, "gaussians": n, "size": size, "error": "out of memory"}
-            rows.append(row)
-            timing = f"{row['median_ms']:9.1f} ms" if "median_ms" in row else row["error"]
-            print(f"{backend:7s} N={n:>7d} {size:>4d}px  {timing}", flush=True)
+            for aa in modes:
+                if device.type == "cuda" and backend == "torch" and n > TORCH_MAX_ON_CUDA:
+                    continue
+                try:
+                    row = bench(backend, n, size, device, args.repeats, aa)
+                except BackendUnavailableError as exc:
+                    print(f"skip {backend}: {exc}")
+                    break
+                except torch.OutOfMemoryError:
+                    row = {"backend": backend, "gaussians": n, "size": size, "error": "out of memory"}
+                rows.append(row)
+                timing = f"{row['median_ms']:9.1f} ms" if "median_ms" in row else row["error"]
+                print(f"{backend:7s} N={n:>7d} {size:>4d}px {'antialiased' if aa else 'classic':11s} {timing}",
+                      flush=True)
     meta = {"device": args.device, "machine": torch.cuda.get_device_name(0) if device.type == "cuda" else
             f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "torch": torch.__version__}
     suffix = f"cpu_{args.threads}threads" if device.type == "cpu" else args.device
