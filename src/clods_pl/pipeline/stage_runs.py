@@ -114,6 +114,7 @@ class StageRuns:
         """The novel-view table (``stages/novel_views.py``): the run's stage-1 SMGS plus the ablation fits."""
         from clods_pl.data.format import read_dataset  # noqa: PLC0415  (stage code on demand)
         from clods_pl.smgs.io import load_smgs  # noqa: PLC0415  (stage code on demand)
+        from clods_pl.stages.appearance import local_lpips  # noqa: PLC0415  (stage code on demand)
         from clods_pl.stages.novel_views import (  # noqa: PLC0415  (stage code on demand)
             RECOVERED_RENDERS,
             NovelViewSettings,
@@ -138,7 +139,9 @@ class StageRuns:
                 seed, stage_dir / "novel_views" / mode)
         backend = rendered.backend if rendered.backend in ("torch", "cpu") else "torch"  # eval renders on the CPU
         holdout = section(self.cfg, "stage1.data").get("holdout_views", [0])
-        out = run_novel_view_evaluation(dataset, models, holdout, rendered.background, stage_dir, settings, backend)
+        lpips, _notice = local_lpips()  # stage 1 already said why when it is missing
+        out = run_novel_view_evaluation(dataset, models, holdout, rendered.background, stage_dir, settings, backend,
+                                        lpips)
         ds = read_dataset(dataset)
         names = [ds.names(s)[0] for s in ("train", *settings.splits) if ds.names(s)]
         train_view = next(v for v in range(len(ds.trajectory(names[0]).cameras)) if v not in holdout)

@@ -265,22 +265,12 @@ class AppearanceModule(L.LightningModule):
         """LPIPS when its backbone weights are available locally; otherwise None with one notice (no downloads)."""
         if not self._lpips_checked:
             self._lpips_checked = True
-            weights = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONE_WEIGHTS
-            try:
-                if importlib.util.find_spec("torchvision") is None:
-                    raise ModuleNotFoundError(f"it needs torchvision (`pip install torchvision`) and {weights}")
-                if not weights.is_file():  # torchvision would try to download it (and hang on an offline machine)
-                    raise FileNotFoundError(f"{weights} missing; put torchvision's AlexNet weights there to get LPIPS")
-                from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity  # noqa: PLC0415  (needs torchvision)
-
-                self._lpips = LearnedPerceptualImagePatchSimilarity(net_type="alex").to(self.device)
-            except Exception as exc:  # torchvision missing or weights not cached: never download here
-                notice = f"[clods-pl] LPIPS skipped (PSNR and SSIM still reported): {str(exc).splitlines()[0][:200]}"
+            self._lpips, notice = local_lpips(self.device)
+            if notice is not None:
                 if self._trainer is None:
                     print(notice)
                 else:
                     self.print(notice)
-                self._lpips = None
         return self._lpips
 
     def on_fit_end(self) -> None:
@@ -288,6 +278,22 @@ class AppearanceModule(L.LightningModule):
             out = Path(self.trainer.default_root_dir) / PLY_NAME
             with torch.no_grad():
                 export_ply(out, self.smgs.gaussians(self.smgs.verts0))
+
+
+def local_lpips(device: torch.device | str = "cpu") -> tuple[Any, str | None]:
+    """torchmetrics' LPIPS (AlexNet) when torchvision and its backbone weights are installed locally, else None and
+    a one-line notice naming the fix; never downloads (an offline node would hang)."""
+    weights = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONE_WEIGHTS
+    try:
+        if importlib.util.find_spec("torchvision") is None:
+            raise ModuleNotFoundError(f"it needs torchvision (`pip install torchvision`) and {weights}")
+        if not weights.is_file():  # torchvision would try to download it (and hang on an offline machine)
+            raise FileNotFoundError(f"{weights} missing; put torchvision's AlexNet weights there to get LPIPS")
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity  # noqa: PLC0415  (needs torchvision)
+
+        return LearnedPerceptualImagePatchSimilarity(net_type="alex").to(device), None
+    except Exception as exc:  # torchvision missing or weights not cached: never download here
+        return None, f"[clods-pl] LPIPS skipped (PSNR and SSIM still reported): {str(exc).splitlines()[0][:200]}"
 
 
 def load_smgs_from_checkpoint(path: str | Path,
