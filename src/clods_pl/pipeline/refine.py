@@ -26,7 +26,7 @@ from clods_pl.pipeline.experiment import EVAL_NAME, section
 from clods_pl.pipeline.stage_runs import NOVEL_VIEWS_KEY
 from clods_pl.report.tables import by_source
 from clods_pl.stages.recovery_config import INITS
-from clods_pl.stages.run_dir import CHECKPOINTS_DIR, EVAL_METRICS, MESH_CACHE_DIR, SUMMARY_FILE, RunDir, source_of
+from clods_pl.stages.run_dir import EVAL_METRICS, MESH_CACHE_DIR, SUMMARY_FILE, RunDir, source_of
 from clods_pl.utils.files import atomic_write_json, atomic_write_text, checkpoint_digest
 
 if TYPE_CHECKING:
@@ -105,7 +105,6 @@ def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
     previous = next(p for k, p in RunDir(runner.run_dir).stage3_checkpoints().items()  # the first seed's
                     if source_of(k) == RECOVERED)
     eval_settings = {k: v for k, v in section(runner.cfg, EVAL_NAME).items() if k != NOVEL_VIEWS_KEY}
-    stage1_ckpt = RunDir(runner.run_dir).stage1_checkpoint()
     for k in range(2, settings.rounds + 1):
         root = runner.run_dir / REFINE_DIR / f"round{k}"
         s2, s3, ev = f"refine{k}.stage2", f"refine{k}.stage3", f"refine{k}.eval"
@@ -115,17 +114,11 @@ def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
         if runner.manifest.staleness(s2, config2, consumed) is not None:
             print(f"[clods-pl] refine round {k}: stage 2 from the round-{k - 1} model")
             runner.manifest.start_stage(s2, config2, consumed)
-            cache_dir = root / "stage2" / MESH_CACHE_DIR
-            model = runner.instantiate("stage2", "model", {
-                "stage1_checkpoint": str(stage1_ckpt), "cache_dir": str(cache_dir), "recompute_stale": True,
-                "init": settings.init, "dynamics_checkpoint": str(previous), "prior_weight": settings.prior_weight})
-            data = runner.instantiate("stage2", "data", {"dataset_dir": dataset})
             L.seed_everything(int(runner.cfg.get("seed_everything", 0)), workers=True, verbose=False)
-            runner.trainer("stage2", root / "stage2", f"refine{k}-stage2", fit=False).predict(
-                model, datamodule=data, return_predictions=False)
-            from clods_pl.stages.recovery_metrics import recovery_summary  # noqa: PLC0415  (stage code on demand)
-
-            atomic_write_json(root / "stage2" / SUMMARY_FILE, recovery_summary(dataset, cache_dir, names))
+            runner.recover_meshes(dataset, root / "stage2", f"refine{k}-stage2", {
+                "recompute_stale": True, "init": settings.init, "dynamics_checkpoint": str(previous),
+                "prior_weight": settings.prior_weight})
+            cache_dir = root / "stage2" / MESH_CACHE_DIR
             runner.manifest.finish_stage(s2, RunDir.stage2_outputs({n: cache_dir / f"{n}.npz" for n in names}))
         caches = runner.manifest.verified_outputs(s2)
         config3 = {**runner.stage_config("stage3"), **extra}
@@ -133,17 +126,9 @@ def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
         if runner.manifest.staleness(s3, config3, caches) is not None:
             print(f"[clods-pl] refine round {k}: stage 3 on the round-{k} meshes")
             runner.manifest.start_stage(s3, config3, caches)
-            stamp = {"stage3.source": RECOVERED, **extra}
-            resume = runner.resume_ckpt(root / "stage3" / CHECKPOINTS_DIR, "stage3", stamp)
-            model = runner.instantiate("stage3", "model", {})
-            data = runner.instantiate("stage3", "data", {"dataset_dir": dataset,
-                                                         "mesh_cache_dir": str(root / "stage2" / MESH_CACHE_DIR),
-                                                         "source": RECOVERED})
             L.seed_everything(int(runner.cfg.get("seed_everything", 0)), workers=True, verbose=False)
-            trainer = runner.trainer("stage3", root / "stage3", f"refine{k}-stage3", fit=True,
-                                     validate=bool(getattr(data, "val_split", None)), stamp_extra=stamp)
-            trainer.fit(model, datamodule=data, ckpt_path=resume)
-            trainer.save_checkpoint(ckpt, weights_only=False)  # explicit: unset, Lightning logs a notice
+            runner.train_dynamics(dataset, root / "stage3", root / "stage2" / MESH_CACHE_DIR, RECOVERED,
+                                  {"stage3.source": RECOVERED, **extra}, f"refine{k}-stage3", ckpt)
             runner.manifest.finish_stage(s3, RunDir.stage3_outputs({RECOVERED: ckpt}))
         consumed_eval = runner.manifest.verified_outputs(s3)
         if runner.manifest.staleness(ev, {**section(runner.cfg, EVAL_NAME), **extra}, consumed_eval) is not None:

@@ -55,23 +55,45 @@ class StageRuns:
             atomic_write_json(stage_dir / SUMMARY_FILE, {"held_out_views": metrics})
         return RunDir.stage1_outputs(ckpt)
 
-    def _run_stage2(self, dataset: str, stage_dir: Path, resume_from: str | None) -> dict[str, Path] | None:
-        ckpt = self.outputs.stage1_checkpoint()
+    def recover_meshes(self, dataset: str, stage_dir: Path, name: str, model_overrides: dict[str, Any],
+                       summary: bool = True) -> list[str]:
+        """Stage 2 into ``stage_dir/meshes`` with the config's settings plus ``model_overrides`` (``refine``: the
+        dynamics init); writes ``stage_dir/summary.json`` when ``summary``; returns the trajectories recovered."""
         cache_dir = stage_dir / MESH_CACHE_DIR
-        model = self.instantiate("stage2", "model", {"stage1_checkpoint": str(ckpt), "cache_dir": str(cache_dir),
-                                                      "recompute_stale": self.repair})
+        model = self.instantiate("stage2", "model", {"stage1_checkpoint": str(self.outputs.stage1_checkpoint()),
+                                                      "cache_dir": str(cache_dir), "recompute_stale": self.repair,
+                                                      **model_overrides})
         data = self.instantiate("stage2", "data", {"dataset_dir": dataset})
-        trainer = self.trainer("stage2", stage_dir, "stage2", fit=False)
+        trainer = self.trainer("stage2", stage_dir, name, fit=False)
         trainer.predict(model, datamodule=data, return_predictions=False)
-        if section(self.cfg, "stage2.data").get("trajectories") is not None:
-            print("[clods-pl] stage2: recovered a shard (data.trajectories); run stage2 without it to finish")
-            return None
         names = [item.name for item in data.items]
-        if trainer.is_global_zero:
+        if summary and trainer.is_global_zero:
             from clods_pl.stages.recovery_metrics import recovery_summary  # noqa: PLC0415  (stage code on demand)
 
             atomic_write_json(stage_dir / SUMMARY_FILE, recovery_summary(dataset, cache_dir, names))
-        return RunDir.stage2_outputs({n: cache_dir / f"{n}.npz" for n in names})
+        return names
+
+    def train_dynamics(self, dataset: str, sub: Path, cache_dir: Path, source: str, stamp: dict[str, Any],
+                       name: str, ckpt: Path) -> Path:
+        """Stage 3 of one ``source`` on the meshes in ``cache_dir``, resuming from ``sub``'s checkpoints stamped
+        with the settings plus ``stamp``; saves ``ckpt``."""
+        resume = self.resume_ckpt(sub / CHECKPOINTS_DIR, "stage3", stamp)
+        model = self.instantiate("stage3", "model", {})
+        data = self.instantiate("stage3", "data", {"dataset_dir": dataset, "mesh_cache_dir": str(cache_dir),
+                                                     "source": source})
+        trainer = self.trainer("stage3", sub, name, fit=True, validate=bool(getattr(data, "val_split", None)),
+                               stamp_extra=stamp)
+        trainer.fit(model, datamodule=data, ckpt_path=resume)
+        trainer.save_checkpoint(ckpt, weights_only=False)  # explicit: unset, Lightning logs a notice
+        return ckpt
+
+    def _run_stage2(self, dataset: str, stage_dir: Path, resume_from: str | None) -> dict[str, Path] | None:
+        shard = section(self.cfg, "stage2.data").get("trajectories") is not None
+        names = self.recover_meshes(dataset, stage_dir, "stage2", {}, summary=not shard)
+        if shard:
+            print("[clods-pl] stage2: recovered a shard (data.trajectories); run stage2 without it to finish")
+            return None
+        return RunDir.stage2_outputs({n: stage_dir / MESH_CACHE_DIR / f"{n}.npz" for n in names})
 
     def _run_stage3(self, dataset: str, stage_dir: Path, resume_from: str | None) -> dict[str, Path]:
         outputs: dict[str, Path] = {}
@@ -84,16 +106,8 @@ class StageRuns:
                 stamp = {"stage3.source": source, **({} if seed is None else {"stage3.seed": seed})}
                 if seed is not None:  # each seed its own initialisation, window draws and noise
                     L.seed_everything(seed, workers=True, verbose=False)
-                resume = self.resume_ckpt(sub / CHECKPOINTS_DIR, "stage3", stamp)
-                model = self.instantiate("stage3", "model", {})
-                data = self.instantiate("stage3", "data", {"dataset_dir": dataset, "mesh_cache_dir": str(cache_dir),
-                                                             "source": source})
-                trainer = self.trainer("stage3", sub, f"stage3-{safe_name(key)}", fit=True,
-                                        validate=bool(getattr(data, "val_split", None)), stamp_extra=stamp)
-                trainer.fit(model, datamodule=data, ckpt_path=resume)
-                ckpt = stage_dir / f"{safe_name(key)}.ckpt"
-                trainer.save_checkpoint(ckpt, weights_only=False)  # explicit: unset, Lightning logs a notice
-                outputs[key] = ckpt
+                outputs[key] = self.train_dynamics(dataset, sub, cache_dir, source, stamp, f"stage3-{safe_name(key)}",
+                                                   stage_dir / f"{safe_name(key)}.ckpt")
         return RunDir.stage3_outputs(outputs)
 
     def _run_eval(self, dataset: str, stage_dir: Path, resume_from: str | None) -> dict[str, Path]:
