@@ -4,6 +4,7 @@ over GT, or GT and several methods side by side."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import imageio.v2 as imageio
 import matplotlib
@@ -27,6 +28,29 @@ def _oblique(azimuth_deg: float, elevation_deg: float) -> np.ndarray:
 VIEWS = (("front (x-z)", np.array([[1.0, 0, 0], [0, 0, 1.0]])), ("oblique", _oblique(35.0, 25.0)))
 
 
+def _padded_limits(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) (2,) of 2D ``points`` (..., 2) with a 5% margin."""
+    lo, hi = points.reshape(-1, 2).min(0), points.reshape(-1, 2).max(0)
+    pad = 0.05 * float((hi - lo).max() + 1e-9)
+    return lo - pad, hi + pad
+
+
+def _frame_axes(ax: Any, lo: np.ndarray, hi: np.ndarray) -> None:
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    ax.set_aspect("equal")
+    ax.set_xticks([]), ax.set_yticks([])
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> Path:
+    """``.gif`` (no ffmpeg needed) or ``.mp4`` (needs imageio-ffmpeg)."""
+    if path.suffix.lower() == ".gif":
+        imageio.mimsave(path, frames, duration=1000.0 / fps, loop=0)  # milliseconds per frame (imageio >= 2.28)
+    else:
+        imageio.mimsave(path, frames, fps=fps)
+    return path
+
+
 def rollout_frames(pred: np.ndarray, gt: np.ndarray, faces: np.ndarray, title: str = "",
                    max_frames: int = 60, size_px: int = 480) -> list[np.ndarray]:
     """RGB frames (H, W, 3) uint8 of GT (grey) and prediction (red) for pred, gt: (T, V, 3), faces (F, 3)."""
@@ -41,13 +65,7 @@ def rollout_frames(pred: np.ndarray, gt: np.ndarray, faces: np.ndarray, title: s
             ax.clear()
             ax.triplot(Triangulation(g2[t, :, 0], g2[t, :, 1], faces), color="0.55", lw=0.6)
             ax.triplot(Triangulation(p2[t, :, 0], p2[t, :, 1], faces), color="tab:red", lw=0.6)
-            both = np.concatenate([g2, p2])
-            lo, hi = both.min(axis=(0, 1)), both.max(axis=(0, 1))
-            pad = 0.05 * float((hi - lo).max() + 1e-9)
-            ax.set_xlim(lo[0] - pad, hi[0] + pad)
-            ax.set_ylim(lo[1] - pad, hi[1] + pad)
-            ax.set_aspect("equal")
-            ax.set_xticks([]), ax.set_yticks([])
+            _frame_axes(ax, *_padded_limits(np.concatenate([g2, p2])))
             ax.set_title(name, fontsize=8)
         fig.suptitle(f"{title} frame {t}  (grey: GT, red: prediction)", fontsize=8)
         fig.canvas.draw()
@@ -61,12 +79,7 @@ def write_rollout_video(pred: np.ndarray, gt: np.ndarray, faces: np.ndarray, pat
     """Write ``path`` (``.gif``: no ffmpeg needed; ``.mp4``: needs imageio-ffmpeg) and return it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames = rollout_frames(pred, gt, faces, title or path.stem, max_frames)
-    if path.suffix.lower() == ".gif":
-        imageio.mimsave(path, frames, duration=1000.0 / fps, loop=0)  # milliseconds per frame (imageio >= 2.28)
-    else:
-        imageio.mimsave(path, frames, fps=fps)
-    return path
+    return _write_video(path, rollout_frames(pred, gt, faces, title or path.stem, max_frames), fps)
 
 
 def comparison_frames(gt: np.ndarray, preds: dict[str, np.ndarray], faces: np.ndarray, title: str = "",
@@ -82,12 +95,7 @@ def comparison_frames(gt: np.ndarray, preds: dict[str, np.ndarray], faces: np.nd
     dpi = 80
     fig, axes = plt.subplots(len(VIEWS), len(cols), figsize=(len(cols) * panel_px / dpi, len(VIEWS) * panel_px / dpi),
                              dpi=dpi, squeeze=False)
-    lims = []
-    for _, m in VIEWS:
-        both = np.concatenate([x @ m.T for _, x in cols])
-        lo, hi = both.min(axis=(0, 1)), both.max(axis=(0, 1))
-        pad = 0.05 * float((hi - lo).max() + 1e-9)
-        lims.append((lo - pad, hi + pad))
+    lims = [_padded_limits(np.concatenate([x @ m.T for _, x in cols])) for _, m in VIEWS]
     frames = []
     for t in idx:
         for r, (view, m) in enumerate(VIEWS):
@@ -99,11 +107,7 @@ def comparison_frames(gt: np.ndarray, preds: dict[str, np.ndarray], faces: np.nd
                     ax.triplot(Triangulation(g2[:, 0], g2[:, 1], faces), color="0.8", lw=0.5)
                 x2 = x[t] @ m.T
                 ax.triplot(Triangulation(x2[:, 0], x2[:, 1], faces), color="0.35" if c == 0 else "tab:red", lw=0.6)
-                (lo, hi) = lims[r]
-                ax.set_xlim(lo[0], hi[0])
-                ax.set_ylim(lo[1], hi[1])
-                ax.set_aspect("equal")
-                ax.set_xticks([]), ax.set_yticks([])
+                _frame_axes(ax, *lims[r])
                 if r == 0:
                     ax.set_title(label, fontsize=9)
                 if c == 0:
@@ -120,9 +124,4 @@ def write_comparison_video(gt: np.ndarray, preds: dict[str, np.ndarray], faces: 
     """Write :func:`comparison_frames` to ``path`` (``.gif`` or ``.mp4``) and return it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames = comparison_frames(gt, preds, faces, title or path.stem, max_frames)
-    if path.suffix.lower() == ".gif":
-        imageio.mimsave(path, frames, duration=1000.0 / fps, loop=0)
-    else:
-        imageio.mimsave(path, frames, fps=fps)
-    return path
+    return _write_video(path, comparison_frames(gt, preds, faces, title or path.stem, max_frames), fps)

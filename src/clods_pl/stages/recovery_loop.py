@@ -43,19 +43,21 @@ class DynamicsPrior:
 
         self.model = load_dynamics_model(checkpoint, map_location=device).eval().requires_grad_(False)
         self.scale = self.model.output_normalizer.std().detach().to(device).reshape(3)
-        self.device, self._graphs, self._graph_from_faces = torch.device(device), {}, graph_from_faces
+        self.device, self._graph_from_faces = torch.device(device), graph_from_faces
+        self._meshes: dict[int, tuple[Any, Tensor, Tensor]] = {}  # per job: graph, mesh_pos, node_type
 
     @torch.no_grad()
     def predict(self, job: TrajectoryJob, t: int) -> Tensor:
-        if id(job) not in self._graphs:
+        if id(job) not in self._meshes:  # a job's topology is built once, not per frame
             faces = torch.as_tensor(np.asarray(job.traj.faces), dtype=torch.int64)
-            self._graphs[id(job)] = self._graph_from_faces(faces, job.verts0.shape[0]).to(self.device)
+            self._meshes[id(job)] = (
+                self._graph_from_faces(faces, job.verts0.shape[0]).to(self.device),
+                torch.as_tensor(np.asarray(job.traj.mesh_pos), dtype=torch.float32, device=self.device),
+                torch.as_tensor(np.asarray(job.traj.node_type), device=self.device).long().reshape(-1))
+        graph, mesh_pos, node_type = self._meshes[id(job)]
         prev = torch.from_numpy(job.cache.verts[t - 2].copy()).to(self.device)
         cur = torch.from_numpy(job.cache.verts[t - 1].copy()).to(self.device)
-        mesh_pos = torch.as_tensor(np.asarray(job.traj.mesh_pos), dtype=torch.float32, device=self.device)
-        node_type = torch.as_tensor(np.asarray(job.traj.node_type), device=self.device).long().reshape(-1)
-        return self.model.step(prev, cur, mesh_pos, node_type, self._graphs[id(job)],
-                               job.pinned_positions(t).to(self.device))
+        return self.model.step(prev, cur, mesh_pos, node_type, graph, job.pinned_positions(t).to(self.device))
 
 
 def recover_frame(renderer: Renderer, x_init: Tensor, pinned: Tensor, pinned_pos: Tensor,
@@ -268,8 +270,9 @@ def recover_batch(jobs: Sequence[TrajectoryJob], renderer: Renderer, config: Rec
         x_init = torch.stack([j.initial_guess(t, config.init, prior) for j, t in zip(todo, ts)]).to(device)
         x_pred = None
         if prior is not None and config.prior_weight > 0:  # frame 1 (one frame known): the velocity guess
-            x_pred = torch.stack([prior.predict(j, t) if t >= 2 else j.initial_guess(t, "velocity")
-                                  for j, t in zip(todo, ts)]).to(device)
+            x_pred = x_init if config.init == "dynamics" else torch.stack(  # the start is the prediction already
+                [prior.predict(j, t) if t >= 2 else j.initial_guess(t, "velocity") for j, t in zip(todo, ts)]
+            ).to(device)
         pin_pos = torch.stack([j.pinned_positions(t) for j, t in zip(todo, ts)]).to(device)
         pinned = torch.stack([j.pinned for j in todo]).to(device)
         rest = torch.stack([j.rest for j in todo]).to(device)
