@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clods_pl.data.format import DatasetInfo, read_dataset, write_dataset_info, write_trajectory
+from clods_pl.data.format import DatasetInfo, read_dataset
+from clods_pl.data.writer import write_dataset_info, write_trajectory
 from clods_pl.errors import DatasetError
 from clods_pl.geometry import NodeType, grid_mesh, ring_cameras
 

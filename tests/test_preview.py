@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clods_pl.data.format import DatasetInfo, write_dataset_info, write_trajectory
+from clods_pl.data.format import DatasetInfo
 from clods_pl.data.preview import (
     GAP,
     LABEL_LEFT,
@@ -14,6 +14,7 @@ from clods_pl.data.preview import (
     tile_origin,
     write_contact_sheet,
 )
+from clods_pl.data.writer import write_dataset_info, write_trajectory
 from clods_pl.geometry import grid_mesh, ring_cameras
 
 

@@ -24,7 +24,8 @@ import yaml
 from torch import Tensor
 from tqdm import tqdm
 
-from clods_pl.data.format import STANDARD_SPLITS, DatasetInfo, write_dataset_info, write_trajectory
+from clods_pl.data.format import STANDARD_SPLITS, DatasetInfo
+from clods_pl.data.writer import write_dataset_info, write_trajectory
 from clods_pl.data.mesh_renderer import make_mesh_renderer
 from clods_pl.data.simulator import ClothSimulator, FlagMesh, PhysicsParams, torch_threads
 from clods_pl.errors import ClodsError

@@ -17,7 +17,8 @@ import numpy as np
 
 from clods_pl.data.tfrecord import parse_example, read_records
 from clods_pl.errors import DatasetError
-from clods_pl.data.format import DatasetInfo, write_dataset_info, write_trajectory
+from clods_pl.data.format import DatasetInfo
+from clods_pl.data.writer import write_dataset_info, write_trajectory
 from clods_pl.data.generate import default_cameras, render_sequence
 
 REQUIRED_FIELDS = ("cells", "mesh_pos", "node_type", "world_pos")
