@@ -23,7 +23,7 @@ Modules: ``recovery_config`` (settings), ``recovery_losses``, ``recovery_loop`` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from clods_pl.stages.recovery_loop import TrajectoryJob, open_job, recover_batch
 from clods_pl.stages.recovery_metrics import flag_size
 
 DEFAULT_SPLITS = STANDARD_SPLITS
+RC = RecoveryConfig  # its class attributes are the defaults of RecoveryModule's settings
 
 
 @dataclass
@@ -109,17 +110,18 @@ class RecoveryModule(L.LightningModule):
             settings; the orchestrator sets it for ``clods-pl pipeline``, which repairs stale stages.
     """
 
-    def __init__(self, stage1_checkpoint: str, cache_dir: str, iterations: int = 150, lr: float = 2e-3,
-                 gamma: float = 1.0, alpha_weight: float = 1.0, init: str = "velocity",
-                 dynamics_checkpoint: str | None = None, prior_weight: float = 0.0, plateau_patience: int = 20,
-                 plateau_tol: float = 1e-4, min_iterations: int = 10,
-                 background: tuple[float, float, float] | None = None, backend: str = "torch",
-                 overwrite: bool = False, log_every_n_frames: int = 1, recompute_stale: bool = False) -> None:
+    # typed arguments for the config parser; the defaults and checks have one home, RecoveryConfig
+    def __init__(self, stage1_checkpoint: str, cache_dir: str, iterations: int = RC.iterations, lr: float = RC.lr,
+                 gamma: float = RC.gamma, alpha_weight: float = RC.alpha_weight, init: str = RC.init,
+                 dynamics_checkpoint: str | None = RC.dynamics_checkpoint, prior_weight: float = RC.prior_weight,
+                 plateau_patience: int = RC.plateau_patience, plateau_tol: float = RC.plateau_tol,
+                 min_iterations: int = RC.min_iterations, background: tuple[float, float, float] | None = None,
+                 backend: str = RC.backend, overwrite: bool = False, log_every_n_frames: int = 1,
+                 recompute_stale: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.config = RecoveryConfig(iterations, lr, gamma, alpha_weight, init, dynamics_checkpoint, prior_weight,
-                                     plateau_patience, plateau_tol, min_iterations,
-                                     (1.0, 1.0, 1.0) if background is None else tuple(background), backend)
+        settings = {f.name: self.hparams[f.name] for f in fields(RecoveryConfig) if f.name != "background"}
+        self.config = RecoveryConfig(**settings, background=RC.background if background is None else tuple(background))
         self.background_from_stage1 = background is None
         if log_every_n_frames < 1:
             raise RecoveryConfigError(f"model.log_every_n_frames must be >= 1, got {log_every_n_frames}")
