@@ -126,6 +126,21 @@ def test_short_training_lowers_rollout_loss_and_checkpoint_reloads(tmp_path):
         load_dynamics_model(tmp_path / "none.ckpt")
 
 
+def test_data_rollout_length_follows_the_model_unless_set():
+    """One setting: with data.rollout_length unset, windows hold the attached model's rollout_length + 2 frames."""
+    ds = wave_dataset(train=1, frames=12)
+    dm = _DM(ds, windows_per_epoch=2, batch_size=1)
+    with pytest.raises(ClodsError, match="data.rollout_length"):
+        _ = dm.window  # no model attached: nothing to follow
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(_module(rollout_length=4, normalizer_steps=0), datamodule=dm)
+    assert dm.window == 6
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["verts"].shape[0] == 6
+    assert _DM(ds, rollout_length=7).window == 9  # set explicitly: longer windows than the model rolls out
+
+
 def test_noise_moves_step1_target_and_window_length_is_checked():
     ds = wave_dataset(train=1, frames=8)
     dm = _DM(ds, rollout_length=2, windows_per_epoch=2, batch_size=1)
@@ -158,7 +173,7 @@ def test_experiment_stage3_section_runs_under_plain_lightning_cli(name, tmp_path
     cli = LightningCLI(DynamicsModule, DynamicsDataModule, run=False, save_config_callback=None,
                        args=["--config", str(cfg), "--data.dataset_dir", str(tmp_path),
                              "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"])
-    assert cli.model.hparams.rollout_length == cli.datamodule.rollout_length
+    assert cli.datamodule.rollout_length is None  # one setting: the windows follow model.rollout_length
     assert cli.model.model.message_passing == cli.model.hparams.message_passing in ("native", "dgl")
 
 

@@ -163,19 +163,21 @@ class DynamicsDataModule(L.LightningDataModule):
         dataset_dir: dataset root (``clods_pl.data.format``).
         source: ``recovered`` | ``gt`` | ``gt:N`` | ``mixed:N`` (see module docstring).
         mesh_cache_dir: folder of stage-2 caches ``<traj>.npz`` (needed by ``recovered`` and ``mixed:N``).
-        rollout_length: autoregressive steps per window. windows_per_epoch: training windows per epoch.
+        rollout_length: autoregressive steps per window; None (default): the model's ``rollout_length`` (one
+            setting for both; set it only to train on longer windows than the model rolls out, as a sweep over
+            ``model.rollout_length`` does). windows_per_epoch: training windows per epoch.
         batch_size: windows per batch (batched as one disjoint graph). train_split / val_split: dataset splits;
             ``val_split=None`` disables validation.
     """
 
     def __init__(self, dataset_dir: str, source: str = "recovered", mesh_cache_dir: str | None = None,
-                 rollout_length: int = 8, windows_per_epoch: int = 256, batch_size: int = 4,
+                 rollout_length: int | None = None, windows_per_epoch: int = 256, batch_size: int = 4,
                  train_split: str = "train", val_split: str | None = None, num_workers: int = 0) -> None:
         super().__init__()
         parse_source(source)
         for name, value in (("rollout_length", rollout_length), ("windows_per_epoch", windows_per_epoch),
                             ("batch_size", batch_size)):
-            if value < 1:
+            if value is not None and value < 1:
                 raise DynamicsConfigError(f"stage3.data.{name}={value}; it must be >= 1")
         self.dataset_dir, self.source, self.mesh_cache_dir = dataset_dir, source, mesh_cache_dir
         self.rollout_length, self.windows_per_epoch, self.batch_size = rollout_length, windows_per_epoch, batch_size
@@ -199,7 +201,15 @@ class DynamicsDataModule(L.LightningDataModule):
 
     @property
     def window(self) -> int:
-        return self.rollout_length + 2
+        """Frames per window: ``rollout_length + 2``, the model's rollout length when ``rollout_length`` is None."""
+        steps = self.rollout_length
+        if steps is None:
+            model = self.trainer.lightning_module if self.trainer is not None else None
+            steps = getattr(getattr(model, "hparams", None), "rollout_length", None)
+            if steps is None:
+                raise DynamicsConfigError("stage3.data.rollout_length is None and no DynamicsModule is attached "
+                                          "to give it; set data.rollout_length or fit through a Trainer")
+        return int(steps) + 2
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(RandomWindows(self.train, self.window, self.windows_per_epoch), self.batch_size,
