@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import yaml
 
 from clods_pl.pipeline import checks, runner
 from clods_pl.pipeline.cli import main
-from clods_pl.pipeline.experiment import StageSpec
+from clods_pl.pipeline.experiment import default_stages
 from clods_pl.stages.run_dir import RunDir
 
 
@@ -19,12 +20,11 @@ from clods_pl.stages.run_dir import RunDir
 def dummy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
     import dummy_stages as d
 
-    stages = {
-        "stage1": StageSpec("stage1", d.FitModule, d.FitData, "fit", (), ("dataset_dir",)),
-        "stage2": StageSpec("stage2", d.PredictModule, d.PredictData, "predict",
-                            ("stage1_checkpoint", "cache_dir", "recompute_stale"), ("dataset_dir",)),
-        "stage3": StageSpec("stage3", d.FitModule, d.FitData, "fit", (), ("dataset_dir", "mesh_cache_dir")),
-    }
+    stage1, stage2, stage3, evaluate = default_stages()  # the real stages' contracts with stand-in classes
+    stages = (replace(stage1, module=d.FitModule, datamodule=d.FitData),
+              replace(stage2, module=d.PredictModule, datamodule=d.PredictData),
+              replace(stage3, module=d.FitModule, datamodule=d.FitData),
+              replace(evaluate, function=d.run_evaluation, add_arguments=None))
     monkeypatch.setattr(runner.StageRunner, "preflight", lambda self, stages: None)  # the stand-in dataset is empty
     (tmp_path / "ds").mkdir()
     cfg = tmp_path / "exp.yaml"
@@ -38,12 +38,12 @@ def dummy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
                    "sources": ["recovered", "gt:1"]},
         "eval": {"splits": ["test"]},
     }))
-    return {"cfg": str(cfg), "run": tmp_path / "run", "stages": stages, "evaluate": d.run_evaluation}
+    return {"cfg": str(cfg), "run": tmp_path / "run", "stages": stages}
 
 
 def clods(dummy: dict, argv: list[str]) -> int:
     """``clods-pl`` on the stand-in stages of the ``dummy`` fixture."""
-    return main(argv, stages=dummy["stages"], evaluate=dummy["evaluate"])
+    return main(argv, stages=dummy["stages"])
 
 
 def _manifest(run: Path) -> dict:
@@ -136,9 +136,9 @@ def test_gpu_settings_without_a_gpu_or_with_a_cpu_accelerator_are_clear(
     with pytest.raises(BackendUnavailableError,
                        match="stage2.model.backend=gsplat renders on CUDA but stage2.trainer.accelerator=cpu; "
                              "set stage2.trainer.accelerator=gpu"):
-        checks.check_backends(Namespace(stage2=stage), "stage2")
+        checks.check_backends(Namespace(stage2=stage), "stage2", ("model.backend",))
     stage.trainer.accelerator = "gpu"
-    checks.check_backends(Namespace(stage2=stage), "stage2")
+    checks.check_backends(Namespace(stage2=stage), "stage2", ("model.backend",))
 
 
 def test_stage_device_follows_the_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -232,8 +232,8 @@ def test_second_process_on_a_run_dir_stops_naming_the_first(dummy: dict, capsys:
     from clods_pl.pipeline.experiment import build_parser
 
     cfg, run = dummy["cfg"], dummy["run"]
-    parser = build_parser(stages=dummy["stages"], evaluate=dummy["evaluate"])
-    first = runner.StageRunner(parser, parser.parse_args(["--config", cfg]), dummy["stages"], dummy["evaluate"])
+    parser = build_parser(stages=dummy["stages"])
+    first = runner.StageRunner(parser, parser.parse_args(["--config", cfg]), dummy["stages"])
     with first.exclusive():
         assert clods(dummy, ["pipeline", "--config", cfg]) == 2
         err = capsys.readouterr().err
@@ -327,12 +327,34 @@ def test_version(capsys: pytest.CaptureFixture) -> None:
     assert capsys.readouterr().out.strip() == f"clods-pl {__version__}"
 
 
-def test_stage_help_is_short_and_lists_the_stage_options(capsys: pytest.CaptureFixture) -> None:
+def test_stage_help_is_short_and_lists_the_stage_options(capsys: pytest.CaptureFixture, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert main(["stage1", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--stage1.model.gaussians_per_face" in out and "--stage1.trainer" in out
     assert "--stage2.model" not in out and "--stage1.trainer.max_epochs MAX_EPOCHS" not in out
     assert len(out.splitlines()) < 250  # was 1,324 lines: three stages x every lightning.Trainer argument
+
+
+def test_cached_help_matches_the_built_text_and_skips_lightning(tmp_path: Path) -> None:
+    """Issue 12: `clods-pl stage1 --help` took 5-11 s (Lightning's import). The text is cached, keyed by what it is
+    made from; a second call prints the same text without importing Lightning."""
+    import os
+    import subprocess
+    import sys
+
+    from clods_pl.pipeline.help_cache import help_key
+
+    code = ("import sys; from clods_pl.pipeline.cli import main; main(['stage2', '--help']); "
+            "print('LIGHTNING', 'lightning' in sys.modules)")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "COLUMNS": "100"}
+    first, second = (subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+                     for _ in range(2))
+    assert first.stdout.endswith("LIGHTNING True\n") and second.stdout.endswith("LIGHTNING False\n")
+    assert first.stdout.replace("True", "False") == second.stdout and "--stage2.model.gamma" in second.stdout
+    assert len(list((tmp_path / "clods-pl" / "help").glob("stage2-*.txt"))) == 1
+    assert help_key("stage2", 100) != help_key("stage2", 80) != help_key("stage1", 80)
 
 
 def test_threads_setting_default_and_notice(dummy: dict, capsys: pytest.CaptureFixture) -> None:

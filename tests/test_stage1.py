@@ -11,7 +11,8 @@ import torch
 from clods_pl.data.generate import GenerateConfig, generate_dataset
 from clods_pl.render.types import composite
 from clods_pl.smgs import OPACITY_MODES
-from clods_pl.stages.appearance import AppearanceDataModule, AppearanceModule, load_smgs_from_checkpoint
+from clods_pl.smgs.io import load_smgs
+from clods_pl.stages.appearance import AppearanceDataModule, AppearanceModule
 
 MINI = GenerateConfig(name="mini", splits={"train": 2}, num_frames=2, num_views=4, resolution=32, grid=(6, 5),
                       substeps=3, iterations=10, supersample=2)
@@ -52,11 +53,11 @@ def test_fit_raises_heldout_psnr_and_checkpoint_reloads(mini: Path, tmp_path: Pa
     assert after > before + 1.0, (before, after)  # novel view: generalises, less (2 frames, 3 views)
     ckpt = tmp_path / "smgs.ckpt"
     trainer.save_checkpoint(ckpt)
-    smgs, meta = load_smgs_from_checkpoint(ckpt)
+    smgs, rendering = load_smgs(ckpt)
     f = dm.frames[0]
     with torch.no_grad():
         a = module.smgs.render(f.verts, f.cameras, module.background).rgb
-        b = smgs.render(f.verts, f.cameras, torch.tensor(meta["background"])).rgb
+        b = smgs.render(f.verts, f.cameras, torch.tensor(rendering.background)).rgb
     assert torch.allclose(a, b, atol=1e-6)
     assert (tmp_path / "smgs_frame0.ply").is_file()
 

@@ -48,7 +48,7 @@ def stage_parser(stage: str):
 
     from clods_pl.pipeline.experiment import default_stages
 
-    spec = default_stages()[stage]
+    spec = next(s for s in default_stages() if s.name == stage)
     parser = ArgumentParser(exit_on_error=False)
     required: list[str] = []
     for group, cls in (("model", spec.module), ("data", spec.datamodule), ("trainer", Trainer)):

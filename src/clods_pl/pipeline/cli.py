@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,24 +88,27 @@ def _report_command(argv: Sequence[str]) -> int:
     return 0
 
 
-def _experiment_command(command: str, argv: Sequence[str], stage_specs: dict[str, Any] | None = None,
-                        evaluate: Callable[..., Any] | None = None) -> int:
-    from clods_pl.pipeline.experiment import STAGE_NAMES, build_parser, rewrite_stage_overrides  # noqa: PLC0415  (commands load only what they use)
+def _experiment_command(command: str, argv: Sequence[str], stages: Sequence[Any] | None = None) -> int:
+    if stages is None and ("-h" in argv or "--help" in argv):  # the cached text: no Lightning import (~0.1 s)
+        from clods_pl.pipeline.help_cache import cached_help  # noqa: PLC0415  (commands load only what they use)
+
+        print(cached_help(command, lambda: _help_text(command, None)), end="")
+        return 0
+    from clods_pl.pipeline.experiment import build_parser, default_stages, rewrite_stage_overrides  # noqa: PLC0415  (commands load only what they use)
     from clods_pl.pipeline.runner import StageRunner  # noqa: PLC0415  (commands load only what they use)
 
-    if "-h" in argv or "--help" in argv:  # this stage's own options, the Trainer in one line: fast and short
-        stages = (command,) if command.startswith("stage") else STAGE_NAMES
-        parser = build_parser(prog=f"clods-pl {command}", stage_names=stages, trainer_arguments=False)
-        parser.print_help()
+    stages = default_stages() if stages is None else tuple(stages)
+    if "-h" in argv or "--help" in argv:
+        print(_help_text(command, stages), end="")
         return 0
-    parser = build_parser(prog=f"clods-pl {command}", stages=stage_specs, evaluate=evaluate)
+    parser = build_parser(prog=f"clods-pl {command}", stages=stages)
     parser.add_argument("--force", type=bool, default=False,
                         help="run even when the outputs are up to date (pipeline: every stage)")
     if command.startswith("stage"):
         argv = rewrite_stage_overrides(command, argv)
     cfg = parser.parse_args(list(argv))
     set_threads(cfg.get("threads"))
-    runner = StageRunner(parser, cfg, stage_specs, evaluate)
+    runner = StageRunner(parser, cfg, stages)
     force = bool(cfg.get("force"))
     if command == "pipeline":
         runner.pipeline(force=force)
@@ -118,17 +121,27 @@ def _experiment_command(command: str, argv: Sequence[str], stage_specs: dict[str
             run_refine(runner, RefineSettings(**section_of(cfg, "refine")))
         _report_command(["--run_dir", str(runner.run_dir)])
         return 0
-    shard = command == "stage2" and runner.cfg.get("stage2.data.trajectories") is not None
-    if not force and not shard and runner.staleness(command) is None:
+    stage = runner.stage(command)
+    if not force and not stage.sharded(runner) and runner.staleness(stage) is None:
         print(f"[clods-pl] {command} is up to date in {runner.run_dir} (same settings, inputs and outputs); "
               f"nothing to do. `clods-pl {command} ... --force true` runs it again")
         return 0
-    runner.run(command)
+    runner.run(stage)
     return 0
 
 
+def _help_text(command: str, stages: Sequence[Any] | None) -> str:
+    """``clods-pl <command> --help``: this stage's own options (all stages' for pipeline/eval/refine), the Trainer in
+    one line: short, and without the ~60 typed Trainer arguments per stage."""
+    from clods_pl.pipeline.experiment import build_parser, default_stages  # noqa: PLC0415  (commands load only what they use)
+
+    stages = default_stages() if stages is None else tuple(stages)
+    shown = [s for s in stages if s.name == command] or stages
+    return build_parser(prog=f"clods-pl {command}", stages=shown, trainer_arguments=False).format_help()
+
+
 def section_of(cfg: Any, key: str) -> dict[str, Any]:
-    from clods_pl.pipeline.experiment import section  # noqa: PLC0415  (commands load only what they use)
+    from clods_pl.utils.settings import section  # noqa: PLC0415  (commands load only what they use)
 
     return section(cfg, key)
 
@@ -166,7 +179,10 @@ def set_threads(threads: int | None) -> int:
 def _recover_command(argv: Sequence[str]) -> int:
     from clods_pl.pipeline.checks import check_backends, dataset_of, stage_device  # noqa: PLC0415  (see above)
     from clods_pl.pipeline.experiment import build_parser  # noqa: PLC0415  (commands load only what they use)
-    from clods_pl.pipeline.runner import MESH_CACHE_DIR, StageRunner  # noqa: PLC0415  (see above)
+    from clods_pl.pipeline.runner import StageRunner  # noqa: PLC0415  (commands load only what they use)
+    from clods_pl.stages.recovery_cli import recover_cli  # noqa: PLC0415  (commands load only what they use)
+    from clods_pl.stages.recovery_stage import STAGE  # noqa: PLC0415  (commands load only what they use)
+    from clods_pl.stages.run_dir import MESH_CACHE_DIR  # noqa: PLC0415  (commands load only what they use)
 
     parser = build_parser(prog="clods-pl recover")  # every stage: the experiment YAML has them all
     parser.add_argument("--traj", type=str, required=True, help="trajectory name")
@@ -174,25 +190,21 @@ def _recover_command(argv: Sequence[str]) -> int:
     cfg = parser.parse_args(list(argv))
     set_threads(cfg.get("threads"))
     runner = StageRunner(parser, cfg)
-    check_backends(cfg, "stage2")
-    runner.consumed("stage2")
-    ckpt = runner.outputs.stage1_checkpoint()
-    from clods_pl.pipeline.experiment import section  # noqa: PLC0415  (commands load only what they use)
-    from clods_pl.stages.recovery_cli import recover_cli  # noqa: PLC0415  (commands load only what they use)
-
-    options = section(cfg, "stage2.model")
-    options.pop("stage1_checkpoint", None)
-    options.pop("cache_dir", None)
-    options["holdout_views"] = section(cfg, "stage2.data").get("holdout_views", [])
-    recover_cli(dataset_of(cfg), str(ckpt), str(runner.run_dir / "stage2" / MESH_CACHE_DIR), cfg.traj, cfg.frames,
-                device=stage_device(cfg, "stage2"), **options)
+    check_backends(cfg, STAGE.name, STAGE.backend_keys)
+    runner.consumed(STAGE)  # stage 1 done and current, else one line naming what to run
+    options = runner.section(f"{STAGE.name}.model")
+    for key in STAGE.model_inputs:  # the orchestrator's inputs, not settings
+        options.pop(key, None)
+    options["holdout_views"] = runner.section(f"{STAGE.name}.data").get("holdout_views", [])
+    recover_cli(dataset_of(cfg), str(runner.outputs.stage1_checkpoint()),
+                str(runner.run_dir / STAGE.name / MESH_CACHE_DIR), cfg.traj, cfg.frames,
+                device=stage_device(cfg, STAGE.name), **options)
     return 0
 
 
-def main(argv: Sequence[str] | None = None, stages: dict[str, Any] | None = None,
-         evaluate: Callable[..., Any] | None = None) -> int:
-    """Entry point of ``clods-pl``; user-fixable errors print one line and exit with status 2. ``stages`` and
-    ``evaluate`` replace the pipeline's stages and evaluation (tests run the orchestrator on stand-ins)."""
+def main(argv: Sequence[str] | None = None, stages: Sequence[Any] | None = None) -> int:
+    """Entry point of ``clods-pl``; user-fixable errors print one line and exit with status 2. ``stages`` replace
+    the pipeline's stages (tests run the orchestrator on stand-ins)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -203,7 +215,8 @@ def main(argv: Sequence[str] | None = None, stages: dict[str, Any] | None = None
         print(f"clods-pl {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
-    if command in EXPERIMENT_COMMANDS or command == "recover":
+    asks_help = "-h" in rest or "--help" in rest
+    if (command in EXPERIMENT_COMMANDS or command == "recover") and not asks_help:
         from clods_pl.pipeline.console import quiet_console  # noqa: PLC0415  (imports lightning: not for --help)
 
         quiet_console()
@@ -217,7 +230,7 @@ def main(argv: Sequence[str] | None = None, stages: dict[str, Any] | None = None
             return _report_command(rest)
         if command == "recover":
             return _recover_command(rest)
-        return _experiment_command(command, rest, stages, evaluate)
+        return _experiment_command(command, rest, stages)
     except ClodsError as exc:
         print(f"clods-pl {command}: error: {exc}", file=sys.stderr)
         return 2

@@ -22,12 +22,12 @@ import lightning as L
 import numpy as np
 
 from clods_pl.errors import ClodsError
-from clods_pl.pipeline.experiment import EVAL_NAME, section
-from clods_pl.pipeline.stage_runs import NOVEL_VIEWS_KEY
 from clods_pl.report.tables import by_source
+from clods_pl.stages import dynamics_stage, evaluation_stage, recovery_stage
 from clods_pl.stages.recovery_config import INITS
 from clods_pl.stages.run_dir import EVAL_METRICS, MESH_CACHE_DIR, SUMMARY_FILE, RunDir, source_of
 from clods_pl.utils.files import atomic_write_json, atomic_write_text, checkpoint_digest
+from clods_pl.utils.settings import section
 
 if TYPE_CHECKING:
     from clods_pl.pipeline.runner import StageRunner
@@ -94,49 +94,54 @@ def refine_table_markdown(rows: list[dict[str, Any]]) -> str:
 
 def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
     """Run (or skip, when up to date) rounds 2..``settings.rounds``; returns ``<run>/refine/summary.json``."""
-    if RECOVERED not in runner.stage3_sources():
+    recover, dynamics, evaluate = (runner.stage(s.name) for s in (recovery_stage.STAGE, dynamics_stage.STAGE,
+                                                                   evaluation_stage.STAGE))
+    eval_name = evaluate.name
+    if RECOVERED not in dynamics_stage.stage3_sources(runner):
         raise ClodsError(f"refine needs stage3.sources to include '{RECOVERED}' (the model trained on recovered "
                          "meshes predicts the next round); add it and run `clods-pl pipeline`")
-    runner.consumed(EVAL_NAME)  # stages 1-3 done and current, else a one-line error naming what to run
+    runner.consumed(evaluate)  # stages 1-3 done and current, else a one-line error naming what to run
     dataset = str(runner.cfg.get("dataset"))
     base_stage2 = runner.run_dir / "stage2"
     names = sorted(RunDir(runner.run_dir).mesh_caches())
-    rows = [_round_row(1, base_stage2, runner.run_dir / EVAL_NAME, names)]
+    rows = [_round_row(1, base_stage2, runner.run_dir / eval_name, names)]
     previous = next(p for k, p in RunDir(runner.run_dir).stage3_checkpoints().items()  # the first seed's
                     if source_of(k) == RECOVERED)
-    eval_settings = {k: v for k, v in section(runner.cfg, EVAL_NAME).items() if k != NOVEL_VIEWS_KEY}
+    eval_settings = evaluation_stage.rollout_settings(runner)
     for k in range(2, settings.rounds + 1):
         root = runner.run_dir / REFINE_DIR / f"round{k}"
         s2, s3, ev = f"refine{k}.stage2", f"refine{k}.stage3", f"refine{k}.eval"
         extra = {"refine.round": k, "refine.init": settings.init, "refine.prior_weight": settings.prior_weight}
         consumed = {"dynamics_checkpoint": checkpoint_digest(previous)}
-        config2 = {**runner.stage_config("stage2"), **extra}
+        config2 = {**runner.stage_config(recover), **extra}
         if runner.manifest.staleness(s2, config2, consumed) is not None:
             print(f"[clods-pl] refine round {k}: stage 2 from the round-{k - 1} model")
             runner.manifest.start_stage(s2, config2, consumed)
             L.seed_everything(int(runner.cfg.get("seed_everything", 0)), workers=True, verbose=False)
-            runner.recover_meshes(dataset, root / "stage2", f"refine{k}-stage2", {
+            recovery_stage.recover_meshes(recover, runner, dataset, root / "stage2", f"refine{k}-stage2", {
                 "recompute_stale": True, "init": settings.init, "dynamics_checkpoint": str(previous),
                 "prior_weight": settings.prior_weight})
             cache_dir = root / "stage2" / MESH_CACHE_DIR
             runner.manifest.finish_stage(s2, RunDir.stage2_outputs({n: cache_dir / f"{n}.npz" for n in names}))
         caches = runner.manifest.verified_outputs(s2)
-        config3 = {**runner.stage_config("stage3"), **extra}
+        config3 = {**runner.stage_config(dynamics), **extra}
         ckpt = root / "stage3" / f"{RECOVERED}.ckpt"
         if runner.manifest.staleness(s3, config3, caches) is not None:
             print(f"[clods-pl] refine round {k}: stage 3 on the round-{k} meshes")
             runner.manifest.start_stage(s3, config3, caches)
             L.seed_everything(int(runner.cfg.get("seed_everything", 0)), workers=True, verbose=False)
-            runner.train_dynamics(dataset, root / "stage3", root / "stage2" / MESH_CACHE_DIR, RECOVERED,
-                                  {"stage3.source": RECOVERED, **extra}, f"refine{k}-stage3", ckpt)
+            dynamics_stage.train_dynamics(dynamics, runner, dataset, root / "stage3",
+                                          root / "stage2" / MESH_CACHE_DIR, RECOVERED,
+                                          {"stage3.source": RECOVERED, **extra}, f"refine{k}-stage3", ckpt)
             runner.manifest.finish_stage(s3, RunDir.stage3_outputs({RECOVERED: ckpt}))
         consumed_eval = runner.manifest.verified_outputs(s3)
-        if runner.manifest.staleness(ev, {**section(runner.cfg, EVAL_NAME), **extra}, consumed_eval) is not None:
-            runner.manifest.start_stage(ev, {**section(runner.cfg, EVAL_NAME), **extra}, consumed_eval)
-            runner.evaluate(dataset_dir=dataset, checkpoints={RECOVERED: str(ckpt)}, out_dir=str(root / EVAL_NAME),
-                            **eval_settings)
-            runner.manifest.finish_stage(ev, {"metrics": root / EVAL_NAME / EVAL_METRICS})
-        rows.append(_round_row(k, root / "stage2", root / EVAL_NAME, names))
+        if runner.manifest.staleness(ev, {**section(runner.cfg, eval_name), **extra}, consumed_eval) is not None:
+            runner.manifest.start_stage(ev, {**section(runner.cfg, eval_name), **extra}, consumed_eval)
+            assert evaluate.function is not None
+            evaluate.function(dataset_dir=dataset, checkpoints={RECOVERED: str(ckpt)},
+                              out_dir=str(root / eval_name), **eval_settings)
+            runner.manifest.finish_stage(ev, {"metrics": root / eval_name / EVAL_METRICS})
+        rows.append(_round_row(k, root / "stage2", root / eval_name, names))
         previous = ckpt
     out = runner.run_dir / REFINE_DIR / "summary.json"
     atomic_write_json(out, {"settings": {"rounds": settings.rounds, "init": settings.init,

@@ -7,59 +7,39 @@ Stage hand-off (docs/pipeline.md):
   eval             <- stage3 checkpoints (and the stage-1 checkpoint for the novel-view table);
                    -> ``<run>/eval/metrics.json``, ``novel_views.json`` (+ tables, plots, videos)
 
-The per-stage work is in :mod:`clods_pl.pipeline.stage_runs`; this module decides what runs and records it.
+Each stage declares itself and does its work in its own module (``clods_pl.stages.*_stage``, a
+:class:`~clods_pl.stages.stage.Stage` each); this module decides what runs and records it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
-import torch
 from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
 from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
+from clods_pl.data.format import read_dataset
 from clods_pl.errors import ClodsError, ManifestError
-from clods_pl.pipeline.checks import (
-    check_backends,
-    check_dataset_needs,
-    check_trainer_limits,
-    dataset_of,
-)
-from clods_pl.pipeline.experiment import (
-    EVAL_NAME,
-    STAGE_NAMES,
-    StageSpec,
-    default_evaluate,
-    default_stages,
-    result_config,
-    section,
-)
+from clods_pl.pipeline.checks import check_backends, check_trainer_limits, dataset_of
+from clods_pl.pipeline.experiment import default_stages, result_config
 from clods_pl.pipeline.manifest import Manifest
 from clods_pl.pipeline.resume import SettingsStamp, resume_checkpoint
-from clods_pl.pipeline.stage_runs import NOVEL_VIEWS_KEY, StageRuns
-from clods_pl.stages.run_dir import (  # noqa: F401  (MESH_CACHE_DIR, STAGE1_CKPT: also for the CLI)
-    CHECKPOINTS_DIR,
-    LOGS_DIR,
-    MESH_CACHE_DIR,
-    STAGE1_CKPT,
-    RunDir,
-)
+from clods_pl.stages.run_dir import CHECKPOINTS_DIR, LOGS_DIR, RunDir
+from clods_pl.stages.stage import Stage, StageJob
 from clods_pl.utils.files import atomic_write_text, folder_fingerprint, sha256_json
 from clods_pl.utils.loggers import build_loggers
+from clods_pl.utils.settings import section
 
-RECOVERED_SOURCES = ("recovered", "mixed")
 RUN_LOCK, RUN_LOCK_PID = "run.lock", "run.lock.pid"
-UPSTREAM = {"stage1": (), "stage2": ("stage1",), "stage3": ("stage2",), EVAL_NAME: ("stage3",)}
 
 
 def run_dir_of(cfg: Namespace) -> Path:
@@ -71,19 +51,15 @@ def run_dir_of(cfg: Namespace) -> Path:
     return Path("runs") / stem
 
 
-class StageRunner(StageRuns):
-    """Runs stages of one experiment config in one run directory."""
+class StageRunner:
+    """Runs the stages of one experiment config in one run directory; the :class:`~clods_pl.stages.stage
+    .StageContext` each stage runs with."""
 
-    def __init__(self, parser: ArgumentParser, cfg: Namespace, stages: dict[str, StageSpec] | None = None,
-                 evaluate: Callable[..., Any] | None = None) -> None:
-        """``stages`` (default :func:`~clods_pl.pipeline.experiment.default_stages`) and ``evaluate`` (default
-        ``run_evaluation``) are what the runner runs; tests pass stand-ins."""
+    def __init__(self, parser: ArgumentParser, cfg: Namespace, stages: Sequence[Stage] | None = None) -> None:
+        """``stages``: what the runner runs, in pipeline order (default
+        :func:`~clods_pl.pipeline.experiment.default_stages`; tests pass stand-ins)."""
         self.parser, self.cfg = parser, cfg
-        self.stages = default_stages() if stages is None else stages
-        self.evaluate = default_evaluate() if evaluate is None else evaluate
-        self._stage_runs: dict[str, Callable[[str, Path, str | None], dict[str, Path] | None]] = {
-            "stage1": self._run_stage1, "stage2": self._run_stage2, "stage3": self._run_stage3,
-            EVAL_NAME: self._run_eval}
+        self.stages: tuple[Stage, ...] = default_stages() if stages is None else tuple(stages)
         self.run_dir = run_dir_of(cfg)
         self.manifest = Manifest(self.run_dir)
         self.outputs = RunDir(self.run_dir)  # typed reader of what the manifest records
@@ -91,28 +67,31 @@ class StageRunner(StageRuns):
         self._dataset_files: dict[str, str] | None = None
         self._run_lock = FileLock(str(self.run_dir / RUN_LOCK))
 
+    # ----- the config, as the stages read it -------------------------------------------------------------
+    def setting(self, key: str, default: Any = None) -> Any:
+        value = self.cfg.get(key)
+        return default if value is None else value
+
+    def section(self, key: str) -> dict[str, Any]:
+        return section(self.cfg, key)
+
+    def stage(self, name: str) -> Stage:
+        """The stage whose config section is ``name`` (a command-line stage name)."""
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise ClodsError(f"no stage '{name}' in this pipeline; choose one of "
+                         f"{', '.join(s.name for s in self.stages)}")
+
     # ----- inputs ------------------------------------------------------------------------------------
-    def stage3_sources(self) -> list[str]:
-        """Sources stage 3 trains, in order."""
-        sources = self.cfg.get("stage3.sources")
-        return list(sources) if sources else [str(section(self.cfg, "stage3.data").get("source", "recovered"))]
-
-    def stage3_seeds(self) -> list[int] | None:
-        """``stage3.seeds``: train every source once per seed (None: once, with ``seed_everything``)."""
-        seeds = self.cfg.get("stage3.seeds")
-        return [int(s) for s in seeds] if seeds else None
-
-    def upstream(self, stage: str) -> tuple[str, ...]:
-        """Stages whose outputs ``stage`` consumes (stage 3 needs stage 2 only for recovered/mixed sources)."""
-        if stage == "stage3" and not any(s.split(":")[0] in RECOVERED_SOURCES for s in self.stage3_sources()):
-            return ()
-        return UPSTREAM[stage]
+    def upstream(self, stage: Stage) -> tuple[Stage, ...]:
+        """Stages whose outputs ``stage`` consumes with the current settings."""
+        return tuple(self.stage(name) for name in stage.needs(self))
 
     def dataset_files(self) -> dict[str, str]:
         """``{"dataset_files.<entry>": digest}`` for ``dataset.json`` and every trajectory folder it lists (once per
         process): a dataset edited after a run makes every stage that read it stale, naming the trajectory."""
         if self._dataset_files is None:
-
             root = Path(str(self.cfg.get("dataset") or ""))
             entries = ["dataset.json"]
             try:
@@ -123,141 +102,115 @@ class StageRunner(StageRuns):
             self._dataset_files = {f"dataset_files.{k}": v for k, v in folder_fingerprint(root, entries).items()}
         return self._dataset_files
 
-    def stage_config(self, stage: str) -> dict[str, Any]:
+    def stage_config(self, stage: Stage) -> dict[str, Any]:
         """Flat settings of ``stage`` plus those of every stage upstream (a change anywhere makes it stale), plus the
         dataset's fingerprint."""
         flat = result_config(self.cfg, stage)
         flat.update(self.dataset_files())
-        if stage == "stage3":
-            flat["stage3.sources"] = self.stage3_sources()
-            flat["stage3.seeds"] = self.stage3_seeds()
+        if stage.extra_config is not None:
+            flat.update(stage.extra_config(self))
         for up in self.upstream(stage):
             flat.update(self.stage_config(up))
         return flat
 
-    def consumed(self, stage: str) -> dict[str, str]:
+    def consumed(self, stage: Stage) -> dict[str, str]:
         """Verified output hashes of the upstream stages, refusing missing, stale or corrupt inputs."""
         out: dict[str, str] = {}
         for up in self.upstream(stage):
-            reason = self.manifest.staleness(up, self.stage_config(up), self.consumed_quiet(up))
+            reason = self.manifest.staleness(up.name, self.stage_config(up), self.consumed_quiet(up))
             if reason is not None:
-                raise ManifestError(f"{stage} cannot run in {self.run_dir}: its input {up} is out of date ({reason}); "
-                                    f"run `clods-pl pipeline` or rerun {up} first")
-            out.update(self.manifest.verified_outputs(up))
+                raise ManifestError(f"{stage.name} cannot run in {self.run_dir}: its input {up.name} is out of date "
+                                    f"({reason}); run `clods-pl pipeline` or rerun {up.name} first")
+            out.update(self.manifest.verified_outputs(up.name))
         return out
 
-    def consumed_quiet(self, stage: str) -> dict[str, str]:
+    def consumed_quiet(self, stage: Stage) -> dict[str, str]:
         """Like :meth:`consumed` but returns what is there without raising (for staleness reports)."""
         out: dict[str, str] = {}
         for up in self.upstream(stage):
             try:
-                out.update(self.manifest.verified_outputs(up))
+                out.update(self.manifest.verified_outputs(up.name))
             except ManifestError:
-                out[f"{up}:missing"] = ""
+                out[f"{up.name}:missing"] = ""
         return out
 
-    def staleness(self, stage: str) -> str | None:
-        """Why ``stage`` must run (None when up to date): settings, inputs or outputs changed, or (stage 2) a mesh
-        cache was recovered from another stage-1 checkpoint than the one recorded (two runs interleaved)."""
-        reason = self.manifest.staleness(stage, self.stage_config(stage), self.consumed_quiet(stage))
-        if reason is None and stage == "stage2":
-            reason = self._mesh_chain_reason()
+    def staleness(self, stage: Stage) -> str | None:
+        """Why ``stage`` must run (None when up to date): settings, inputs or outputs changed, or what the stage
+        itself finds stale (stage 2: a mesh cache recovered from another stage-1 checkpoint than the recorded)."""
+        reason = self.manifest.staleness(stage.name, self.stage_config(stage), self.consumed_quiet(stage))
+        if reason is None and stage.extra_staleness is not None:
+            reason = stage.extra_staleness(self)
         return reason
 
-    def _mesh_chain_reason(self) -> str | None:
-
-        ckpt = self.outputs.stage1_checkpoint_digest()
-        for path in self.outputs.mesh_caches().values():
-            with np.load(path, allow_pickle=False) as z:
-                made_from = str(z["stage1_hash"]) if "stage1_hash" in z.files else ""
-            if made_from != ckpt:
-                return (f"mesh cache {path} was recovered from stage-1 checkpoint {made_from[:12]}, not the recorded "
-                        f"{str(ckpt)[:12]}")
-        return None
-
     # ----- Lightning objects -------------------------------------------------------------------------
-    def instantiate(self, stage: str, role: str, injected: dict[str, Any]) -> Any:
-        spec = self.stages[stage]
-        cls = spec.module if role == "model" else spec.datamodule
-        kwargs = section(self.cfg, f"{stage}.{role}")
+    def instantiate(self, stage: Stage, role: str, injected: Mapping[str, Any]) -> Any:
+        """``stage.module`` (``role="model"``) or ``stage.datamodule`` from ``<stage>.<role>`` plus ``injected``."""
+        cls = stage.module if role == "model" else stage.datamodule
+        if cls is None:
+            raise ClodsError(f"{stage.name} has no {role} class")
+        kwargs = section(self.cfg, f"{stage.name}.{role}")
         kwargs.update(injected)
         return cls(**kwargs)
 
     def trainer(self, stage: str, stage_dir: Path, name: str, fit: bool, validate: bool = True,
-                 stamp_extra: dict[str, Any] | None = None) -> L.Trainer:
-
+                stamp_extra: dict[str, Any] | None = None) -> L.Trainer:
+        """A Trainer from ``<stage>.trainer`` with the run's loggers, and checkpoints stamped with the settings."""
         kwargs = section(self.cfg, f"{stage}.trainer")
         wandb = section(self.cfg, "wandb")
         loggers = build_loggers(self.cfg.get("logger", "csv"), save_dir=stage_dir / LOGS_DIR, name=name,
                                 project=wandb.get("project", "clods-pl"), entity=wandb.get("entity"),
                                 offline=wandb.get("offline"), tags=wandb.get("tags") or None)
         callbacks = [ModelCheckpoint(dirpath=stage_dir / CHECKPOINTS_DIR, save_last=True),
-                     SettingsStamp(self.settings_digest(stage, stamp_extra))] if fit else []
+                     SettingsStamp(self.settings_digest(self.stage(stage), stamp_extra))] if fit else []
         if not fit:
             kwargs["enable_checkpointing"] = False
         if not validate:  # no validation data: skip the loop instead of handing Lightning an empty one
             kwargs["limit_val_batches"] = 0
         return L.Trainer(**kwargs, logger=loggers, callbacks=callbacks, default_root_dir=str(stage_dir))
 
-    def _save_config(self, stage: str) -> None:
+    def _save_config(self, stage: Stage) -> None:
         if rank_zero_only.rank == 0:
             text = self.parser.dump(self.cfg, skip_check=True)
-            atomic_write_text(self.run_dir / stage / "config.yaml", text)
+            atomic_write_text(self.run_dir / stage.name / "config.yaml", text)
 
-    def settings_digest(self, stage: str, extra: dict[str, Any] | None = None) -> str:
+    def settings_digest(self, stage: Stage, extra: dict[str, Any] | None = None) -> str:
         """sha256 of what determines ``stage``'s result (its settings, upstream settings, dataset fingerprint)."""
-
         return sha256_json({**self.stage_config(stage), **(extra or {})})
 
     def resume_ckpt(self, ckpt_dir: Path, stage: str, extra: dict[str, Any] | None = None) -> str | None:
         """See :func:`clods_pl.pipeline.resume.resume_checkpoint` (the current settings' digest)."""
-        return resume_checkpoint(ckpt_dir, stage, self.settings_digest(stage, extra))
+        return resume_checkpoint(ckpt_dir, stage, self.settings_digest(self.stage(stage), extra))
 
-    # ----- dataset requirements ----------------------------------------------------------------------
-    def preflight(self, stages: tuple[str, ...]) -> None:
-        """See :func:`clods_pl.pipeline.checks.check_dataset_needs`."""
-        check_dataset_needs(self.cfg, stages, self.stage3_sources())
+    # ----- checks before anything runs -------------------------------------------------------------------
+    def preflight(self, stages: Sequence[Stage]) -> None:
+        """Check, before any of ``stages`` runs, what they will need of the dataset (the reader checks every file;
+        each stage its own needs, e.g. ground truth for what eval scores). A bad dataset then fails in seconds
+        instead of after stages 1-2."""
+        checks = [s for s in stages if s.check_dataset is not None]
+        if not checks:
+            return
+        ds = read_dataset(dataset_of(self.cfg))
+        for stage in checks:
+            assert stage.check_dataset is not None
+            stage.check_dataset(self, ds)
 
-    # ----- settings ------------------------------------------------------------------------------------
-    def check_settings(self, stage: str) -> None:
+    def check_settings(self, stage: Stage) -> None:
         """Build ``stage``'s model and data module (with placeholder inputs) and check its trainer limits before
         anything runs, so a bad setting stops the command at once, naming the setting, instead of after an upstream
         check or minutes into training."""
-        if stage == EVAL_NAME:
-            device = str(section(self.cfg, EVAL_NAME).get("device", "cpu"))
-            if device.startswith("cuda") and not torch.cuda.is_available():
-                raise ClodsError(f"eval.device={device} but no CUDA GPU is visible; use eval.device=cpu")
-            views = section(self.cfg, EVAL_NAME).get(NOVEL_VIEWS_KEY)
-            if views:
-                from clods_pl.stages.novel_views import NovelViewSettings  # noqa: PLC0415  (stage code on demand)
-
-                NovelViewSettings(**views)  # checks its values, naming the setting
-            return
-        check_trainer_limits(stage, section(self.cfg, f"{stage}.trainer"))
-        model_inputs = {"stage1_checkpoint": "", "cache_dir": str(self.run_dir / stage), "recompute_stale": False}
-        data_inputs = {"dataset_dir": str(self.cfg.get("dataset") or ""), "mesh_cache_dir": ""}
-        if stage == "stage3":
-            data_inputs["source"] = self.stage3_sources()[0]
-            model_rl = section(self.cfg, "stage3.model").get("rollout_length")
-            data_rl = section(self.cfg, "stage3.data").get("rollout_length")
-            if model_rl is not None and data_rl is not None and data_rl < model_rl:
-                raise ClodsError(f"stage3.model.rollout_length={model_rl} needs windows of {model_rl + 2} frames but "
-                                 f"stage3.data.rollout_length={data_rl} makes them {data_rl + 2}; set "
-                                 f"stage3.data.rollout_length >= {model_rl} (usually equal)")
-        spec = self.stages[stage]
-        injected = {"model": set(spec.model_inputs), "data": set(spec.data_inputs) | {"source"} & set(data_inputs)}
-        for role, inputs in (("model", model_inputs), ("data", data_inputs)):
-            try:
-                self.instantiate(stage, role, {k: v for k, v in inputs.items() if k in injected[role]})
-            except ClodsError:
-                raise
-            except (ValueError, TypeError) as exc:
-                raise ClodsError(f"{stage}.{role}: {str(exc).splitlines()[0]}") from None
-        if stage == "stage3":
-            from clods_pl.stages.dynamics_data import parse_source  # noqa: PLC0415  (stage code on demand)
-
-            for source in self.stage3_sources():
-                parse_source(source)
+        if stage.module is not None and stage.datamodule is not None:
+            check_trainer_limits(stage.name, section(self.cfg, f"{stage.name}.trainer"))
+            dataset = {"dataset_dir": str(self.cfg.get("dataset") or "")}
+            for role, inputs in (("model", stage.model_inputs), ("data", {**stage.data_inputs, **dataset})):
+                try:
+                    self.instantiate(stage, role, {k: v for k, v in inputs.items()
+                                                   if k in stage.model_inputs or k in stage.data_inputs})
+                except ClodsError:
+                    raise
+                except (ValueError, TypeError) as exc:
+                    raise ClodsError(f"{stage.name}.{role}: {str(exc).splitlines()[0]}") from None
+        if stage.check is not None:
+            stage.check(self)
 
     # ----- exclusive use of the run directory ---------------------------------------------------------
     @contextmanager
@@ -265,7 +218,7 @@ class StageRunner(StageRuns):
         """Hold ``<run>/run.lock`` while stages run, so two clods-pl processes never interleave stages of one run
         (the second stops at once naming the first's PID). Not taken by DDP ranks other than 0 or by stage-2
         shards (``data.trajectories``), which run side by side on purpose; re-entrant within one process."""
-        shard = section(self.cfg, "stage2.data").get("trajectories") is not None
+        shard = any(stage.sharded(self) for stage in self.stages)
         if rank_zero_only.rank != 0 or shard:
             yield
             return
@@ -292,61 +245,57 @@ class StageRunner(StageRuns):
             self._run_lock.release()
 
     # ----- stages ------------------------------------------------------------------------------------
-    def run(self, stage: str) -> None:
-        """Run ``stage`` (stage1/stage2/stage3/eval) and record it in the manifest."""
+    def run(self, stage: Stage) -> None:
+        """Run ``stage`` and record it in the manifest."""
         with self.exclusive():
             self._run(stage)
 
-    def _run(self, stage: str) -> None:
+    def _run(self, stage: Stage) -> None:
         dataset = dataset_of(self.cfg)
         if not self.repair:  # `pipeline` checked every stage up front
             self.check_settings(stage)
-        if not self.repair and stage in ("stage3", EVAL_NAME):
             self.preflight((stage,))
-        if stage != EVAL_NAME:
-            check_backends(self.cfg, stage)
+        check_backends(self.cfg, stage.name, stage.backend_keys)
         consumed = self.consumed(stage)
         config = self.stage_config(stage)
-        resume_from = None
-        stage_dir = self.run_dir / stage
-        if stage == "stage1":
-            resume_from = self.resume_ckpt(stage_dir / CHECKPOINTS_DIR, stage)
+        stage_dir = self.run_dir / stage.name
+        resume_from = self.resume_ckpt(stage_dir / CHECKPOINTS_DIR, stage.name) if stage.resumable else None
         is_rank0 = rank_zero_only.rank == 0
         if is_rank0:
-            self.manifest.start_stage(stage, config, consumed)
+            self.manifest.start_stage(stage.name, config, consumed)
         self._save_config(stage)
         L.seed_everything(int(self.cfg.get("seed_everything", 0)), workers=True, verbose=False)
         try:
-            outputs = self._stage_runs[stage](dataset, stage_dir, resume_from)
-            if outputs is None:  # a shard of stage 2: the finalize run records the stage
+            outputs = stage.run(stage, self, StageJob(dataset, stage_dir, resume_from))
+            if outputs is None:  # a shard (stage 2 with data.trajectories): the finishing run records the stage
                 return
             if is_rank0:
-                self.manifest.finish_stage(stage, outputs)
+                self.manifest.finish_stage(stage.name, outputs)
         except BaseException as exc:
             if is_rank0:
                 try:
-                    self.manifest.fail_stage(stage, f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+                    self.manifest.fail_stage(stage.name, f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
                 except OSError:  # the disk that failed the stage may refuse this record too; the error still shows
                     pass
             raise
         if is_rank0:
-            print(f"[clods-pl] {stage} done -> {stage_dir}")
+            print(f"[clods-pl] {stage.name} done -> {stage_dir}")
 
     def pipeline(self, force: bool = False) -> list[str]:
-        """Run every stage that is out of date, in order; returns the stages that ran."""
+        """Run every stage that is out of date, in order; returns the names of the stages that ran."""
         ran = []
         self.repair = True
         dataset_of(self.cfg)
-        for stage in (*STAGE_NAMES, EVAL_NAME):
+        for stage in self.stages:
             self.check_settings(stage)
         with self.exclusive():
-            self.preflight((*STAGE_NAMES, EVAL_NAME))
-            for stage in (*STAGE_NAMES, EVAL_NAME):
+            self.preflight(self.stages)
+            for stage in self.stages:
                 reason = "forced" if force else self.staleness(stage)
                 if reason is None:
-                    print(f"[clods-pl] {stage} is up to date")
+                    print(f"[clods-pl] {stage.name} is up to date")
                     continue
-                print(f"[clods-pl] running {stage}: {reason}")
+                print(f"[clods-pl] running {stage.name}: {reason}")
                 self.run(stage)
-                ran.append(stage)
+                ran.append(stage.name)
         return ran

@@ -10,7 +10,6 @@ Loss: ``(1 - ssim_weight) L1 + ssim_weight (1 - SSIM)`` on RGB composited over t
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +27,12 @@ from clods_pl.errors import ClodsError, DatasetError
 from clods_pl.geometry import Cameras
 from clods_pl.render.types import composite
 from clods_pl.smgs import OPACITY_MODES, SMGS, export_ply
-from clods_pl.smgs.io import SMGS_KEY, load_smgs, smgs_record
+from clods_pl.smgs.io import SMGS_KEY, smgs_record
+from clods_pl.stages.lpips import local_lpips
 from clods_pl.utils.loggers import log_images
 
 TOPOLOGY_KEY = SMGS_KEY
 PLY_NAME = "smgs_frame0.ply"
-LPIPS_BACKBONE_WEIGHTS = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet, the backbone of LPIPS(net="alex")
 
 
 @dataclass
@@ -278,27 +277,3 @@ class AppearanceModule(L.LightningModule):
             out = Path(self.trainer.default_root_dir) / PLY_NAME
             with torch.no_grad():
                 export_ply(out, self.smgs.gaussians(self.smgs.verts0))
-
-
-def local_lpips(device: torch.device | str = "cpu") -> tuple[Any, str | None]:
-    """torchmetrics' LPIPS (AlexNet) when torchvision and its backbone weights are installed locally, else None and
-    a one-line notice naming the fix; never downloads (an offline node would hang)."""
-    weights = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONE_WEIGHTS
-    try:
-        if importlib.util.find_spec("torchvision") is None:
-            raise ModuleNotFoundError(f"it needs torchvision (`pip install torchvision`) and {weights}")
-        if not weights.is_file():  # torchvision would try to download it (and hang on an offline machine)
-            raise FileNotFoundError(f"{weights} missing; put torchvision's AlexNet weights there to get LPIPS")
-        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity  # noqa: PLC0415  (needs torchvision)
-
-        return LearnedPerceptualImagePatchSimilarity(net_type="alex").to(device), None
-    except Exception as exc:  # torchvision missing or weights not cached: never download here
-        return None, f"[clods-pl] LPIPS skipped (PSNR and SSIM still reported): {str(exc).splitlines()[0][:200]}"
-
-
-def load_smgs_from_checkpoint(path: str | Path,
-                              map_location: str | torch.device = "cpu") -> tuple[SMGS, dict[str, Any]]:
-    """Rebuild the fitted SMGS of a stage-1 checkpoint (eval mode, no gradients): ``smgs.io.load_smgs`` plus its
-    rendering settings as a dict (``background``, ``backend``)."""
-    smgs, settings = load_smgs(path, map_location)
-    return smgs, {"background": settings.background, "backend": settings.backend}

@@ -16,6 +16,14 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: obj}
 
 
+def section(cfg: Any, key: str) -> dict[str, Any]:
+    """A section of a parsed config (a jsonargparse ``Namespace``) as a plain dict (empty when absent)."""
+    value = cfg.get(key) if hasattr(cfg, "get") else None
+    if value is None:
+        return {}
+    return value.as_dict() if hasattr(value, "as_dict") else dict(value)
+
+
 def config_changes(old: dict[str, Any], new: dict[str, Any], limit: int = 3) -> list[str]:
     """Human-readable differences between two flat configs, e.g. ``stage1.model.k changed from 2 to 4``."""
     changes = []

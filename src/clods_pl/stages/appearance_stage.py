@@ -1,0 +1,28 @@
+"""Stage 1 as the orchestrator runs it: fit the SMGS appearance, save ``<run>/stage1/smgs.ckpt``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clods_pl.stages.appearance import AppearanceDataModule, AppearanceModule
+from clods_pl.stages.run_dir import STAGE1_CKPT, SUMMARY_FILE, RunDir
+from clods_pl.stages.stage import Stage, StageContext, StageJob
+from clods_pl.utils.files import atomic_write_json
+
+
+def run_appearance(stage: Stage, ctx: StageContext, job: StageJob) -> dict[str, Path]:
+    """Stage 1 in ``job.stage_dir``: fit, save ``smgs.ckpt`` and the held-out-view metrics (``summary.json``)."""
+    model = ctx.instantiate(stage, "model", {})
+    data = ctx.instantiate(stage, "data", {"dataset_dir": job.dataset})
+    trainer = ctx.trainer(stage.name, job.stage_dir, stage.name, fit=True)
+    trainer.fit(model, datamodule=data, ckpt_path=job.resume_from)
+    ckpt = job.stage_dir / STAGE1_CKPT
+    trainer.save_checkpoint(ckpt, weights_only=False)  # explicit: unset, Lightning logs a notice
+    if trainer.is_global_zero:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        atomic_write_json(job.stage_dir / SUMMARY_FILE, {"held_out_views": metrics})
+    return RunDir.stage1_outputs(ckpt)
+
+
+STAGE = Stage("stage1", (), run_appearance, AppearanceModule, AppearanceDataModule, data_inputs={"dataset_dir": ""},
+              non_result_keys=frozenset({"data.num_workers"}), backend_keys=("model.backend",), resumable=True)

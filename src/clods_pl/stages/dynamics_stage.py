@@ -1,0 +1,124 @@
+"""Stage 3 as the orchestrator runs it: one MeshGraphNets model per source (and per seed) in the run directory.
+
+``stage3.sources`` lists the sources trained in turn (``recovered`` = CloDS, ``gt`` = MGN, ``gt:N`` = MGN*,
+``mixed:N``); ``stage3.seeds`` trains each once per seed (eval reports mean +- std). Checkpoints are recorded under
+:meth:`RunDir.stage3_outputs` keys (``<source>`` or ``<source>@seed<k>``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from clods_pl.errors import ClodsError
+from clods_pl.stages.dynamics import DynamicsModule
+from clods_pl.stages.dynamics_data import DynamicsDataModule, parse_source
+from clods_pl.stages.run_dir import CHECKPOINTS_DIR, MESH_CACHE_DIR, RunDir, seeded_key
+from clods_pl.stages.stage import Stage, StageContext, StageJob
+
+RECOVERED_KINDS = ("recovered", "mixed")  # sources that train on stage 2's meshes
+
+
+def safe_name(source: str) -> str:
+    """A file-name-safe form of a stage-3 source (``gt:5`` -> ``gt-5``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", source)
+
+
+def stage3_sources(ctx: StageContext) -> list[str]:
+    """Sources stage 3 trains, in order: ``stage3.sources``, else ``[stage3.data.source]``."""
+    sources = ctx.setting("stage3.sources")
+    return list(sources) if sources else [str(ctx.section("stage3.data").get("source", "recovered"))]
+
+
+def stage3_seeds(ctx: StageContext) -> list[int] | None:
+    """``stage3.seeds``: train every source once per seed (None: once, with ``seed_everything``)."""
+    seeds = ctx.setting("stage3.seeds")
+    return [int(s) for s in seeds] if seeds else None
+
+
+def add_arguments(parser: Any, name: str) -> None:
+    """``<name>.sources`` and ``<name>.seeds``: the settings of stage 3 outside its two classes."""
+    parser.add_argument(f"--{name}.sources", type=list[str] | None, default=None,
+                        help="stage-3 sources trained in turn (recovered, gt, gt:N, mixed:N); default: [data.source]")
+    parser.add_argument(f"--{name}.seeds", type=list[int] | None, default=None,
+                        help="train every source once per seed; eval reports mean +- std over them "
+                             "(default: once, with seed_everything)")
+
+
+def uses_recovered_meshes(ctx: StageContext) -> bool:
+    """Stage 3 needs stage 2 only when a source trains on recovered meshes."""
+    return any(parse_source(s)[0] in RECOVERED_KINDS for s in stage3_sources(ctx))
+
+
+def resolved_settings(ctx: StageContext) -> dict[str, Any]:
+    """The sources and seeds with their defaults filled in (what staleness compares)."""
+    return {"stage3.sources": stage3_sources(ctx), "stage3.seeds": stage3_seeds(ctx)}
+
+
+def check_settings(ctx: StageContext) -> None:
+    """Every source parses, and windows are long enough for the model's rollout."""
+    for source in stage3_sources(ctx):
+        parse_source(source)
+    model_rl = ctx.section("stage3.model").get("rollout_length")
+    data_rl = ctx.section("stage3.data").get("rollout_length")
+    if model_rl is not None and data_rl is not None and data_rl < model_rl:
+        raise ClodsError(f"stage3.model.rollout_length={model_rl} needs windows of {model_rl + 2} frames but "
+                         f"stage3.data.rollout_length={data_rl} makes them {data_rl + 2}; set "
+                         f"stage3.data.rollout_length >= {model_rl} or leave it unset (it follows the model)")
+
+
+def check_dataset(ctx: StageContext, ds: Any) -> None:
+    """Ground truth for the training trajectories of the ``gt``/``gt:N``/``mixed:N`` sources."""
+    train = str(ctx.section("stage3.data").get("train_split", "train"))
+    for source in stage3_sources(ctx):
+        kind, n = parse_source(source)
+        if kind == "recovered":
+            continue
+        names = ds.names(train) if kind == "gt" and n is None else ds.names(train)[: n or 0]
+        for name in names:
+            if not ds.trajectory(name).has_gt:
+                raise ClodsError(f"{ds.trajectory(name).root / 'gt.npz'} is missing: stage3 source "
+                                 f"'{source}' trains on ground-truth meshes of split '{train}'; add it or "
+                                 "drop the source from stage3.sources")
+
+
+def train_dynamics(stage: Stage, ctx: StageContext, dataset: str, sub: Path, cache_dir: Path, source: str,
+                   stamp: dict[str, Any], name: str, ckpt: Path) -> Path:
+    """Stage 3 of one ``source`` on the meshes in ``cache_dir``, resuming from ``sub``'s checkpoints stamped with
+    the settings plus ``stamp``; saves ``ckpt``."""
+    resume = ctx.resume_ckpt(sub / CHECKPOINTS_DIR, stage.name, stamp)
+    model = ctx.instantiate(stage, "model", {})
+    data = ctx.instantiate(stage, "data", {"dataset_dir": dataset, "mesh_cache_dir": str(cache_dir),
+                                           "source": source})
+    trainer = ctx.trainer(stage.name, sub, name, fit=True, validate=bool(getattr(data, "val_split", None)),
+                          stamp_extra=stamp)
+    trainer.fit(model, datamodule=data, ckpt_path=resume)
+    trainer.save_checkpoint(ckpt, weights_only=False)  # explicit: unset, Lightning logs a notice
+    return ckpt
+
+
+def run_dynamics(stage: Stage, ctx: StageContext, job: StageJob) -> dict[str, Path]:
+    """Stage 3 in ``job.stage_dir``: every source (x every seed), each in its own folder, one checkpoint each."""
+    outputs: dict[str, Path] = {}
+    cache_dir = ctx.run_dir / "stage2" / MESH_CACHE_DIR
+    seeds = stage3_seeds(ctx)
+    for source in stage3_sources(ctx):
+        for seed in seeds or [None]:
+            key = source if seed is None else seeded_key(source, seed)
+            sub = job.stage_dir / safe_name(source) / ("" if seed is None else f"seed{seed}")
+            stamp = {"stage3.source": source, **({} if seed is None else {"stage3.seed": seed})}
+            if seed is not None:  # each seed its own initialisation, window draws and noise
+                L.seed_everything(seed, workers=True, verbose=False)
+            outputs[key] = train_dynamics(stage, ctx, job.dataset, sub, cache_dir, source, stamp,
+                                          f"stage3-{safe_name(key)}", job.stage_dir / f"{safe_name(key)}.ckpt")
+    return RunDir.stage3_outputs(outputs)
+
+
+STAGE = Stage("stage3", ("stage2",), run_dynamics, DynamicsModule, DynamicsDataModule,
+              data_inputs={"dataset_dir": "", "mesh_cache_dir": ""},
+              non_result_keys=frozenset({"model.compile_mode", "data.num_workers"}),
+              add_arguments=add_arguments, uses_upstream=uses_recovered_meshes, extra_config=resolved_settings,
+              check=check_settings, check_dataset=check_dataset)

@@ -1,0 +1,120 @@
+"""The eval stage as the orchestrator runs it: rollout RMSE of every stage-3 checkpoint against ground truth
+(``evaluation.run_evaluation``) and, with ``eval.novel_views.enabled``, the novel-view table of stage 1's SMGS and
+its ablations (``novel_views``), into ``<run>/eval/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clods_pl.data.format import read_dataset
+from clods_pl.errors import ClodsError, ManifestError
+from clods_pl.smgs.io import load_smgs
+from clods_pl.stages.appearance import AppearanceDataModule, AppearanceModule
+from clods_pl.stages.evaluation import SPLITS, run_evaluation
+from clods_pl.stages.lpips import local_lpips
+from clods_pl.stages.novel_views import (
+    RECOVERED_RENDERS,
+    NovelViewSettings,
+    fit_appearance_variant,
+    recovered_render_sheet,
+    run_novel_view_evaluation,
+)
+from clods_pl.stages.run_dir import EVAL_METRICS, MESH_CACHE_DIR
+from clods_pl.stages.stage import Stage, StageContext, StageJob
+
+NAME = "eval"
+NOVEL_VIEWS_KEY = "novel_views"  # eval.novel_views: NovelViewSettings
+EVAL_INPUTS = ("dataset_dir", "checkpoints", "out_dir", "dataset")  # filled from the run directory
+
+
+def add_arguments(parser: Any, name: str) -> None:
+    """``<name>.novel_views.*``: the novel-view table's settings."""
+    parser.add_class_arguments(NovelViewSettings, f"{name}.{NOVEL_VIEWS_KEY}")
+
+
+def rollout_settings(ctx: StageContext) -> dict[str, Any]:
+    """The settings of the rollout evaluation (``eval.*`` without the novel-view table's)."""
+    return {k: v for k, v in ctx.section(NAME).items() if k != NOVEL_VIEWS_KEY}
+
+
+def check_settings(ctx: StageContext) -> None:
+    """A CUDA device that is there, and novel-view settings in range."""
+    settings = ctx.section(NAME)
+    device = str(settings.get("device", "cpu"))
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ClodsError(f"eval.device={device} but no CUDA GPU is visible; use eval.device=cpu")
+    views = settings.get(NOVEL_VIEWS_KEY)
+    if views:
+        NovelViewSettings(**views)  # checks its values, naming the setting
+
+
+def check_dataset(ctx: StageContext, ds: Any) -> None:
+    """Every split eval scores exists, and its trajectories have ground truth and >= 3 frames."""
+    root = ctx.setting("dataset")
+    for split in ctx.section(NAME).get("splits") or SPLITS:
+        if split not in ds.info.splits:
+            raise ClodsError(f"{root}/dataset.json has no split '{split}' that eval.splits names; "
+                             f"set eval.splits to some of {sorted(ds.info.splits)}")
+        for name in ds.names(split):
+            traj = ds.trajectory(name)
+            if not traj.has_gt:
+                raise ClodsError(f"{traj.root / 'gt.npz'} is missing: eval scores split '{split}' against "
+                                 "ground-truth meshes; add it, or drop the split from eval.splits")
+            if traj.num_frames < 3:
+                raise ClodsError(f"{traj.root}: {traj.num_frames} frame(s); a trajectory eval scores "
+                                 "needs >= 3 (two start the rollout, the rest are predicted)")
+
+
+def novel_view_table(ctx: StageContext, dataset: str, stage_dir: Path, views: dict[str, Any]) -> Path | None:
+    """The novel-view table: the run's stage-1 SMGS plus the ablation fits (same settings, another opacity)."""
+    ckpt = ctx.outputs.stage1_checkpoint()
+    if ckpt is None:
+        print("[clods-pl] novel-view table skipped: this run has no stage-1 checkpoint")
+        return None
+    settings = NovelViewSettings(**views)
+    smgs, rendered = load_smgs(ckpt)
+    models = {"dual": smgs}
+    seed = int(ctx.setting("seed_everything", 0))
+    for mode in settings.ablations:
+        print(f"[clods-pl] novel views: fitting the {mode}-opacity ablation of stage 1")
+        models[mode] = fit_appearance_variant(
+            AppearanceModule, AppearanceDataModule, {**ctx.section("stage1.model"), "opacity_mode": mode},
+            {**ctx.section("stage1.data"), "dataset_dir": dataset}, ctx.section("stage1.trainer"), seed,
+            stage_dir / "novel_views" / mode)
+    backend = rendered.backend if rendered.backend in ("torch", "cpu") else "torch"  # eval renders on the CPU
+    holdout = ctx.section("stage1.data").get("holdout_views", [0])
+    lpips, _notice = local_lpips()  # stage 1 already said why when it is missing
+    out = run_novel_view_evaluation(dataset, models, holdout, rendered.background, stage_dir, settings, backend,
+                                    lpips)
+    ds = read_dataset(dataset)
+    names = [ds.names(s)[0] for s in ("train", *settings.splits) if ds.names(s)]
+    train_view = next(v for v in range(len(ds.trajectory(names[0]).cameras)) if v not in holdout)
+    recovered_render_sheet(smgs, ds, ctx.run_dir / "stage2" / MESH_CACHE_DIR, names, [train_view, holdout[0]],
+                           rendered.background, stage_dir / RECOVERED_RENDERS, backend)
+    return out
+
+
+def run_eval(stage: Stage, ctx: StageContext, job: StageJob) -> dict[str, Path]:
+    """Eval in ``job.stage_dir``: ``metrics.json`` (+ tables, plots, videos) and the novel-view table."""
+    checkpoints = {key: str(path) for key, path in ctx.outputs.stage3_checkpoints().items()}
+    if not checkpoints:
+        raise ManifestError(f"stage3 recorded no checkpoints in {ctx.run_dir}; rerun `clods-pl stage3`")
+    assert stage.function is not None
+    stage.function(dataset_dir=job.dataset, checkpoints=checkpoints, out_dir=str(job.stage_dir),
+                   **rollout_settings(ctx))
+    outputs = {"metrics": job.stage_dir / EVAL_METRICS}
+    views = ctx.section(NAME).get(NOVEL_VIEWS_KEY) or {}
+    if views.get("enabled", False):
+        table = novel_view_table(ctx, job.dataset, job.stage_dir, views)
+        if table is not None:
+            outputs[NOVEL_VIEWS_KEY] = table
+    return outputs
+
+
+STAGE = Stage(NAME, ("stage3",), run_eval, function=run_evaluation, function_inputs=EVAL_INPUTS,
+              non_result_keys=frozenset({"videos", "device"}), add_arguments=add_arguments, check=check_settings,
+              check_dataset=check_dataset)
+
