@@ -73,8 +73,9 @@ demo: $(STAMP) ## install, generate the tiny dataset, run all stages on the CPU,
 test: $(STAMP) lint ## install (if needed), lint, and run the test suite (GPU tests skip without CUDA)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff: lint rules in pyproject.toml (imports at the top unless a comment says why)
+lint: $(STAMP) ## ruff: lint rules and the format check in pyproject.toml (`ruff format` fixes the format)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 bench: $(STAMP) ## CPU benchmarks -> benchmarks/results/*.json (see BENCHMARKS.md)
 	$(BIN)/python -m benchmarks.run_all --device cpu

@@ -33,8 +33,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_one(backend: str, batch: int, device: torch.device, latent: int, blocks: int, grid: int,
-              warmup: int, repeats: int) -> dict:
+def bench_one(
+    backend: str, batch: int, device: torch.device, latent: int, blocks: int, grid: int, warmup: int, repeats: int
+) -> dict:
     """Median seconds of forward+backward for one (backend, batch) on ``device``."""
     mesh_pos, faces = grid_mesh(grid, grid)
     v = grid * grid
@@ -54,16 +55,32 @@ def bench_one(backend: str, batch: int, device: torch.device, latent: int, block
         _sync(device)
         t0 = time.perf_counter()
         out = model(x0, x1, mesh_pos, node_type, graph)
-        (out ** 2).mean().backward()
+        (out**2).mean().backward()
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return {"backend": backend, "batch": batch, "nodes": v * batch, "edges": graph.num_edges,
-            "median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
+    return {
+        "backend": backend,
+        "batch": batch,
+        "nodes": v * batch,
+        "edges": graph.num_edges,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "repeats": repeats,
+    }
 
 
-def bench_training(rollout: int, device: torch.device, latent: int, blocks: int, grid: int, warmup: int,
-                   steps: int, backend: str = "native", compile_mode: str | None = None) -> dict:
+def bench_training(
+    rollout: int,
+    device: torch.device,
+    latent: int,
+    blocks: int,
+    grid: int,
+    warmup: int,
+    steps: int,
+    backend: str = "native",
+    compile_mode: str | None = None,
+) -> dict:
     """Stage-3 training steps per second on one window of ``rollout + 2`` frames of a ``grid`` x ``grid`` flag."""
     from clods_pl.stages.dynamics import DynamicsModule  # noqa: PLC0415  (pulls in lightning)
 
@@ -75,12 +92,17 @@ def bench_training(rollout: int, device: torch.device, latent: int, blocks: int,
     x0 = torch.cat([mesh_pos, torch.zeros(v, 1)], -1)
     vel = 0.01 * torch.randn(v, 3, generator=gen)
     t = torch.arange(rollout + 2, dtype=torch.float32)[:, None, None]
-    verts = x0 + t * vel + 0.5 * t ** 2 * 1e-3 * torch.randn(v, 3, generator=gen)
-    batch = {"verts": verts.to(device), "mesh_pos": mesh_pos.to(device), "node_type": node_type.to(device),
-             "graph": graph_from_faces(faces, v).to(device)}
+    verts = x0 + t * vel + 0.5 * t**2 * 1e-3 * torch.randn(v, 3, generator=gen)
+    batch = {
+        "verts": verts.to(device),
+        "mesh_pos": mesh_pos.to(device),
+        "node_type": node_type.to(device),
+        "graph": graph_from_faces(faces, v).to(device),
+    }
     torch.manual_seed(0)
-    module = DynamicsModule(latent, blocks, message_passing=backend, rollout_length=rollout,
-                            normalizer_steps=1, compile_mode=compile_mode).to(device)
+    module = DynamicsModule(
+        latent, blocks, message_passing=backend, rollout_length=rollout, normalizer_steps=1, compile_mode=compile_mode
+    ).to(device)
     module.rollout_loss(batch, noise=False, accumulate=True)  # normalizer statistics, as stage 3's first steps
     if compile_mode is not None:
         module.model.compile_core(compile_mode)
@@ -102,9 +124,17 @@ def bench_training(rollout: int, device: torch.device, latent: int, blocks: int,
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    return {"backend": backend, "compile_mode": compile_mode, "rollout_length": rollout, "nodes": v,
-            "median_s": med, "steps_per_s": 1.0 / med, "first_step_s": first, "steps": steps,
-            "final_loss": float(loss.detach())}
+    return {
+        "backend": backend,
+        "compile_mode": compile_mode,
+        "rollout_length": rollout,
+        "nodes": v,
+        "median_s": med,
+        "steps_per_s": 1.0 / med,
+        "first_step_s": first,
+        "steps": steps,
+        "final_loss": float(loss.detach()),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -118,8 +148,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--train_steps", type=int, default=20, help="timed training steps per rollout length (0: skip)")
     p.add_argument("--rollouts", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--compile_modes", nargs="+", default=["none"],
-                   help="training rows per torch.compile mode: none (eager), default, reduce-overhead, ...")
+    p.add_argument(
+        "--compile_modes",
+        nargs="+",
+        default=["none"],
+        help="training rows per torch.compile mode: none (eager), default, reduce-overhead, ...",
+    )
     p.add_argument("--skip_forward", action="store_true", help="only the training rows")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/dynamics_<device>.json)")
     a = p.parse_args(argv)
@@ -138,16 +172,32 @@ def main(argv: list[str] | None = None) -> dict:
         for rollout in a.rollouts:
             cm = None if mode == "none" else mode
             try:
-                row = bench_training(rollout, device, a.latent, a.blocks, a.grid, max(a.warmup, 2 if cm is None else 4),
-                                     a.train_steps, compile_mode=cm)
+                row = bench_training(
+                    rollout,
+                    device,
+                    a.latent,
+                    a.blocks,
+                    a.grid,
+                    max(a.warmup, 2 if cm is None else 4),
+                    a.train_steps,
+                    compile_mode=cm,
+                )
             except Exception as exc:  # a compile failure must not cost the other rows
                 row = {"compile_mode": cm, "rollout_length": rollout, "error": f"{type(exc).__name__}: {exc}"[:400]}
             print(json.dumps(row), flush=True)
             training.append(row)
-    result = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-              else platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-              "torch": torch.__version__, "latent": a.latent, "blocks": a.blocks, "results": rows,
-              "training": training}
+    result = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "latent": a.latent,
+        "blocks": a.blocks,
+        "results": rows,
+        "training": training,
+    }
     out = Path(a.out) if a.out else RESULTS / f"dynamics_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -63,9 +63,17 @@ def bench(backend: str, n: int, size: int, device: torch.device, repeats: int, a
         if i > 0:  # first call warms up (gsplat JIT-compiles on its first use)
             times.append(time.perf_counter() - t)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"backend": backend, "antialiased": antialiased, "gaussians": n, "size": size, "views": 4,
-            "median_ms": 1e3 * statistics.median(times),
-            "min_ms": 1e3 * min(times), "repeats": repeats, "peak_mib": peak}
+    return {
+        "backend": backend,
+        "antialiased": antialiased,
+        "gaussians": n,
+        "size": size,
+        "views": 4,
+        "median_ms": 1e3 * statistics.median(times),
+        "min_ms": 1e3 * min(times),
+        "repeats": repeats,
+        "peak_mib": peak,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,10 +83,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--antialiased", action="store_true",
-                    help="also time every size with antialiased=True (the SMGS default), next to classic")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads on the CPU (2 on a busy 2-core box: 10x slower)")
+    ap.add_argument(
+        "--antialiased",
+        action="store_true",
+        help="also time every size with antialiased=True (the SMGS default), next to classic",
+    )
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads on the CPU (2 on a busy 2-core box: 10x slower)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -100,10 +112,16 @@ def main(argv: list[str] | None = None) -> None:
                     row = {"backend": backend, "gaussians": n, "size": size, "error": "out of memory"}
                 rows.append(row)
                 timing = f"{row['median_ms']:9.1f} ms" if "median_ms" in row else row["error"]
-                print(f"{backend:7s} N={n:>7d} {size:>4d}px {'antialiased' if aa else 'classic':11s} {timing}",
-                      flush=True)
-    meta = {"device": args.device, "machine": torch.cuda.get_device_name(0) if device.type == "cuda" else
-            f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "torch": torch.__version__}
+                print(
+                    f"{backend:7s} N={n:>7d} {size:>4d}px {'antialiased' if aa else 'classic':11s} {timing}", flush=True
+                )
+    meta = {
+        "device": args.device,
+        "machine": torch.cuda.get_device_name(0)
+        if device.type == "cuda"
+        else f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+    }
     suffix = f"cpu_{args.threads}threads" if device.type == "cpu" else args.device
     out = Path(args.out) if args.out else RESULTS / f"render_{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,16 +30,28 @@ from clods_pl.stages.recovery_metrics import flag_size
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def bench(dataset: str, stage1: str, backend: str, device: torch.device, trajectories: int, frames: int,
-          iterations: int, holdout: list[int], profile: Path | None = None) -> dict:
+def bench(
+    dataset: str,
+    stage1: str,
+    backend: str,
+    device: torch.device,
+    trajectories: int,
+    frames: int,
+    iterations: int,
+    holdout: list[int],
+    profile: Path | None = None,
+) -> dict:
     ds = read_dataset(dataset)
     names = [n for split in sorted(ds.info.splits, key=lambda s: s != "train") for n in ds.names(split)][:trajectories]
     renderer, h = load_stage1(stage1, device)
-    config = RecoveryConfig(iterations=iterations, plateau_patience=iterations + 1, min_iterations=iterations,
-                            backend=backend)
+    config = RecoveryConfig(
+        iterations=iterations, plateau_patience=iterations + 1, min_iterations=iterations, backend=backend
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        jobs = [open_job(n, ds.trajectory(n), Path(tmp) / f"{n}.npz", h, holdout, f"1:{frames + 1}", True,
-                         config=config) for n in names]
+        jobs = [
+            open_job(n, ds.trajectory(n), Path(tmp) / f"{n}.npz", h, holdout, f"1:{frames + 1}", True, config=config)
+            for n in names
+        ]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
@@ -49,10 +61,13 @@ def bench(dataset: str, stage1: str, backend: str, device: torch.device, traject
         wall = time.perf_counter() - t0
         if profile is not None:  # one more frame of 10 iterations under the profiler: where the time goes
             cfg = RecoveryConfig(iterations=10, plateau_patience=11, min_iterations=10, backend=backend)
-            jobs2 = [open_job(n, ds.trajectory(n), Path(tmp) / f"p_{n}.npz", h, holdout, "1:2", True, config=cfg)
-                     for n in names]
-            acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
-                                                            if device.type == "cuda" else [])
+            jobs2 = [
+                open_job(n, ds.trajectory(n), Path(tmp) / f"p_{n}.npz", h, holdout, "1:2", True, config=cfg)
+                for n in names
+            ]
+            acts = [torch.profiler.ProfilerActivity.CPU] + (
+                [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []
+            )
             with torch.profiler.profile(activities=acts) as prof:
                 recover_batch(jobs2, renderer, cfg, device)
             table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=50)
@@ -63,14 +78,22 @@ def bench(dataset: str, stage1: str, backend: str, device: torch.device, traject
         for job in jobs:
             rmse = job.cache.gt_metrics.get("rmse")
             if rmse is not None:
-                errs.append(float(np.mean(rmse[1: frames + 1])) / flag_size(np.asarray(job.traj.mesh_pos)))
+                errs.append(float(np.mean(rmse[1 : frames + 1])) / flag_size(np.asarray(job.traj.mesh_pos)))
     traj0 = ds.trajectory(names[0])
     n_frames = frames * len(names)
-    return {"backend": backend, "device": str(device), "trajectories": len(names), "frames_each": frames,
-            "iterations": iterations, "vertices": int(np.asarray(traj0.verts0).shape[0]),
-            "views": len(traj0.cameras) - len(holdout), "wall_s": wall, "s_per_frame": wall / n_frames,
-            "ms_per_iteration": 1e3 * wall / (frames * iterations),
-            "mean_rel_error": float(np.mean(errs)) if errs else None}
+    return {
+        "backend": backend,
+        "device": str(device),
+        "trajectories": len(names),
+        "frames_each": frames,
+        "iterations": iterations,
+        "vertices": int(np.asarray(traj0.verts0).shape[0]),
+        "views": len(traj0.cameras) - len(holdout),
+        "wall_s": wall,
+        "s_per_frame": wall / n_frames,
+        "ms_per_iteration": 1e3 * wall / (frames * iterations),
+        "mean_rel_error": float(np.mean(errs)) if errs else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -96,8 +119,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row = {"backend": backend, "unavailable": str(exc)}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    meta = {"machine": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "dataset": a.dataset}
+    meta = {
+        "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "dataset": a.dataset,
+    }
     out = Path(a.out) if a.out else RESULTS / f"stage2_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({**meta, "results": rows}, indent=2) + "\n")

@@ -26,22 +26,50 @@ from clods_pl.render.types import composite
 from clods_pl.smgs.io import load_smgs
 from clods_pl.stages.run_dir import STAGE1_CKPT
 
-OLD = ["--stage1.model.antialiased", "false", "--stage1.model.gaussians_per_face", "4",
-       "--stage1.model.init_log_scale", "0.0", "--stage1.model.coverage_scale", "null",
-       "--stage1.model.lr_scale", "0.01", "--stage1.model.backend", "torch"]
+OLD = [
+    "--stage1.model.antialiased",
+    "false",
+    "--stage1.model.gaussians_per_face",
+    "4",
+    "--stage1.model.init_log_scale",
+    "0.0",
+    "--stage1.model.coverage_scale",
+    "null",
+    "--stage1.model.lr_scale",
+    "0.01",
+    "--stage1.model.backend",
+    "torch",
+]
 VARIANTS = {
     "old preset (classic 3DGS, 4 per face)": OLD,
     "old preset, 12 epochs": OLD + ["--stage1.trainer.max_epochs", "12"],
     "+ antialiased": OLD + ["--stage1.model.antialiased", "true"],
-    "+ antialiased, 16 per face": OLD + ["--stage1.model.antialiased", "true",
-                                         "--stage1.model.gaussians_per_face", "16"],
-    "+ antialiased, 16 per face, small fixed scales (one pass)": OLD + [
-        "--stage1.model.antialiased", "true", "--stage1.model.gaussians_per_face", "16",
-        "--stage1.model.init_log_scale", "-0.5", "--stage1.model.lr_scale", "0.0"],
-    "+ antialiased, 16 per face, small fixed scales, coverage pass x2": OLD + [
-        "--stage1.model.antialiased", "true", "--stage1.model.gaussians_per_face", "16",
-        "--stage1.model.init_log_scale", "-0.5", "--stage1.model.lr_scale", "0.0",
-        "--stage1.model.coverage_scale", "2.0"],
+    "+ antialiased, 16 per face": OLD
+    + ["--stage1.model.antialiased", "true", "--stage1.model.gaussians_per_face", "16"],
+    "+ antialiased, 16 per face, small fixed scales (one pass)": OLD
+    + [
+        "--stage1.model.antialiased",
+        "true",
+        "--stage1.model.gaussians_per_face",
+        "16",
+        "--stage1.model.init_log_scale",
+        "-0.5",
+        "--stage1.model.lr_scale",
+        "0.0",
+    ],
+    "+ antialiased, 16 per face, small fixed scales, coverage pass x2": OLD
+    + [
+        "--stage1.model.antialiased",
+        "true",
+        "--stage1.model.gaussians_per_face",
+        "16",
+        "--stage1.model.init_log_scale",
+        "-0.5",
+        "--stage1.model.lr_scale",
+        "0.0",
+        "--stage1.model.coverage_scale",
+        "2.0",
+    ],
     "current preset (scales learned, lr 0.005; cpu backend)": [],
 }
 
@@ -76,19 +104,39 @@ def main(argv: list[str] | None = None) -> int:
         for i, (label, overrides) in enumerate(VARIANTS.items()):
             run = Path(tmp) / f"v{i}"
             t0 = time.perf_counter()
-            code = cli(["stage1", "--config", "experiments/flag_tiny.yaml", "--dataset", args.dataset, "--run_dir",
-                        str(run), "--threads", "1", "--stage1.data.holdout_views", f"[{args.view}]", *overrides])
+            code = cli(
+                [
+                    "stage1",
+                    "--config",
+                    "experiments/flag_tiny.yaml",
+                    "--dataset",
+                    args.dataset,
+                    "--run_dir",
+                    str(run),
+                    "--threads",
+                    "1",
+                    "--stage1.data.holdout_views",
+                    f"[{args.view}]",
+                    *overrides,
+                ]
+            )
             if code != 0:
                 print(f"[bench] {label}: stage1 failed ({code})")
                 return 1
             results[label] = held_out_metrics(run, args.dataset, args.view) | {
-                "seconds": time.perf_counter() - t0, "overrides": overrides}
+                "seconds": time.perf_counter() - t0,
+                "overrides": overrides,
+            }
             r = results[label]
-            print(f"[bench] {label}: held-out PSNR {r['psnr']:.2f} dB (cloth pixels {r['psnr_cloth']:.2f} dB, "
-                  f"alpha there {r['alpha_cloth']:.3f}) in {r['seconds']:.0f} s", flush=True)
+            print(
+                f"[bench] {label}: held-out PSNR {r['psnr']:.2f} dB (cloth pixels {r['psnr_cloth']:.2f} dB, "
+                f"alpha there {r['alpha_cloth']:.3f}) in {r['seconds']:.0f} s",
+                flush=True,
+            )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"dataset": args.dataset, "held_out_view": args.view,
-                                          "variants": results}, indent=2))
+    Path(args.out).write_text(
+        json.dumps({"dataset": args.dataset, "held_out_view": args.view, "variants": results}, indent=2)
+    )
     print("| stage-1 setting | held-out PSNR (dB) | on cloth pixels (dB) | alpha on cloth | time (s) |")
     print("|---|---|---|---|---|")
     for label, r in results.items():

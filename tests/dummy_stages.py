@@ -29,8 +29,9 @@ class FitModule(L.LightningModule):
 
 
 class FitData(L.LightningDataModule):
-    def __init__(self, dataset_dir: str, width: int = 2, mesh_cache_dir: str | None = None,
-                 source: str = "recovered") -> None:
+    def __init__(
+        self, dataset_dir: str, width: int = 2, mesh_cache_dir: str | None = None, source: str = "recovered"
+    ) -> None:
         super().__init__()
         self.dataset_dir, self.width, self.mesh_cache_dir, self.source = dataset_dir, width, mesh_cache_dir, source
 
@@ -43,8 +44,9 @@ class FitData(L.LightningDataModule):
 
 
 class PredictModule(L.LightningModule):
-    def __init__(self, stage1_checkpoint: str, cache_dir: str, scale: float = 1.0,
-                 recompute_stale: bool = False) -> None:
+    def __init__(
+        self, stage1_checkpoint: str, cache_dir: str, scale: float = 1.0, recompute_stale: bool = False
+    ) -> None:
         super().__init__()
         self.stage1_checkpoint, self.cache_dir, self.scale = stage1_checkpoint, Path(cache_dir), scale
         self.recompute_stale = recompute_stale
@@ -58,9 +60,16 @@ class PredictModule(L.LightningModule):
         from clods_pl.stages.mesh_cache import MeshCache
 
         for name in batch:  # a real (3-frame, 4-vertex) cache, as stage 2 writes them
-            MeshCache(self.cache_dir / f"{name}.npz", np.full((3, 4, 3), self.scale, np.float32),
-                      np.array([[0, 1, 2]]), 3, np.zeros(3, np.float32), np.zeros(3, np.float32),
-                      np.zeros(3, np.int64), made_from).save()
+            MeshCache(
+                self.cache_dir / f"{name}.npz",
+                np.full((3, 4, 3), self.scale, np.float32),
+                np.array([[0, 1, 2]]),
+                3,
+                np.zeros(3, np.float32),
+                np.zeros(3, np.float32),
+                np.zeros(3, np.int64),
+                made_from,
+            ).save()
         return None
 
 
@@ -74,8 +83,9 @@ class PredictData(L.LightningDataModule):
         return DataLoader([i.name for i in self.items], batch_size=1, collate_fn=lambda b: b)
 
 
-def run_evaluation(dataset_dir: str, checkpoints: dict, out_dir: str, splits: list[str] = ["test"],
-                   videos: int = 0) -> dict:
+def run_evaluation(
+    dataset_dir: str, checkpoints: dict, out_dir: str, splits: list[str] = ["test"], videos: int = 0
+) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = {"methods": {k: {"checkpoint_exists": Path(v).is_file()} for k, v in checkpoints.items()}}

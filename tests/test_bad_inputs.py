@@ -21,8 +21,17 @@ from clods_pl.data.generate import GenerateConfig, generate_dataset
 from clods_pl.geometry import NodeType
 from clods_pl.pipeline.cli import main
 
-MINI = GenerateConfig(name="bad", splits={"train": 2, "test_viewed": 1, "test_unviewed": 1}, num_frames=5,
-                      num_views=3, resolution=24, grid=(5, 4), substeps=3, iterations=5, supersample=1)
+MINI = GenerateConfig(
+    name="bad",
+    splits={"train": 2, "test_viewed": 1, "test_unviewed": 1},
+    num_frames=5,
+    num_views=3,
+    resolution=24,
+    grid=(5, 4),
+    substeps=3,
+    iterations=5,
+    supersample=1,
+)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -92,33 +101,59 @@ def set_item(d: dict, key: str, value: object) -> None:
 
 # ----- dataset: every case fails in `pipeline`'s check before stage 1 trains -------------------------------------
 DATASET_CASES: dict[str, tuple[Callable[[dict], None], tuple[str, ...]]] = {
-    "dataset_json_is_a_list": (lambda c: (c["ds"] / "dataset.json").write_text("[1, 2]"),
-                               ("dataset.json", "must be a JSON object")),
+    "dataset_json_is_a_list": (
+        lambda c: (c["ds"] / "dataset.json").write_text("[1, 2]"),
+        ("dataset.json", "must be a JSON object"),
+    ),
     "dataset_json_not_utf8": (lambda c: (c["ds"] / "dataset.json").write_bytes(b"\xff\xfe{"), ("dataset.json",)),
     "dataset_json_invalid": (lambda c: (c["ds"] / "dataset.json").write_text("{oops"), ("dataset.json",)),
     "dataset_json_missing": (lambda c: (c["ds"] / "dataset.json").unlink(), ("dataset.json",)),
-    "unknown_format": (lambda c: edit_json(c["ds"] / "dataset.json", lambda d: set_item(d, "format", "other")),
-                       ("unknown format",)),
+    "unknown_format": (
+        lambda c: edit_json(c["ds"] / "dataset.json", lambda d: set_item(d, "format", "other")),
+        ("unknown format",),
+    ),
     "negative_dt": (lambda c: edit_json(c["ds"] / "dataset.json", lambda d: set_item(d, "dt", -1)), ("'dt'",)),
-    "splits_not_a_dict": (lambda c: edit_json(c["ds"] / "dataset.json", lambda d: set_item(d, "splits", [1])),
-                          ("'splits'",)),
-    "trajectory_in_two_splits": (lambda c: edit_json(c["ds"] / "dataset.json", lambda d: d["splits"].update(
-        test_viewed=["traj_0000"])), ("'traj_0000' is in splits",)),
+    "splits_not_a_dict": (
+        lambda c: edit_json(c["ds"] / "dataset.json", lambda d: set_item(d, "splits", [1])),
+        ("'splits'",),
+    ),
+    "trajectory_in_two_splits": (
+        lambda c: edit_json(c["ds"] / "dataset.json", lambda d: d["splits"].update(test_viewed=["traj_0000"])),
+        ("'traj_0000' is in splits",),
+    ),
     "listed_trajectory_missing": (lambda c: shutil.rmtree(traj(c, "traj_0001")), ("traj_0001", "missing")),
     "transforms_missing": (lambda c: (traj(c) / "transforms.json").unlink(), ("transforms.json",)),
-    "fl_x_not_a_number": (lambda c: edit_json(traj(c) / "transforms.json", lambda d: (
-        d["frames"][0].__setitem__("fl_x", "wide") if "fl_x" in d["frames"][0] else d.__setitem__("fl_x", "wide"))),
-                          ("transforms.json", "fl_x")),
-    "singular_transform_matrix": (lambda c: edit_json(traj(c) / "transforms.json", lambda d: d["frames"][1].__setitem__(
-        "transform_matrix", [[0.0] * 4] * 4)), ("transforms.json", "transform_matrix")),
-    "num_frames_disagrees": (lambda c: edit_json(traj(c) / "transforms.json", lambda d: set_item(d, "num_frames", 9)),
-                             ("transforms.json", "num_frames is 9 but every view holds 5")),
+    "fl_x_not_a_number": (
+        lambda c: edit_json(
+            traj(c) / "transforms.json",
+            lambda d: (
+                d["frames"][0].__setitem__("fl_x", "wide")
+                if "fl_x" in d["frames"][0]
+                else d.__setitem__("fl_x", "wide")
+            ),
+        ),
+        ("transforms.json", "fl_x"),
+    ),
+    "singular_transform_matrix": (
+        lambda c: edit_json(
+            traj(c) / "transforms.json", lambda d: d["frames"][1].__setitem__("transform_matrix", [[0.0] * 4] * 4)
+        ),
+        ("transforms.json", "transform_matrix"),
+    ),
+    "num_frames_disagrees": (
+        lambda c: edit_json(traj(c) / "transforms.json", lambda d: set_item(d, "num_frames", 9)),
+        ("transforms.json", "num_frames is 9 but every view holds 5"),
+    ),
     "view_folder_missing": (lambda c: shutil.rmtree(frame(c, 1).parent), ("view_01", "missing view folder")),
     "frame_count_mismatch": (lambda c: frame(c, 1, 4).unlink(), ("different frame counts",)),
-    "gap_in_numbering": (lambda c: [frame(c, v, 2).rename(frame(c, v, 7)) for v in range(3)],
-                         ("missing ['00002.png']", "unexpected ['00007.png']")),
-    "stray_dot_underscore_file": (lambda c: [shutil.copy(frame(c, v, 0), frame(c, v, 0).parent / "._00003.png")
-                                             for v in range(3)], ("._00003.png", "remove or rename")),
+    "gap_in_numbering": (
+        lambda c: [frame(c, v, 2).rename(frame(c, v, 7)) for v in range(3)],
+        ("missing ['00002.png']", "unexpected ['00007.png']"),
+    ),
+    "stray_dot_underscore_file": (
+        lambda c: [shutil.copy(frame(c, v, 0), frame(c, v, 0).parent / "._00003.png") for v in range(3)],
+        ("._00003.png", "remove or rename"),
+    ),
     "rgb_middle_frame": (lambda c: Image.open(frame(c)).convert("RGB").save(frame(c)), ("00002.png", "needs RGBA")),
     "truncated_png": (lambda c: frame(c).write_bytes(frame(c).read_bytes()[:200]), ("00002.png", "truncated")),
     "not_a_png": (lambda c: frame(c).write_text("hello"), ("00002.png", "not a PNG")),
@@ -127,29 +162,52 @@ DATASET_CASES: dict[str, tuple[Callable[[dict], None], tuple[str, ...]]] = {
     "mesh_missing": (lambda c: (traj(c) / "mesh.npz").unlink(), ("mesh.npz", "missing")),
     "mesh_lacks_faces": (lambda c: edit_npz(traj(c) / "mesh.npz", lambda d: d.pop("faces")), ("mesh.npz", "'faces'")),
     "mesh_not_an_npz": (lambda c: (traj(c) / "mesh.npz").write_text("garbage"), ("mesh.npz", "unreadable")),
-    "negative_face_index": (lambda c: edit_npz(traj(c) / "mesh.npz", lambda d: d["faces"].__setitem__((0, 0), -3)),
-                            ("mesh.npz", "negative vertex index -3")),
-    "face_index_past_v": (lambda c: edit_npz(traj(c) / "mesh.npz", lambda d: d["faces"].__setitem__((0, 0), 999)),
-                          ("mesh.npz", "999")),
-    "verts0_nan": (lambda c: edit_npz(traj(c) / "mesh.npz", lambda d: d["verts0"].__setitem__((1, 1), np.nan)),
-                   ("mesh.npz", "verts0")),
-    "mesh_pos_wrong_shape": (lambda c: edit_npz(traj(c) / "mesh.npz",
-                                                lambda d: set_item(d, "mesh_pos", d["mesh_pos"][:3])),
-                             ("mesh.npz", "mesh_pos")),
-    "node_type_out_of_range": (lambda c: edit_npz(traj(c) / "mesh.npz", lambda d: d["node_type"].__setitem__(0, 17)),
-                               ("mesh.npz", "node_type")),
-    "every_node_a_handle": (lambda c: edit_npz(traj(c) / "mesh.npz", lambda d: (
-        d["node_type"].fill(int(NodeType.HANDLE)), d.pop("handle_pos", None))), ("mesh.npz", "no NORMAL")),
-    "handle_pos_wrong_shape": (lambda c: edit_npz(traj(c) / "mesh.npz", lambda d: set_item(
-        d, "handle_pos", d["handle_pos"][:2])), ("mesh.npz", "handle_pos")),
-    "gt_wrong_frame_count": (lambda c: edit_npz(traj(c) / "gt.npz", lambda d: set_item(d, "verts", d["verts"][:3])),
-                             ("gt.npz", "has 3 frames but the images have 5")),
-    "gt_inf": (lambda c: edit_npz(traj(c) / "gt.npz", lambda d: d["verts"].__setitem__((2, 0, 0), np.inf)),
-               ("gt.npz", "NaN/inf")),
-    "gt_missing_for_a_test_trajectory": (lambda c: (traj(c, "traj_0003") / "gt.npz").unlink(),
-                                         ("traj_0003/gt.npz is missing", "eval.splits")),
-    "gt_missing_for_the_gt_source": (lambda c: (traj(c, "traj_0001") / "gt.npz").unlink(),
-                                     ("traj_0001/gt.npz is missing", "stage3 source 'gt'")),
+    "negative_face_index": (
+        lambda c: edit_npz(traj(c) / "mesh.npz", lambda d: d["faces"].__setitem__((0, 0), -3)),
+        ("mesh.npz", "negative vertex index -3"),
+    ),
+    "face_index_past_v": (
+        lambda c: edit_npz(traj(c) / "mesh.npz", lambda d: d["faces"].__setitem__((0, 0), 999)),
+        ("mesh.npz", "999"),
+    ),
+    "verts0_nan": (
+        lambda c: edit_npz(traj(c) / "mesh.npz", lambda d: d["verts0"].__setitem__((1, 1), np.nan)),
+        ("mesh.npz", "verts0"),
+    ),
+    "mesh_pos_wrong_shape": (
+        lambda c: edit_npz(traj(c) / "mesh.npz", lambda d: set_item(d, "mesh_pos", d["mesh_pos"][:3])),
+        ("mesh.npz", "mesh_pos"),
+    ),
+    "node_type_out_of_range": (
+        lambda c: edit_npz(traj(c) / "mesh.npz", lambda d: d["node_type"].__setitem__(0, 17)),
+        ("mesh.npz", "node_type"),
+    ),
+    "every_node_a_handle": (
+        lambda c: edit_npz(
+            traj(c) / "mesh.npz", lambda d: (d["node_type"].fill(int(NodeType.HANDLE)), d.pop("handle_pos", None))
+        ),
+        ("mesh.npz", "no NORMAL"),
+    ),
+    "handle_pos_wrong_shape": (
+        lambda c: edit_npz(traj(c) / "mesh.npz", lambda d: set_item(d, "handle_pos", d["handle_pos"][:2])),
+        ("mesh.npz", "handle_pos"),
+    ),
+    "gt_wrong_frame_count": (
+        lambda c: edit_npz(traj(c) / "gt.npz", lambda d: set_item(d, "verts", d["verts"][:3])),
+        ("gt.npz", "has 3 frames but the images have 5"),
+    ),
+    "gt_inf": (
+        lambda c: edit_npz(traj(c) / "gt.npz", lambda d: d["verts"].__setitem__((2, 0, 0), np.inf)),
+        ("gt.npz", "NaN/inf"),
+    ),
+    "gt_missing_for_a_test_trajectory": (
+        lambda c: (traj(c, "traj_0003") / "gt.npz").unlink(),
+        ("traj_0003/gt.npz is missing", "eval.splits"),
+    ),
+    "gt_missing_for_the_gt_source": (
+        lambda c: (traj(c, "traj_0001") / "gt.npz").unlink(),
+        ("traj_0001/gt.npz is missing", "stage3 source 'gt'"),
+    ),
 }
 
 
@@ -169,8 +227,9 @@ def test_two_frame_test_trajectory(case: dict, capsys: pytest.CaptureFixture) ->
     edit_npz(t / "gt.npz", lambda d: set_item(d, "verts", d["verts"][:2]))
     edit_npz(t / "mesh.npz", lambda d: set_item(d, "handle_pos", d["handle_pos"][:2]))
     edit_json(t / "transforms.json", lambda d: set_item(d, "num_frames", 2))
-    expect_clear_error(["pipeline", "--config", case["cfg"], "--run_dir", str(case["run"])], capsys,
-                       "traj_0002: 2 frame(s)", ">= 3")
+    expect_clear_error(
+        ["pipeline", "--config", case["cfg"], "--run_dir", str(case["run"])], capsys, "traj_0002: 2 frame(s)", ">= 3"
+    )
 
 
 # ----- settings: refused when the command starts, naming the setting ---------------------------------------------
@@ -185,28 +244,38 @@ SETTING_CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "unknown_opacity_mode": (["stage1", "--stage1.model.opacity_mode", "foggy"], ("opacity_mode",)),
     "holdout_every_view": (["stage1", "--stage1.data.holdout_views", "[0, 1, 2]"], ("holdout_views",)),
     "holdout_view_out_of_range": (["stage1", "--stage1.data.holdout_views", "[7]"], ("holdout_views",)),
-    "rollout_length_zero": (["stage3", "--stage3.model.rollout_length", "0", "--stage3.data.rollout_length", "0"],
-                            ("rollout_length",)),
-    "windows_shorter_than_rollout": (["stage3", "--stage3.model.rollout_length", "8", "--stage3.data.rollout_length",
-                                      "4"], ("stage3.data.rollout_length >= 8",)),
+    "rollout_length_zero": (
+        ["stage3", "--stage3.model.rollout_length", "0", "--stage3.data.rollout_length", "0"],
+        ("rollout_length",),
+    ),
+    "windows_shorter_than_rollout": (
+        ["stage3", "--stage3.model.rollout_length", "8", "--stage3.data.rollout_length", "4"],
+        ("stage3.data.rollout_length >= 8",),
+    ),
     "stage3_batch_size_zero": (["stage3", "--stage3.data.batch_size", "0"], ("batch_size",)),
     "stage3_unknown_source": (["stage3", "--stage3.sources", "[simulated]"], ("simulated",)),
     "stage3_compile_mode": (["stage3", "--stage3.model.compile_mode", "turbo"], ("compile_mode",)),
     "stage2_negative_lr": (["stage2", "--stage2.model.lr", "-1"], ("lr",)),
     "stage2_batch_size_zero": (["stage2", "--stage2.data.batch_size", "0"], ("batch_size",)),
     "unknown_key": (["stage1", "--stage1.model.opacity_mod", "dual"], ("opacity_mod",)),
-    "gpu_accelerator_without_cuda": (["stage1", "--stage1.trainer.accelerator", "gpu"],
-                                     ("stage1.trainer.accelerator",)),
+    "gpu_accelerator_without_cuda": (
+        ["stage1", "--stage1.trainer.accelerator", "gpu"],
+        ("stage1.trainer.accelerator",),
+    ),
     "eval_on_cuda_without_cuda": (["eval", "--eval.device", "cuda"], ("eval.device",)),
     "gsplat_on_cpu": (["stage1", "--stage1.model.backend", "gsplat"], ("stage1.model.backend=gsplat",)),
     "dataset_folder_missing": (["stage1", "--dataset", "/nonexistent/ds"], ("/nonexistent/ds",)),
     "config_file_missing": (["stage1", "--config", "/nonexistent/x.yaml"], ("x.yaml",)),
     "coverage_scale_zero": (["stage1", "--stage1.model.coverage_scale", "0"], ("stage1.model.coverage_scale",)),
-    "stage2_dynamics_init_without_model": (["stage2", "--stage2.model.init", "dynamics"],
-                                           ("model.dynamics_checkpoint",)),
+    "stage2_dynamics_init_without_model": (
+        ["stage2", "--stage2.model.init", "dynamics"],
+        ("model.dynamics_checkpoint",),
+    ),
     "stage2_unknown_init": (["stage2", "--stage2.model.init", "guess"], ("model.init='guess'",)),
-    "novel_views_unknown_ablation": (["eval", "--eval.novel_views.ablations", "[foggy]"],
-                                     ("eval.novel_views.ablations",)),
+    "novel_views_unknown_ablation": (
+        ["eval", "--eval.novel_views.ablations", "[foggy]"],
+        ("eval.novel_views.ablations",),
+    ),
     "refine_unknown_init": (["refine", "--refine.init", "guess"], ("refine.init='guess'",)),
     "refine_negative_prior": (["refine", "--refine.prior_weight", "-1"], ("refine.prior_weight",)),
 }
@@ -223,8 +292,9 @@ def test_bad_setting(name: str, case: dict, capsys: pytest.CaptureFixture) -> No
 # ----- run directory --------------------------------------------------------------------------------------------
 def test_run_dir_is_a_file(case: dict, capsys: pytest.CaptureFixture) -> None:
     case["run"].write_text("not a folder")
-    expect_clear_error(["stage1", "--config", case["cfg"], "--run_dir", str(case["run"])], capsys,
-                       str(case["run"]), "not a directory")
+    expect_clear_error(
+        ["stage1", "--config", case["cfg"], "--run_dir", str(case["run"])], capsys, str(case["run"]), "not a directory"
+    )
 
 
 def test_run_dir_cannot_be_created(case: dict, capsys: pytest.CaptureFixture) -> None:
@@ -235,15 +305,17 @@ def test_run_dir_cannot_be_created(case: dict, capsys: pytest.CaptureFixture) ->
 def test_manifest_stage_record_not_an_object(case: dict, capsys: pytest.CaptureFixture) -> None:
     case["run"].mkdir()
     (case["run"] / "manifest.json").write_text(json.dumps({"version": 1, "stages": {"stage1": "done"}}))
-    expect_clear_error(["pipeline", "--config", case["cfg"], "--run_dir", str(case["run"])], capsys,
-                       "manifest.json", "stage1")
+    expect_clear_error(
+        ["pipeline", "--config", case["cfg"], "--run_dir", str(case["run"])], capsys, "manifest.json", "stage1"
+    )
 
 
 def test_manifest_corrupt(case: dict, capsys: pytest.CaptureFixture) -> None:
     case["run"].mkdir()
     (case["run"] / "manifest.json").write_text("{half")
-    expect_clear_error(["pipeline", "--config", case["cfg"], "--run_dir", str(case["run"])], capsys,
-                       "manifest.json", "corrupt")
+    expect_clear_error(
+        ["pipeline", "--config", case["cfg"], "--run_dir", str(case["run"])], capsys, "manifest.json", "corrupt"
+    )
 
 
 def test_recover_unknown_trajectory(case: dict, capsys: pytest.CaptureFixture) -> None:

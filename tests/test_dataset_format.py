@@ -28,9 +28,19 @@ def _write(root: Path, name: str = "traj_000", gt: bool = True, handles: bool = 
     gt_verts = verts0.expand(T, V, 3) + torch.arange(T).view(T, 1, 1) * 0.01
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(T, C, S, S, 4), dtype=np.uint8)
-    write_trajectory(root, name, ring_cameras(C, 2.0, width=S, height=S), frames, faces, mesh_pos, node_type,
-                     verts0, gt_verts=gt_verts if gt else None,
-                     handle_pos=gt_verts[:, [0, 3, 6]] if handles else None, physics={"wind": 1.0})
+    write_trajectory(
+        root,
+        name,
+        ring_cameras(C, 2.0, width=S, height=S),
+        frames,
+        faces,
+        mesh_pos,
+        node_type,
+        verts0,
+        gt_verts=gt_verts if gt else None,
+        handle_pos=gt_verts[:, [0, 3, 6]] if handles else None,
+        physics={"wind": 1.0},
+    )
 
 
 @pytest.fixture
@@ -210,8 +220,9 @@ def test_no_normal_node_is_refused(tmp_path: Path) -> None:
 
 
 def test_trajectory_in_two_splits_is_refused(ds_root: Path) -> None:
-    write_dataset_info(ds_root, DatasetInfo(name="t", dt=0.02, splits={"train": ["traj_000"],
-                                                                     "test_viewed": ["traj_000"]}))
+    write_dataset_info(
+        ds_root, DatasetInfo(name="t", dt=0.02, splits={"train": ["traj_000"], "test_viewed": ["traj_000"]})
+    )
     _expect(ds_root, "trajectory 'traj_000' is in splits '(train|test_viewed)' and '(train|test_viewed)'")
 
 

@@ -29,6 +29,6 @@ def test_update_all_sum_matches_index_add_with_gradients():
     ref = torch.zeros(20, 5, dtype=torch.float64).index_add_(0, dst, x[src] * w)
     assert torch.equal(out, ref)
 
-    (gx,) = torch.autograd.grad((out ** 2).sum(), x)
-    (rx,) = torch.autograd.grad((ref ** 2).sum(), x)
+    (gx,) = torch.autograd.grad((out**2).sum(), x)
+    (rx,) = torch.autograd.grad((ref**2).sum(), x)
     assert torch.allclose(gx, rx, atol=1e-12)

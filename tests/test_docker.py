@@ -14,8 +14,19 @@ DOCKERFILE = REPO / "docker" / "Dockerfile"
 APPTAINER = REPO / "docker" / "clods-pl.def"
 ENV_FILE = REPO / "environment.yml"
 CONDA_REQUIRED = ("python", "pytorch", "pytorch-cuda", "pytorch3d")
-PIP_REQUIRED = ("gsplat", "dgl", "lightning", "jsonargparse", "torchmetrics", "wandb", "pandas", "imageio",
-                "matplotlib", "tqdm", "filelock")
+PIP_REQUIRED = (
+    "gsplat",
+    "dgl",
+    "lightning",
+    "jsonargparse",
+    "torchmetrics",
+    "wandb",
+    "pandas",
+    "imageio",
+    "matplotlib",
+    "tqdm",
+    "filelock",
+)
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)(\[[^\]]+\])?==?([0-9][0-9A-Za-z.\-+]*)$")
 
 
@@ -102,8 +113,25 @@ def test_environment_yml() -> None:
     assert any("jsonargparse[signatures]" in s for s in pip)
 
 
-@pytest.mark.parametrize("name", ["torch", "lightning", "jsonargparse", "torchmetrics", "wandb", "dgl", "pandas",
-                                  "numpy", "pillow", "imageio", "pyyaml", "tqdm", "matplotlib", "filelock"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "torch",
+        "lightning",
+        "jsonargparse",
+        "torchmetrics",
+        "wandb",
+        "dgl",
+        "pandas",
+        "numpy",
+        "pillow",
+        "imageio",
+        "pyyaml",
+        "tqdm",
+        "matplotlib",
+        "filelock",
+    ],
+)
 def test_environment_covers_install_requires(name: str) -> None:
     """Every runtime dependency in setup.cfg is in environment.yml (conda or pip section)."""
     text = ENV_FILE.read_text().lower()

@@ -40,7 +40,7 @@ def test_edge_and_node_features_by_hand():
     assert ef.shape == (10, 7)
     k = [i for i, (s, r) in enumerate(zip(g.senders.tolist(), g.receivers.tolist())) if (s, r) == (3, 1)][0]
     # x3 - x1 = (0, 1, 2), |.| = sqrt(5); u3 - u1 = (0, 1), |.| = 1
-    expected = torch.tensor([0.0, 1.0, 2.0, 5 ** 0.5, 0.0, 1.0, 1.0])
+    expected = torch.tensor([0.0, 1.0, 2.0, 5**0.5, 0.0, 1.0, 1.0])
     assert torch.allclose(ef[k], expected)
     x_prev = WORLD - torch.tensor([0.1, 0.0, -0.2])
     nt = torch.tensor([3, 0, 0, 0])
@@ -55,7 +55,7 @@ def test_batch_graphs_offsets_match_dgl_batch():
     g1, g2 = graph_from_faces(FACES, 4), graph_from_faces(grid_mesh(3, 2)[1], 6)
     b = batch_graphs([g1, g2])
     assert b.num_nodes == 10 and b.batch_num_nodes == (4, 6)
-    assert torch.equal(b.senders[g1.num_edges:], g2.senders + 4)
+    assert torch.equal(b.senders[g1.num_edges :], g2.senders + 4)
     ref = dgl.batch([dgl.graph((g.senders, g.receivers), num_nodes=g.num_nodes) for g in (g1, g2)])
     ours = DGLMessagePassing().dgl_graph(b)
     assert torch.equal(torch.stack(ours.edges()), torch.stack(ref.edges()))
@@ -107,7 +107,7 @@ def test_dgl_and_native_agree_on_outputs_and_gradients():
     for m in (native, dgl_model):
         xr = x1.clone().requires_grad_(True)
         roll = m.rollout(x0, xr, 3, mp, nt, g)
-        loss = (roll ** 2).sum()
+        loss = (roll**2).sum()
         params = list(m.parameters())
         gr = torch.autograd.grad(loss, params + [xr])
         outs.append(roll.detach())
@@ -194,7 +194,7 @@ def test_compiled_core_matches_eager_outputs_and_gradients():
     def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
         model.zero_grad(set_to_none=True)
         out = model.rollout(x0, x1, 3, mesh_pos, node_type, graph)
-        (out ** 2).sum().backward()
+        (out**2).sum().backward()
         return out.detach(), [p.grad.clone() for p in model.parameters()]
 
     eager_out, eager_grads = run()

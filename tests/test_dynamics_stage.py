@@ -27,8 +27,16 @@ def _write_cache(folder, name, verts, frames_done):
     T = verts.shape[0]
     verts = np.array(verts, dtype=np.float32)
     verts[frames_done:] = np.nan
-    MeshCache(folder / f"{name}.npz", verts, np.zeros((1, 3), np.int64), frames_done, np.zeros(T, np.float32),
-              np.zeros(T, np.float32), np.zeros(T, np.int64), "h").save()
+    MeshCache(
+        folder / f"{name}.npz",
+        verts,
+        np.zeros((1, 3), np.int64),
+        frames_done,
+        np.zeros(T, np.float32),
+        np.zeros(T, np.float32),
+        np.zeros(T, np.int64),
+        "h",
+    ).save()
 
 
 def test_sources_gt_n_mixed_and_recovered(tmp_path):
@@ -80,8 +88,16 @@ class _DM(DynamicsDataModule):
 
 
 def _module(**kw):
-    args = dict(latent=16, blocks=2, rollout_length=3, noise_std=0.0, normalizer_steps=3, lr=3e-3, lr_min=1e-5,
-                lr_decay_steps=1e4)
+    args = dict(
+        latent=16,
+        blocks=2,
+        rollout_length=3,
+        noise_std=0.0,
+        normalizer_steps=3,
+        lr=3e-3,
+        lr_min=1e-5,
+        lr_decay_steps=1e4,
+    )
     args.update(kw)
     return DynamicsModule(**args)
 
@@ -97,8 +113,15 @@ def test_short_training_lowers_rollout_loss_and_checkpoint_reloads(tmp_path):
     ds = wave_dataset(train=3, frames=12)
     dm = _DM(ds, rollout_length=3, windows_per_epoch=40, batch_size=2, val_split="test_viewed")
     module = _module()
-    trainer = L.Trainer(max_epochs=6, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=6,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     dm.setup()
     batch = collate_windows([FixedWindows(dm.train, 5)[i] for i in range(len(FixedWindows(dm.train, 5)))])
     # statistics come from the first normalizer_steps steps only
@@ -107,8 +130,7 @@ def test_short_training_lowers_rollout_loss_and_checkpoint_reloads(tmp_path):
     assert acc == 3 and int(module.train_steps) == 120
     after = _val_loss(module, batch)
     fresh = _module()
-    fresh.model.load_state_dict({k: v for k, v in module.model.state_dict().items() if "normalizer" in k},
-                                strict=False)
+    fresh.model.load_state_dict({k: v for k, v in module.model.state_dict().items() if "normalizer" in k}, strict=False)
     before = _val_loss(fresh, batch)  # same normalizers, untrained weights
     assert after < 0.5 * before, (before, after)
     assert "val/rollout_rmse_normal" in trainer.callback_metrics
@@ -120,8 +142,9 @@ def test_short_training_lowers_rollout_loss_and_checkpoint_reloads(tmp_path):
     t = dm.train[0]
     args = (t.verts[0], t.verts[1], 8, t.mesh_pos, t.node_type, t.graph)
     with torch.no_grad():
-        assert torch.equal(model.rollout(*args, prescribed=t.verts[2:10]),
-                           module.model.eval().rollout(*args, prescribed=t.verts[2:10]))
+        assert torch.equal(
+            model.rollout(*args, prescribed=t.verts[2:10]), module.model.eval().rollout(*args, prescribed=t.verts[2:10])
+        )
     with pytest.raises(DatasetError, match="missing"):
         load_dynamics_model(tmp_path / "none.ckpt")
 
@@ -132,8 +155,14 @@ def test_data_rollout_length_follows_the_model_unless_set():
     dm = _DM(ds, windows_per_epoch=2, batch_size=1)
     with pytest.raises(ClodsError, match="data.rollout_length"):
         _ = dm.window  # no model attached: nothing to follow
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(_module(rollout_length=4, normalizer_steps=0), datamodule=dm)
     assert dm.window == 6
     batch = next(iter(dm.train_dataloader()))
@@ -170,9 +199,22 @@ def test_experiment_stage3_section_runs_under_plain_lightning_cli(name, tmp_path
     section.setdefault("trainer", {}).update(accelerator="cpu", devices=1)  # the paper preset asks for GPUs
     cfg = tmp_path / "stage3.yaml"
     cfg.write_text(yaml.safe_dump(section))
-    cli = LightningCLI(DynamicsModule, DynamicsDataModule, run=False, save_config_callback=None,
-                       args=["--config", str(cfg), "--data.dataset_dir", str(tmp_path),
-                             "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"])
+    cli = LightningCLI(
+        DynamicsModule,
+        DynamicsDataModule,
+        run=False,
+        save_config_callback=None,
+        args=[
+            "--config",
+            str(cfg),
+            "--data.dataset_dir",
+            str(tmp_path),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger",
+            "false",
+        ],
+    )
     assert cli.datamodule.rollout_length is None  # one setting: the windows follow model.rollout_length
     assert cli.model.model.message_passing == cli.model.hparams.message_passing in ("native", "dgl")
 
@@ -187,8 +229,15 @@ def test_normalizer_steps_leave_weights_unchanged_and_return_a_loss(tmp_path):
     dm.setup()
     loss = module.training_step(next(iter(dm.train_dataloader())), 0)
     assert loss.requires_grad and float(loss) == 0.0
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=dm)  # 2 batches: both within the 4 normalizer steps
     assert module.model.node_normalizer.num_accumulations.item() == 3
     w1 = {k: v for k, v in module.model.state_dict().items() if "normalizer" not in k}

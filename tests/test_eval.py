@@ -24,8 +24,10 @@ def _offset_predictor(x0, x1, steps, mesh_pos, node_type, graph, prescribed):
 
 
 def test_rmse_split_into_viewed_unviewed_and_interp_extrap_by_hand():
-    ds = InMemoryDataset({"v": flag_wave_trajectory(frames=10), "u": flag_wave_trajectory(frames=14, phase=1.0)},
-                         {"test_viewed": ["v"], "test_unviewed": ["u"]})
+    ds = InMemoryDataset(
+        {"v": flag_wave_trajectory(frames=10), "u": flag_wave_trajectory(frames=14, phase=1.0)},
+        {"test_viewed": ["v"], "test_unviewed": ["u"]},
+    )
     res = evaluate_rollouts(_offset_predictor, ds, train_horizon=6)
     err = lambda ts: float(np.sqrt(np.mean((0.01 * np.asarray(ts, dtype=float)) ** 2)))  # noqa: E731
     s = res["splits"]
@@ -44,8 +46,10 @@ def test_constant_velocity_baseline_exact_on_linear_motion_not_on_waves():
     wave = flag_wave_trajectory(frames=12)
     v = np.random.default_rng(0).normal(0, 0.01, size=wave.gt_verts.shape[1:]).astype(np.float32)
     lin = wave.gt_verts[0][None] + np.arange(12, dtype=np.float32)[:, None, None] * v
-    ds = InMemoryDataset({"lin": InMemoryTrajectory(wave.faces, wave.mesh_pos, wave.node_type, lin), "wave": wave},
-                         {"test_viewed": ["lin"], "test_unviewed": ["wave"]})
+    ds = InMemoryDataset(
+        {"lin": InMemoryTrajectory(wave.faces, wave.mesh_pos, wave.node_type, lin), "wave": wave},
+        {"test_viewed": ["lin"], "test_unviewed": ["wave"]},
+    )
     s = evaluate_rollouts(None, ds, train_horizon=6)["splits"]
     assert s["test_viewed"]["all"] < 1e-6
     assert s["test_unviewed"]["all"] > 1e-3
@@ -93,9 +97,13 @@ def test_run_evaluation_writes_metrics_table_plot_video_and_report(tmp_path):
 
 
 def test_table_marks_best_and_handles_missing_values():
-    m = {"train_horizon": 5, "methods": {
-        "recovered": {"splits": {"test_viewed": {"interpolation": 0.002, "extrapolation": None}}},
-        "gt:3": {"splits": {"test_viewed": {"interpolation": 0.004, "extrapolation": 0.01}}}}}
+    m = {
+        "train_horizon": 5,
+        "methods": {
+            "recovered": {"splits": {"test_viewed": {"interpolation": 0.002, "extrapolation": None}}},
+            "gt:3": {"splits": {"test_viewed": {"interpolation": 0.004, "extrapolation": 0.01}}},
+        },
+    }
     table = rollout_table_markdown(m)
     rows = [r for r in table.splitlines() if r.startswith("| ") and "Method" not in r]
     assert rows[0].startswith("| MGN* (3 GT traj.)") and rows[1].startswith("| CloDS")

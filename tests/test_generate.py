@@ -15,8 +15,17 @@ from clods_pl.data.generate import PRESETS, GenerateConfig, default_cameras, gen
 from clods_pl.data.simulator import FlagMesh
 
 ROOT = Path(__file__).resolve().parents[1]
-MINI = GenerateConfig(name="mini", splits={"train": 1, "test_unviewed": 1}, num_frames=4, num_views=2,
-                      resolution=24, grid=(5, 4), substeps=3, iterations=8, supersample=2)
+MINI = GenerateConfig(
+    name="mini",
+    splits={"train": 1, "test_unviewed": 1},
+    num_frames=4,
+    num_views=2,
+    resolution=24,
+    grid=(5, 4),
+    substeps=3,
+    iterations=8,
+    supersample=2,
+)
 
 
 def test_generate_reads_back_and_is_reproducible(tmp_path: Path) -> None:
@@ -47,8 +56,7 @@ def test_default_cameras_frame_the_cloth() -> None:
     pix, z = cams.project(verts.reshape(-1, 3))
     assert bool((z > 0).all()) and bool((pix >= 0).all()) and bool((pix[..., 0] <= 40).all())
     assert bool((pix[..., 1] <= 30).all())
-    frames = render_sequence(verts, mesh.faces, mesh.mesh_pos, cams, renderer="torch", supersample=1,
-                             progress=False)
+    frames = render_sequence(verts, mesh.faces, mesh.mesh_pos, cams, renderer="torch", supersample=1, progress=False)
     assert frames.shape == (2, 3, 30, 40, 4) and frames.dtype == np.uint8
     assert ((frames[..., 3] > 0).reshape(6, -1).mean(-1) > 0.03).all()  # every view sees a fair share of cloth
 
@@ -65,8 +73,18 @@ def test_test_trajectories_can_be_longer_than_training_ones(tmp_path) -> None:
     from clods_pl.data.format import read_dataset
     from clods_pl.errors import ClodsError
 
-    cfg = GenerateConfig(name="ext", splits={"train": 1, "test_viewed": 1}, num_frames=3, test_num_frames=5,
-                         num_views=2, resolution=16, grid=(4, 3), substeps=2, iterations=2, supersample=1)
+    cfg = GenerateConfig(
+        name="ext",
+        splits={"train": 1, "test_viewed": 1},
+        num_frames=3,
+        test_num_frames=5,
+        num_views=2,
+        resolution=16,
+        grid=(4, 3),
+        substeps=2,
+        iterations=2,
+        supersample=1,
+    )
     ds = read_dataset(generate_dataset(cfg, tmp_path / "ds", progress=False))
     assert ds.trajectory(ds.names("train")[0]).num_frames == 3
     test = ds.trajectory(ds.names("test_viewed")[0])

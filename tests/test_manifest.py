@@ -34,8 +34,9 @@ def test_staleness_names_the_changed_setting(tmp_path: Path) -> None:
     _done(m, "stage1", {"stage1.model.opacity_mode": "dual"}, tmp_path / "a.ckpt")
     reason = m.staleness("stage1", {"stage1.model.opacity_mode": "static"}, {})
     assert reason == "stage1.model.opacity_mode changed from 'dual' to 'static' since stage1 ran"
-    assert "input stage1:checkpoint changed" in m.staleness("stage1", {"stage1.model.opacity_mode": "dual"},
-                                                             {"stage1:checkpoint": "x"})
+    assert "input stage1:checkpoint changed" in m.staleness(
+        "stage1", {"stage1.model.opacity_mode": "dual"}, {"stage1:checkpoint": "x"}
+    )
 
 
 def test_corrupt_output_and_manifest_are_refused(tmp_path: Path) -> None:
@@ -71,8 +72,10 @@ def test_flatten_and_changes() -> None:
 def _writer(run_dir: str, worker: int, n: int) -> None:
     m = Manifest(run_dir)
     for i in range(n):
+
         def _fn(rec: dict, i: int = i) -> None:
             rec[f"w{worker}_{i}"] = i
+
         m.update_stage("stress", _fn)
 
 

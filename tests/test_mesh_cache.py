@@ -46,9 +46,12 @@ def test_open_resumes_refuses_other_stage1_hash_and_overwrite_rebuilds(tmp_path,
     c = MeshCache.open(path, verts0, faces, T, "aaaa1111")
     c.set_frame(1, verts0, 0.1, 0.0)
     assert MeshCache.open(path, verts0, faces, T, "aaaa1111").frames_done == 2
-    with pytest.raises(ManifestError, match=r"stage-1 checkpoint aaaa1111, current is bbbb2222; "
-                                           r"`clods-pl pipeline` recovers it again, "
-                                           r"or `clods-pl stage2 --stage2.model.overwrite true`"):
+    with pytest.raises(
+        ManifestError,
+        match=r"stage-1 checkpoint aaaa1111, current is bbbb2222; "
+        r"`clods-pl pipeline` recovers it again, "
+        r"or `clods-pl stage2 --stage2.model.overwrite true`",
+    ):
         MeshCache.open(path, verts0, faces, T, "bbbb2222")
     rebuilt = MeshCache.open(path, verts0, faces, T, "bbbb2222", overwrite=True)
     assert rebuilt.frames_done == 1 and MeshCache.load(path).stage1_hash == "bbbb2222"

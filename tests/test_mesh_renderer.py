@@ -52,10 +52,10 @@ def test_nearer_triangle_wins() -> None:
     r = TorchMeshRenderer(1)
     frags = r.fragments(verts, faces2, cams([(0.0, 0.0, 2.0)]))
     assert int(frags.face[0, 16, 16]) in (2, 3)  # the near quad's faces
-    assert int(frags.face[0, 16, 12]) in (0, 1)   # only the far quad out there
-    assert int(frags.face[0, 16, 3]) == -1       # nothing beyond it
+    assert int(frags.face[0, 16, 12]) in (0, 1)  # only the far quad out there
+    assert int(frags.face[0, 16, 3]) == -1  # nothing beyond it
     back = r.fragments(verts, faces2, cams([(0.0, 0.0, -2.0)]))
-    assert int(back.face[0, 16, 16]) in (0, 1)   # from behind, the far quad is nearer
+    assert int(back.face[0, 16, 16]) in (0, 1)  # from behind, the far quad is nearer
 
 
 def test_antialiased_edge_has_fractional_alpha() -> None:

@@ -26,10 +26,26 @@ from clods_pl.stages.novel_views import (
     run_novel_view_evaluation,
 )
 
-MINI = GenerateConfig(name="mini", splits={"train": 1, "test_viewed": 1}, num_frames=3, num_views=8, resolution=32,
-                      grid=(6, 5), substeps=3, iterations=10, supersample=2)
-MODEL = dict(gaussians_per_face=4, mlp_hidden=16, lr_color=0.05, lr_scale=0.01, init_log_scale=-0.3,
-             coverage_scale=2.0, backend="torch")
+MINI = GenerateConfig(
+    name="mini",
+    splits={"train": 1, "test_viewed": 1},
+    num_frames=3,
+    num_views=8,
+    resolution=32,
+    grid=(6, 5),
+    substeps=3,
+    iterations=10,
+    supersample=2,
+)
+MODEL = dict(
+    gaussians_per_face=4,
+    mlp_hidden=16,
+    lr_color=0.05,
+    lr_scale=0.01,
+    init_log_scale=-0.3,
+    coverage_scale=2.0,
+    backend="torch",
+)
 DATA = dict(holdout_views=[1], views_per_batch=4, steps_per_epoch=60)
 TRAINER = dict(max_epochs=1, accelerator="cpu")
 
@@ -41,8 +57,15 @@ def mini(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def fitted(mini: Path, tmp_path_factory: pytest.TempPathFactory) -> SMGS:
-    return fit_appearance_variant(AppearanceModule, AppearanceDataModule, dict(MODEL), {**DATA, "dataset_dir":
-                                  str(mini)}, dict(TRAINER), 0, tmp_path_factory.mktemp("fit"))
+    return fit_appearance_variant(
+        AppearanceModule,
+        AppearanceDataModule,
+        dict(MODEL),
+        {**DATA, "dataset_dir": str(mini)},
+        dict(TRAINER),
+        0,
+        tmp_path_factory.mktemp("fit"),
+    )
 
 
 def _unfitted(mini: Path) -> SMGS:
@@ -52,8 +75,9 @@ def _unfitted(mini: Path) -> SMGS:
 
 def test_rows_rank_a_fitted_appearance_above_an_unfitted_one(mini: Path, fitted: SMGS) -> None:
     settings = NovelViewSettings(ablations=[], splits=["test_viewed"], upper_bound_steps=0)
-    result = novel_view_rows(read_dataset(mini), {"dual": fitted, "static": _unfitted(mini)}, [1], (1.0, 1.0, 1.0),
-                             settings)
+    result = novel_view_rows(
+        read_dataset(mini), {"dual": fitted, "static": _unfitted(mini)}, [1], (1.0, 1.0, 1.0), settings
+    )
     rows = result["rows"]
     assert set(rows) == {"dual", "static"} and UPPER_BOUND not in rows
     assert rows["dual"]["frames"] == 3 and result["trajectories"] == read_dataset(mini).names("test_viewed")
@@ -78,17 +102,20 @@ def test_upper_bound_fits_its_own_frame(mini: Path, fitted: SMGS) -> None:
 
 
 def test_evaluation_writes_json_and_table_with_every_row(mini: Path, fitted: SMGS, tmp_path: Path) -> None:
-    settings = NovelViewSettings(ablations=[], splits=["test_viewed"], upper_bound_steps=20,
-                                 upper_bound_frame_stride=2)
-    path = run_novel_view_evaluation(mini, {"dual": fitted, "static": _unfitted(mini)}, [1], (1.0, 1.0, 1.0),
-                                     tmp_path, settings)
+    settings = NovelViewSettings(ablations=[], splits=["test_viewed"], upper_bound_steps=20, upper_bound_frame_stride=2)
+    path = run_novel_view_evaluation(
+        mini, {"dual": fitted, "static": _unfitted(mini)}, [1], (1.0, 1.0, 1.0), tmp_path, settings
+    )
     data = json.loads(path.read_text())
     assert data["rows"][UPPER_BOUND]["frames"] == 2  # frames 0 and 2 of 3
     assert data["holdout_views"] == [1] and "ground-truth mesh" in data["definition"]
     table = (tmp_path / "novel_view_table.md").read_text().splitlines()
     assert table[0].startswith("| Appearance model | PSNR (dB)")
     assert [line.split("|")[1].strip() for line in table[2:]] == [
-        "Per-frame 3DGS (upper bound)", "SMGS (CloDS: world + mesh opacity)", "GaMeS-style (static opacity)"]
+        "Per-frame 3DGS (upper bound)",
+        "SMGS (CloDS: world + mesh opacity)",
+        "GaMeS-style (static opacity)",
+    ]
     dual = data["rows"]["dual"]
     on_ub = [it["psnr"] for it in dual["per_frame"] if it["frame"] in (0, 2)]
     assert dual["psnr_upper_bound_frames"] == pytest.approx(sum(on_ub) / 2)  # the same frames as the upper bound
@@ -98,8 +125,10 @@ def test_evaluation_writes_json_and_table_with_every_row(mini: Path, fitted: SMG
 
 
 def test_table_markdown_orders_rows_and_marks_lpips_lower_is_better() -> None:
-    rows = {"static": {"label": "G", "psnr": 20.0, "ssim": 0.8, "lpips": 0.2, "frames": 4},
-            "dual": {"label": "S", "psnr": 22.0, "ssim": 0.7, "lpips": 0.1, "frames": 4}}
+    rows = {
+        "static": {"label": "G", "psnr": 20.0, "ssim": 0.8, "lpips": 0.2, "frames": 4},
+        "dual": {"label": "S", "psnr": 22.0, "ssim": 0.7, "lpips": 0.1, "frames": 4},
+    }
     lines = novel_view_table_markdown({"rows": rows}).splitlines()
     assert "LPIPS ↓" in lines[0]
     assert lines[2] == "| S | **22.00** | 0.7000 | **0.1000** | 4 |"

@@ -21,23 +21,39 @@ def dummy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict:
     import dummy_stages as d
 
     stage1, stage2, stage3, evaluate = default_stages()  # the real stages' contracts with stand-in classes
-    stages = (replace(stage1, module=d.FitModule, datamodule=d.FitData),
-              replace(stage2, module=d.PredictModule, datamodule=d.PredictData),
-              replace(stage3, module=d.FitModule, datamodule=d.FitData),
-              replace(evaluate, function=d.run_evaluation, add_arguments=None))
+    stages = (
+        replace(stage1, module=d.FitModule, datamodule=d.FitData),
+        replace(stage2, module=d.PredictModule, datamodule=d.PredictData),
+        replace(stage3, module=d.FitModule, datamodule=d.FitData),
+        replace(evaluate, function=d.run_evaluation, add_arguments=None),
+    )
     monkeypatch.setattr(runner.StageRunner, "preflight", lambda self, stages: None)  # the stand-in dataset is empty
     (tmp_path / "ds").mkdir()
     cfg = tmp_path / "exp.yaml"
-    trainer = {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
-               "enable_model_summary": False}
-    cfg.write_text(yaml.safe_dump({
-        "dataset": str(tmp_path / "ds"), "run_dir": str(tmp_path / "run"),
-        "stage1": {"model": {"lr": 0.1}, "trainer": trainer},
-        "stage2": {"model": {"scale": 2.0}, "trainer": {"accelerator": "cpu", "devices": 1}},
-        "stage3": {"model": {"lr": 0.05}, "data": {"source": "recovered"}, "trainer": trainer,
-                   "sources": ["recovered", "gt:1"]},
-        "eval": {"splits": ["test"]},
-    }))
+    trainer = {
+        "max_epochs": 1,
+        "accelerator": "cpu",
+        "devices": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": str(tmp_path / "ds"),
+                "run_dir": str(tmp_path / "run"),
+                "stage1": {"model": {"lr": 0.1}, "trainer": trainer},
+                "stage2": {"model": {"scale": 2.0}, "trainer": {"accelerator": "cpu", "devices": 1}},
+                "stage3": {
+                    "model": {"lr": 0.05},
+                    "data": {"source": "recovered"},
+                    "trainer": trainer,
+                    "sources": ["recovered", "gt:1"],
+                },
+                "eval": {"splits": ["test"]},
+            }
+        )
+    )
     return {"cfg": str(cfg), "run": tmp_path / "run", "stages": stages}
 
 
@@ -68,8 +84,10 @@ def test_stage_by_stage_hand_off(dummy: dict, capsys: pytest.CaptureFixture) -> 
     outputs = RunDir(run)  # the typed reader sees what the stages recorded, as absolute paths
     assert outputs.stage1_checkpoint() == run / "stage1" / "smgs.ckpt"
     assert outputs.mesh_caches() == {n: run / "stage2" / "meshes" / f"{n}.npz" for n in ("traj_a", "traj_b")}
-    assert outputs.stage3_checkpoints() == {"recovered": run / "stage3" / "recovered.ckpt",
-                                            "gt:1": run / "stage3" / "gt-1.ckpt"}
+    assert outputs.stage3_checkpoints() == {
+        "recovered": run / "stage3" / "recovered.ckpt",
+        "gt:1": run / "stage3" / "gt-1.ckpt",
+    }
     assert RunDir(run.parent / "no_such_run").stage1_checkpoint() is None
 
 
@@ -111,7 +129,8 @@ def test_clear_errors(dummy: dict, tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_gpu_settings_without_a_gpu_or_with_a_cpu_accelerator_are_clear(
-        dummy: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    dummy: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     """`trainer.accelerator gpu` with no CUDA, and a CUDA rasterizer with `accelerator cpu`, stop in one line
     before any work (they used to fail inside Lightning or the rasterizer, minutes in)."""
     import sys
@@ -133,9 +152,11 @@ def test_gpu_settings_without_a_gpu_or_with_a_cpu_accelerator_are_clear(
     monkeypatch.setitem(sys.modules, "gsplat", types.ModuleType("gsplat"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     stage = Namespace(model=Namespace(backend="gsplat"), trainer=Namespace(accelerator="cpu"))
-    with pytest.raises(BackendUnavailableError,
-                       match="stage2.model.backend=gsplat renders on CUDA but stage2.trainer.accelerator=cpu; "
-                             "set stage2.trainer.accelerator=gpu"):
+    with pytest.raises(
+        BackendUnavailableError,
+        match="stage2.model.backend=gsplat renders on CUDA but stage2.trainer.accelerator=cpu; "
+        "set stage2.trainer.accelerator=gpu",
+    ):
         checks.check_backends(Namespace(stage2=stage), "stage2", ("model.backend",))
     stage.trainer.accelerator = "gpu"
     checks.check_backends(Namespace(stage2=stage), "stage2", ("model.backend",))
@@ -253,6 +274,7 @@ def test_caches_from_another_stage1_checkpoint_make_stage2_stale(dummy: dict, ca
     np.savez(cache, **z)
     m = _manifest(run)  # the manifest's checksum matches the file, as after a concurrent writer
     from clods_pl.utils.files import sha256_file
+
     m["stages"]["stage2"]["outputs"]["mesh:traj_a"]["sha256"] = sha256_file(cache)
     (run / "manifest.json").write_text(json.dumps(m))
     capsys.readouterr()
@@ -280,8 +302,9 @@ def test_truncated_last_checkpoint_falls_back(dummy: dict, capsys: pytest.Captur
     assert "resuming" not in out and "starting over" in out
 
 
-def test_rerunning_stage1_with_the_same_weights_keeps_stage2_current(dummy: dict,
-                                                                     capsys: pytest.CaptureFixture) -> None:
+def test_rerunning_stage1_with_the_same_weights_keeps_stage2_current(
+    dummy: dict, capsys: pytest.CaptureFixture
+) -> None:
     """Issue 11: `make stage1 stage2 stage3` on a finished run re-saved smgs.ckpt with new bytes (it embeds paths)
     and stage 2 then refused its caches. Checkpoints now count by weights and settings."""
     cfg = dummy["cfg"]
@@ -293,8 +316,9 @@ def test_rerunning_stage1_with_the_same_weights_keeps_stage2_current(dummy: dict
     assert all(f"{s} is up to date" in out for s in ("stage2", "stage3", "eval")), out
 
 
-def test_disk_full_is_one_line_and_keeps_finished_stages(dummy: dict, monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture) -> None:
+def test_disk_full_is_one_line_and_keeps_finished_stages(
+    dummy: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     """Issue 11 (faults): ENOSPC mid-pipeline printed a raw traceback."""
     import errno
 
@@ -327,8 +351,9 @@ def test_version(capsys: pytest.CaptureFixture) -> None:
     assert capsys.readouterr().out.strip() == f"clods-pl {__version__}"
 
 
-def test_stage_help_is_short_and_lists_the_stage_options(capsys: pytest.CaptureFixture, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stage_help_is_short_and_lists_the_stage_options(
+    capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert main(["stage1", "--help"]) == 0
     out = capsys.readouterr().out
@@ -346,11 +371,15 @@ def test_cached_help_matches_the_built_text_and_skips_lightning(tmp_path: Path) 
 
     from clods_pl.pipeline.help_cache import help_key
 
-    code = ("import sys; from clods_pl.pipeline.cli import main; main(['stage2', '--help']); "
-            "print('LIGHTNING', 'lightning' in sys.modules)")
+    code = (
+        "import sys; from clods_pl.pipeline.cli import main; main(['stage2', '--help']); "
+        "print('LIGHTNING', 'lightning' in sys.modules)"
+    )
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "COLUMNS": "100"}
-    first, second = (subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-                     for _ in range(2))
+    first, second = (
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        for _ in range(2)
+    )
     assert first.stdout.endswith("LIGHTNING True\n") and second.stdout.endswith("LIGHTNING False\n")
     assert first.stdout.replace("True", "False") == second.stdout and "--stage2.model.gamma" in second.stdout
     assert len(list((tmp_path / "clods-pl" / "help").glob("stage2-*.txt"))) == 1

@@ -23,13 +23,21 @@ def test_contact_sheet_grid_and_pixels(tmp_path):
     frames = np.zeros((T, C, S, S, 4), np.uint8)
     for t in range(T):
         for c in range(C):
-            frames[t, c, ..., 0] = 10 * t + c      # red encodes (t, c)
+            frames[t, c, ..., 0] = 10 * t + c  # red encodes (t, c)
             frames[t, c, ..., 3] = 255
-    frames[0, 0, 0, 0, 3] = 0                      # one transparent pixel shows the checkerboard
+    frames[0, 0, 0, 0, 3] = 0  # one transparent pixel shows the checkerboard
     mesh_pos, faces = grid_mesh(2, 2)
     verts0 = torch.cat([mesh_pos, torch.zeros(4, 1)], 1)
-    write_trajectory(tmp_path, "a", ring_cameras(C, 2.0, width=S, height=S), frames, faces, mesh_pos,
-                     torch.zeros(4, dtype=torch.long), verts0)
+    write_trajectory(
+        tmp_path,
+        "a",
+        ring_cameras(C, 2.0, width=S, height=S),
+        frames,
+        faces,
+        mesh_pos,
+        torch.zeros(4, dtype=torch.long),
+        verts0,
+    )
     write_dataset_info(tmp_path, DatasetInfo("d", 0.02, {"train": ["a"]}))
     out = write_contact_sheet(tmp_path, tmp_path / "sheet.png", max_frames=3)
     img = np.asarray(Image.open(out))
@@ -46,7 +54,7 @@ def test_contact_sheet_grid_and_pixels(tmp_path):
     # labels: "t=<frame>" above every column, the view name left of every row (dark text on white)
     for j in range(3):
         x = tile_origin(0, j, S, S)[1]
-        assert (img[:LABEL_TOP, x:x + 12].max(-1) < 128).any(), f"no frame label above column {j}"
+        assert (img[:LABEL_TOP, x : x + 12].max(-1) < 128).any(), f"no frame label above column {j}"
     for i in range(C):
         y = tile_origin(i, 0, S, S)[0]
-        assert (img[y:y + S, :LABEL_LEFT].max(-1) < 128).any(), f"no view label left of row {i}"
+        assert (img[y : y + S, :LABEL_LEFT].max(-1) < 128).any(), f"no view label left of row {i}"

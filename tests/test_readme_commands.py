@@ -18,8 +18,15 @@ SHORT = {
     "stage1": {"trainer": {"max_epochs": 1}, "data": {"steps_per_epoch": 2}},
     "stage2": {"model": {"iterations": 2, "min_iterations": 1}},
     "stage3": {"model": {"latent": 8, "blocks": 1, "normalizer_steps": 1}, "trainer": {"max_steps": 2}},
-    "eval": {"videos": 1, "novel_views": {"ablations": ["static"], "frame_stride": 8, "upper_bound_steps": 3,
-                                          "upper_bound_frame_stride": 2}},
+    "eval": {
+        "videos": 1,
+        "novel_views": {
+            "ablations": ["static"],
+            "frame_stride": 8,
+            "upper_bound_steps": 3,
+            "upper_bound_frame_stride": 2,
+        },
+    },
 }
 
 
@@ -31,8 +38,9 @@ def readme_commands() -> list[str]:
 
 
 @pytest.mark.slow
-def test_readme_step_by_step_commands_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                           capsys: pytest.CaptureFixture) -> None:
+def test_readme_step_by_step_commands_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     commands = readme_commands()
     assert len(commands) >= 8 and commands[0].startswith("clods-pl data generate")
     assert len(set(commands)) < len(commands)  # the up-to-date rerun is there
@@ -66,8 +74,16 @@ def test_readme_step_by_step_commands_run(tmp_path: Path, monkeypatch: pytest.Mo
     assert "paper Table 2" in page and "GaMeS-style (static opacity)" in page and "data:image/gif;base64," in page
     # the fixes an error message suggests are commands that work: change a stage-2 setting, `stage2` refuses the
     # old caches naming the setting and both suggested commands, each of which then runs
-    base = ["--config", "experiments/flag_tiny.yaml", "--run_dir", "runs/demo", "--config", "short.yaml",
-            "--stage2.model.iterations", "3"]
+    base = [
+        "--config",
+        "experiments/flag_tiny.yaml",
+        "--run_dir",
+        "runs/demo",
+        "--config",
+        "short.yaml",
+        "--stage2.model.iterations",
+        "3",
+    ]
     assert main(["stage2", *base]) == 2
     err = capsys.readouterr().err
     assert "model.iterations changed from 2 to 3" in err and "Traceback" not in err

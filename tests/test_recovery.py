@@ -50,8 +50,10 @@ def test_edge_loss_zero_at_rest_and_gradient_matches_finite_differences() -> Non
     torch.autograd.gradcheck(lambda v: edge_strain_loss(v, edges, rest), (x,), eps=1e-6, atol=1e-6)
     # batched form equals per-item
     xb = torch.stack([x.detach(), verts0])
-    assert torch.allclose(edge_strain_loss(xb, edges, rest), torch.stack([edge_strain_loss(x.detach(), edges, rest),
-                                                                          torch.zeros((), dtype=torch.float64)]))
+    assert torch.allclose(
+        edge_strain_loss(xb, edges, rest),
+        torch.stack([edge_strain_loss(x.detach(), edges, rest), torch.zeros((), dtype=torch.float64)]),
+    )
 
 
 # ----- (d) gradient reaches dx; pinned rows get none ---------------------------------------------------------
@@ -127,22 +129,32 @@ def test_changing_gt_leaves_recovered_meshes_bit_identical(tmp_path, dynamics) -
     runs = {}
     for offset in (0.0, 0.05):
         traj = ToyTrajectory(num_frames=4, views=3, size=20, gt_offset=offset)
-        runs[offset] = recover_trajectory("toy", traj, traj.renderer, tmp_path / f"{offset}.npz", "h",
-                                          RecoveryConfig(**FAST, **extra))
+        runs[offset] = recover_trajectory(
+            "toy", traj, traj.renderer, tmp_path / f"{offset}.npz", "h", RecoveryConfig(**FAST, **extra)
+        )
     a, b = runs[0.0], runs[0.05]
     assert np.array_equal(a.verts, b.verts) and np.array_equal(a.losses, b.losses)
     assert np.array_equal(a.edge_losses, b.edge_losses)
     assert not np.allclose(a.gt_metrics["rmse"], b.gt_metrics["rmse"])  # the evaluation did see the change
-    no_gt = recover_trajectory("toy", ToyTrajectory(num_frames=4, views=3, size=20), traj.renderer,
-                               tmp_path / "nogt.npz", "h", RecoveryConfig(**FAST, **extra), evaluate_gt=False)
+    no_gt = recover_trajectory(
+        "toy",
+        ToyTrajectory(num_frames=4, views=3, size=20),
+        traj.renderer,
+        tmp_path / "nogt.npz",
+        "h",
+        RecoveryConfig(**FAST, **extra),
+        evaluate_gt=False,
+    )
     assert np.array_equal(no_gt.verts, a.verts) and not no_gt.gt_metrics
 
 
 # ----- batching, frame windows, stale stage 1 ---------------------------------------------------------------------
 def test_batched_trajectories_equal_separate_runs_and_frame_windows(tmp_path) -> None:
     cfg = RecoveryConfig(iterations=30, lr=3e-3, plateau_patience=5, min_iterations=3)
-    trajs = {"a": ToyTrajectory(num_frames=4, views=3, size=20),
-             "b": ToyTrajectory(num_frames=4, views=3, size=20, with_handle_pos=True)}
+    trajs = {
+        "a": ToyTrajectory(num_frames=4, views=3, size=20),
+        "b": ToyTrajectory(num_frames=4, views=3, size=20, with_handle_pos=True),
+    }
     trajs["b"]._gt = trajs["b"]._gt * torch.tensor([1.0, -1.0, 1.0])  # a different motion, same rest shape
     trajs["b"]._images.clear()
     renderer = trajs["a"].renderer
@@ -202,10 +214,12 @@ recover_trajectory("toy", traj, traj.renderer, sys.argv[1], "h",
 
 
 def _start(path: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-c", _SCRIPT, str(path)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", _SCRIPT, str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 def _frames_done(path: Path) -> int:

@@ -34,5 +34,3 @@ def test_vertex_rmse_and_chamfer_against_hand_values() -> None:
     assert torch.allclose(rm.chamfer_distance_torch(p, q), brute, atol=1e-6)
     assert torch.allclose(rm.chamfer_distance(p[0], q[0]), brute[0], atol=1e-5)  # pytorch3d when installed
     assert rm.flag_size(torch.tensor([[0.0, 0.0], [1.5, 0.0], [0.0, 0.8]])) == pytest.approx(1.5)
-
-

@@ -26,8 +26,11 @@ class ToyDataset:
     """Duck-typed ``clods_pl.data.format.Dataset``: ``names(split)``, ``trajectory(name)``."""
 
     def __init__(self) -> None:
-        self.trajs = {n: ToyTrajectory(num_frames=4, views=3, size=20, with_handle_pos=(n == "b"))
-                      for names in SPLITS.values() for n in names}
+        self.trajs = {
+            n: ToyTrajectory(num_frames=4, views=3, size=20, with_handle_pos=(n == "b"))
+            for names in SPLITS.values()
+            for n in names
+        }
         self.trajs["c"]._gt = self.trajs["c"]._gt * torch.tensor([1.0, -1.0, 1.0])
 
     def names(self, split: str) -> list[str]:
@@ -69,8 +72,14 @@ def test_predict_fills_caches_logs_and_plots(tmp_path) -> None:
     cache_dir = tmp_path / "stage2" / "meshes"
     module = ToyRecoveryModule(stage1_checkpoint="unused.ckpt", cache_dir=str(cache_dir), **OPTS)
     dm = ToyRecoveryDataModule("toy", holdout_views=[2], batch_size=2)
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=CSVLogger(str(tmp_path / "logs")),
-                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=CSVLogger(str(tmp_path / "logs")),
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
     preds = trainer.predict(module, dm)
     names = [p["name"] for batch in preds for p in batch]
     assert names == ["a", "b", "c"]
@@ -84,23 +93,46 @@ def test_predict_fills_caches_logs_and_plots(tmp_path) -> None:
     assert {"stage2/photo_loss", "stage2/edge_loss", "stage2/rmse", "stage2/chamfer", "stage2/c/rmse"} <= set(metrics)
     assert len(metrics["stage2/frame"].dropna()) == 3 * 3  # 3 trajectories x frames 1..3
     # the batched, held-out-view run equals a plain single-trajectory run on the same views
-    alone = recover_trajectory("b", DATASET.trajs["b"], DATASET.trajs["a"].renderer, tmp_path / "b.npz",
-                               "toy-stage1-hash", module.config, holdout_views=[2])
+    alone = recover_trajectory(
+        "b",
+        DATASET.trajs["b"],
+        DATASET.trajs["a"].renderer,
+        tmp_path / "b.npz",
+        "toy-stage1-hash",
+        module.config,
+        holdout_views=[2],
+    )
     np.testing.assert_array_equal(alone.verts, MeshCache.load(cache_dir / "b.npz").verts)
     # a second predict is a no-op resume (the caches are complete)
     before = (cache_dir / "a.npz").stat().st_mtime_ns
-    trainer2 = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                         enable_checkpointing=False, enable_model_summary=False)
-    trainer2.predict(ToyRecoveryModule("unused.ckpt", str(cache_dir), **OPTS),
-                     ToyRecoveryDataModule("toy", holdout_views=[2], trajectories=["a"]))
+    trainer2 = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer2.predict(
+        ToyRecoveryModule("unused.ckpt", str(cache_dir), **OPTS),
+        ToyRecoveryDataModule("toy", holdout_views=[2], trajectories=["a"]),
+    )
     assert (cache_dir / "a.npz").stat().st_mtime_ns == before
 
 
 def _predict(cache_dir: Path, opts: dict, holdout: list[int] = [2], **kw) -> None:
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_checkpointing=False, enable_model_summary=False)
-    trainer.predict(ToyRecoveryModule("unused.ckpt", str(cache_dir), **opts, **kw),
-                    ToyRecoveryDataModule("toy", holdout_views=holdout, trajectories=["a"]))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.predict(
+        ToyRecoveryModule("unused.ckpt", str(cache_dir), **opts, **kw),
+        ToyRecoveryDataModule("toy", holdout_views=holdout, trajectories=["a"]),
+    )
 
 
 def test_cache_made_with_other_settings_is_refused_or_recomputed(tmp_path) -> None:
@@ -138,8 +170,9 @@ def test_datamodule_selects_trajectories_and_rejects_unknown() -> None:
         RecoveryDataModule("toy", batch_size=0)
 
 
-@pytest.mark.parametrize("config", sorted(Path(__file__).resolve().parents[1].glob("experiments/flag_*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "config", sorted(Path(__file__).resolve().parents[1].glob("experiments/flag_*.yaml")), ids=lambda p: p.name
+)
 def test_stage2_sections_parse_against_module_signatures(config) -> None:
     """Stage 2 standalone: an experiment's stage2 section parses against the module's and datamodule's signatures."""
     parser = ArgumentParser()
@@ -161,8 +194,9 @@ def test_recover_cli_recovers_one_trajectory_window(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(recovery, "read_dataset", lambda d: DATASET)
     monkeypatch.setattr(recovery, "load_stage1", lambda ckpt, device="cpu": (DATASET.trajs["a"].renderer, "cli-hash"))
     cache_dir = tmp_path / "stage2" / "meshes"
-    cache = recovery.recover_cli("toy", "s1.ckpt", str(cache_dir), "c", frames="1:3", log_every_n_frames=2,
-                                 background=[1.0, 1.0, 1.0], **OPTS)
+    cache = recovery.recover_cli(
+        "toy", "s1.ckpt", str(cache_dir), "c", frames="1:3", log_every_n_frames=2, background=[1.0, 1.0, 1.0], **OPTS
+    )
     assert cache.frames_done == 3 and MeshCache.load(cache_dir / "c.npz").stage1_hash == "cli-hash"
     out = capsys.readouterr().out
     assert "c frame 1/2" in out and "c frame 2/2" in out and "rmse" in out

@@ -41,14 +41,16 @@ class VertexSplatRenderer(nn.Module):
         self.register_buffer("colors", colors)
         self.sigma, self.opacity = sigma, opacity
 
-    def render(self, verts: Tensor, cameras: Cameras, background: Tensor | None = None,
-               backend: str = "torch") -> ToyRender:
+    def render(
+        self, verts: Tensor, cameras: Cameras, background: Tensor | None = None, backend: str = "torch"
+    ) -> ToyRender:
         uv, z = cameras.project(verts)  # (C, V, 2), (C, V)
         f = cameras.K[:, 0, 0][:, None]
         s = self.sigma * f / z.clamp_min(1e-3)  # (C, V) pixel radius
         H, W = cameras.height, cameras.width
-        ys, xs = torch.meshgrid(torch.arange(H, dtype=verts.dtype) + 0.5, torch.arange(W, dtype=verts.dtype) + 0.5,
-                                indexing="ij")
+        ys, xs = torch.meshgrid(
+            torch.arange(H, dtype=verts.dtype) + 0.5, torch.arange(W, dtype=verts.dtype) + 0.5, indexing="ij"
+        )
         pix = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1).to(verts.device)  # (P, 2)
         order = torch.argsort(z.detach(), dim=1)  # front to back
         uv = torch.gather(uv, 1, order[..., None].expand(-1, -1, 2))
@@ -86,12 +88,21 @@ def flag_sequence(num_frames: int, nx: int = 6, ny: int = 5, amplitude: float = 
 class ToyTrajectory:
     """Duck-typed dataset trajectory (contract of ``clods_pl.data.format.Trajectory``) rendered with the toy."""
 
-    def __init__(self, num_frames: int = 6, views: int = 4, size: int = 32, with_handle_pos: bool = False,
-                 gt_offset: float = 0.0) -> None:
+    def __init__(
+        self, num_frames: int = 6, views: int = 4, size: int = 32, with_handle_pos: bool = False, gt_offset: float = 0.0
+    ) -> None:
         self.mesh_pos, self.faces, self.node_type, self._gt = flag_sequence(num_frames)
         self.num_frames = num_frames
-        self.cameras = ring_cameras(views, 2.6, target=(FLAG_W / 2, 0.0, 0.0), elevations_deg=(20.0, -15.0),
-                                    fov_deg=45.0, width=size, height=size, azimuth_offset_deg=45.0)
+        self.cameras = ring_cameras(
+            views,
+            2.6,
+            target=(FLAG_W / 2, 0.0, 0.0),
+            elevations_deg=(20.0, -15.0),
+            fov_deg=45.0,
+            width=size,
+            height=size,
+            azimuth_offset_deg=45.0,
+        )
         self.verts0 = self._gt[0].clone()
         pinned = self.node_type == int(NodeType.HANDLE)
         self.handle_pos = self._gt[:, pinned].clone() if with_handle_pos else None
@@ -128,8 +139,7 @@ def test_toy_renderer_differentiable_and_composites_background() -> None:
     corner = out.rgb[0, 0, 0]  # empty corner shows the background
     assert torch.allclose(corner, bg.double(), atol=1e-3)
     w = torch.randn_like(out.rgb)
-    torch.autograd.gradcheck(lambda x: (r.render(x, cams, bg.double()).rgb * w).sum(), (verts,), eps=1e-6,
-                             atol=1e-5)
+    torch.autograd.gradcheck(lambda x: (r.render(x, cams, bg.double()).rgb * w).sum(), (verts,), eps=1e-6, atol=1e-5)
     # straight RGBA target composited over bg reproduces the render
     img = traj.image_tensor(0)
     comp = img[..., :3] * img[..., 3:] + bg * (1 - img[..., 3:])

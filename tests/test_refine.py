@@ -15,14 +15,27 @@ from clods_pl.pipeline.cli import main
 from clods_pl.stages.mesh_cache import MeshCache
 
 ROOT = Path(__file__).resolve().parents[1]
-MINI = GenerateConfig(name="mini", splits={"train": 2, "test_viewed": 1, "test_unviewed": 1}, num_frames=5,
-                      num_views=4, resolution=24, grid=(6, 5), substeps=3, iterations=10, supersample=2)
+MINI = GenerateConfig(
+    name="mini",
+    splits={"train": 2, "test_viewed": 1, "test_unviewed": 1},
+    num_frames=5,
+    num_views=4,
+    resolution=24,
+    grid=(6, 5),
+    substeps=3,
+    iterations=10,
+    supersample=2,
+)
 SHORT = {
     "stage1": {"model": {"gaussians_per_face": 4}, "trainer": {"max_epochs": 1}, "data": {"steps_per_epoch": 3}},
     "stage2": {"model": {"iterations": 6, "min_iterations": 6}},
-    "stage3": {"sources": ["recovered"], "seeds": [0, 1], "model": {"latent": 8, "blocks": 1, "normalizer_steps": 1,
-                                                    "rollout_length": 2},
-               "data": {"rollout_length": 2}, "trainer": {"max_steps": 3}},
+    "stage3": {
+        "sources": ["recovered"],
+        "seeds": [0, 1],
+        "model": {"latent": 8, "blocks": 1, "normalizer_steps": 1, "rollout_length": 2},
+        "data": {"rollout_length": 2},
+        "trainer": {"max_steps": 3},
+    },
     "eval": {"videos": 0, "train_horizon": 3, "novel_views": {"enabled": False}},
 }
 
@@ -32,8 +45,14 @@ def test_refine_round_two(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
     data = generate_dataset(MINI, tmp_path / "ds", progress=False)
     (tmp_path / "short.yaml").write_text(yaml.safe_dump({**SHORT, "dataset": str(data)}))
     run = tmp_path / "run"
-    base = ["--config", str(ROOT / "experiments" / "flag_tiny.yaml"), "--config", str(tmp_path / "short.yaml"),
-            "--run_dir", str(run)]
+    base = [
+        "--config",
+        str(ROOT / "experiments" / "flag_tiny.yaml"),
+        "--config",
+        str(tmp_path / "short.yaml"),
+        "--run_dir",
+        str(run),
+    ]
     assert main(["refine", *base]) == 2  # stages 1-3 first
     assert "run `clods-pl pipeline`" in capsys.readouterr().err
     assert main(["pipeline", *base]) == 0
@@ -43,7 +62,7 @@ def test_refine_round_two(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
     a, b = (metrics["methods"][f"recovered@seed{s}"]["splits"]["test_viewed"]["interpolation"] for s in (0, 1))
     cell = metrics["by_source"]["recovered"]["splits"]["test_viewed"]["interpolation"]
     assert a != b and cell["n"] == 2 and cell["mean"] == pytest.approx((a + b) / 2)
-    assert cell["std"] == pytest.approx(abs(a - b) / 2 ** 0.5)
+    assert cell["std"] == pytest.approx(abs(a - b) / 2**0.5)
     row = next(r for r in (run / "eval" / "rollout_table.md").read_text().splitlines() if r.startswith("| CloDS"))
     assert row.startswith("| CloDS (2 seeds) | ") and f"{1e3 * (a + b) / 2:.3f} ± {1e3 * cell['std']:.3f}" in row
     assert main(["refine", *base, "--refine.rounds", "2", "--refine.prior_weight", "1e-4"]) == 0

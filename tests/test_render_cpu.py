@@ -25,14 +25,29 @@ def scene(n: int, seed: int, dtype: torch.dtype, opaque: bool = False, spread: f
     return [means, quats, scales, opac, cols]
 
 
-def render(backend: str, params: list[torch.Tensor], size: int = 48, views: int = 3, depth: bool = False,
-           antialiased: bool = False):
+def render(
+    backend: str,
+    params: list[torch.Tensor],
+    size: int = 48,
+    views: int = 3,
+    depth: bool = False,
+    antialiased: bool = False,
+):
     cams = ring_cameras(views, 2.0, width=size, height=size)
     dtype = params[0].dtype
     leaves = [p.clone().requires_grad_(True) for p in params]
     bg = torch.tensor([0.3, 0.6, 0.9], dtype=dtype)
-    out = rasterize(*leaves, cams.w2c.to(dtype), cams.K.to(dtype), size, size, bg, backend=backend, return_depth=depth,
-                    antialiased=antialiased)
+    out = rasterize(
+        *leaves,
+        cams.w2c.to(dtype),
+        cams.K.to(dtype),
+        size,
+        size,
+        bg,
+        backend=backend,
+        return_depth=depth,
+        antialiased=antialiased,
+    )
     weight = torch.rand(out.rgb.shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
     loss = (out.rgb * weight).sum() + 0.5 * out.alpha.sum() + (out.depth.sum() * 0.1 if depth else 0)
     grads = torch.autograd.grad(loss, leaves)
@@ -41,8 +56,9 @@ def render(backend: str, params: list[torch.Tensor], size: int = 48, views: int 
 
 @pytest.mark.parametrize("dtype,img_tol,grad_tol", [(torch.float64, 1e-10, 1e-8), (torch.float32, 1e-5, 1e-4)])
 @pytest.mark.parametrize("opaque,antialiased", [(False, False), (True, False), (True, True)])
-def test_cpu_matches_torch(dtype: torch.dtype, img_tol: float, grad_tol: float, opaque: bool,
-                           antialiased: bool) -> None:
+def test_cpu_matches_torch(
+    dtype: torch.dtype, img_tol: float, grad_tol: float, opaque: bool, antialiased: bool
+) -> None:
     params = scene(300, 1, dtype, opaque)
     ref, ref_g = render("torch", params, antialiased=antialiased)
     out, out_g = render("cpu", params, antialiased=antialiased)
@@ -68,12 +84,28 @@ def test_cpu_depth_and_per_camera_colours() -> None:
 def test_cpu_empty_and_behind_camera_give_background() -> None:
     cams = ring_cameras(2, 2.0, width=20, height=20)
     bg = torch.tensor([0.1, 0.2, 0.3])
-    empty = rasterize(torch.zeros(0, 3), torch.zeros(0, 4), torch.zeros(0, 3), torch.zeros(0), torch.zeros(0, 3),
-                      cams.w2c, cams.K, 20, 20, bg, backend="cpu")
+    empty = rasterize(
+        torch.zeros(0, 3),
+        torch.zeros(0, 4),
+        torch.zeros(0, 3),
+        torch.zeros(0),
+        torch.zeros(0, 3),
+        cams.w2c,
+        cams.K,
+        20,
+        20,
+        bg,
+        backend="cpu",
+    )
     assert torch.allclose(empty.rgb, bg.expand(2, 20, 20, 3)) and float(empty.alpha.abs().max()) == 0.0
     far = -cams.w2c[0, :3, :3].T @ cams.w2c[0, :3, 3] * 3  # far out behind camera 0: culled there
-    params = [far[None].float(), torch.tensor([[1.0, 0, 0, 0]]), torch.full((1, 3), 0.05), torch.ones(1),
-              torch.ones(1, 3)]
+    params = [
+        far[None].float(),
+        torch.tensor([[1.0, 0, 0, 0]]),
+        torch.full((1, 3), 0.05),
+        torch.ones(1),
+        torch.ones(1, 3),
+    ]
     a = rasterize(*params, cams.w2c, cams.K, 20, 20, bg, backend="cpu")
     b = rasterize(*params, cams.w2c, cams.K, 20, 20, bg, backend="torch")
     assert torch.allclose(a.rgb, b.rgb, atol=1e-6)

@@ -40,8 +40,9 @@ def parity_scene(n: int = 2000, seed: int = 0) -> list[torch.Tensor]:
     cols = torch.rand(n, 3, generator=g)
     c2w = torch.linalg.inv(_cameras().w2c[0])
     k = 20
-    local = torch.cat([(torch.rand(k, 2, generator=g) - 0.5) * 0.1, torch.rand(k, 1, generator=g) * 0.14 + 0.05,
-                       torch.ones(k, 1)], -1)
+    local = torch.cat(
+        [(torch.rand(k, 2, generator=g) - 0.5) * 0.1, torch.rand(k, 1, generator=g) * 0.14 + 0.05, torch.ones(k, 1)], -1
+    )
     means[:k] = (local @ c2w.T)[:, :3]
     scales[:k] = 0.002
     return [t.to(DEVICE).requires_grad_(True) for t in (means, quats, scales, opac, cols)]
@@ -51,14 +52,16 @@ def _cameras():
     return ring_cameras(3, 2.5, width=SIZE, height=SIZE)
 
 
-def render(backend: str, params: list[torch.Tensor], conventions: RasterConventions = TORCH,
-           antialiased: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def render(
+    backend: str, params: list[torch.Tensor], conventions: RasterConventions = TORCH, antialiased: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """(rgb, alpha, gradients of a weighted image sum) for ``backend``; ``torch`` uses ``conventions``."""
     cams = _cameras().to(DEVICE)
     bg = torch.tensor([1.0, 0.5, 0.25], device=DEVICE)
     if backend == "torch":
-        out = rasterize_torch(*params, cams.w2c, cams.K, SIZE, SIZE, bg, conventions=conventions,
-                              antialiased=antialiased)
+        out = rasterize_torch(
+            *params, cams.w2c, cams.K, SIZE, SIZE, bg, conventions=conventions, antialiased=antialiased
+        )
     else:
         out = rasterize(*params, cams.w2c, cams.K, SIZE, SIZE, bg, backend=backend, antialiased=antialiased)
     weight = torch.linspace(0.5, 1.5, SIZE * SIZE * 3, device=DEVICE).reshape(1, SIZE, SIZE, 3)
@@ -71,8 +74,13 @@ def parity_stats(ref: tuple, other: tuple) -> dict[str, float]:
     """Image and gradient differences between two ``render`` results."""
     d = (ref[0] - other[0]).abs().flatten()
     a = (ref[1] - other[1]).abs().flatten()
-    stats = {"rgb_mean": float(d.mean()), "rgb_p999": float(torch.quantile(d[:1 << 24], 0.999)),
-             "rgb_max": float(d.max()), "alpha_mean": float(a.mean()), "alpha_max": float(a.max())}
+    stats = {
+        "rgb_mean": float(d.mean()),
+        "rgb_p999": float(torch.quantile(d[: 1 << 24], 0.999)),
+        "rgb_max": float(d.max()),
+        "alpha_mean": float(a.mean()),
+        "alpha_max": float(a.max()),
+    }
     for name, g1, g2 in zip(["means", "quats", "scales", "opacities", "colors"], ref[2], other[2]):
         stats[f"grad_{name}_rel"] = float((g1 - g2).norm() / g1.norm().clamp_min(1e-30))
         stats[f"grad_{name}_cos"] = float(torch.nn.functional.cosine_similarity(g1.flatten(), g2.flatten(), dim=0))
@@ -100,8 +108,9 @@ def test_gsplat_antialiased_mode_matches_torch_reference() -> None:
     """gsplat's rasterize_mode="antialiased" against the torch reference's antialiased=True (same compensation)."""
     pytest.importorskip("gsplat", reason="gsplat not installed")
     params = parity_scene()
-    stats = parity_stats(render("torch", params, CONVENTIONS["gsplat"], antialiased=True),
-                         render("gsplat", params, antialiased=True))
+    stats = parity_stats(
+        render("torch", params, CONVENTIONS["gsplat"], antialiased=True), render("gsplat", params, antialiased=True)
+    )
     print("gsplat antialiased", stats)
     assert_parity(stats)
 

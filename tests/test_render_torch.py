@@ -17,8 +17,20 @@ from clods_pl.render.torch_backend import rasterize_torch
 TILE = 16
 
 
-def reference(means, quats, scales, opac, colors, viewmats, Ks, W, H, bg, conv: RasterConventions = TORCH,
-              antialiased: bool = False):
+def reference(
+    means,
+    quats,
+    scales,
+    opac,
+    colors,
+    viewmats,
+    Ks,
+    W,
+    H,
+    bg,
+    conv: RasterConventions = TORCH,
+    antialiased: bool = False,
+):
     """Per pixel, per Gaussian, in numpy float64: 3DGS classic semantics written out longhand (``conv``: the
     alpha clamp, the near plane, 16x16-tile coverage or every pixel, and 3DGS's integer-pixel tile rectangle;
     ``antialiased``: opacity times sqrt(det(cov) / det(cov + 0.3 I)), Mip-Splatting's compensation)."""
@@ -34,9 +46,13 @@ def reference(means, quats, scales, opac, colors, viewmats, Ks, W, H, bg, conv: 
             if t[2] <= conv.near:
                 continue
             w, x, y, z = quats[n] / np.linalg.norm(quats[n])
-            Rq = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                           [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                           [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+            Rq = np.array(
+                [
+                    [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                    [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                    [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+                ]
+            )
             M = Rq @ np.diag(scales[n])
             S = R @ (M @ M.T) @ R.T
             tanx, tany = 0.5 * W / fx, 0.5 * H / fy
@@ -118,8 +134,9 @@ def test_forward_matches_brute_force_reference(seed: int, antialiased: bool) -> 
     bg = torch.tensor([0.2, 0.4, 0.9], dtype=torch.float64)
     w2c, K = CAMS.w2c.double(), CAMS.K.double()
     out = rasterize(means, quats, scales, opac, colors, w2c, K, 40, 36, bg, antialiased=antialiased)
-    ref_rgb, ref_a = reference(*(x.numpy() for x in (means, quats, scales, opac, colors, w2c, K)), 40, 36, bg.numpy(),
-                               antialiased=antialiased)
+    ref_rgb, ref_a = reference(
+        *(x.numpy() for x in (means, quats, scales, opac, colors, w2c, K)), 40, 36, bg.numpy(), antialiased=antialiased
+    )
     assert out.rgb.shape == (2, 36, 40, 3) and out.alpha.shape == (2, 36, 40, 1)
     assert np.abs(out.rgb.numpy() - ref_rgb).max() < 1e-5
     assert np.abs(out.alpha.numpy() - ref_a).max() < 1e-5
@@ -128,8 +145,9 @@ def test_forward_matches_brute_force_reference(seed: int, antialiased: bool) -> 
 
 def test_gaussian_straddling_border_matches_reference() -> None:
     means, quats, scales, opac, colors = scene(4, 3)
-    uv_edge = torch.tensor([[0.55, 0.0, 0.1], [-0.5, 0.1, 0.4], [0.0, 0.45, -0.52], [0.1, -0.6, 0.0]],
-                           dtype=torch.float64)
+    uv_edge = torch.tensor(
+        [[0.55, 0.0, 0.1], [-0.5, 0.1, 0.4], [0.0, 0.45, -0.52], [0.1, -0.6, 0.0]], dtype=torch.float64
+    )
     scales = scales * 3
     w2c, K = CAMS.w2c.double(), CAMS.K.double()
     out = rasterize(uv_edge, quats, scales, opac, colors, w2c, K, 40, 36)
@@ -139,8 +157,11 @@ def test_gaussian_straddling_border_matches_reference() -> None:
     assert float(border) > 0.1  # some Gaussian really covers the border
 
 
-@pytest.mark.parametrize("name,antialiased", [(n, False) for n in ["means", "quats", "scales", "opac", "colors"]]
-                         + [("means", True), ("scales", True), ("quats", True)])
+@pytest.mark.parametrize(
+    "name,antialiased",
+    [(n, False) for n in ["means", "quats", "scales", "opac", "colors"]]
+    + [("means", True), ("scales", True), ("quats", True)],
+)
 def test_gradients_match_finite_differences(name: str, antialiased: bool) -> None:
     params = dict(zip(["means", "quats", "scales", "opac", "colors"], scene(6, 7, spread=0.4)))
     w2c, K = CAMS.w2c.double(), CAMS.K.double()
@@ -148,8 +169,9 @@ def test_gradients_match_finite_differences(name: str, antialiased: bool) -> Non
 
     def f(x: torch.Tensor) -> torch.Tensor:
         p = dict(params, **{name: x})
-        out = rasterize(p["means"], p["quats"], p["scales"], p["opac"], p["colors"], w2c, K, 40, 36,
-                        antialiased=antialiased)
+        out = rasterize(
+            p["means"], p["quats"], p["scales"], p["opac"], p["colors"], w2c, K, 40, 36, antialiased=antialiased
+        )
         return (out.rgb * weight).sum() + out.alpha.sum()
 
     x = params[name].clone().requires_grad_(True)
@@ -162,9 +184,18 @@ def test_gradients_match_finite_differences(name: str, antialiased: bool) -> Non
 def _one_gaussian(scales: list[float], opacity: float, antialiased: bool, quat=(1.0, 0.0, 0.0, 0.0)):
     cams = ring_cameras(1, radius=2.0, width=64, height=64, fov_deg=40.0)
     t = torch.float64
-    out = rasterize(torch.zeros(1, 3, dtype=t), torch.tensor([quat], dtype=t), torch.tensor([scales], dtype=t),
-                    torch.tensor([opacity], dtype=t), torch.ones(1, 3, dtype=t), cams.w2c.double(), cams.K.double(),
-                    64, 64, antialiased=antialiased)
+    out = rasterize(
+        torch.zeros(1, 3, dtype=t),
+        torch.tensor([quat], dtype=t),
+        torch.tensor([scales], dtype=t),
+        torch.tensor([opacity], dtype=t),
+        torch.ones(1, 3, dtype=t),
+        cams.w2c.double(),
+        cams.K.double(),
+        64,
+        64,
+        antialiased=antialiased,
+    )
     fx = float(cams.K[0, 0, 0])
     return out, fx
 
@@ -254,8 +285,9 @@ def test_composite_backward_matches_finite_differences_when_opaque() -> None:
     log_op = torch.log(0.5 + 0.5 * torch.rand(B, K, generator=g, dtype=torch.float64))
     log_op[:, 0], s2[:, 0] = math.log(1.2), 20.0  # a broad front layer whose alpha clamps at 0.99 near its centre
     a = 1.0 / s2
-    coef = torch.stack([-0.5 * a, -0.5 * a, torch.zeros_like(a), a * m[..., 0], a * m[..., 1],
-                        -0.5 * a * (m ** 2).sum(-1) + log_op], 1).requires_grad_(True)
+    coef = torch.stack(
+        [-0.5 * a, -0.5 * a, torch.zeros_like(a), a * m[..., 0], a * m[..., 1], -0.5 * a * (m**2).sum(-1) + log_op], 1
+    ).requires_grad_(True)
     valid = torch.ones(B, K, dtype=torch.bool)
     valid[0, -2:] = False  # padding
     feats = torch.rand(B, K, D, generator=g, dtype=torch.float64).requires_grad_(True)
@@ -317,8 +349,14 @@ def test_conventions_change_the_image() -> None:
     params = _opaque_near_scene(7)
     w2c, K = CAMS_48.w2c.double(), CAMS_48.K.double()
     base = rasterize_torch(*params, w2c, K, 48, 40).rgb
-    for conv in (GSPLAT_1_5, INRIA_3DGS, RasterConventions(alpha_max=0.999), RasterConventions(near=0.2),
-                 RasterConventions(tile_coverage=False), RasterConventions(integer_pixel_tile_rect=True)):
+    for conv in (
+        GSPLAT_1_5,
+        INRIA_3DGS,
+        RasterConventions(alpha_max=0.999),
+        RasterConventions(near=0.2),
+        RasterConventions(tile_coverage=False),
+        RasterConventions(integer_pixel_tile_rect=True),
+    ):
         other = rasterize_torch(*params, w2c, K, 48, 40, conventions=conv).rgb
         assert float((other - base).abs().max()) > 1e-3, conv
 

@@ -15,8 +15,18 @@ from clods_pl.errors import ClodsError
 from clods_pl.pipeline import slurm
 
 REPO = Path(__file__).resolve().parents[1]
-SLURM_VARS = ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_JOB_NAME", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT",
-              "SLURM_ARRAY_TASK_MIN", "SLURM_PROCID", "SLURM_NODEID", "SLURM_LOCALID", "SLURM_NNODES")
+SLURM_VARS = (
+    "SLURM_JOB_ID",
+    "SLURM_NTASKS",
+    "SLURM_JOB_NAME",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_ARRAY_TASK_COUNT",
+    "SLURM_ARRAY_TASK_MIN",
+    "SLURM_PROCID",
+    "SLURM_NODEID",
+    "SLURM_LOCALID",
+    "SLURM_NNODES",
+)
 
 
 @pytest.fixture
@@ -82,11 +92,20 @@ def test_command_line_shard_and_resume(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "clods_pl.pipeline.slurm"]
     out = subprocess.run(cmd + ["shard", "--names", "c", "a", "b"], env=env, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == ["c"]  # sorted a, b, c -> shards [a, b], [c]
-    out = subprocess.run(cmd + ["shard", "--names", "a", "b", "--task-id", "5", "--task-count", "2"], env=env,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        cmd + ["shard", "--names", "a", "b", "--task-id", "5", "--task-count", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1
-    out = subprocess.run(cmd + ["resume", "--run_dir", str(tmp_path), "--stage", "stage3"], env=env,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        cmd + ["resume", "--run_dir", str(tmp_path), "--stage", "stage3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == ""
 
 

@@ -27,8 +27,13 @@ def submit(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, lis
     config.write_text("dataset: data/tiny\n")
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CLODS_", "SLURM_"))}
     full_env.update(SBATCH=str(fake), FAKE_DIR=str(tmp_path), **env)
-    proc = subprocess.run(["bash", str(SLURM_DIR / "submit_pipeline.sh"), str(config), str(tmp_path / "run")],
-                          env=full_env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", str(SLURM_DIR / "submit_pipeline.sh"), str(config), str(tmp_path / "run")],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     calls_file = tmp_path / "calls.jsonl"
     calls = [json.loads(line) for line in calls_file.read_text().splitlines()] if calls_file.exists() else []
     return proc, calls
@@ -39,8 +44,14 @@ def opts(call: list[str]) -> dict[str, str]:
 
 
 def test_chain_of_dependent_jobs(tmp_path: Path) -> None:
-    proc, calls = submit(tmp_path, CLODS_PARTITION="gpu", CLODS_ACCOUNT="proj", CLODS_GPUS_PER_NODE="4",
-                         CLODS_NODES="2", CLODS_STAGE2_SHARDS="3")
+    proc, calls = submit(
+        tmp_path,
+        CLODS_PARTITION="gpu",
+        CLODS_ACCOUNT="proj",
+        CLODS_GPUS_PER_NODE="4",
+        CLODS_NODES="2",
+        CLODS_STAGE2_SHARDS="3",
+    )
     assert proc.returncode == 0, proc.stderr
     scripts = [Path(c[-1]).name for c in calls]
     assert scripts == ["stage1.sbatch", "stage2.sbatch", "stage2_finalize.sbatch", "stage3.sbatch", "eval.sbatch"]
@@ -56,8 +67,9 @@ def test_chain_of_dependent_jobs(tmp_path: Path) -> None:
 
 
 def test_cpu_partial_chain_and_errors(tmp_path: Path) -> None:
-    proc, calls = submit(tmp_path, CLODS_GPUS_PER_NODE="0", CLODS_CPU_TASKS_PER_NODE="2",
-                         CLODS_STAGES="stage3 eval", CLODS_AFTER="77")
+    proc, calls = submit(
+        tmp_path, CLODS_GPUS_PER_NODE="0", CLODS_CPU_TASKS_PER_NODE="2", CLODS_STAGES="stage3 eval", CLODS_AFTER="77"
+    )
     assert proc.returncode == 0, proc.stderr
     o = [opts(c) for c in calls]
     assert [Path(c[-1]).name for c in calls] == ["stage3.sbatch", "eval.sbatch"]
@@ -66,8 +78,11 @@ def test_cpu_partial_chain_and_errors(tmp_path: Path) -> None:
     (tmp_path / "bad").mkdir()
     proc, _ = submit(tmp_path / "bad", CLODS_STAGES="stage9")
     assert proc.returncode == 2 and "unknown step 'stage9'" in proc.stderr
-    missing = subprocess.run(["bash", str(SLURM_DIR / "submit_pipeline.sh"), str(tmp_path / "nope.yaml"), "runs/x"],
-                             capture_output=True, text=True)
+    missing = subprocess.run(
+        ["bash", str(SLURM_DIR / "submit_pipeline.sh"), str(tmp_path / "nope.yaml"), "runs/x"],
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
@@ -84,17 +99,31 @@ def test_sbatch_templates(script: str) -> None:
     subprocess.run(["bash", "-n", str(SLURM_DIR / script)], check=True)
 
 
-@pytest.mark.parametrize("env,expected", [
-    ({"SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS_PER_NODE": "4", "CLODS_GPUS_PER_NODE": "4"},
-     "--trainer.accelerator=gpu --trainer.devices=4 --trainer.num_nodes=2 --trainer.strategy=ddp"),
-    ({"SLURM_JOB_NUM_NODES": "1", "SLURM_NTASKS_PER_NODE": "2", "CLODS_GPUS_PER_NODE": "0"},
-     "--trainer.accelerator=cpu --trainer.devices=2 --trainer.num_nodes=1 --trainer.strategy=ddp"),
-    ({"SLURM_JOB_NUM_NODES": "1", "SLURM_NTASKS_PER_NODE": "1", "CLODS_GPUS_PER_NODE": "1"},
-     "--trainer.accelerator=gpu --trainer.devices=1 --trainer.num_nodes=1 --trainer.strategy=auto"),
-])
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        (
+            {"SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS_PER_NODE": "4", "CLODS_GPUS_PER_NODE": "4"},
+            "--trainer.accelerator=gpu --trainer.devices=4 --trainer.num_nodes=2 --trainer.strategy=ddp",
+        ),
+        (
+            {"SLURM_JOB_NUM_NODES": "1", "SLURM_NTASKS_PER_NODE": "2", "CLODS_GPUS_PER_NODE": "0"},
+            "--trainer.accelerator=cpu --trainer.devices=2 --trainer.num_nodes=1 --trainer.strategy=ddp",
+        ),
+        (
+            {"SLURM_JOB_NUM_NODES": "1", "SLURM_NTASKS_PER_NODE": "1", "CLODS_GPUS_PER_NODE": "1"},
+            "--trainer.accelerator=gpu --trainer.devices=1 --trainer.num_nodes=1 --trainer.strategy=auto",
+        ),
+    ],
+)
 def test_trainer_flags_match_the_allocation(env: dict[str, str], expected: str, tmp_path: Path) -> None:
     full = {k: v for k, v in os.environ.items() if not k.startswith(("CLODS_", "SLURM_"))}
     full.update(env, CLODS_ROOT=str(REPO), CLODS_CONFIG="c.yaml", CLODS_RUN=str(tmp_path))
-    out = subprocess.run(["bash", "-c", f"source {SLURM_DIR / 'common.sh'}; clods_trainer_args"], env=full,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["bash", "-c", f"source {SLURM_DIR / 'common.sh'}; clods_trainer_args"],
+        env=full,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == expected

@@ -147,7 +147,7 @@ def test_two_sided_colour_follows_the_side_a_camera_sees() -> None:
 
     smgs, verts0 = _smgs("static", two_sided=True)
     with torch.no_grad():
-        smgs.sh[:, 0] = torch.tensor([1.0, -1.0, -1.0])       # front red-ish
+        smgs.sh[:, 0] = torch.tensor([1.0, -1.0, -1.0])  # front red-ish
         smgs.sh_back[:, 0] = torch.tensor([-1.0, -1.0, 1.0])  # back blue-ish
     K = torch.tensor([[30.0, 0, 16], [0, 30.0, 16], [0, 0, 1]])
     above = look_at(torch.tensor([0.5, 0.5, 3.0]), torch.tensor([0.5, 0.5, 0.0]), torch.tensor([0.0, 1.0, 0.0]))
@@ -170,8 +170,10 @@ def test_coverage_scale_takes_alpha_from_the_wide_pass_and_colour_from_the_small
     """Small Gaussians leave holes (alpha < 1 inside the cloth) that a one-pass render fills with background; the
     coverage render keeps their colour, divided by their alpha, and takes alpha from the same Gaussians widened by
     coverage_scale, exactly as a one-pass render of those wider Gaussians would."""
-    small, two_pass, wide = (_smgs("static", gaussians_per_face=4, init_log_scale=ls, coverage_scale=cs)[0].double()
-                             for ls, cs in ((-0.9, None), (-0.9, 3.0), (-0.9 + math.log(3.0), None)))
+    small, two_pass, wide = (
+        _smgs("static", gaussians_per_face=4, init_log_scale=ls, coverage_scale=cs)[0].double()
+        for ls, cs in ((-0.9, None), (-0.9, 3.0), (-0.9 + math.log(3.0), None))
+    )
     verts = _smgs("static")[1].double()
     for m in (small, two_pass, wide):
         with torch.no_grad():
@@ -208,8 +210,10 @@ def test_coverage_render_gradient_in_vertices_matches_finite_differences() -> No
     x = verts.double().clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(f(x), x)
     with torch.no_grad():
-        numeric, coarse = ((f(verts.double() + eps * direction) - f(verts.double() - eps * direction)) / (2 * eps)
-                           for eps in (1e-6, 1e-5))
+        numeric, coarse = (
+            (f(verts.double() + eps * direction) - f(verts.double() - eps * direction)) / (2 * eps)
+            for eps in (1e-6, 1e-5)
+        )
     assert float(numeric) == pytest.approx(float(coarse), rel=1e-6)
     assert float((grad * direction).sum()) == pytest.approx(float(numeric), rel=1e-4)
 
@@ -223,8 +227,12 @@ def test_rendering_options_round_trip_and_old_checkpoints_render_classic(tmp_pat
     torch.save({SMGS_KEY: rec, "state_dict": state}, tmp_path / "new.ckpt")
     loaded, _ = load_smgs(tmp_path / "new.ckpt")
     assert loaded.coverage_scale == 2.5 and loaded.antialiased and loaded.options == smgs.options
-    old = dict(rec, options={k: v for k, v in rec["options"].items()
-                             if k not in ("antialiased", "coverage_scale", "init_log_scale")})
+    old = dict(
+        rec,
+        options={
+            k: v for k, v in rec["options"].items() if k not in ("antialiased", "coverage_scale", "init_log_scale")
+        },
+    )
     torch.save({SMGS_KEY: old, "state_dict": state}, tmp_path / "old.ckpt")
     loaded, _ = load_smgs(tmp_path / "old.ckpt")
     assert not loaded.antialiased and loaded.coverage_scale is None  # as it was fitted

@@ -14,8 +14,17 @@ from clods_pl.smgs import OPACITY_MODES
 from clods_pl.smgs.io import load_smgs
 from clods_pl.stages.appearance import AppearanceDataModule, AppearanceModule
 
-MINI = GenerateConfig(name="mini", splits={"train": 2}, num_frames=2, num_views=4, resolution=32, grid=(6, 5),
-                      substeps=3, iterations=10, supersample=2)
+MINI = GenerateConfig(
+    name="mini",
+    splits={"train": 2},
+    num_frames=2,
+    num_views=4,
+    resolution=32,
+    grid=(6, 5),
+    substeps=3,
+    iterations=10,
+    supersample=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +46,15 @@ def _fit(mini: Path, tmp: Path, steps: int, **kw) -> tuple[AppearanceModule, App
     L.seed_everything(0)
     dm = AppearanceDataModule(str(mini), holdout_views=[3], views_per_batch=3, steps_per_epoch=steps)
     module = AppearanceModule(gaussians_per_face=2, mlp_hidden=32, lr_color=0.05, lr_scale=0.02, **kw)
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp))
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp),
+    )
     trainer.fit(module, datamodule=dm)
     return module, dm, trainer
 

@@ -127,6 +127,7 @@ def test_sweep_overrides_through_the_cli(path: Path, tmp_path: Path) -> None:
     cmd[cmd.index("--run_dir") + 1] = str(tmp_path / "run")
     args = [f"--{k}={sweep_values(v)[0]}" for k, v in sweep["parameters"].items()]
     exe = shutil.which("clods-pl", path=str(Path(sys.executable).parent)) or "clods-pl"
-    proc = subprocess.run([exe, *cmd[1:], *args, "--print_config"], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [exe, *cmd[1:], *args, "--print_config"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]

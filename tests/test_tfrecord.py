@@ -20,8 +20,12 @@ def test_crc32c_known_vectors() -> None:
 
 
 def test_example_round_trip_all_feature_kinds(tmp_path) -> None:
-    ex = {"raw": b"\x00\x01abc", "many": [b"a", b"bc"], "f": np.array([1.5, -2.0], np.float32),
-          "i": np.array([3, -7, 1 << 40], np.int64)}
+    ex = {
+        "raw": b"\x00\x01abc",
+        "many": [b"a", b"bc"],
+        "f": np.array([1.5, -2.0], np.float32),
+        "i": np.array([3, -7, 1 << 40], np.int64),
+    }
     path = write_records(tmp_path / "x.tfrecord", [encode_example(ex), encode_example({"raw": b"z"})])
     recs = list(read_records(path))
     assert len(recs) == 2
@@ -64,18 +68,36 @@ def write_mgn_flag(tmp_path, num_traj: int = 2, T: int = 6):
     records, worlds = [], []
     for k in range(num_traj):
         t = np.arange(T, dtype=np.float32)[:, None]
-        world = np.stack([mesh_pos[:, 0].numpy()[None].repeat(T, 0),
-                          mesh_pos[:, 1].numpy()[None].repeat(T, 0) + 0.01 * t * k,
-                          0.02 * np.sin(t + mesh_pos[:, 0].numpy()[None])], -1).astype(np.float32)
+        world = np.stack(
+            [
+                mesh_pos[:, 0].numpy()[None].repeat(T, 0),
+                mesh_pos[:, 1].numpy()[None].repeat(T, 0) + 0.01 * t * k,
+                0.02 * np.sin(t + mesh_pos[:, 0].numpy()[None]),
+            ],
+            -1,
+        ).astype(np.float32)
         worlds.append(world)
-        records.append(encode_example({"cells": faces.numpy().astype(np.int32)[None].tobytes(),
-                                       "mesh_pos": mesh_pos.numpy()[None].tobytes(),
-                                       "node_type": node_type.tobytes(), "world_pos": world.tobytes()}))
-    meta = {"dt": 0.02, "trajectory_length": T, "field_names": ["cells", "mesh_pos", "node_type", "world_pos"],
-            "features": {"cells": {"type": "static", "shape": [1, -1, 3], "dtype": "int32"},
-                         "mesh_pos": {"type": "static", "shape": [1, -1, 2], "dtype": "float32"},
-                         "node_type": {"type": "static", "shape": [1, -1, 1], "dtype": "int32"},
-                         "world_pos": {"type": "dynamic", "shape": [T, -1, 3], "dtype": "float32"}}}
+        records.append(
+            encode_example(
+                {
+                    "cells": faces.numpy().astype(np.int32)[None].tobytes(),
+                    "mesh_pos": mesh_pos.numpy()[None].tobytes(),
+                    "node_type": node_type.tobytes(),
+                    "world_pos": world.tobytes(),
+                }
+            )
+        )
+    meta = {
+        "dt": 0.02,
+        "trajectory_length": T,
+        "field_names": ["cells", "mesh_pos", "node_type", "world_pos"],
+        "features": {
+            "cells": {"type": "static", "shape": [1, -1, 3], "dtype": "int32"},
+            "mesh_pos": {"type": "static", "shape": [1, -1, 2], "dtype": "float32"},
+            "node_type": {"type": "static", "shape": [1, -1, 1], "dtype": "int32"},
+            "world_pos": {"type": "dynamic", "shape": [T, -1, 3], "dtype": "float32"},
+        },
+    }
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     write_records(tmp_path / "train.tfrecord", records)
     return tmp_path / "train.tfrecord", tmp_path / "meta.json", worlds, faces

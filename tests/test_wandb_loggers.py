@@ -47,8 +47,8 @@ def read_wandb_records(path: str) -> list:
         if BLOCK - pos % BLOCK < 7:
             pos += BLOCK - pos % BLOCK
             continue
-        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + n], pos + 7 + n
+        _, n, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + n], pos + 7 + n
         if kind in (1, 2):
             buf = chunk
         elif kind in (3, 4):
@@ -101,8 +101,14 @@ def test_csv_default_logs_metrics_and_media(tmp_path: Path) -> None:
     loggers = build_loggers("csv", tmp_path / "logs", "demo-stage1")
     assert [type(lg) for lg in loggers] == [CSVLogger]
     dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2)), batch_size=2)
-    trainer = L.Trainer(max_steps=2, logger=loggers, log_every_n_steps=1, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=2,
+        logger=loggers,
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(TwoSteps(), dl)
     rows = (Path(loggers[0].log_dir) / "metrics.csv").read_text().splitlines()
     assert rows[0].split(",").count("train/loss") == 1 and len(rows) == 3
@@ -125,8 +131,14 @@ def test_wandb_offline_run_has_metrics_media_and_manifest(tmp_path: Path, monkey
     loggers = build_loggers("both", tmp_path, "demo-stage2", tags=["tiny"])
     assert [type(lg) for lg in loggers] == [CSVLogger, WandbLogger]
     dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(4, 2)), batch_size=2)
-    trainer = L.Trainer(max_steps=2, logger=loggers, log_every_n_steps=1, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=2,
+        logger=loggers,
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(TwoSteps(), dl)
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"stages": {}}))
@@ -141,8 +153,11 @@ def test_wandb_offline_run_has_metrics_media_and_manifest(tmp_path: Path, monkey
     records = wait_for_exit_record(runs[0])
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert (run.display_name, run.project, list(run.tags)) == ("demo-stage2", "clods-pl", ["tiny"])
-    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
-               for r in records if r.WhichOneof("record_type") == "history"]
+    history = [
+        {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
     losses = [h["train/loss"] for h in history if "train/loss" in h]
     csv_rows = (Path(loggers[0].log_dir) / "metrics.csv").read_text().splitlines()[1:]
     col = (Path(loggers[0].log_dir) / "metrics.csv").read_text().splitlines()[0].split(",").index("train/loss")

@@ -17,7 +17,16 @@ from clods_pl.dynamics.model import MeshGraphNet, constant_velocity_rollout
 from clods_pl.dynamics.normalizer import Normalizer
 
 __all__ = [
-    "EDGE_INPUT_SIZE", "NODE_INPUT_SIZE", "MeshGraph", "batch_graphs", "edge_features", "graph_from_faces",
-    "node_features", "MessagePassing", "make_message_passing", "MeshGraphNet", "constant_velocity_rollout",
+    "EDGE_INPUT_SIZE",
+    "NODE_INPUT_SIZE",
+    "MeshGraph",
+    "batch_graphs",
+    "edge_features",
+    "graph_from_faces",
+    "node_features",
+    "MessagePassing",
+    "make_message_passing",
+    "MeshGraphNet",
+    "constant_velocity_rollout",
     "Normalizer",
 ]

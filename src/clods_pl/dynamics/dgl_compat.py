@@ -83,8 +83,7 @@ def import_dgl() -> ModuleType:
         ) from exc
     except Exception as exc:  # DGL raises FileNotFoundError/OSError for missing C++ libraries
         raise BackendUnavailableError(
-            f"DGL is installed but fails to import on torch ({type(exc).__name__}: {exc}); "
-            "use message_passing=native"
+            f"DGL is installed but fails to import on torch ({type(exc).__name__}: {exc}); use message_passing=native"
         ) from exc
     return dgl
 

@@ -55,8 +55,13 @@ class MeshGraph:
 
     def to(self, device: torch.device | str) -> MeshGraph:
         """Copy onto ``device`` (Lightning's batch transfer calls this)."""
-        return MeshGraph(self.senders.to(device), self.receivers.to(device), self.num_nodes,
-                         self.batch_num_nodes, self.batch_num_edges)
+        return MeshGraph(
+            self.senders.to(device),
+            self.receivers.to(device),
+            self.num_nodes,
+            self.batch_num_nodes,
+            self.batch_num_edges,
+        )
 
 
 def graph_from_faces(faces: Tensor, num_nodes: int) -> MeshGraph:
@@ -112,5 +117,6 @@ def edge_features(world_pos: Tensor, mesh_pos: Tensor, graph: MeshGraph) -> Tens
     s, r = graph.senders, graph.receivers
     rel_world = world_pos[s] - world_pos[r]
     rel_mesh = (mesh_pos[s] - mesh_pos[r]).to(world_pos.dtype)
-    return torch.cat([rel_world, rel_world.norm(dim=-1, keepdim=True),
-                      rel_mesh, rel_mesh.norm(dim=-1, keepdim=True)], dim=-1)
+    return torch.cat(
+        [rel_world, rel_world.norm(dim=-1, keepdim=True), rel_mesh, rel_mesh.norm(dim=-1, keepdim=True)], dim=-1
+    )

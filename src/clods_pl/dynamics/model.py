@@ -13,13 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clods_pl.dynamics.features import (
-    EDGE_INPUT_SIZE,
-    NODE_INPUT_SIZE,
-    MeshGraph,
-    edge_features,
-    node_features,
-)
+from clods_pl.dynamics.features import EDGE_INPUT_SIZE, NODE_INPUT_SIZE, MeshGraph, edge_features, node_features
 from clods_pl.dynamics.message_passing import make_message_passing
 from clods_pl.dynamics.normalizer import Normalizer
 from clods_pl.errors import BackendUnavailableError
@@ -72,8 +66,15 @@ class MeshGraphNet(nn.Module):
         max_accumulations, std_epsilon: normalizer settings (1e6, 1e-8 in MGN).
     """
 
-    def __init__(self, latent: int = 128, blocks: int = 15, mlp_layers: int = 2, message_passing: str = "native",
-                 max_accumulations: int = 1_000_000, std_epsilon: float = 1e-8) -> None:
+    def __init__(
+        self,
+        latent: int = 128,
+        blocks: int = 15,
+        mlp_layers: int = 2,
+        message_passing: str = "native",
+        max_accumulations: int = 1_000_000,
+        std_epsilon: float = 1e-8,
+    ) -> None:
         super().__init__()
         self.message_passing = message_passing
         self.mp = make_message_passing(message_passing)
@@ -97,8 +98,9 @@ class MeshGraphNet(nn.Module):
         inference stays eager. ``reduce-overhead`` adds CUDA graphs on a GPU (the eager step is launch-bound there).
         Only the ``native`` message passing compiles."""
         if self.message_passing != "native":
-            raise BackendUnavailableError(f"compiling the model needs message_passing=native, got "
-                                          f"{self.message_passing!r}")
+            raise BackendUnavailableError(
+                f"compiling the model needs message_passing=native, got {self.message_passing!r}"
+            )
         self._compiled_core = torch.compile(self.core, mode=mode, dynamic=False)
 
     @property
@@ -114,8 +116,15 @@ class MeshGraphNet(nn.Module):
             h, e = block(h, e, graph, self.mp)
         return self.decoder(h)
 
-    def forward(self, x_prev: Tensor, x_t: Tensor, mesh_pos: Tensor, node_type: Tensor, graph: MeshGraph,
-                accumulate: bool = False) -> Tensor:
+    def forward(
+        self,
+        x_prev: Tensor,
+        x_t: Tensor,
+        mesh_pos: Tensor,
+        node_type: Tensor,
+        graph: MeshGraph,
+        accumulate: bool = False,
+    ) -> Tensor:
         """Normalised acceleration (V, 3) for world positions x_prev, x_t: (V, 3); mesh_pos (V, 2); node_type (V,).
 
         ``accumulate`` adds this step's node and edge features to the input normalizers' statistics.
@@ -125,8 +134,16 @@ class MeshGraphNet(nn.Module):
         compiled = self._compiled_core is not None and torch.is_grad_enabled()
         return (self._compiled_core if compiled else self.core)(nodes, edges, graph)
 
-    def step(self, x_prev: Tensor, x_t: Tensor, mesh_pos: Tensor, node_type: Tensor, graph: MeshGraph,
-             prescribed: Tensor | None = None, accumulate: bool = False) -> Tensor:
+    def step(
+        self,
+        x_prev: Tensor,
+        x_t: Tensor,
+        mesh_pos: Tensor,
+        node_type: Tensor,
+        graph: MeshGraph,
+        prescribed: Tensor | None = None,
+        accumulate: bool = False,
+    ) -> Tensor:
         """Next world positions x_{t+1}: (V, 3) = 2 x_t - x_{t-1} + a.
 
         Args:
@@ -137,8 +154,17 @@ class MeshGraphNet(nn.Module):
         pinned = (node_type != int(NodeType.NORMAL)).unsqueeze(-1)
         return torch.where(pinned, x_t if prescribed is None else prescribed, x_next)
 
-    def rollout(self, x0: Tensor, x1: Tensor, steps: int, mesh_pos: Tensor, node_type: Tensor, graph: MeshGraph,
-                prescribed: Tensor | None = None, accumulate: bool = False) -> Tensor:
+    def rollout(
+        self,
+        x0: Tensor,
+        x1: Tensor,
+        steps: int,
+        mesh_pos: Tensor,
+        node_type: Tensor,
+        graph: MeshGraph,
+        prescribed: Tensor | None = None,
+        accumulate: bool = False,
+    ) -> Tensor:
         """Autoregressive rollout from two frames; differentiable through every step.
 
         Args:
@@ -150,15 +176,23 @@ class MeshGraphNet(nn.Module):
         """
         out, prev, cur = [], x0, x1
         for k in range(steps):
-            nxt = self.step(prev, cur, mesh_pos, node_type, graph,
-                            None if prescribed is None else prescribed[k], accumulate and k == 0)
+            nxt = self.step(
+                prev,
+                cur,
+                mesh_pos,
+                node_type,
+                graph,
+                None if prescribed is None else prescribed[k],
+                accumulate and k == 0,
+            )
             out.append(nxt)
             prev, cur = cur, nxt
         return torch.stack(out) if out else x1.new_zeros((0,) + tuple(x1.shape))
 
 
-def constant_velocity_rollout(x0: Tensor, x1: Tensor, steps: int, node_type: Tensor,
-                              prescribed: Tensor | None = None) -> Tensor:
+def constant_velocity_rollout(
+    x0: Tensor, x1: Tensor, steps: int, node_type: Tensor, prescribed: Tensor | None = None
+) -> Tensor:
     """Baseline: x_{t+1} = 2 x_t - x_{t-1} (zero acceleration), pinned nodes as in :meth:`MeshGraphNet.rollout`.
 
     Returns (steps, V, 3) frames 2..steps+1.

@@ -52,9 +52,16 @@ class InMemoryDataset:
         return self.trajs[name]
 
 
-def flag_wave_trajectory(nx: int = 6, ny: int = 5, frames: int = 16, amplitude: float = 0.05,
-                         omega: float = 0.6, wavenumber: float = 2.0, phase: float = 0.0,
-                         size: float = 1.0) -> InMemoryTrajectory:
+def flag_wave_trajectory(
+    nx: int = 6,
+    ny: int = 5,
+    frames: int = 16,
+    amplitude: float = 0.05,
+    omega: float = 0.6,
+    wavenumber: float = 2.0,
+    phase: float = 0.0,
+    size: float = 1.0,
+) -> InMemoryTrajectory:
     """A flag of ``nx * ny`` vertices in the x-z plane pinned along x = 0 (HANDLE column), with a travelling
     wave ``y = amplitude * x * sin(omega t - wavenumber x + phase)`` (world up +z, flag towards +x)."""
     mesh_pos, faces = grid_mesh(nx, ny, size, size)
@@ -67,8 +74,15 @@ def flag_wave_trajectory(nx: int = 6, ny: int = 5, frames: int = 16, amplitude: 
     return InMemoryTrajectory(faces.numpy(), mesh_pos.numpy(), node_type.numpy(), verts.numpy())
 
 
-def wave_dataset(train: int = 3, test_viewed: int = 1, test_unviewed: int = 1, frames: int = 16,
-                 test_frames: int | None = None, nx: int = 6, ny: int = 5) -> InMemoryDataset:
+def wave_dataset(
+    train: int = 3,
+    test_viewed: int = 1,
+    test_unviewed: int = 1,
+    frames: int = 16,
+    test_frames: int | None = None,
+    nx: int = 6,
+    ny: int = 5,
+) -> InMemoryDataset:
     """Wave trajectories with distinct phases; splits ``train``, ``test_viewed``, ``test_unviewed``."""
     trajs, splits = {}, {}
     k = 0

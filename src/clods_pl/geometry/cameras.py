@@ -63,8 +63,13 @@ class Cameras:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Cameras:
         """Move/cast the matrices."""
-        return Cameras(self.K.to(device=device, dtype=dtype), self.w2c.to(device=device, dtype=dtype),
-                       self.width, self.height, list(self.names))
+        return Cameras(
+            self.K.to(device=device, dtype=dtype),
+            self.w2c.to(device=device, dtype=dtype),
+            self.width,
+            self.height,
+            list(self.names),
+        )
 
     @property
     def c2w(self) -> Tensor:
@@ -102,8 +107,12 @@ class Cameras:
             k = self.K[i].double()
             frame = {
                 "camera_name": self.names[i],
-                "fl_x": float(k[0, 0]), "fl_y": float(k[1, 1]), "cx": float(k[0, 2]), "cy": float(k[1, 2]),
-                "w": int(self.width), "h": int(self.height),
+                "fl_x": float(k[0, 0]),
+                "fl_y": float(k[1, 1]),
+                "cx": float(k[0, 2]),
+                "cy": float(k[1, 2]),
+                "w": int(self.width),
+                "h": int(self.height),
                 "transform_matrix": c2w[i].tolist(),
             }
             if file_paths is not None:
@@ -136,15 +145,17 @@ class Cameras:
             if m.shape != (4, 4) or not torch.isfinite(m).all():
                 raise ValueError(f"{source}: frame {i} transform_matrix must be a finite 4x4 matrix")
             if abs(float(torch.linalg.det(m[:3, :3]))) < 1e-9:
-                raise ValueError(f"{source}: frame {i} transform_matrix is singular (its rotation part has determinant "
-                                 "0); it must be an invertible camera-to-world matrix")
+                raise ValueError(
+                    f"{source}: frame {i} transform_matrix is singular (its rotation part has determinant "
+                    "0); it must be an invertible camera-to-world matrix"
+                )
             Ks.append(torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=torch.float64))
             c2w_cv = m @ _CV_TO_GL.double()
             w2cs.append(torch.linalg.inv(c2w_cv))
             names.append(str(fr.get("camera_name", f"view_{i:02d}")))
         if len(sizes) != 1:
             raise ValueError(f"{source}: all views must share one image size, got {sorted(sizes)}")
-        (w, h), = sizes
+        ((w, h),) = sizes
         return cls(torch.stack(Ks).float(), torch.stack(w2cs).float(), w, h, names)
 
 
@@ -204,7 +215,8 @@ def ring_cameras(
     for i in range(num_views):
         az = math.radians(azimuth_offset_deg + 360.0 * i / num_views)
         el = math.radians(elevations_deg[i % len(elevations_deg)])
-        eye = tgt + radius * torch.tensor([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)],
-                                          dtype=torch.float64)
+        eye = tgt + radius * torch.tensor(
+            [math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)], dtype=torch.float64
+        )
         w2cs.append(look_at(eye, tgt, torch.tensor(up, dtype=torch.float64)))
     return Cameras(K.expand(num_views, 3, 3).clone(), torch.stack(w2cs), width, height)

@@ -94,5 +94,6 @@ def validate_faces(faces: Tensor, num_verts: int) -> None:
     if faces.dtype.is_floating_point:
         raise ValueError(f"faces must be integers, got {faces.dtype}")
     if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= num_verts):
-        raise ValueError(f"faces index vertices outside [0, {num_verts}): "
-                         f"min {int(faces.min())}, max {int(faces.max())}")
+        raise ValueError(
+            f"faces index vertices outside [0, {num_verts}): min {int(faces.min())}, max {int(faces.max())}"
+        )

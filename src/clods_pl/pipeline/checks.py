@@ -22,8 +22,10 @@ def dataset_of(cfg: Namespace) -> str:
     if not ds:
         raise ClodsError("no dataset: set `dataset: <folder>` in the experiment YAML or pass --dataset")
     if not Path(ds).is_dir():
-        raise ClodsError(f"dataset folder {ds} does not exist; generate it with "
-                         f"`clods-pl data generate --preset tiny --out {ds}` (or `make data`)")
+        raise ClodsError(
+            f"dataset folder {ds} does not exist; generate it with "
+            f"`clods-pl data generate --preset tiny --out {ds}` (or `make data`)"
+        )
     return str(ds)
 
 
@@ -45,8 +47,10 @@ def check_backends(cfg: Namespace, stage: str, backend_keys: Sequence[str]) -> N
 
     accelerator = str(section(cfg, f"{stage}.trainer").get("accelerator", "auto"))
     if accelerator in GPU_ACCELERATORS and not torch.cuda.is_available():
-        raise BackendUnavailableError(f"{stage}.trainer.accelerator={accelerator} but no CUDA GPU is visible; "
-                                      f"use {stage}.trainer.accelerator=cpu (and backend torch)")
+        raise BackendUnavailableError(
+            f"{stage}.trainer.accelerator={accelerator} but no CUDA GPU is visible; "
+            f"use {stage}.trainer.accelerator=cpu (and backend torch)"
+        )
     settings = flatten(section(cfg, stage))
     for key in backend_keys:
         value = settings.get(key)
@@ -56,15 +60,18 @@ def check_backends(cfg: Namespace, stage: str, backend_keys: Sequence[str]) -> N
         try:
             __import__(module)
         except ImportError:
-            raise BackendUnavailableError(f"{stage}.{key}={value} is not installed ({fix}); "
-                                          f"use {stage}.{key}=torch on the CPU") from None
+            raise BackendUnavailableError(
+                f"{stage}.{key}={value} is not installed ({fix}); use {stage}.{key}=torch on the CPU"
+            ) from None
         if not torch.cuda.is_available():
-            raise BackendUnavailableError(f"{stage}.{key}={value} needs a CUDA GPU and none is visible; "
-                                          f"use {stage}.{key}=torch on the CPU")
+            raise BackendUnavailableError(
+                f"{stage}.{key}={value} needs a CUDA GPU and none is visible; use {stage}.{key}=torch on the CPU"
+            )
         if stage_device(cfg, stage) == "cpu":
             raise BackendUnavailableError(
                 f"{stage}.{key}={value} renders on CUDA but {stage}.trainer.accelerator={accelerator}; "
-                f"set {stage}.trainer.accelerator=gpu (or {stage}.{key}=torch)")
+                f"set {stage}.trainer.accelerator=gpu (or {stage}.{key}=torch)"
+            )
 
 
 def check_trainer_limits(stage: str, trainer: dict[str, Any]) -> None:
@@ -75,5 +82,7 @@ def check_trainer_limits(stage: str, trainer: dict[str, Any]) -> None:
     if steps is not None and (steps == 0 or steps < -1):
         raise ClodsError(f"{stage}.trainer.max_steps={steps}; it must be >= 1 (or -1: no step limit)")
     if epochs == -1 and steps in (None, -1):
-        raise ClodsError(f"{stage}.trainer.max_epochs=-1 with no max_steps would train forever; set "
-                         f"{stage}.trainer.max_epochs >= 1 or {stage}.trainer.max_steps >= 1")
+        raise ClodsError(
+            f"{stage}.trainer.max_epochs=-1 with no max_steps would train forever; set "
+            f"{stage}.trainer.max_epochs >= 1 or {stage}.trainer.max_steps >= 1"
+        )

@@ -69,8 +69,14 @@ def _data_command(argv: Sequence[str]) -> int:
     else:
         from clods_pl.data.mgn_import import import_mgn_flag  # noqa: PLC0415  (commands load only what they use)
 
-        import_mgn_flag(args.tfrecord, args.meta, args.out, num_trajectories=args.num_trajectories,
-                        frame_stride=args.frame_stride, max_frames=args.max_frames)
+        import_mgn_flag(
+            args.tfrecord,
+            args.meta,
+            args.out,
+            num_trajectories=args.num_trajectories,
+            frame_stride=args.frame_stride,
+            max_frames=args.max_frames,
+        )
         print(f"[clods-pl] imported into {args.out}")
     return 0
 
@@ -102,8 +108,9 @@ def _experiment_command(command: str, argv: Sequence[str], stages: Sequence[Any]
         print(_help_text(command, stages), end="")
         return 0
     parser = build_parser(prog=f"clods-pl {command}", stages=stages)
-    parser.add_argument("--force", type=bool, default=False,
-                        help="run even when the outputs are up to date (pipeline: every stage)")
+    parser.add_argument(
+        "--force", type=bool, default=False, help="run even when the outputs are up to date (pipeline: every stage)"
+    )
     if command.startswith("stage"):
         argv = rewrite_stage_overrides(command, argv)
     cfg = parser.parse_args(list(argv))
@@ -123,8 +130,10 @@ def _experiment_command(command: str, argv: Sequence[str], stages: Sequence[Any]
         return 0
     stage = runner.stage(command)
     if not force and not stage.sharded(runner) and runner.staleness(stage) is None:
-        print(f"[clods-pl] {command} is up to date in {runner.run_dir} (same settings, inputs and outputs); "
-              f"nothing to do. `clods-pl {command} ... --force true` runs it again")
+        print(
+            f"[clods-pl] {command} is up to date in {runner.run_dir} (same settings, inputs and outputs); "
+            f"nothing to do. `clods-pl {command} ... --force true` runs it again"
+        )
         return 0
     runner.run(stage)
     return 0
@@ -196,9 +205,15 @@ def _recover_command(argv: Sequence[str]) -> int:
     for key in STAGE.model_inputs:  # the orchestrator's inputs, not settings
         options.pop(key, None)
     options["holdout_views"] = runner.section(f"{STAGE.name}.data").get("holdout_views", [])
-    recover_cli(dataset_of(cfg), str(runner.outputs.stage1_checkpoint()),
-                str(runner.run_dir / STAGE.name / MESH_CACHE_DIR), cfg.traj, cfg.frames,
-                device=stage_device(cfg, STAGE.name), **options)
+    recover_cli(
+        dataset_of(cfg),
+        str(runner.outputs.stage1_checkpoint()),
+        str(runner.run_dir / STAGE.name / MESH_CACHE_DIR),
+        cfg.traj,
+        cfg.frames,
+        device=stage_device(cfg, STAGE.name),
+        **options,
+    )
     return 0
 
 
@@ -236,8 +251,11 @@ def main(argv: Sequence[str] | None = None, stages: Sequence[Any] | None = None)
         return 2
     except OSError as exc:  # disk full, read-only or missing paths: one line naming the file, not a traceback
         where = f" {exc.filename}" if exc.filename else ""
-        print(f"clods-pl {command}: error:{where}: {exc.strerror or exc}; finished stages are kept, rerun the "
-              "command once this is fixed", file=sys.stderr)
+        print(
+            f"clods-pl {command}: error:{where}: {exc.strerror or exc}; finished stages are kept, rerun the "
+            "command once this is fixed",
+            file=sys.stderr,
+        )
         return 2
     except Exception as exc:  # jsonargparse parse errors
         if type(exc).__name__ in ("ArgumentError", "ParserError"):

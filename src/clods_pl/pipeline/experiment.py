@@ -26,9 +26,17 @@ LOGGER_KINDS = ("csv", "wandb", "both")
 # Trainer arguments the orchestrator owns.
 TRAINER_SKIP = {"logger", "callbacks", "default_root_dir"}
 # Trainer settings that do not change any stage's result (each stage declares its own: Stage.non_result_keys).
-TRAINER_NON_RESULT_KEYS = frozenset({"trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.devices",
-                                     "trainer.num_nodes", "trainer.accelerator", "trainer.strategy",
-                                     "trainer.enable_model_summary"})
+TRAINER_NON_RESULT_KEYS = frozenset(
+    {
+        "trainer.enable_progress_bar",
+        "trainer.log_every_n_steps",
+        "trainer.devices",
+        "trainer.num_nodes",
+        "trainer.accelerator",
+        "trainer.strategy",
+        "trainer.enable_model_summary",
+    }
+)
 
 
 def default_stages() -> tuple[Stage, ...]:
@@ -58,35 +66,47 @@ def add_stage_arguments(parser: ArgumentParser, stage: Stage, trainer_arguments:
         if trainer_arguments:
             _add_class(parser, L.Trainer, f"{name}.trainer", TRAINER_SKIP)
         else:
-            parser.add_argument(f"--{name}.trainer", type=dict, default={},
-                                help=f"any lightning.Trainer argument, e.g. --{name}.trainer.max_epochs 4 (see "
-                                     "Lightning's Trainer docs; --print_config shows every one)")
+            parser.add_argument(
+                f"--{name}.trainer",
+                type=dict,
+                default={},
+                help=f"any lightning.Trainer argument, e.g. --{name}.trainer.max_epochs 4 (see "
+                "Lightning's Trainer docs; --print_config shows every one)",
+            )
     if stage.function is not None:
         parser.add_function_arguments(stage.function, name, skip=set(stage.function_inputs))
     if stage.add_arguments is not None:
         stage.add_arguments(parser, name)
 
 
-def build_parser(prog: str = "clods-pl", stages: Sequence[Stage] | None = None, description: str | None = None,
-                 trainer_arguments: bool = True) -> ArgumentParser:
+def build_parser(
+    prog: str = "clods-pl",
+    stages: Sequence[Stage] | None = None,
+    description: str | None = None,
+    trainer_arguments: bool = True,
+) -> ArgumentParser:
     """The experiment parser: top-level keys, then every stage's settings (:func:`add_stage_arguments`, default
     stages: :func:`default_stages`), then ``refine.*`` when the pipeline has a stage 3 to refine."""
     stages = default_stages() if stages is None else tuple(stages)
     # allow_abbrev=False: argparse would otherwise take a misspelt `--stage1.model.opacity_mod` for `opacity_mode`
     parser = ArgumentParser(prog=prog, description=description, exit_on_error=False, allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile, help="experiment YAML (repeatable; later ones win)")
-    parser.add_argument("--run_dir", type=str | None, default=None,
-                        help="run directory (default: runs/<config name>)")
+    parser.add_argument("--run_dir", type=str | None, default=None, help="run directory (default: runs/<config name>)")
     parser.add_argument("--dataset", type=str | None, default=None, help="dataset folder (docs/dataset.md)")
     parser.add_argument("--seed_everything", type=int, default=0, help="seed for every stage")
-    parser.add_argument("--threads", type=int | None, default=None,
-                        help="CPU threads for torch (and the cpu rasterizer); default: OMP_NUM_THREADS when set, "
-                             "else the cores the current load leaves free (at least 1)")
+    parser.add_argument(
+        "--threads",
+        type=int | None,
+        default=None,
+        help="CPU threads for torch (and the cpu rasterizer); default: OMP_NUM_THREADS when set, "
+        "else the cores the current load leaves free (at least 1)",
+    )
     parser.add_argument("--logger", type=str, default="csv", choices=LOGGER_KINDS, help="csv, wandb or both")
     parser.add_argument("--wandb.project", type=str, default="clods-pl")
     parser.add_argument("--wandb.entity", type=str | None, default=None)
-    parser.add_argument("--wandb.offline", type=bool | None, default=None,
-                        help="None: offline when WANDB_MODE=offline or no API key")
+    parser.add_argument(
+        "--wandb.offline", type=bool | None, default=None, help="None: offline when WANDB_MODE=offline or no API key"
+    )
     parser.add_argument("--wandb.tags", type=list[str], default=[])
     for stage in stages:
         add_stage_arguments(parser, stage, trainer_arguments)

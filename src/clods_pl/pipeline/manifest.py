@@ -39,8 +39,13 @@ def code_version() -> dict[str, str]:
     """Package version and, when available, the git commit of the source tree."""
     out = {"package": __version__}
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                                capture_output=True, text=True, timeout=5)
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         if commit.returncode == 0:
             out["git"] = commit.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -69,11 +74,15 @@ class Manifest:
             raise ManifestError(f"{self.path} has no 'stages' table; delete it to start the run over")
         bad = [name for name, rec in data["stages"].items() if not isinstance(rec, dict)]
         if bad:
-            raise ManifestError(f"{self.path}: the record of stage '{bad[0]}' is not an object (edited by hand?); "
-                                "delete the manifest to start the run over")
+            raise ManifestError(
+                f"{self.path}: the record of stage '{bad[0]}' is not an object (edited by hand?); "
+                "delete the manifest to start the run over"
+            )
         if data.get("version") != MANIFEST_VERSION:
-            raise ManifestError(f"{self.path} has version {data.get('version')}, this clods-pl writes "
-                                f"{MANIFEST_VERSION}; use a new run directory")
+            raise ManifestError(
+                f"{self.path} has version {data.get('version')}, this clods-pl writes "
+                f"{MANIFEST_VERSION}; use a new run directory"
+            )
         return data
 
     def stage(self, name: str) -> dict[str, Any] | None:
@@ -99,10 +108,19 @@ class Manifest:
 
     def start_stage(self, name: str, config: dict[str, Any], consumed: dict[str, str]) -> None:
         """Mark a stage running with the flat config and the upstream output hashes it consumes."""
+
         def _fn(rec: dict[str, Any]) -> None:
             rec.clear()
-            rec.update(status=STATUS_RUNNING, config=config, config_hash=sha256_json(config), consumed=consumed,
-                       outputs={}, started=_now(), code_version=code_version())
+            rec.update(
+                status=STATUS_RUNNING,
+                config=config,
+                config_hash=sha256_json(config),
+                consumed=consumed,
+                outputs={},
+                started=_now(),
+                code_version=code_version(),
+            )
+
         self.update_stage(name, _fn)
 
     def finish_stage(self, name: str, outputs: dict[str, str | Path], status: str = STATUS_DONE) -> None:
@@ -119,14 +137,17 @@ class Manifest:
             rec.setdefault("outputs", {}).update(hashed)
             rec["status"] = status
             rec["finished"] = _now()
+
         self.update_stage(name, _fn)
 
     def fail_stage(self, name: str, reason: str) -> None:
         """Record a failed stage with a one-line reason."""
+
         def _fn(rec: dict[str, Any]) -> None:
             rec["status"] = STATUS_FAILED
             rec["error"] = reason
             rec["finished"] = _now()
+
         self.update_stage(name, _fn)
 
     def _rel(self, p: str | Path) -> str:
@@ -151,8 +172,9 @@ class Manifest:
         rec = self.stage(name)
         if rec is None or rec.get("status") != STATUS_DONE:
             state = "never ran" if rec is None else f"is '{rec.get('status')}'"
-            raise ManifestError(f"{name} {state} in {self.run_dir}; "
-                                f"run `clods-pl {name}` (or `clods-pl pipeline`) first")
+            raise ManifestError(
+                f"{name} {state} in {self.run_dir}; run `clods-pl {name}` (or `clods-pl pipeline`) first"
+            )
         out = {}
         for key, entry in rec.get("outputs", {}).items():
             path = self.abspath(entry["path"])
@@ -160,8 +182,10 @@ class Manifest:
                 raise ManifestError(f"{name} output {path} is missing; rerun `clods-pl {name}`")
             digest = sha256_file(path)
             if digest != entry["sha256"]:
-                raise ManifestError(f"{name} output {path} does not match its checksum in {self.path} (corrupt or "
-                                    f"changed by hand); rerun `clods-pl {name}`")
+                raise ManifestError(
+                    f"{name} output {path} does not match its checksum in {self.path} (corrupt or "
+                    f"changed by hand); rerun `clods-pl {name}`"
+                )
             out[f"{name}:{key}"] = entry.get("content", digest)  # a checkpoint counts by its weights and settings
         return out
 

@@ -69,16 +69,23 @@ def _mean_iterations(cache_dir: Path, names: list[str]) -> float:
 def _round_row(k: int, stage2_dir: Path, eval_dir: Path, names: list[str]) -> dict[str, Any]:
     summary = json.loads((stage2_dir / SUMMARY_FILE).read_text())
     metrics = json.loads((eval_dir / EVAL_METRICS).read_text())
-    return {"round": k, "recovery_mean_rel_rmse": summary.get("mean_rel_rmse"),
-            "recovery_max_drift": summary.get("max_drift_last_over_first"),
-            "iterations_per_frame": _mean_iterations(stage2_dir / MESH_CACHE_DIR, names),
-            "rollout": {split: {regime: cell["mean"] for regime, cell in regimes.items()}  # seeds: their mean
-                        for split, regimes in by_source(metrics).get(RECOVERED, {}).get("splits", {}).items()}}
+    return {
+        "round": k,
+        "recovery_mean_rel_rmse": summary.get("mean_rel_rmse"),
+        "recovery_max_drift": summary.get("max_drift_last_over_first"),
+        "iterations_per_frame": _mean_iterations(stage2_dir / MESH_CACHE_DIR, names),
+        "rollout": {
+            split: {regime: cell["mean"] for regime, cell in regimes.items()}  # seeds: their mean
+            for split, regimes in by_source(metrics).get(RECOVERED, {}).get("splits", {}).items()
+        },
+    }
 
 
 def refine_table_markdown(rows: list[dict[str, Any]]) -> str:
-    head = ("| round | recovery error (% of flag) | max drift | iterations / frame | viewed interp. | viewed extrap. "
-            "| unviewed interp. | unviewed extrap. |")
+    head = (
+        "| round | recovery error (% of flag) | max drift | iterations / frame | viewed interp. | viewed extrap. "
+        "| unviewed interp. | unviewed extrap. |"
+    )
     lines = [head, "|---" * 8 + "|"]
     for r in rows:
         cells = []
@@ -87,26 +94,34 @@ def refine_table_markdown(rows: list[dict[str, Any]]) -> str:
                 v = r["rollout"].get(split, {}).get(regime)
                 cells.append("-" if v is None else f"{1e3 * v:.1f}")
         err = r["recovery_mean_rel_rmse"]
-        lines.append(f"| {r['round']} | {'-' if err is None else f'{100 * err:.2f}'} | "
-                     f"{r['recovery_max_drift']:.2f} | {r['iterations_per_frame']:.1f} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {r['round']} | {'-' if err is None else f'{100 * err:.2f}'} | "
+            f"{r['recovery_max_drift']:.2f} | {r['iterations_per_frame']:.1f} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines) + "\n\nRollout RMSE of the CloDS model of each round, x10^-3 m.\n"
 
 
 def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
     """Run (or skip, when up to date) rounds 2..``settings.rounds``; returns ``<run>/refine/summary.json``."""
-    recover, dynamics, evaluate = (runner.stage(s.name) for s in (recovery_stage.STAGE, dynamics_stage.STAGE,
-                                                                   evaluation_stage.STAGE))
+    recover, dynamics, evaluate = (
+        runner.stage(s.name) for s in (recovery_stage.STAGE, dynamics_stage.STAGE, evaluation_stage.STAGE)
+    )
     eval_name = evaluate.name
     if RECOVERED not in dynamics_stage.stage3_sources(runner):
-        raise ClodsError(f"refine needs stage3.sources to include '{RECOVERED}' (the model trained on recovered "
-                         "meshes predicts the next round); add it and run `clods-pl pipeline`")
+        raise ClodsError(
+            f"refine needs stage3.sources to include '{RECOVERED}' (the model trained on recovered "
+            "meshes predicts the next round); add it and run `clods-pl pipeline`"
+        )
     runner.consumed(evaluate)  # stages 1-3 done and current, else a one-line error naming what to run
     dataset = str(runner.cfg.get("dataset"))
     base_stage2 = runner.run_dir / "stage2"
     names = sorted(RunDir(runner.run_dir).mesh_caches())
     rows = [_round_row(1, base_stage2, runner.run_dir / eval_name, names)]
-    previous = next(p for k, p in RunDir(runner.run_dir).stage3_checkpoints().items()  # the first seed's
-                    if source_of(k) == RECOVERED)
+    previous = next(
+        p
+        for k, p in RunDir(runner.run_dir).stage3_checkpoints().items()  # the first seed's
+        if source_of(k) == RECOVERED
+    )
     eval_settings = evaluation_stage.rollout_settings(runner)
     for k in range(2, settings.rounds + 1):
         root = runner.run_dir / REFINE_DIR / f"round{k}"
@@ -118,9 +133,19 @@ def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
             print(f"[clods-pl] refine round {k}: stage 2 from the round-{k - 1} model")
             runner.manifest.start_stage(s2, config2, consumed)
             L.seed_everything(int(runner.cfg.get("seed_everything", 0)), workers=True, verbose=False)
-            recovery_stage.recover_meshes(recover, runner, dataset, root / "stage2", f"refine{k}-stage2", {
-                "recompute_stale": True, "init": settings.init, "dynamics_checkpoint": str(previous),
-                "prior_weight": settings.prior_weight})
+            recovery_stage.recover_meshes(
+                recover,
+                runner,
+                dataset,
+                root / "stage2",
+                f"refine{k}-stage2",
+                {
+                    "recompute_stale": True,
+                    "init": settings.init,
+                    "dynamics_checkpoint": str(previous),
+                    "prior_weight": settings.prior_weight,
+                },
+            )
             cache_dir = root / "stage2" / MESH_CACHE_DIR
             runner.manifest.finish_stage(s2, RunDir.stage2_outputs({n: cache_dir / f"{n}.npz" for n in names}))
         caches = runner.manifest.verified_outputs(s2)
@@ -130,22 +155,36 @@ def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
             print(f"[clods-pl] refine round {k}: stage 3 on the round-{k} meshes")
             runner.manifest.start_stage(s3, config3, caches)
             L.seed_everything(int(runner.cfg.get("seed_everything", 0)), workers=True, verbose=False)
-            dynamics_stage.train_dynamics(dynamics, runner, dataset, root / "stage3",
-                                          root / "stage2" / MESH_CACHE_DIR, RECOVERED,
-                                          {"stage3.source": RECOVERED, **extra}, f"refine{k}-stage3", ckpt)
+            dynamics_stage.train_dynamics(
+                dynamics,
+                runner,
+                dataset,
+                root / "stage3",
+                root / "stage2" / MESH_CACHE_DIR,
+                RECOVERED,
+                {"stage3.source": RECOVERED, **extra},
+                f"refine{k}-stage3",
+                ckpt,
+            )
             runner.manifest.finish_stage(s3, RunDir.stage3_outputs({RECOVERED: ckpt}))
         consumed_eval = runner.manifest.verified_outputs(s3)
         if runner.manifest.staleness(ev, {**section(runner.cfg, eval_name), **extra}, consumed_eval) is not None:
             runner.manifest.start_stage(ev, {**section(runner.cfg, eval_name), **extra}, consumed_eval)
             assert evaluate.function is not None
-            evaluate.function(dataset_dir=dataset, checkpoints={RECOVERED: str(ckpt)},
-                              out_dir=str(root / eval_name), **eval_settings)
+            evaluate.function(
+                dataset_dir=dataset, checkpoints={RECOVERED: str(ckpt)}, out_dir=str(root / eval_name), **eval_settings
+            )
             runner.manifest.finish_stage(ev, {"metrics": root / eval_name / EVAL_METRICS})
         rows.append(_round_row(k, root / "stage2", root / eval_name, names))
         previous = ckpt
     out = runner.run_dir / REFINE_DIR / "summary.json"
-    atomic_write_json(out, {"settings": {"rounds": settings.rounds, "init": settings.init,
-                                         "prior_weight": settings.prior_weight}, "rounds": rows})
+    atomic_write_json(
+        out,
+        {
+            "settings": {"rounds": settings.rounds, "init": settings.init, "prior_weight": settings.prior_weight},
+            "rounds": rows,
+        },
+    )
     atomic_write_text(out.with_name("refine_table.md"), refine_table_markdown(rows))
     print(f"[clods-pl] refine: {settings.rounds} rounds -> {out.with_name('refine_table.md')}")
     return out

@@ -42,8 +42,11 @@ def resume_checkpoint(ckpt_dir: Path, stage: str, digest: str) -> str | None:
     removed with a notice and None is returned: training starts over."""
     last = ckpt_dir / "last.ckpt"
     found = [last] if last.is_file() else []
-    found += sorted((p for p in ckpt_dir.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime,
-                    reverse=True) if ckpt_dir.is_dir() else []
+    found += (
+        sorted((p for p in ckpt_dir.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime, reverse=True)
+        if ckpt_dir.is_dir()
+        else []
+    )
     other = 0
     for ckpt in found:
         stamp = checkpoint_stamp(ckpt)

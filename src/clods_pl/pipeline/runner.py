@@ -80,8 +80,7 @@ class StageRunner:
         for stage in self.stages:
             if stage.name == name:
                 return stage
-        raise ClodsError(f"no stage '{name}' in this pipeline; choose one of "
-                         f"{', '.join(s.name for s in self.stages)}")
+        raise ClodsError(f"no stage '{name}' in this pipeline; choose one of {', '.join(s.name for s in self.stages)}")
 
     # ----- inputs ------------------------------------------------------------------------------------
     def upstream(self, stage: Stage) -> tuple[Stage, ...]:
@@ -119,8 +118,10 @@ class StageRunner:
         for up in self.upstream(stage):
             reason = self.manifest.staleness(up.name, self.stage_config(up), self.consumed_quiet(up))
             if reason is not None:
-                raise ManifestError(f"{stage.name} cannot run in {self.run_dir}: its input {up.name} is out of date "
-                                    f"({reason}); run `clods-pl pipeline` or rerun {up.name} first")
+                raise ManifestError(
+                    f"{stage.name} cannot run in {self.run_dir}: its input {up.name} is out of date "
+                    f"({reason}); run `clods-pl pipeline` or rerun {up.name} first"
+                )
             out.update(self.manifest.verified_outputs(up.name))
         return out
 
@@ -152,16 +153,35 @@ class StageRunner:
         kwargs.update(injected)
         return cls(**kwargs)
 
-    def trainer(self, stage: str, stage_dir: Path, name: str, fit: bool, validate: bool = True,
-                stamp_extra: dict[str, Any] | None = None) -> L.Trainer:
+    def trainer(
+        self,
+        stage: str,
+        stage_dir: Path,
+        name: str,
+        fit: bool,
+        validate: bool = True,
+        stamp_extra: dict[str, Any] | None = None,
+    ) -> L.Trainer:
         """A Trainer from ``<stage>.trainer`` with the run's loggers, and checkpoints stamped with the settings."""
         kwargs = section(self.cfg, f"{stage}.trainer")
         wandb = section(self.cfg, "wandb")
-        loggers = build_loggers(self.cfg.get("logger", "csv"), save_dir=stage_dir / LOGS_DIR, name=name,
-                                project=wandb.get("project", "clods-pl"), entity=wandb.get("entity"),
-                                offline=wandb.get("offline"), tags=wandb.get("tags") or None)
-        callbacks = [ModelCheckpoint(dirpath=stage_dir / CHECKPOINTS_DIR, save_last=True),
-                     SettingsStamp(self.settings_digest(self.stage(stage), stamp_extra))] if fit else []
+        loggers = build_loggers(
+            self.cfg.get("logger", "csv"),
+            save_dir=stage_dir / LOGS_DIR,
+            name=name,
+            project=wandb.get("project", "clods-pl"),
+            entity=wandb.get("entity"),
+            offline=wandb.get("offline"),
+            tags=wandb.get("tags") or None,
+        )
+        callbacks = (
+            [
+                ModelCheckpoint(dirpath=stage_dir / CHECKPOINTS_DIR, save_last=True),
+                SettingsStamp(self.settings_digest(self.stage(stage), stamp_extra)),
+            ]
+            if fit
+            else []
+        )
         if not fit:
             kwargs["enable_checkpointing"] = False
         if not validate:  # no validation data: skip the loop instead of handing Lightning an empty one
@@ -203,8 +223,11 @@ class StageRunner:
             dataset = {"dataset_dir": str(self.cfg.get("dataset") or "")}
             for role, inputs in (("model", stage.model_inputs), ("data", {**stage.data_inputs, **dataset})):
                 try:
-                    self.instantiate(stage, role, {k: v for k, v in inputs.items()
-                                                   if k in stage.model_inputs or k in stage.data_inputs})
+                    self.instantiate(
+                        stage,
+                        role,
+                        {k: v for k, v in inputs.items() if k in stage.model_inputs or k in stage.data_inputs},
+                    )
                 except ClodsError:
                     raise
                 except (ValueError, TypeError) as exc:
@@ -223,20 +246,24 @@ class StageRunner:
             yield
             return
         if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise ClodsError(f"run_dir {self.run_dir} is not a directory (a file is in the way); "
-                             "choose another --run_dir")
+            raise ClodsError(
+                f"run_dir {self.run_dir} is not a directory (a file is in the way); choose another --run_dir"
+            )
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ClodsError(f"run_dir {self.run_dir} cannot be created ({exc.strerror}); "
-                             "choose another --run_dir") from None
+            raise ClodsError(
+                f"run_dir {self.run_dir} cannot be created ({exc.strerror}); choose another --run_dir"
+            ) from None
         pid_file = self.run_dir / RUN_LOCK_PID
         try:
             self._run_lock.acquire(timeout=0)
         except FileLockTimeout:
             pid = pid_file.read_text().strip() if pid_file.is_file() else "?"
-            raise ClodsError(f"run dir {self.run_dir} is in use by PID {pid} (another clods-pl holds "
-                             f"{self._run_lock.lock_file}); wait for it to finish or use another --run_dir") from None
+            raise ClodsError(
+                f"run dir {self.run_dir} is in use by PID {pid} (another clods-pl holds "
+                f"{self._run_lock.lock_file}); wait for it to finish or use another --run_dir"
+            ) from None
         try:
             if self._run_lock.lock_counter == 1:
                 pid_file.write_text(f"{os.getpid()}\n")

@@ -37,8 +37,9 @@ def _int_or_none(env: Mapping[str, str], key: str) -> int | None:
     try:
         return int(value)
     except ValueError as exc:
-        raise SlurmConfigError(f"environment variable {key}={value!r} is not an integer; "
-                               "unset it or fix the job") from exc
+        raise SlurmConfigError(
+            f"environment variable {key}={value!r} is not an integer; unset it or fix the job"
+        ) from exc
 
 
 def last_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
@@ -88,8 +89,9 @@ def shard_trajectories(names: Sequence[str], task_id: int, task_count: int) -> l
     if task_count < 1:
         raise SlurmConfigError(f"array task count {task_count} must be >= 1; submit with --array=0-(N-1)")
     if not 0 <= task_id < task_count:
-        raise SlurmConfigError(f"array task id {task_id} is outside 0..{task_count - 1}; "
-                               f"submit with --array=0-{task_count - 1}")
+        raise SlurmConfigError(
+            f"array task id {task_id} is outside 0..{task_count - 1}; submit with --array=0-{task_count - 1}"
+        )
     base, extra = divmod(len(names), task_count)
     start = task_id * base + min(task_id, extra)
     stop = start + base + (1 if task_id < extra else 0)

@@ -12,9 +12,13 @@ from clods_pl.render.types import RenderOutput
 
 BACKENDS = ("torch", "cpu", "gsplat", "inria")
 # CUDA backends: name -> (module to import, how to install it)
-CUDA_BACKENDS = {"gsplat": ("gsplat", "pip install gsplat==1.5.3"),
-                 "inria": ("diff_gaussian_rasterization",
-                           "build graphdeco-inria/diff-gaussian-rasterization yourself (non-commercial licence)")}
+CUDA_BACKENDS = {
+    "gsplat": ("gsplat", "pip install gsplat==1.5.3"),
+    "inria": (
+        "diff_gaussian_rasterization",
+        "build graphdeco-inria/diff-gaussian-rasterization yourself (non-commercial licence)",
+    ),
+}
 
 __all__ = ["BACKENDS", "RenderOutput", "available_backends", "rasterize"]
 
@@ -22,19 +26,23 @@ __all__ = ["BACKENDS", "RenderOutput", "available_backends", "rasterize"]
 def _backend_fn(name: str) -> Callable[..., RenderOutput]:
     if name == "torch":
         from clods_pl.render.torch_backend import rasterize_torch  # noqa: PLC0415  (backends load on first use)
+
         return rasterize_torch
     if name == "cpu":
         try:
             from clods_pl.render.cpu_backend import rasterize_cpu  # noqa: PLC0415  (numba: first use only)
         except ImportError as exc:
-            raise BackendUnavailableError(f"backend 'cpu' needs numba (`pip install numba`; {exc}); "
-                                          "use backend=torch") from exc
+            raise BackendUnavailableError(
+                f"backend 'cpu' needs numba (`pip install numba`; {exc}); use backend=torch"
+            ) from exc
         return rasterize_cpu
     if name == "gsplat":
         from clods_pl.render.gsplat_backend import rasterize_gsplat  # noqa: PLC0415  (CUDA backends on use)
+
         return rasterize_gsplat
     if name == "inria":
         from clods_pl.render.inria_backend import rasterize_inria  # noqa: PLC0415  (CUDA backends on use)
+
         return rasterize_inria
     raise BackendUnavailableError(f"unknown rasterizer backend '{name}'; choose one of {', '.join(BACKENDS)}")
 
@@ -74,9 +82,21 @@ def _check_finite(named: dict[str, Tensor]) -> None:
     raise ValueError(f"rasterize: {bad} contains NaN/inf")
 
 
-def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor, viewmats: Tensor,
-              Ks: Tensor, width: int, height: int, background: Tensor | None = None, backend: str = "torch",
-              return_depth: bool = False, antialiased: bool = False) -> RenderOutput:
+def rasterize(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    background: Tensor | None = None,
+    backend: str = "torch",
+    return_depth: bool = False,
+    antialiased: bool = False,
+) -> RenderOutput:
     """Render N Gaussians into C cameras.
 
     Args:
@@ -109,7 +129,29 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
         raise ValueError(f"rasterize: image size must be positive, got {width}x{height}")
     if background is not None:
         _check("background", background, (3,))
-    _check_finite({"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors,
-                   "viewmats": viewmats, "Ks": Ks, **({} if background is None else {"background": background})})
-    return fn(means, quats, scales, opacities, colors, viewmats, Ks, int(width), int(height), background, return_depth,
-              antialiased=antialiased)
+    _check_finite(
+        {
+            "means": means,
+            "quats": quats,
+            "scales": scales,
+            "opacities": opacities,
+            "colors": colors,
+            "viewmats": viewmats,
+            "Ks": Ks,
+            **({} if background is None else {"background": background}),
+        }
+    )
+    return fn(
+        means,
+        quats,
+        scales,
+        opacities,
+        colors,
+        viewmats,
+        Ks,
+        int(width),
+        int(height),
+        background,
+        return_depth,
+        antialiased=antialiased,
+    )

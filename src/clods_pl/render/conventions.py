@@ -24,12 +24,12 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class RasterConventions:
     """Attributes:
-        alpha_max: per-pixel alpha clamp. near: camera-z culling plane (metres).
-        tile_coverage: a Gaussian touches only the 16x16 tiles its 3-sigma box overlaps (3DGS); False: every pixel
-            where ``alpha >= 1/255`` (gsplat 1.5's opacity-aware box).
-        integer_pixel_tile_rect: compute that tile rectangle as 3DGS does (mean in pixel-index coordinates,
-            truncating division) instead of from the mean with pixel centres at +0.5 (floor / ceil).
-        grad_through_clamp: the alpha gradient ignores the ``alpha_max`` clamp (3DGS's backward).
+    alpha_max: per-pixel alpha clamp. near: camera-z culling plane (metres).
+    tile_coverage: a Gaussian touches only the 16x16 tiles its 3-sigma box overlaps (3DGS); False: every pixel
+        where ``alpha >= 1/255`` (gsplat 1.5's opacity-aware box).
+    integer_pixel_tile_rect: compute that tile rectangle as 3DGS does (mean in pixel-index coordinates,
+        truncating division) instead of from the mean with pixel centres at +0.5 (floor / ceil).
+    grad_through_clamp: the alpha gradient ignores the ``alpha_max`` clamp (3DGS's backward).
     """
 
     alpha_max: float = 0.99

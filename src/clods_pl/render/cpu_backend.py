@@ -64,8 +64,10 @@ def _row_start(mx: float, a: float, b: float, cc: float, lo: float, dy: float, r
     """(opacity * exp(power) at pixel ``rx0`` of the row, its ratio to the next pixel's): log alpha is quadratic in
     dx, so alpha(dx + 1) / alpha(dx) = exp(-a (dx + 1/2) - b dy), and that ratio changes by exp(-a) per pixel."""
     dx = rx0 + 0.5 - mx
-    return (math.exp(lo - 0.5 * (a * dx * dx + cc * dy * dy) - b * dx * dy),
-            math.exp(-0.5 * a * (2.0 * dx + 1.0) - b * dy))
+    return (
+        math.exp(lo - 0.5 * (a * dx * dx + cc * dy * dy) - b * dx * dy),
+        math.exp(-0.5 * a * (2.0 * dx + 1.0) - b * dy),
+    )
 
 
 @njit(cache=True, inline="always")
@@ -79,9 +81,19 @@ def _box(mx: float, my: float, r: float, x0: int, x1: int, y0: int, y1: int) -> 
 
 
 @njit(parallel=True, cache=True)
-def _forward(attrs: np.ndarray, reach: np.ndarray, tile_start: np.ndarray, gids: np.ndarray, tiles_x: int,
-             tiles_per_cam: int, width: int, height: int, feat: np.ndarray, trans: np.ndarray,
-             last: np.ndarray) -> None:  # pragma: no cover  (compiled)
+def _forward(
+    attrs: np.ndarray,
+    reach: np.ndarray,
+    tile_start: np.ndarray,
+    gids: np.ndarray,
+    tiles_x: int,
+    tiles_per_cam: int,
+    width: int,
+    height: int,
+    feat: np.ndarray,
+    trans: np.ndarray,
+    last: np.ndarray,
+) -> None:  # pragma: no cover  (compiled)
     D = feat.shape[-1]
     for t in prange(tile_start.shape[0] - 1):
         s, e = tile_start[t], tile_start[t + 1]
@@ -140,9 +152,21 @@ def _forward(attrs: np.ndarray, reach: np.ndarray, tile_start: np.ndarray, gids:
 
 
 @njit(parallel=True, cache=True)
-def _backward(attrs: np.ndarray, reach: np.ndarray, tile_start: np.ndarray, gids: np.ndarray, tiles_x: int,
-              tiles_per_cam: int, width: int, height: int, trans: np.ndarray, last: np.ndarray, g_feat: np.ndarray,
-              g_trans: np.ndarray, g_pair: np.ndarray) -> None:  # pragma: no cover  (compiled)
+def _backward(
+    attrs: np.ndarray,
+    reach: np.ndarray,
+    tile_start: np.ndarray,
+    gids: np.ndarray,
+    tiles_x: int,
+    tiles_per_cam: int,
+    width: int,
+    height: int,
+    trans: np.ndarray,
+    last: np.ndarray,
+    g_feat: np.ndarray,
+    g_trans: np.ndarray,
+    g_pair: np.ndarray,
+) -> None:  # pragma: no cover  (compiled)
     D = g_feat.shape[-1]
     for t in prange(tile_start.shape[0] - 1):
         s, e = tile_start[t], tile_start[t + 1]
@@ -216,8 +240,9 @@ class _Composite(torch.autograd.Function):
     """attrs (C*N, 6 + D) [mean2d, conic, log opacity, features] -> (features (C, H, W, D), transmittance (C, H, W))."""
 
     @staticmethod
-    def forward(ctx, attrs: Tensor, reach: Tensor, tile_start: Tensor, gids: Tensor, shape: tuple[int, ...]
-                ) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx, attrs: Tensor, reach: Tensor, tile_start: Tensor, gids: Tensor, shape: tuple[int, ...]
+    ) -> tuple[Tensor, Tensor]:
         C, H, W, tiles_x, tiles_per_cam = shape
         a = attrs.detach().to(torch.float64).contiguous().numpy()
         r, ts, gi = reach.numpy(), tile_start.numpy(), gids.numpy()
@@ -238,20 +263,44 @@ class _Composite(torch.autograd.Function):
         gf = np.zeros((C, H, W, a.shape[1] - ATTR)) if g_feat is None else g_feat.to(torch.float64).numpy()
         gt = np.zeros((C, H, W)) if g_trans is None else g_trans.to(torch.float64).numpy()
         g_pair = np.zeros((gids.shape[0], a.shape[1]))
-        _backward(a, reach.numpy(), tile_start.numpy(), gids.numpy(), tiles_x, tiles_per_cam, W, H, trans, last,
-                  np.ascontiguousarray(gf), np.ascontiguousarray(gt), g_pair)
+        _backward(
+            a,
+            reach.numpy(),
+            tile_start.numpy(),
+            gids.numpy(),
+            tiles_x,
+            tiles_per_cam,
+            W,
+            H,
+            trans,
+            last,
+            np.ascontiguousarray(gf),
+            np.ascontiguousarray(gt),
+            g_pair,
+        )
         g_attrs = torch.zeros(attrs.shape, dtype=torch.float64).index_add_(0, gids, torch.from_numpy(g_pair))
         return g_attrs.to(attrs.dtype), None, None, None, None
 
 
-def rasterize_cpu(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
-                  viewmats: Tensor, Ks: Tensor, width: int, height: int, background: Tensor | None = None,
-                  return_depth: bool = False, antialiased: bool = False) -> RenderOutput:
+def rasterize_cpu(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    background: Tensor | None = None,
+    return_depth: bool = False,
+    antialiased: bool = False,
+) -> RenderOutput:
     """See :func:`clods_pl.render.rasterize` (CPU tensors; float32 or float64, computed in float64)."""
     if means.device.type != "cpu":
-
-        raise BackendUnavailableError(f"backend 'cpu' needs CPU tensors, got {means.device}; use backend=torch "
-                                      "(or gsplat) on a GPU")
+        raise BackendUnavailableError(
+            f"backend 'cpu' needs CPU tensors, got {means.device}; use backend=torch (or gsplat) on a GPU"
+        )
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     C, N = viewmats.shape[0], means.shape[0]
     dtype = means.dtype
@@ -274,8 +323,9 @@ def rasterize_cpu(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tenso
     feats = torch.cat([cols, p.depth.unsqueeze(-1)], -1) if return_depth else cols
     log_opac = torch.log(opac.clamp_min(1e-30)).unsqueeze(-1)
     attrs = torch.cat([p.mean2d, p.conic, log_opac, feats], -1).reshape(C * N, ATTR + feats.shape[-1])
-    feat, trans = _Composite.apply(attrs, reach, tile_start, gid.contiguous(),
-                                   (C, height, width, tiles_x, tiles_x * tiles_y))
+    feat, trans = _Composite.apply(
+        attrs, reach, tile_start, gid.contiguous(), (C, height, width, tiles_x, tiles_x * tiles_y)
+    )
     T = trans.unsqueeze(-1)
     alpha = 1.0 - T
     bg = torch.zeros(3, dtype=dtype) if background is None else background.to(means)

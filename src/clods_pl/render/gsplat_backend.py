@@ -30,22 +30,47 @@ def import_gsplat() -> Any:
     return gsplat
 
 
-def rasterize_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
-                     viewmats: Tensor, Ks: Tensor, width: int, height: int, background: Tensor | None = None,
-                     return_depth: bool = False, antialiased: bool = False) -> RenderOutput:
+def rasterize_gsplat(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    background: Tensor | None = None,
+    return_depth: bool = False,
+    antialiased: bool = False,
+) -> RenderOutput:
     """See :func:`clods_pl.render.rasterize`."""
     if means.device.type != "cuda":
-        raise BackendUnavailableError(f"backend 'gsplat' needs CUDA tensors, got {means.device}; "
-                                      "use backend=torch on the CPU")
+        raise BackendUnavailableError(
+            f"backend 'gsplat' needs CUDA tensors, got {means.device}; use backend=torch on the CPU"
+        )
     gsplat = import_gsplat()
     C = viewmats.shape[0]
     # gsplat appends the zero depth channel to the backgrounds itself in RGB+ED mode
     bgs = None if background is None else background.to(means).expand(C, 3).contiguous()
     render, alpha, _meta = gsplat.rasterization(
-        means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane=NEAR_PLANE,
-        eps2d=EPS_2D, packed=False, rasterize_mode="antialiased" if antialiased else "classic",
+        means,
+        quats,
+        scales,
+        opacities,
+        colors,
+        viewmats,
+        Ks,
+        width,
+        height,
+        near_plane=NEAR_PLANE,
+        eps2d=EPS_2D,
+        packed=False,
+        rasterize_mode="antialiased" if antialiased else "classic",
         render_mode="RGB+ED" if return_depth else "RGB",
-        backgrounds=bgs, sh_degree=None)
+        backgrounds=bgs,
+        sh_degree=None,
+    )
     rgb = render[..., :3]
     depth = render[..., 3:4] if return_depth else None
     return RenderOutput(rgb=rgb, alpha=alpha, depth=depth)

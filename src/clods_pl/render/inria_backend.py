@@ -19,9 +19,11 @@ from clods_pl.errors import BackendUnavailableError
 from clods_pl.render.types import RenderOutput
 
 ZNEAR, ZFAR = 0.01, 100.0
-INSTALL_HINT = ("backend 'inria' needs the original diff_gaussian_rasterization (build graphdeco-inria/"
-                "diff-gaussian-rasterization yourself; non-commercial licence) and a CUDA GPU; "
-                "use backend=gsplat or torch")
+INSTALL_HINT = (
+    "backend 'inria' needs the original diff_gaussian_rasterization (build graphdeco-inria/"
+    "diff-gaussian-rasterization yourself; non-commercial licence) and a CUDA GPU; "
+    "use backend=gsplat or torch"
+)
 
 
 def import_inria() -> Any:
@@ -43,33 +45,63 @@ def projection_matrix(K: Tensor, width: int, height: int, znear: float = ZNEAR, 
     return P
 
 
-def _settings(dgr: Any, K: Tensor, w2c: Tensor, width: int, height: int, bg: Tensor, antialiased: bool = False
-              ) -> Any:
+def _settings(dgr: Any, K: Tensor, w2c: Tensor, width: int, height: int, bg: Tensor, antialiased: bool = False) -> Any:
     P = projection_matrix(K, width, height)
-    values = dict(image_height=int(height), image_width=int(width), tanfovx=float(width / (2 * K[0, 0])),
-                  tanfovy=float(height / (2 * K[1, 1])), bg=bg, scale_modifier=1.0,
-                  viewmatrix=w2c.T.contiguous(), projmatrix=(P @ w2c).T.contiguous(), sh_degree=0,
-                  campos=torch.linalg.inv(w2c)[:3, 3].contiguous(), prefiltered=False, debug=False,
-                  antialiasing=antialiased)
+    values = dict(
+        image_height=int(height),
+        image_width=int(width),
+        tanfovx=float(width / (2 * K[0, 0])),
+        tanfovy=float(height / (2 * K[1, 1])),
+        bg=bg,
+        scale_modifier=1.0,
+        viewmatrix=w2c.T.contiguous(),
+        projmatrix=(P @ w2c).T.contiguous(),
+        sh_degree=0,
+        campos=torch.linalg.inv(w2c)[:3, 3].contiguous(),
+        prefiltered=False,
+        debug=False,
+        antialiasing=antialiased,
+    )
     fields = dgr.GaussianRasterizationSettings._fields
     if antialiased and "antialiasing" not in fields:
-        raise BackendUnavailableError("this build of diff_gaussian_rasterization has no antialiasing setting; use "
-                                      "backend=gsplat (or torch/cpu), or set antialiased: false")
+        raise BackendUnavailableError(
+            "this build of diff_gaussian_rasterization has no antialiasing setting; use "
+            "backend=gsplat (or torch/cpu), or set antialiased: false"
+        )
     return dgr.GaussianRasterizationSettings(**{k: v for k, v in values.items() if k in fields})
 
 
-def _render_one(dgr: Any, settings: Any, means: Tensor, opac: Tensor, scales: Tensor, quats: Tensor,
-                colors: Tensor) -> Tensor:
+def _render_one(
+    dgr: Any, settings: Any, means: Tensor, opac: Tensor, scales: Tensor, quats: Tensor, colors: Tensor
+) -> Tensor:
     screen = torch.zeros_like(means, requires_grad=True)
     out = dgr.GaussianRasterizer(raster_settings=settings)(
-        means3D=means, means2D=screen, shs=None, colors_precomp=colors, opacities=opac, scales=scales,
-        rotations=quats, cov3D_precomp=None)
+        means3D=means,
+        means2D=screen,
+        shs=None,
+        colors_precomp=colors,
+        opacities=opac,
+        scales=scales,
+        rotations=quats,
+        cov3D_precomp=None,
+    )
     return out[0]  # (3, H, W); later versions also return radii and depth
 
 
-def rasterize_inria(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
-                    viewmats: Tensor, Ks: Tensor, width: int, height: int, background: Tensor | None = None,
-                    return_depth: bool = False, antialiased: bool = False) -> RenderOutput:
+def rasterize_inria(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    background: Tensor | None = None,
+    return_depth: bool = False,
+    antialiased: bool = False,
+) -> RenderOutput:
     """See :func:`clods_pl.render.rasterize` (depth is not supported by every version: None)."""
     if means.device.type != "cuda":
         raise BackendUnavailableError(f"backend 'inria' needs CUDA tensors, got {means.device}")

@@ -20,19 +20,22 @@ import torch
 from torch import Tensor
 
 NEAR_PLANE = 0.01
-EPS_2D = 0.3          # low-pass dilation of the 2D covariance, in pixels^2
-FOV_CLAMP = 1.3       # Jacobian evaluated inside 1.3x the field of view
+EPS_2D = 0.3  # low-pass dilation of the 2D covariance, in pixels^2
+FOV_CLAMP = 1.3  # Jacobian evaluated inside 1.3x the field of view
 
 
 def quat_to_rotmat(quats: Tensor) -> Tensor:
     """(..., 4) wxyz (any norm) -> (..., 3, 3)."""
     q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     w, x, y, z = q.unbind(-1)
-    return torch.stack([
-        torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-        torch.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-        torch.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-    ], -2)
+    return torch.stack(
+        [
+            torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+            torch.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+            torch.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        -2,
+    )
 
 
 @dataclass
@@ -40,24 +43,36 @@ class Projected:
     """Per camera and Gaussian (C, N, ...): pixel centre, conic (inverse 2D covariance a, b, c), depth, radius,
     and whether the Gaussian is visible at all."""
 
-    mean2d: Tensor   # (C, N, 2) pixels, centres at +0.5
-    conic: Tensor    # (C, N, 3)
-    depth: Tensor    # (C, N) camera z
-    radius: Tensor   # (C, N) int64 pixels
-    valid: Tensor    # (C, N) bool: in front, non-degenerate and its 3-sigma box on screen
-    front: Tensor    # (C, N) bool: in front of the near plane with a positive-definite 2D covariance
+    mean2d: Tensor  # (C, N, 2) pixels, centres at +0.5
+    conic: Tensor  # (C, N, 3)
+    depth: Tensor  # (C, N) camera z
+    radius: Tensor  # (C, N) int64 pixels
+    valid: Tensor  # (C, N) bool: in front, non-degenerate and its 3-sigma box on screen
+    front: Tensor  # (C, N) bool: in front of the near plane with a positive-definite 2D covariance
     compensation: Tensor | None = None  # (C, N) antialiasing opacity factor in (0, 1]; only when asked for
 
     def opacities(self, opacities: Tensor) -> Tensor:
         """(C, N) per-camera opacities to composite: ``opacities`` (N,) times the compensation when computed."""
         C = self.depth.shape[0]
-        return opacities[None, :] * self.compensation if self.compensation is not None \
+        return (
+            opacities[None, :] * self.compensation
+            if self.compensation is not None
             else opacities[None, :].expand(C, -1)
+        )
 
 
-def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Tensor, Ks: Tensor, width: int,
-                      height: int, near: float = NEAR_PLANE, eps2d: float = EPS_2D,
-                      antialiased: bool = False) -> Projected:
+def project_gaussians(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    near: float = NEAR_PLANE,
+    eps2d: float = EPS_2D,
+    antialiased: bool = False,
+) -> Projected:
     """Project N Gaussians into C cameras (see the module docstring); ``antialiased`` also computes the
     compensation (classic rendering skips that work)."""
     R, T = viewmats[:, :3, :3], viewmats[:, :3, 3]
@@ -74,8 +89,13 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Te
     tx = zs * torch.minimum(lim_xp, torch.maximum(-lim_xn, x / zs))
     ty = zs * torch.minimum(lim_yp, torch.maximum(-lim_yn, y / zs))
     zero = torch.zeros_like(zs)
-    J = torch.stack([torch.stack([fx / zs, zero, -fx * tx / (zs * zs)], -1),
-                     torch.stack([zero, fy / zs, -fy * ty / (zs * zs)], -1)], -2)  # (C, N, 2, 3)
+    J = torch.stack(
+        [
+            torch.stack([fx / zs, zero, -fx * tx / (zs * zs)], -1),
+            torch.stack([zero, fy / zs, -fy * ty / (zs * zs)], -1),
+        ],
+        -2,
+    )  # (C, N, 2, 3)
     cov2 = J @ cov_cam @ J.transpose(-1, -2)
     a = cov2[..., 0, 0] + eps2d
     b = cov2[..., 0, 1]
@@ -98,8 +118,9 @@ def project_gaussians(means: Tensor, quats: Tensor, scales: Tensor, viewmats: Te
     return Projected(mean2d, conic, z, radius, valid, front, compensation)
 
 
-def tile_bounds(p: Projected, tile: int, tiles_x: int, tiles_y: int, integer_pixel: bool = False
-                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def tile_bounds(
+    p: Projected, tile: int, tiles_x: int, tiles_y: int, integer_pixel: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Tile rectangle [x0, x1) x [y0, y1) each Gaussian's 3-sigma box overlaps (empty when not valid).
 
     ``integer_pixel``: as 3DGS's ``getRect`` does it, from the mean in pixel-index coordinates (ours - 0.5) with

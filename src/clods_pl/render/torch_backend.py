@@ -20,16 +20,17 @@ from clods_pl.render.conventions import TORCH, RasterConventions
 from clods_pl.render.projection import Projected, num_tiles, project_gaussians, tile_bounds
 from clods_pl.render.types import RenderOutput
 
-TILE = 16   # 3DGS/gsplat tile: a Gaussian may touch every pixel of the 16x16 tiles its 3-sigma box overlaps
-BLOCK = 4   # compute block: the same pixels, restricted to where its alpha can reach 1/255 (exact, less work)
+TILE = 16  # 3DGS/gsplat tile: a Gaussian may touch every pixel of the 16x16 tiles its 3-sigma box overlaps
+BLOCK = 4  # compute block: the same pixels, restricted to where its alpha can reach 1/255 (exact, less work)
 ALPHA_MAX = TORCH.alpha_max
 ALPHA_MIN = 1.0 / 255.0
 T_MIN = 1e-4
 CHUNK_ELEMENTS = 1 << 23  # pixels x Gaussians evaluated at once
 
 
-def _pairs(x0: Tensor, x1: Tensor, y0: Tensor, y1: Tensor, depth: Tensor, tiles_x: int, tiles_per_cam: int
-           ) -> tuple[Tensor, Tensor]:
+def _pairs(
+    x0: Tensor, x1: Tensor, y0: Tensor, y1: Tensor, depth: Tensor, tiles_x: int, tiles_per_cam: int
+) -> tuple[Tensor, Tensor]:
     """All (tile, gaussian) pairs sorted by tile then depth -> (tile ids (P,), flat Gaussian ids (P,))."""
     C, N = x0.shape
     w, h = (x1 - x0).reshape(-1), (y1 - y0).reshape(-1)
@@ -50,10 +51,21 @@ def _pairs(x0: Tensor, x1: Tensor, y0: Tensor, y1: Tensor, depth: Tensor, tiles_
     return tile_id[order], gid[order]
 
 
-def rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
-                    viewmats: Tensor, Ks: Tensor, width: int, height: int, background: Tensor | None = None,
-                    return_depth: bool = False, antialiased: bool = False,
-                    conventions: RasterConventions = TORCH) -> RenderOutput:
+def rasterize_torch(
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    colors: Tensor,
+    viewmats: Tensor,
+    Ks: Tensor,
+    width: int,
+    height: int,
+    background: Tensor | None = None,
+    return_depth: bool = False,
+    antialiased: bool = False,
+    conventions: RasterConventions = TORCH,
+) -> RenderOutput:
     """See :func:`clods_pl.render.rasterize`. colors: (N, 3) or (C, N, 3).
 
     ``conventions``: :data:`~clods_pl.render.conventions.TORCH` (the backend's own); ``GSPLAT_1_5`` or
@@ -63,14 +75,17 @@ def rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Ten
     tiles_x, tiles_y = num_tiles(width, height, BLOCK)
     tiles_per_cam = tiles_x * tiles_y
     bg = torch.zeros(3, dtype=dtype, device=device) if background is None else background.to(means)
-    p = project_gaussians(means, quats, scales, viewmats, Ks, width, height, near=conventions.near,
-                          antialiased=antialiased)
+    p = project_gaussians(
+        means, quats, scales, viewmats, Ks, width, height, near=conventions.near, antialiased=antialiased
+    )
     opac = p.opacities(opacities)  # (C, N)
-    tile_id, gid = _pairs(*_block_bounds(p, opac, width, height, conventions), p.depth, tiles_x,
-                          tiles_per_cam)
+    tile_id, gid = _pairs(*_block_bounds(p, opac, width, height, conventions), p.depth, tiles_x, tiles_per_cam)
     n_tiles = C * tiles_per_cam
-    counts = (torch.bincount(tile_id, minlength=n_tiles) if tile_id.numel()
-              else torch.zeros(n_tiles, dtype=torch.long, device=device))
+    counts = (
+        torch.bincount(tile_id, minlength=n_tiles)
+        if tile_id.numel()
+        else torch.zeros(n_tiles, dtype=torch.long, device=device)
+    )
     kmax = int(counts.max()) if counts.numel() else 0
 
     cols = colors if colors.ndim == 3 else colors.unsqueeze(0).expand(C, N, 3)
@@ -118,8 +133,9 @@ def rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Ten
     return RenderOutput(rgb=rgb, alpha=alpha, depth=depth)
 
 
-def _block_bounds(p: Projected, opacities: Tensor, width: int, height: int, conventions: RasterConventions
-                  ) -> tuple[Tensor, ...]:
+def _block_bounds(
+    p: Projected, opacities: Tensor, width: int, height: int, conventions: RasterConventions
+) -> tuple[Tensor, ...]:
     """``opacities``: (C, N) as composited.
 
     BLOCK rectangles [x0, x1) x [y0, y1) per (camera, Gaussian): inside its 16-pixel tile rectangle (3DGS
@@ -157,15 +173,22 @@ def _chunks(tiles: Tensor, counts: Tensor, slack: float = 0.5) -> list[tuple[Ten
     while start < len(counts):
         k = counts[start]
         end = start + 1
-        while (end < len(counts) and counts[end] >= slack * k and (end + 1 - start) * k * per_tile <= CHUNK_ELEMENTS):
+        while end < len(counts) and counts[end] >= slack * k and (end + 1 - start) * k * per_tile <= CHUNK_ELEMENTS:
             end += 1
         groups.append((tiles[start:end], int(k)))
         start = end
     return groups
 
 
-def _shade_tiles(tiles: Tensor, table: Tensor, local_pix: Tensor, tiles_x: int, tiles_per_cam: int, attrs: Tensor,
-                 conventions: RasterConventions = TORCH) -> tuple[Tensor, Tensor]:
+def _shade_tiles(
+    tiles: Tensor,
+    table: Tensor,
+    local_pix: Tensor,
+    tiles_x: int,
+    tiles_per_cam: int,
+    attrs: Tensor,
+    conventions: RasterConventions = TORCH,
+) -> tuple[Tensor, Tensor]:
     """Composite the sorted Gaussians ``table`` (B, K; -1 = padding) over the pixels of ``tiles`` (B,).
 
     attrs: (C*N, 6 + D) per projected Gaussian: mean2d (2), conic (3), log opacity (1), features (D).
@@ -183,8 +206,7 @@ def _shade_tiles(tiles: Tensor, table: Tensor, local_pix: Tensor, tiles_x: int, 
     # per-pixel monomials [x^2, y^2, xy, x, y, 1] instead of ~20 elementwise passes over (B, P, K)
     const = -0.5 * a * mx * mx - 0.5 * c * my * my - b * mx * my + log_op
     coef = torch.stack([-0.5 * a, -0.5 * c, -b, a * mx + b * my, c * my + b * mx, const], 1)  # (B, 6, K)
-    return _Composite.apply(coef, valid, g[..., 6:], local_pix, conventions.alpha_max,
-                            conventions.grad_through_clamp)
+    return _Composite.apply(coef, valid, g[..., 6:], local_pix, conventions.alpha_max, conventions.grad_through_clamp)
 
 
 class _Composite(torch.autograd.Function):
@@ -199,8 +221,15 @@ class _Composite(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, coef: Tensor, valid: Tensor, feats: Tensor, local_pix: Tensor, alpha_max: float = ALPHA_MAX,
-                grad_through_clamp: bool = False) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx,
+        coef: Tensor,
+        valid: Tensor,
+        feats: Tensor,
+        local_pix: Tensor,
+        alpha_max: float = ALPHA_MAX,
+        grad_through_clamp: bool = False,
+    ) -> tuple[Tensor, Tensor]:
         # in-place ops on fresh tensors throughout: this runs without autograd and is memory-bound on a CPU
         alpha = torch.matmul(local_pix, coef).clamp_(max=0.0).exp_()  # (B, P, K)
         live = (alpha >= ALPHA_MIN).logical_and_(valid[:, None, :])

@@ -60,18 +60,24 @@ def dynamics_section(eval_dir: Path) -> Section | None:
     h, n_train = m.get("train_horizon"), m.get("num_train_trajectories")
     sec = Section("Dynamics: rollout error against ground-truth meshes (paper Table 1)")
     sec.table(rollout_table_markdown(m))
-    words = (f"Each model starts from the ground-truth frames 0 and 1 of a test trajectory and predicts every later "
-             f"frame from its own predictions. RMSE over all vertices and predicted frames, in units of 10^-3 of the "
-             f"world unit (mm for metres). Interpolation: frames before {h}; extrapolation: frames {h} and later. ")
+    words = (
+        f"Each model starts from the ground-truth frames 0 and 1 of a test trajectory and predicts every later "
+        f"frame from its own predictions. RMSE over all vertices and predicted frames, in units of 10^-3 of the "
+        f"world unit (mm for metres). Interpolation: frames before {h}; extrapolation: frames {h} and later. "
+    )
     if m.get("train_sequence_frames") and m.get("test_sequence_frames"):
         tr, te = m["train_sequence_frames"], m["test_sequence_frames"]
-        words += (f"Training sequences have {tr} frames and test sequences {te}" +
-                  (", so extrapolation is beyond the training length. " if te > tr and h >= tr else
-                   "; here the split is by time within the training length. "))
+        words += f"Training sequences have {tr} frames and test sequences {te}" + (
+            ", so extrapolation is beyond the training length. "
+            if te > tr and h >= tr
+            else "; here the split is by time within the training length. "
+        )
     if n_train:
         words += f"Stage 3 trained on {n_train} trajectories. "
-    words += ("Rows: constant velocity (x_t+1 = 2 x_t - x_t-1), MGN trained on ground-truth meshes, CloDS trained on "
-              "the meshes stage 2 recovered from the videos alone.")
+    words += (
+        "Rows: constant velocity (x_t+1 = 2 x_t - x_t-1), MGN trained on ground-truth meshes, CloDS trained on "
+        "the meshes stage 2 recovered from the videos alone."
+    )
     sec.text(words)
     for split in ("all", *m.get("splits", [])):
         sec.media(eval_dir / f"rmse_over_steps_{split}.png", f"RMSE over time, {split.replace('_', ' ')}")
@@ -90,10 +96,15 @@ def novel_view_section(eval_dir: Path) -> Section | None:
     table = eval_dir / NOVEL_VIEWS_TABLE
     if table.is_file():
         sec.table(table.read_text())
-    sec.text(f"{result.get('definition', '')} Held-out views: {result.get('holdout_views')}; trajectories: "
-             f"{', '.join(result.get('trajectories', []))}.")
-    sec.media(eval_dir / RECOVERED_RENDERS, "Per row: a trajectory and view; per pair: the input image, then the "
-              "SMGS render of the mesh stage 2 recovered for that frame")
+    sec.text(
+        f"{result.get('definition', '')} Held-out views: {result.get('holdout_views')}; trajectories: "
+        f"{', '.join(result.get('trajectories', []))}."
+    )
+    sec.media(
+        eval_dir / RECOVERED_RENDERS,
+        "Per row: a trajectory and view; per pair: the input image, then the "
+        "SMGS render of the mesh stage 2 recovered for that frame",
+    )
     return sec
 
 
@@ -109,19 +120,27 @@ def stage_sections(run_dir: Path) -> list[Section]:
     if s2.is_file():
         summary = json.loads(s2.read_text())
         per = summary.get("trajectories", {})
-        lines = ["| trajectory | mean error (%) | frame 1 (%) | last frame (%) | drift (last / frame 1) |",
-                 "|---|---|---|---|---|"]
-        lines += [f"| {n} | {_pct(v.get('mean_rel_rmse'))} | {_pct(v.get('first_rel_rmse'))} | "
-                  f"{_pct(v.get('last_rel_rmse'))} | {v.get('drift_last_over_first', float('nan')):.2f} |"
-                  for n, v in per.items()]
+        lines = [
+            "| trajectory | mean error (%) | frame 1 (%) | last frame (%) | drift (last / frame 1) |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {n} | {_pct(v.get('mean_rel_rmse'))} | {_pct(v.get('first_rel_rmse'))} | "
+            f"{_pct(v.get('last_rel_rmse'))} | {v.get('drift_last_over_first', float('nan')):.2f} |"
+            for n, v in per.items()
+        ]
         if "mean_rel_rmse" in summary:
-            lines.append(f"| **all** | **{_pct(summary['mean_rel_rmse'])}** | | | "
-                         f"max {summary.get('max_drift_last_over_first', float('nan')):.2f} |")
+            lines.append(
+                f"| **all** | **{_pct(summary['mean_rel_rmse'])}** | | | "
+                f"max {summary.get('max_drift_last_over_first', float('nan')):.2f} |"
+            )
         sec = Section("Stage 2: meshes recovered from the videos, against ground truth (evaluation only)")
         sec.table("\n".join(lines))
-        sec.text("Error: RMSE over vertices of the recovered mesh against the ground-truth mesh, in percent of the "
-                 "flag size (the larger side of its rest shape), averaged over frames 1..T-1. Drift: last-frame "
-                 "error over frame-1 error.")
+        sec.text(
+            "Error: RMSE over vertices of the recovered mesh against the ground-truth mesh, in percent of the "
+            "flag size (the larger side of its rest shape), averaged over frames 1..T-1. Drift: last-frame "
+            "error over frame-1 error."
+        )
         for png in sorted((run_dir / "stage2" / "plots").glob("*.png")):
             sec.media(png, f"{png.stem.replace('_rmse', '')}: recovery error per frame")
         out.append(sec)
@@ -134,12 +153,16 @@ def refine_section(run_dir: Path) -> Section | None:
     if not (table.is_file() and summary.is_file()):
         return None
     settings = json.loads(summary.read_text()).get("settings", {})
-    return (Section("Closing the loop: recovery started from the dynamics model (`clods-pl refine`)")
-            .table(table.read_text())
-            .text(f"Round 1 is the pipeline's plain stage 2 and stage 3. Each later round recovers the training meshes "
-                  f"again, starting every frame from the previous round's CloDS model (init: {settings.get('init')}, "
-                  f"prior weight {settings.get('prior_weight')}), then trains and evaluates stage 3 on them. No "
-                  "ground truth is used except to measure."))
+    return (
+        Section("Closing the loop: recovery started from the dynamics model (`clods-pl refine`)")
+        .table(table.read_text())
+        .text(
+            f"Round 1 is the pipeline's plain stage 2 and stage 3. Each later round recovers the training meshes "
+            f"again, starting every frame from the previous round's CloDS model (init: {settings.get('init')}, "
+            f"prior weight {settings.get('prior_weight')}), then trains and evaluates stage 3 on them. No "
+            "ground truth is used except to measure."
+        )
+    )
 
 
 def other_sections(eval_dir: Path) -> list[Section]:
@@ -150,8 +173,11 @@ def other_sections(eval_dir: Path) -> list[Section]:
         data = json.loads(path.read_text())
         rows = [(k, v) for k, v in data.items() if isinstance(v, (int, float, str, bool))]
         if rows:
-            out.append(Section(path.stem.replace("_", " ")).table(
-                "| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)))
+            out.append(
+                Section(path.stem.replace("_", " ")).table(
+                    "| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+                )
+            )
     return out
 
 
@@ -165,8 +191,11 @@ def collect_sections(run_dir: Path) -> list[Section]:
     sections += stage_sections(run_dir) + other_sections(eval_dir)
     ds = RunDir(run_dir).dataset()
     if ds is not None and (ds / "preview.png").is_file():
-        sections.append(Section("Data").text(f"Dataset {ds}: views (rows) x frames (columns) of a trajectory.")
-                        .media(ds / "preview.png", "data preview"))
+        sections.append(
+            Section("Data")
+            .text(f"Dataset {ds}: views (rows) x frames (columns) of a trajectory.")
+            .media(ds / "preview.png", "data preview")
+        )
     return sections
 
 
@@ -208,13 +237,17 @@ def _md_table_to_html(markdown: str) -> str:
 
 
 def to_html(title: str, sections: list[Section]) -> str:
-    css = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-           "table{border-collapse:collapse;margin:.8em 0}td,th{border:1px solid #ccc;padding:.25em .6em;"
-           "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
-           "figure{display:inline-block;margin:.5em;vertical-align:top}figcaption{font-size:.85em;color:#555;"
-           "max-width:560px}img,video{max-width:100%;image-rendering:pixelated}")
-    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-           f"<style>{css}</style></head><body><h1>{html.escape(title)}</h1>"]
+    css = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:.8em 0}td,th{border:1px solid #ccc;padding:.25em .6em;"
+        "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+        "figure{display:inline-block;margin:.5em;vertical-align:top}figcaption{font-size:.85em;color:#555;"
+        "max-width:560px}img,video{max-width:100%;image-rendering:pixelated}"
+    )
+    out = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{css}</style></head><body><h1>{html.escape(title)}</h1>"
+    ]
     for sec in sections:
         out.append(f"<h2>{html.escape(sec.title)}</h2>")
         for kind, value in sec.blocks:
@@ -226,8 +259,11 @@ def to_html(title: str, sections: list[Section]) -> str:
                 path, caption = value
                 data = base64.b64encode(path.read_bytes()).decode("ascii")
                 src = f"data:{MIME.get(path.suffix.lower(), 'application/octet-stream')};base64,{data}"
-                tag = (f"<video controls loop src='{src}'></video>" if path.suffix.lower() == ".mp4"
-                       else f"<img alt='{html.escape(caption)}' src='{src}'>")
+                tag = (
+                    f"<video controls loop src='{src}'></video>"
+                    if path.suffix.lower() == ".mp4"
+                    else f"<img alt='{html.escape(caption)}' src='{src}'>"
+                )
                 out.append(f"<figure>{tag}<figcaption>{html.escape(caption)}</figcaption></figure>")
     out.append("</body></html>")
     return "\n".join(out)

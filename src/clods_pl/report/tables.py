@@ -18,7 +18,7 @@ def method_label(key: str) -> str:
     ``<source>@seed<k>`` key adds the seed."""
     base = source_of(key)
     if base != key:
-        return f"{method_label(base)} (seed {key[len(base) + len(SEED_MARK):]})"
+        return f"{method_label(base)} (seed {key[len(base) + len(SEED_MARK) :]})"
     kind, _, n = key.partition(":")
     if key == "const_vel":
         return "Const. velocity"
@@ -42,8 +42,12 @@ def by_source(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
         cells: dict[str, dict[str, Any]] = {}
         for split, _ in SPLIT_COLUMNS + (("all", "All"),):
             for regime in ("interpolation", "extrapolation", "all"):
-                vals = [v for k in keys if (v := metrics["methods"][k].get("splits", {}).get(split, {}).get(regime))
-                        is not None and not (isinstance(v, float) and math.isnan(v))]
+                vals = [
+                    v
+                    for k in keys
+                    if (v := metrics["methods"][k].get("splits", {}).get(split, {}).get(regime)) is not None
+                    and not (isinstance(v, float) and math.isnan(v))
+                ]
                 if vals:
                     mean = sum(vals) / len(vals)
                     std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
@@ -81,9 +85,13 @@ def rollout_table_markdown(metrics: dict[str, Any]) -> str:
     best = {c: min((x["mean"] for b in groups if (x := cell(b, *c)) is not None), default=None) for c in cols}
     seeded = any(len(g["keys"]) > 1 for g in groups.values())
     head = "| Method | " + " | ".join(f"{sl} {rl}" for _, sl in SPLIT_COLUMNS for _, rl in REGIME_COLUMNS) + " |"
-    lines = [f"Rollout RMSE (x10^-3; interpolation = frames < {metrics.get('train_horizon', '?')}, extrapolation = "
-             "the later frames" + ("; mean ± std over stage-3 seeds" if seeded else "") + ")", "", head,
-             "|---" * (len(cols) + 1) + "|"]
+    lines = [
+        f"Rollout RMSE (x10^-3; interpolation = frames < {metrics.get('train_horizon', '?')}, extrapolation = "
+        "the later frames" + ("; mean ± std over stage-3 seeds" if seeded else "") + ")",
+        "",
+        head,
+        "|---" * (len(cols) + 1) + "|",
+    ]
     for base, group in groups.items():
         cells = []
         for c in cols:
@@ -94,7 +102,10 @@ def rollout_table_markdown(metrics: dict[str, Any]) -> str:
             text = _fmt(x["mean"]) + (f" ± {x['std'] * RMSE_SCALE:.3f}" if len(group["keys"]) > 1 else "")
             is_best = best[c] is not None and x["mean"] == best[c] and len(groups) > 1
             cells.append(f"**{text}**" if is_best else text)
-        label = metrics["methods"][group["keys"][0]].get("label", method_label(base)) if len(group["keys"]) == 1 \
+        label = (
+            metrics["methods"][group["keys"][0]].get("label", method_label(base))
+            if len(group["keys"]) == 1
             else f"{method_label(base)} ({len(group['keys'])} seeds)"
+        )
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

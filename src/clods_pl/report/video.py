@@ -51,8 +51,9 @@ def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> Path:
     return path
 
 
-def rollout_frames(pred: np.ndarray, gt: np.ndarray, faces: np.ndarray, title: str = "",
-                   max_frames: int = 60, size_px: int = 480) -> list[np.ndarray]:
+def rollout_frames(
+    pred: np.ndarray, gt: np.ndarray, faces: np.ndarray, title: str = "", max_frames: int = 60, size_px: int = 480
+) -> list[np.ndarray]:
     """RGB frames (H, W, 3) uint8 of GT (grey) and prediction (red) for pred, gt: (T, V, 3), faces (F, 3)."""
     pred, gt, faces = np.asarray(pred), np.asarray(gt), np.asarray(faces)
     idx = np.unique(np.linspace(0, len(gt) - 1, min(len(gt), max_frames)).round().astype(int))
@@ -74,16 +75,29 @@ def rollout_frames(pred: np.ndarray, gt: np.ndarray, faces: np.ndarray, title: s
     return frames
 
 
-def write_rollout_video(pred: np.ndarray, gt: np.ndarray, faces: np.ndarray, path: str | Path, fps: int = 10,
-                        title: str = "", max_frames: int = 60) -> Path:
+def write_rollout_video(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    faces: np.ndarray,
+    path: str | Path,
+    fps: int = 10,
+    title: str = "",
+    max_frames: int = 60,
+) -> Path:
     """Write ``path`` (``.gif``: no ffmpeg needed; ``.mp4``: needs imageio-ffmpeg) and return it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return _write_video(path, rollout_frames(pred, gt, faces, title or path.stem, max_frames), fps)
 
 
-def comparison_frames(gt: np.ndarray, preds: dict[str, np.ndarray], faces: np.ndarray, title: str = "",
-                      max_frames: int = 60, panel_px: int = 220) -> list[np.ndarray]:
+def comparison_frames(
+    gt: np.ndarray,
+    preds: dict[str, np.ndarray],
+    faces: np.ndarray,
+    title: str = "",
+    max_frames: int = 60,
+    panel_px: int = 220,
+) -> list[np.ndarray]:
     """RGB frames (H, W, 3) uint8: columns GT | method 1 | method 2 ..., rows front and oblique view, every panel on
     the same axes so the methods compare at a glance; each method's panel shows GT in light grey underneath.
 
@@ -93,8 +107,9 @@ def comparison_frames(gt: np.ndarray, preds: dict[str, np.ndarray], faces: np.nd
     idx = np.unique(np.linspace(0, len(gt) - 1, min(len(gt), max_frames)).round().astype(int))
     cols = [("ground truth", gt)] + list(preds.items())
     dpi = 80
-    fig, axes = plt.subplots(len(VIEWS), len(cols), figsize=(len(cols) * panel_px / dpi, len(VIEWS) * panel_px / dpi),
-                             dpi=dpi, squeeze=False)
+    fig, axes = plt.subplots(
+        len(VIEWS), len(cols), figsize=(len(cols) * panel_px / dpi, len(VIEWS) * panel_px / dpi), dpi=dpi, squeeze=False
+    )
     lims = [_padded_limits(np.concatenate([x @ m.T for _, x in cols])) for _, m in VIEWS]
     frames = []
     for t in idx:
@@ -119,8 +134,15 @@ def comparison_frames(gt: np.ndarray, preds: dict[str, np.ndarray], faces: np.nd
     return frames
 
 
-def write_comparison_video(gt: np.ndarray, preds: dict[str, np.ndarray], faces: np.ndarray, path: str | Path,
-                           fps: int = 10, title: str = "", max_frames: int = 60) -> Path:
+def write_comparison_video(
+    gt: np.ndarray,
+    preds: dict[str, np.ndarray],
+    faces: np.ndarray,
+    path: str | Path,
+    fps: int = 10,
+    title: str = "",
+    max_frames: int = 60,
+) -> Path:
     """Write :func:`comparison_frames` to ``path`` (``.gif`` or ``.mp4``) and return it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -81,12 +81,15 @@ def matrix_to_quaternion(R: Tensor) -> Tensor:
     tr = m00 + m11 + m22
     d21, d02, d10 = R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]
     s01, s02, s12 = R[..., 0, 1] + R[..., 1, 0], R[..., 0, 2] + R[..., 2, 0], R[..., 1, 2] + R[..., 2, 1]
-    cands = torch.stack([
-        torch.stack([1 + tr, d21, d02, d10], -1),
-        torch.stack([d21, 1 + m00 - m11 - m22, s01, s02], -1),
-        torch.stack([d02, s01, 1 - m00 + m11 - m22, s12], -1),
-        torch.stack([d10, s02, s12, 1 - m00 - m11 + m22], -1),
-    ], dim=-2)  # (..., 4, 4): row k is 4 * q * q_k, well conditioned when q_k is the largest component
+    cands = torch.stack(
+        [
+            torch.stack([1 + tr, d21, d02, d10], -1),
+            torch.stack([d21, 1 + m00 - m11 - m22, s01, s02], -1),
+            torch.stack([d02, s01, 1 - m00 + m11 - m22, s12], -1),
+            torch.stack([d10, s02, s12, 1 - m00 - m11 + m22], -1),
+        ],
+        dim=-2,
+    )  # (..., 4, 4): row k is 4 * q * q_k, well conditioned when q_k is the largest component
     diag = torch.stack([1 + tr, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
     best = diag.argmax(-1, keepdim=True)
     q = torch.gather(cands, -2, best.unsqueeze(-1).expand(*best.shape[:-1], 1, 4)).squeeze(-2)
@@ -99,8 +102,9 @@ def quaternion_to_matrix(q: Tensor) -> Tensor:
     return quat_to_rotmat(q)
 
 
-def anchor_gaussians(verts: Tensor, faces: Tensor, beta: Tensor, log_scale: Tensor, normal_eps: float,
-                     theta: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def anchor_gaussians(
+    verts: Tensor, faces: Tensor, beta: Tensor, log_scale: Tensor, normal_eps: float, theta: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Centres, rotations and scales of the mesh-anchored Gaussians.
 
     Args:

@@ -21,7 +21,7 @@ from clods_pl.errors import ClodsError
 from clods_pl.smgs.model import SMGS
 
 SMGS_KEY = "smgs_topology"  # the checkpoint key (its name predates the options and settings it now also holds)
-PREFIX = "smgs."            # the SMGS's entries in the LightningModule's state_dict
+PREFIX = "smgs."  # the SMGS's entries in the LightningModule's state_dict
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,13 @@ class RenderSettings:
 
 def smgs_record(smgs: SMGS, background: Any, backend: str) -> dict[str, Any]:
     """The checkpoint entry for ``smgs``: topology (CPU tensors), constructor options, rendering settings."""
-    return {"faces": smgs.faces.cpu(), "mesh_pos": smgs.mesh_pos.cpu(), "verts0": smgs.verts0.cpu(),
-            "options": dict(smgs.options),
-            "render": {"background": [float(v) for v in torch.as_tensor(background).flatten()], "backend": backend}}
+    return {
+        "faces": smgs.faces.cpu(),
+        "mesh_pos": smgs.mesh_pos.cpu(),
+        "verts0": smgs.verts0.cpu(),
+        "options": dict(smgs.options),
+        "render": {"background": [float(v) for v in torch.as_tensor(background).flatten()], "backend": backend},
+    }
 
 
 def load_smgs(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[SMGS, RenderSettings]:
@@ -58,14 +62,18 @@ def load_smgs(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     options = dict(rec.get("options") or {k: v for k, v in hparams.items() if k in accepted})
     options.setdefault("antialiased", False)  # fitted before the option existed: classic rasterization
     smgs = SMGS(rec["faces"], rec["mesh_pos"], rec["verts0"], **options)
-    state = {k[len(PREFIX):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(PREFIX)}
+    state = {k[len(PREFIX) :]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(PREFIX)}
     try:
         smgs.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ClodsError(f"{path}: its SMGS weights do not fit the SMGS its options describe "
-                         f"({str(exc).splitlines()[0][:160]}); rerun stage 1") from None
-    render = rec.get("render") or {"background": hparams.get("background", (1.0, 1.0, 1.0)),
-                                   "backend": hparams.get("backend", "torch")}
+        raise ClodsError(
+            f"{path}: its SMGS weights do not fit the SMGS its options describe "
+            f"({str(exc).splitlines()[0][:160]}); rerun stage 1"
+        ) from None
+    render = rec.get("render") or {
+        "background": hparams.get("background", (1.0, 1.0, 1.0)),
+        "backend": hparams.get("backend", "torch"),
+    }
     settings = RenderSettings(tuple(float(v) for v in render["background"]), str(render["backend"]))
     smgs.fitted_with = settings
     return smgs.eval().requires_grad_(False), settings

@@ -61,25 +61,51 @@ class SMGS(nn.Module):
         surface), and the wider coverage pass keeps the cloth opaque. docs/results.md has the measurements.
     """
 
-    def __init__(self, faces: Tensor, mesh_pos: Tensor, verts0: Tensor, gaussians_per_face: int = 2,
-                 sampling: str = "uniform", opacity_mode: str = "dual", sh_degree: int = 0, pe_frequencies: int = 4,
-                 mlp_hidden: int = 64, mlp_layers: int = 2, normal_eps: float = 1e-4,
-                 learn_inplane_rotation: bool = False, two_sided: bool = True,
-                 init_color: tuple[float, float, float] = (0.5, 0.5, 0.5), init_opacity: float = 0.5,
-                 seed: int = 0, antialiased: bool = True, init_log_scale: float = 0.0,
-                 coverage_scale: float | None = None) -> None:
+    def __init__(
+        self,
+        faces: Tensor,
+        mesh_pos: Tensor,
+        verts0: Tensor,
+        gaussians_per_face: int = 2,
+        sampling: str = "uniform",
+        opacity_mode: str = "dual",
+        sh_degree: int = 0,
+        pe_frequencies: int = 4,
+        mlp_hidden: int = 64,
+        mlp_layers: int = 2,
+        normal_eps: float = 1e-4,
+        learn_inplane_rotation: bool = False,
+        two_sided: bool = True,
+        init_color: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        init_opacity: float = 0.5,
+        seed: int = 0,
+        antialiased: bool = True,
+        init_log_scale: float = 0.0,
+        coverage_scale: float | None = None,
+    ) -> None:
         super().__init__()
         faces = torch.as_tensor(faces, dtype=torch.int64)
         mesh_pos = torch.as_tensor(mesh_pos, dtype=torch.float32)
         verts0 = torch.as_tensor(verts0, dtype=torch.float32)
         F, K = faces.shape[0], gaussians_per_face
-        self.options: dict[str, Any] = dict(gaussians_per_face=K, sampling=sampling, opacity_mode=opacity_mode,
-                                            sh_degree=sh_degree, pe_frequencies=pe_frequencies,
-                                            mlp_hidden=mlp_hidden, mlp_layers=mlp_layers, normal_eps=normal_eps,
-                                            learn_inplane_rotation=learn_inplane_rotation, two_sided=two_sided,
-                                            init_color=tuple(init_color), init_opacity=init_opacity, seed=seed,
-                                            antialiased=antialiased, init_log_scale=init_log_scale,
-                                            coverage_scale=coverage_scale)
+        self.options: dict[str, Any] = dict(
+            gaussians_per_face=K,
+            sampling=sampling,
+            opacity_mode=opacity_mode,
+            sh_degree=sh_degree,
+            pe_frequencies=pe_frequencies,
+            mlp_hidden=mlp_hidden,
+            mlp_layers=mlp_layers,
+            normal_eps=normal_eps,
+            learn_inplane_rotation=learn_inplane_rotation,
+            two_sided=two_sided,
+            init_color=tuple(init_color),
+            init_opacity=init_opacity,
+            seed=seed,
+            antialiased=antialiased,
+            init_log_scale=init_log_scale,
+            coverage_scale=coverage_scale,
+        )
         if coverage_scale is not None and not coverage_scale > 0:
             raise ValueError(f"coverage_scale must be > 0 (or None), got {coverage_scale}")
         self.antialiased = bool(antialiased)
@@ -102,8 +128,18 @@ class SMGS(nn.Module):
         lo, hi = verts0.min(0).values, verts0.max(0).values
         mlo, mhi = mesh_pos.min(0).values, mesh_pos.max(0).values
         half = ((hi - lo) / 2).max().clamp_min(1e-6).expand(3)  # isotropic: keeps the world encoding undistorted
-        self.opacity = OpacityField(opacity_mode, n, pe_frequencies, mlp_hidden, mlp_layers, (lo + hi) / 2,
-                                    half * 1.5, (mlo + mhi) / 2, (mhi - mlo) / 2, init_opacity)
+        self.opacity = OpacityField(
+            opacity_mode,
+            n,
+            pe_frequencies,
+            mlp_hidden,
+            mlp_layers,
+            (lo + hi) / 2,
+            half * 1.5,
+            (mlo + mhi) / 2,
+            (mhi - mlo) / 2,
+            init_opacity,
+        )
 
     @property
     def num_gaussians(self) -> int:
@@ -132,19 +168,29 @@ class SMGS(nn.Module):
             colors = torch.where(sees_back, back.expand_as(colors), colors)
         return Gaussians(means, quats, scales, opacities, colors, sh)
 
-    def render(self, verts: Tensor, cameras: Cameras, background: Tensor | None = None,
-               backend: str = "torch") -> RenderOutput:
+    def render(
+        self, verts: Tensor, cameras: Cameras, background: Tensor | None = None, backend: str = "torch"
+    ) -> RenderOutput:
         """Render the mesh ``verts`` (V, 3) into every camera -> RenderOutput(rgb (C,H,W,3), alpha (C,H,W,1)),
         antialiased and in two passes as the SMGS was built (:func:`render_gaussians`)."""
-        return render_gaussians(self.gaussians(verts, cameras), cameras, background, backend, self.antialiased,
-                                self.coverage_scale)
+        return render_gaussians(
+            self.gaussians(verts, cameras), cameras, background, backend, self.antialiased, self.coverage_scale
+        )
 
-    def param_groups(self, lr_color: float = 0.0025, lr_opacity: float = 0.05, lr_scale: float = 0.005,
-                     lr_mlp: float = 1e-3, lr_rotation: float = 0.001) -> list[dict[str, Any]]:
+    def param_groups(
+        self,
+        lr_color: float = 0.0025,
+        lr_opacity: float = 0.05,
+        lr_scale: float = 0.005,
+        lr_mlp: float = 1e-3,
+        lr_rotation: float = 0.001,
+    ) -> list[dict[str, Any]]:
         """Adam parameter groups with per-group learning rates (GaMeS: colour 0.0025, opacity 0.05, scale 0.005)."""
         colour = [self.sh] + ([self.sh_back] if self.sh_back is not None else [])
-        groups = [{"params": colour, "lr": lr_color, "name": "color"},
-                  {"params": [self.log_scale], "lr": lr_scale, "name": "scale"}]
+        groups = [
+            {"params": colour, "lr": lr_color, "name": "color"},
+            {"params": [self.log_scale], "lr": lr_scale, "name": "scale"},
+        ]
         if self.opacity.mlp is None:
             groups.append({"params": [self.opacity.logits], "lr": lr_opacity, "name": "opacity"})
         else:
@@ -154,8 +200,14 @@ class SMGS(nn.Module):
         return groups
 
 
-def render_gaussians(g: Gaussians, cameras: Cameras, background: Tensor | None = None, backend: str = "torch",
-                     antialiased: bool = False, coverage_scale: float | None = None) -> RenderOutput:
+def render_gaussians(
+    g: Gaussians,
+    cameras: Cameras,
+    background: Tensor | None = None,
+    backend: str = "torch",
+    antialiased: bool = False,
+    coverage_scale: float | None = None,
+) -> RenderOutput:
     """Rasterize ``g`` into ``cameras`` as an SMGS renders: one pass (3DGS), or with ``coverage_scale`` two passes
     (colour from ``g`` normalised by its alpha, alpha from ``g`` with in-plane scales times ``coverage_scale``; see
     :class:`SMGS`). rgb (C, H, W, 3) over ``background`` (3,) (black when None), alpha (C, H, W, 1)."""
@@ -163,14 +215,47 @@ def render_gaussians(g: Gaussians, cameras: Cameras, background: Tensor | None =
     bg = None if background is None else torch.as_tensor(background, device=g.means.device, dtype=g.means.dtype)
     W, H = cameras.width, cameras.height
     if coverage_scale is None:
-        return rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, cams.w2c, cams.K, W, H,
-                         background=bg, backend=backend, antialiased=antialiased)
-    colour = rasterize(g.means, g.quats, g.scales, g.opacities, g.colors, cams.w2c, cams.K, W, H,
-                       backend=backend, antialiased=antialiased)
-    wide = g.scales * torch.tensor([coverage_scale, coverage_scale, 1.0], dtype=g.scales.dtype,
-                                   device=g.scales.device)
-    cover = rasterize(g.means, g.quats, wide, g.opacities, torch.zeros_like(g.means), cams.w2c, cams.K, W, H,
-                      backend=backend, antialiased=antialiased)
+        return rasterize(
+            g.means,
+            g.quats,
+            g.scales,
+            g.opacities,
+            g.colors,
+            cams.w2c,
+            cams.K,
+            W,
+            H,
+            background=bg,
+            backend=backend,
+            antialiased=antialiased,
+        )
+    colour = rasterize(
+        g.means,
+        g.quats,
+        g.scales,
+        g.opacities,
+        g.colors,
+        cams.w2c,
+        cams.K,
+        W,
+        H,
+        backend=backend,
+        antialiased=antialiased,
+    )
+    wide = g.scales * torch.tensor([coverage_scale, coverage_scale, 1.0], dtype=g.scales.dtype, device=g.scales.device)
+    cover = rasterize(
+        g.means,
+        g.quats,
+        wide,
+        g.opacities,
+        torch.zeros_like(g.means),
+        cams.w2c,
+        cams.K,
+        W,
+        H,
+        backend=backend,
+        antialiased=antialiased,
+    )
     rgb = colour.rgb / colour.alpha.clamp_min(COLOUR_ALPHA_FLOOR) * cover.alpha
     if bg is not None:
         rgb = rgb + (1.0 - cover.alpha) * bg

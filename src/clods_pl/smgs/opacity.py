@@ -30,9 +30,19 @@ class OpacityField(nn.Module):
         init_opacity: opacity every Gaussian starts with.
     """
 
-    def __init__(self, mode: str, num_gaussians: int, frequencies: int, hidden: int, layers: int,
-                 world_center: Tensor, world_half: Tensor, mesh_center: Tensor, mesh_half: Tensor,
-                 init_opacity: float = 0.5) -> None:
+    def __init__(
+        self,
+        mode: str,
+        num_gaussians: int,
+        frequencies: int,
+        hidden: int,
+        layers: int,
+        world_center: Tensor,
+        world_half: Tensor,
+        mesh_center: Tensor,
+        mesh_half: Tensor,
+        init_opacity: float = 0.5,
+    ) -> None:
         super().__init__()
         if mode not in OPACITY_MODES:
             raise ValueError(f"opacity_mode must be one of {OPACITY_MODES}, got '{mode}'")

@@ -15,9 +15,11 @@ _EPS = 1e-7
 
 def ply_properties(num_rest: int) -> list[str]:
     """Vertex property names in the 3DGS order."""
-    return (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
-            + [f"f_rest_{i}" for i in range(num_rest)]
-            + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
+    return (
+        ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+        + [f"f_rest_{i}" for i in range(num_rest)]
+        + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    )
 
 
 def export_ply(path: str | Path, gaussians: Gaussians) -> Path:
@@ -29,9 +31,15 @@ def export_ply(path: str | Path, gaussians: Gaussians) -> Path:
     dc = sh[:, 0]
     rest = sh[:, 1:].transpose(1, 2).reshape(n, -1)  # (N, 3 * (M - 1)), channel-major
     op = g.opacities.detach().cpu().double().clamp(_EPS, 1 - _EPS)
-    cols = [g.means.detach().cpu().double(), torch.zeros(n, 3, dtype=torch.float64), dc, rest,
-            torch.log(op / (1 - op)).unsqueeze(1), torch.log(g.scales.detach().cpu().double().clamp_min(1e-12)),
-            torch.nn.functional.normalize(g.quats.detach().cpu().double(), dim=1)]
+    cols = [
+        g.means.detach().cpu().double(),
+        torch.zeros(n, 3, dtype=torch.float64),
+        dc,
+        rest,
+        torch.log(op / (1 - op)).unsqueeze(1),
+        torch.log(g.scales.detach().cpu().double().clamp_min(1e-12)),
+        torch.nn.functional.normalize(g.quats.detach().cpu().double(), dim=1),
+    ]
     data = torch.cat(cols, dim=1).numpy().astype("<f4")
     names = ply_properties(rest.shape[1])
     header = "ply\nformat binary_little_endian 1.0\n" + f"element vertex {n}\n"

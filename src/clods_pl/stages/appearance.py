@@ -75,8 +75,12 @@ class _FixedViews(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         f = self.frames[i]
-        return {"verts": f.verts, "images": f.images[self.views], "cameras": f.cameras[self.views],
-                "name": f"{f.traj}/{f.t}"}
+        return {
+            "verts": f.verts,
+            "images": f.images[self.views],
+            "cameras": f.cameras[self.views],
+            "name": f"{f.traj}/{f.t}",
+        }
 
 
 class AppearanceDataModule(L.LightningDataModule):
@@ -90,9 +94,18 @@ class AppearanceDataModule(L.LightningDataModule):
         max_trajectories: use only the first trajectories of the split (None: all).
     """
 
-    def __init__(self, dataset_dir: str, split: str = "train", holdout_views: list[int] = [0],
-                 views_per_batch: int = 2, steps_per_epoch: int = 100, extra_mesh_frames: int = 0,
-                 max_trajectories: int | None = None, seed: int = 0, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        dataset_dir: str,
+        split: str = "train",
+        holdout_views: list[int] = [0],
+        views_per_batch: int = 2,
+        steps_per_epoch: int = 100,
+        extra_mesh_frames: int = 0,
+        max_trajectories: int | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
         super().__init__()
         for name, value in (("views_per_batch", views_per_batch), ("steps_per_epoch", steps_per_epoch)):
             if value < 1:
@@ -155,15 +168,34 @@ class AppearanceModule(L.LightningModule):
         log_images_every_n_epochs: image grids (prediction | target | error) of held-out views.
     """
 
-    def __init__(self, gaussians_per_face: int = 2, sampling: str = "uniform", opacity_mode: str = "dual",
-                 sh_degree: int = 0, pe_frequencies: int = 4, mlp_hidden: int = 64, mlp_layers: int = 2,
-                 normal_eps: float = 1e-4, learn_inplane_rotation: bool = False, two_sided: bool = True,
-                 init_opacity: float = 0.5, antialiased: bool = True, init_log_scale: float = 0.0,
-                 coverage_scale: float | None = None,
-                 lr_color: float = 0.01, lr_opacity: float = 0.05, lr_scale: float = 0.005, lr_mlp: float = 1e-3,
-                 lr_rotation: float = 1e-3, ssim_weight: float = 0.2, alpha_weight: float = 0.5,
-                 backend: str = "torch", background: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                 log_images_every_n_epochs: int = 1, export_ply: bool = True) -> None:
+    def __init__(
+        self,
+        gaussians_per_face: int = 2,
+        sampling: str = "uniform",
+        opacity_mode: str = "dual",
+        sh_degree: int = 0,
+        pe_frequencies: int = 4,
+        mlp_hidden: int = 64,
+        mlp_layers: int = 2,
+        normal_eps: float = 1e-4,
+        learn_inplane_rotation: bool = False,
+        two_sided: bool = True,
+        init_opacity: float = 0.5,
+        antialiased: bool = True,
+        init_log_scale: float = 0.0,
+        coverage_scale: float | None = None,
+        lr_color: float = 0.01,
+        lr_opacity: float = 0.05,
+        lr_scale: float = 0.005,
+        lr_mlp: float = 1e-3,
+        lr_rotation: float = 1e-3,
+        ssim_weight: float = 0.2,
+        alpha_weight: float = 0.5,
+        backend: str = "torch",
+        background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        log_images_every_n_epochs: int = 1,
+        export_ply: bool = True,
+    ) -> None:
         super().__init__()
         if gaussians_per_face < 1:
             raise ClodsError(f"stage1.model.gaussians_per_face={gaussians_per_face}; it must be >= 1")
@@ -181,9 +213,22 @@ class AppearanceModule(L.LightningModule):
 
     # ----- model construction ------------------------------------------------------------------------
     def smgs_options(self) -> dict[str, Any]:
-        keys = ("gaussians_per_face", "sampling", "opacity_mode", "sh_degree", "pe_frequencies", "mlp_hidden",
-                "mlp_layers", "normal_eps", "learn_inplane_rotation", "two_sided", "init_opacity", "antialiased",
-                "init_log_scale", "coverage_scale")
+        keys = (
+            "gaussians_per_face",
+            "sampling",
+            "opacity_mode",
+            "sh_degree",
+            "pe_frequencies",
+            "mlp_hidden",
+            "mlp_layers",
+            "normal_eps",
+            "learn_inplane_rotation",
+            "two_sided",
+            "init_opacity",
+            "antialiased",
+            "init_log_scale",
+            "coverage_scale",
+        )
         return {k: self.hparams[k] for k in keys}
 
     def build(self, faces: Tensor, mesh_pos: Tensor, verts0: Tensor) -> None:
@@ -209,15 +254,15 @@ class AppearanceModule(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         assert self.smgs is not None, "SMGS is built in setup(); fit with a datamodule"
         h = self.hparams
-        return torch.optim.Adam(self.smgs.param_groups(h.lr_color, h.lr_opacity, h.lr_scale, h.lr_mlp,
-                                                       h.lr_rotation), eps=1e-15)
+        return torch.optim.Adam(
+            self.smgs.param_groups(h.lr_color, h.lr_opacity, h.lr_scale, h.lr_mlp, h.lr_rotation), eps=1e-15
+        )
 
     # ----- steps ---------------------------------------------------------------------------------------
     def render_batch(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         """-> predicted RGB (C,H,W,3) over the background, predicted alpha (C,H,W,1), target RGB (C,H,W,3)."""
         assert self.smgs is not None
-        out = self.smgs.render(batch["verts"].to(self.device), batch["cameras"], self.background,
-                               self.hparams.backend)
+        out = self.smgs.render(batch["verts"].to(self.device), batch["cameras"], self.background, self.hparams.backend)
         target = batch["images"].to(self.device)
         return out.rgb, out.alpha, composite(target, self.background)
 
@@ -248,8 +293,13 @@ class AppearanceModule(L.LightningModule):
         if batch_idx == 0 and self.current_epoch % every == 0 and self.trainer.loggers:
             err = (pred - target).abs().clamp(0, 1)
             grid = torch.cat([pred.clamp(0, 1), target, err], dim=2).detach().cpu().numpy()  # views x (H, 3W)
-            log_images(self.trainer.loggers, "stage1/heldout_pred_target_error", list(grid),
-                       step=self.global_step, captions=[f"{batch['name']} view {i}" for i in range(len(grid))])
+            log_images(
+                self.trainer.loggers,
+                "stage1/heldout_pred_target_error",
+                list(grid),
+                step=self.global_step,
+                captions=[f"{batch['name']} view {i}" for i in range(len(grid))],
+            )
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/psnr", self.val_psnr.compute(), prog_bar=True)

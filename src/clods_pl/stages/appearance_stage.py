@@ -24,5 +24,14 @@ def run_appearance(stage: Stage, ctx: StageContext, job: StageJob) -> dict[str, 
     return RunDir.stage1_outputs(ckpt)
 
 
-STAGE = Stage("stage1", (), run_appearance, AppearanceModule, AppearanceDataModule, data_inputs={"dataset_dir": ""},
-              non_result_keys=frozenset({"data.num_workers"}), backend_keys=("model.backend",), resumable=True)
+STAGE = Stage(
+    "stage1",
+    (),
+    run_appearance,
+    AppearanceModule,
+    AppearanceDataModule,
+    data_inputs={"dataset_dir": ""},
+    non_result_keys=frozenset({"data.num_workers"}),
+    backend_keys=("model.backend",),
+    resumable=True,
+)

@@ -55,11 +55,23 @@ class DynamicsModule(L.LightningModule):
             the first steps pay the compile (about a minute). Evaluation always runs eager.
     """
 
-    def __init__(self, latent: int = 128, blocks: int = 15, mlp_layers: int = 2, message_passing: str = "native",
-                 rollout_length: int = 8, noise_std: float = 0.003, noise_gamma: float = 0.1,
-                 normalizer_steps: int = 1000, train_during_normalizer_steps: bool = False, lr: float = 1e-4,
-                 lr_min: float = 1e-6, lr_decay_steps: float = 5e6, normalize_loss: bool = True,
-                 compile_mode: str | None = None) -> None:
+    def __init__(
+        self,
+        latent: int = 128,
+        blocks: int = 15,
+        mlp_layers: int = 2,
+        message_passing: str = "native",
+        rollout_length: int = 8,
+        noise_std: float = 0.003,
+        noise_gamma: float = 0.1,
+        normalizer_steps: int = 1000,
+        train_during_normalizer_steps: bool = False,
+        lr: float = 1e-4,
+        lr_min: float = 1e-6,
+        lr_decay_steps: float = 5e6,
+        normalize_loss: bool = True,
+        compile_mode: str | None = None,
+    ) -> None:
         super().__init__()
         if rollout_length < 1:
             raise DynamicsConfigError(f"stage3.model.rollout_length={rollout_length}; it must be >= 1")
@@ -87,21 +99,24 @@ class DynamicsModule(L.LightningModule):
         verts, mesh_pos, node_type, graph = batch["verts"], batch["mesh_pos"], batch["node_type"], batch["graph"]
         steps = self.hparams.rollout_length
         if verts.shape[0] < steps + 2:
-            raise DynamicsConfigError(f"windows have {verts.shape[0]} frames but model.rollout_length={steps} "
-                                      f"needs {steps + 2}; set data.rollout_length to {steps}")
+            raise DynamicsConfigError(
+                f"windows have {verts.shape[0]} frames but model.rollout_length={steps} "
+                f"needs {steps + 2}; set data.rollout_length to {steps}"
+            )
         model = self.model
         normal = node_type == int(NodeType.NORMAL)
         if accumulate:
             accel = verts[2:] - 2.0 * verts[1:-1] + verts[:-2]
             model.output_normalizer.accumulate(accel.reshape(-1, 3))
         x0, x1 = verts[0], verts[1]
-        targets = verts[2: steps + 2].clone()
+        targets = verts[2 : steps + 2].clone()
         if noise and self.hparams.noise_std > 0:
             n = torch.randn_like(x1) * self.hparams.noise_std * normal.unsqueeze(-1)
             x1 = x1 + n
             targets[0] = targets[0] + (1.0 - self.hparams.noise_gamma) * n
-        pred = model.rollout(x0, x1, steps, mesh_pos, node_type, graph, prescribed=verts[2: steps + 2],
-                             accumulate=accumulate)
+        pred = model.rollout(
+            x0, x1, steps, mesh_pos, node_type, graph, prescribed=verts[2 : steps + 2], accumulate=accumulate
+        )
         per_step = ((pred - targets)[:, normal] ** 2).mean(dim=(1, 2))
         loss = per_step.sum()
         if self.hparams.normalize_loss:
@@ -157,12 +172,14 @@ class DynamicsModule(L.LightningModule):
         hp = self.hparams
         opt = torch.optim.Adam(self.parameters(), lr=hp.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: exponential_lr_factor(s, hp.lr, hp.lr_min, hp.lr_decay_steps))
+            opt, lambda s: exponential_lr_factor(s, hp.lr, hp.lr_min, hp.lr_decay_steps)
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def load_dynamics_model(checkpoint: str | os.PathLike, map_location: str | torch.device = "cpu",
-                        message_passing: str | None = None) -> MeshGraphNet:
+def load_dynamics_model(
+    checkpoint: str | os.PathLike, map_location: str | torch.device = "cpu", message_passing: str | None = None
+) -> MeshGraphNet:
     """The trained :class:`MeshGraphNet` (with its normalizers) of a stage-3 checkpoint, in eval mode."""
     path = Path(checkpoint)
     if not path.is_file():

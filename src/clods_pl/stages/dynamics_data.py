@@ -64,8 +64,10 @@ def load_mesh_cache(path: str | os.PathLike, num_frames: int) -> np.ndarray:
         raise DatasetError(f"mesh cache {path} is missing; run stage 2 (clods-pl stage2) or use data.source=gt")
     cache = MeshCache.load(path)
     if cache.frames_done < num_frames or cache.num_frames < num_frames:
-        raise DatasetError(f"mesh cache {path} is incomplete ({cache.frames_done}/{num_frames} frames done); "
-                           "finish stage 2 (clods-pl stage2 resumes it) before stage 3")
+        raise DatasetError(
+            f"mesh cache {path} is incomplete ({cache.frames_done}/{num_frames} frames done); "
+            "finish stage 2 (clods-pl stage2 resumes it) before stage 3"
+        )
     return cache.verts[:num_frames]
 
 
@@ -75,8 +77,10 @@ def trajectory_data(traj: Any, name: str, verts: np.ndarray | Tensor, source: st
     node_type = torch.as_tensor(np.asarray(traj.node_type)).long().reshape(-1)
     faces = torch.as_tensor(np.asarray(traj.faces)).long()
     if verts.shape[1] != node_type.shape[0]:
-        raise DatasetError(f"trajectory {name}: {source} verts have {verts.shape[1]} vertices, the mesh has "
-                           f"{node_type.shape[0]}; regenerate the {source} meshes for this dataset")
+        raise DatasetError(
+            f"trajectory {name}: {source} verts have {verts.shape[1]} vertices, the mesh has "
+            f"{node_type.shape[0]}; regenerate the {source} meshes for this dataset"
+        )
     handle_pos = getattr(traj, "handle_pos", None)
     if handle_pos is not None:
         idx = torch.nonzero(node_type == int(NodeType.HANDLE)).reshape(-1)
@@ -87,8 +91,9 @@ def trajectory_data(traj: Any, name: str, verts: np.ndarray | Tensor, source: st
     return TrajectoryData(name, verts, mesh_pos, node_type, graph_from_faces(faces, node_type.shape[0]), source)
 
 
-def load_trajectories(dataset: Any, names: Sequence[str], source: str,
-                      mesh_cache_dir: str | None = None) -> list[TrajectoryData]:
+def load_trajectories(
+    dataset: Any, names: Sequence[str], source: str, mesh_cache_dir: str | None = None
+) -> list[TrajectoryData]:
     """Load the trajectories ``names`` of ``dataset`` (a ``clods_pl.data.format.Dataset``) from ``source``.
 
     ``gt:N`` keeps the first N names with GT; ``mixed:N`` uses GT for the first N and recovered for the rest.
@@ -126,8 +131,10 @@ class RandomWindows(Dataset):
     def __init__(self, trajectories: list[TrajectoryData], window: int, length: int) -> None:
         self.trajs = [t for t in trajectories if t.verts.shape[0] >= window]
         if not self.trajs:
-            raise DatasetError(f"no training trajectory has the {window} frames a window needs; "
-                               "lower data.rollout_length or use longer trajectories")
+            raise DatasetError(
+                f"no training trajectory has the {window} frames a window needs; "
+                "lower data.rollout_length or use longer trajectories"
+            )
         self.window, self.length = window, length
         self.counts = torch.tensor([t.verts.shape[0] - window + 1 for t in self.trajs], dtype=torch.float64)
 
@@ -138,7 +145,7 @@ class RandomWindows(Dataset):
         k = int(torch.multinomial(self.counts, 1))
         start = int(torch.randint(int(self.counts[k]), ()))
         t = self.trajs[k]
-        return t, t.verts[start: start + self.window]
+        return t, t.verts[start : start + self.window]
 
 
 class FixedWindows(Dataset):
@@ -153,7 +160,7 @@ class FixedWindows(Dataset):
 
     def __getitem__(self, i: int) -> tuple[TrajectoryData, Tensor]:
         t, s = self.items[i]
-        return t, t.verts[s: s + self.window]
+        return t, t.verts[s : s + self.window]
 
 
 class DynamicsDataModule(L.LightningDataModule):
@@ -170,13 +177,25 @@ class DynamicsDataModule(L.LightningDataModule):
             ``val_split=None`` disables validation.
     """
 
-    def __init__(self, dataset_dir: str, source: str = "recovered", mesh_cache_dir: str | None = None,
-                 rollout_length: int | None = None, windows_per_epoch: int = 256, batch_size: int = 4,
-                 train_split: str = "train", val_split: str | None = None, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        dataset_dir: str,
+        source: str = "recovered",
+        mesh_cache_dir: str | None = None,
+        rollout_length: int | None = None,
+        windows_per_epoch: int = 256,
+        batch_size: int = 4,
+        train_split: str = "train",
+        val_split: str | None = None,
+        num_workers: int = 0,
+    ) -> None:
         super().__init__()
         parse_source(source)
-        for name, value in (("rollout_length", rollout_length), ("windows_per_epoch", windows_per_epoch),
-                            ("batch_size", batch_size)):
+        for name, value in (
+            ("rollout_length", rollout_length),
+            ("windows_per_epoch", windows_per_epoch),
+            ("batch_size", batch_size),
+        ):
             if value is not None and value < 1:
                 raise DynamicsConfigError(f"stage3.data.{name}={value}; it must be >= 1")
         self.dataset_dir, self.source, self.mesh_cache_dir = dataset_dir, source, mesh_cache_dir
@@ -194,8 +213,9 @@ class DynamicsDataModule(L.LightningDataModule):
         ds = self._read_dataset()
         self.train = load_trajectories(ds, list(ds.names(self.train_split)), self.source, self.mesh_cache_dir)
         if not self.train:
-            raise DatasetError(f"{self.dataset_dir}: split {self.train_split!r} gave no trajectories for "
-                               f"data.source={self.source!r}")
+            raise DatasetError(
+                f"{self.dataset_dir}: split {self.train_split!r} gave no trajectories for data.source={self.source!r}"
+            )
         if self.val_split:  # validation always against ground truth
             self.val = load_trajectories(ds, list(ds.names(self.val_split)), "gt")
 
@@ -207,16 +227,26 @@ class DynamicsDataModule(L.LightningDataModule):
             model = self.trainer.lightning_module if self.trainer is not None else None
             steps = getattr(getattr(model, "hparams", None), "rollout_length", None)
             if steps is None:
-                raise DynamicsConfigError("stage3.data.rollout_length is None and no DynamicsModule is attached "
-                                          "to give it; set data.rollout_length or fit through a Trainer")
+                raise DynamicsConfigError(
+                    "stage3.data.rollout_length is None and no DynamicsModule is attached "
+                    "to give it; set data.rollout_length or fit through a Trainer"
+                )
         return int(steps) + 2
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(RandomWindows(self.train, self.window, self.windows_per_epoch), self.batch_size,
-                          collate_fn=collate_windows, num_workers=self.num_workers)
+        return DataLoader(
+            RandomWindows(self.train, self.window, self.windows_per_epoch),
+            self.batch_size,
+            collate_fn=collate_windows,
+            num_workers=self.num_workers,
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.val:
             return []
-        return DataLoader(FixedWindows(self.val, self.window), self.batch_size, collate_fn=collate_windows,
-                          num_workers=self.num_workers)
+        return DataLoader(
+            FixedWindows(self.val, self.window),
+            self.batch_size,
+            collate_fn=collate_windows,
+            num_workers=self.num_workers,
+        )

@@ -41,11 +41,19 @@ def stage3_seeds(ctx: StageContext) -> list[int] | None:
 
 def add_arguments(parser: Any, name: str) -> None:
     """``<name>.sources`` and ``<name>.seeds``: the settings of stage 3 outside its two classes."""
-    parser.add_argument(f"--{name}.sources", type=list[str] | None, default=None,
-                        help="stage-3 sources trained in turn (recovered, gt, gt:N, mixed:N); default: [data.source]")
-    parser.add_argument(f"--{name}.seeds", type=list[int] | None, default=None,
-                        help="train every source once per seed; eval reports mean +- std over them "
-                             "(default: once, with seed_everything)")
+    parser.add_argument(
+        f"--{name}.sources",
+        type=list[str] | None,
+        default=None,
+        help="stage-3 sources trained in turn (recovered, gt, gt:N, mixed:N); default: [data.source]",
+    )
+    parser.add_argument(
+        f"--{name}.seeds",
+        type=list[int] | None,
+        default=None,
+        help="train every source once per seed; eval reports mean +- std over them "
+        "(default: once, with seed_everything)",
+    )
 
 
 def uses_recovered_meshes(ctx: StageContext) -> bool:
@@ -65,9 +73,11 @@ def check_settings(ctx: StageContext) -> None:
     model_rl = ctx.section("stage3.model").get("rollout_length")
     data_rl = ctx.section("stage3.data").get("rollout_length")
     if model_rl is not None and data_rl is not None and data_rl < model_rl:
-        raise ClodsError(f"stage3.model.rollout_length={model_rl} needs windows of {model_rl + 2} frames but "
-                         f"stage3.data.rollout_length={data_rl} makes them {data_rl + 2}; set "
-                         f"stage3.data.rollout_length >= {model_rl} or leave it unset (it follows the model)")
+        raise ClodsError(
+            f"stage3.model.rollout_length={model_rl} needs windows of {model_rl + 2} frames but "
+            f"stage3.data.rollout_length={data_rl} makes them {data_rl + 2}; set "
+            f"stage3.data.rollout_length >= {model_rl} or leave it unset (it follows the model)"
+        )
 
 
 def check_dataset(ctx: StageContext, ds: Any) -> None:
@@ -80,21 +90,32 @@ def check_dataset(ctx: StageContext, ds: Any) -> None:
         names = ds.names(train) if kind == "gt" and n is None else ds.names(train)[: n or 0]
         for name in names:
             if not ds.trajectory(name).has_gt:
-                raise ClodsError(f"{ds.trajectory(name).root / 'gt.npz'} is missing: stage3 source "
-                                 f"'{source}' trains on ground-truth meshes of split '{train}'; add it or "
-                                 "drop the source from stage3.sources")
+                raise ClodsError(
+                    f"{ds.trajectory(name).root / 'gt.npz'} is missing: stage3 source "
+                    f"'{source}' trains on ground-truth meshes of split '{train}'; add it or "
+                    "drop the source from stage3.sources"
+                )
 
 
-def train_dynamics(stage: Stage, ctx: StageContext, dataset: str, sub: Path, cache_dir: Path, source: str,
-                   stamp: dict[str, Any], name: str, ckpt: Path) -> Path:
+def train_dynamics(
+    stage: Stage,
+    ctx: StageContext,
+    dataset: str,
+    sub: Path,
+    cache_dir: Path,
+    source: str,
+    stamp: dict[str, Any],
+    name: str,
+    ckpt: Path,
+) -> Path:
     """Stage 3 of one ``source`` on the meshes in ``cache_dir``, resuming from ``sub``'s checkpoints stamped with
     the settings plus ``stamp``; saves ``ckpt``."""
     resume = ctx.resume_ckpt(sub / CHECKPOINTS_DIR, stage.name, stamp)
     model = ctx.instantiate(stage, "model", {})
-    data = ctx.instantiate(stage, "data", {"dataset_dir": dataset, "mesh_cache_dir": str(cache_dir),
-                                           "source": source})
-    trainer = ctx.trainer(stage.name, sub, name, fit=True, validate=bool(getattr(data, "val_split", None)),
-                          stamp_extra=stamp)
+    data = ctx.instantiate(stage, "data", {"dataset_dir": dataset, "mesh_cache_dir": str(cache_dir), "source": source})
+    trainer = ctx.trainer(
+        stage.name, sub, name, fit=True, validate=bool(getattr(data, "val_split", None)), stamp_extra=stamp
+    )
     trainer.fit(model, datamodule=data, ckpt_path=resume)
     trainer.save_checkpoint(ckpt, weights_only=False)  # explicit: unset, Lightning logs a notice
     return ckpt
@@ -112,13 +133,31 @@ def run_dynamics(stage: Stage, ctx: StageContext, job: StageJob) -> dict[str, Pa
             stamp = {"stage3.source": source, **({} if seed is None else {"stage3.seed": seed})}
             if seed is not None:  # each seed its own initialisation, window draws and noise
                 L.seed_everything(seed, workers=True, verbose=False)
-            outputs[key] = train_dynamics(stage, ctx, job.dataset, sub, cache_dir, source, stamp,
-                                          f"stage3-{safe_name(key)}", job.stage_dir / f"{safe_name(key)}.ckpt")
+            outputs[key] = train_dynamics(
+                stage,
+                ctx,
+                job.dataset,
+                sub,
+                cache_dir,
+                source,
+                stamp,
+                f"stage3-{safe_name(key)}",
+                job.stage_dir / f"{safe_name(key)}.ckpt",
+            )
     return RunDir.stage3_outputs(outputs)
 
 
-STAGE = Stage("stage3", ("stage2",), run_dynamics, DynamicsModule, DynamicsDataModule,
-              data_inputs={"dataset_dir": "", "mesh_cache_dir": ""},
-              non_result_keys=frozenset({"model.compile_mode", "data.num_workers"}),
-              add_arguments=add_arguments, uses_upstream=uses_recovered_meshes, extra_config=resolved_settings,
-              check=check_settings, check_dataset=check_dataset)
+STAGE = Stage(
+    "stage3",
+    ("stage2",),
+    run_dynamics,
+    DynamicsModule,
+    DynamicsDataModule,
+    data_inputs={"dataset_dir": "", "mesh_cache_dir": ""},
+    non_result_keys=frozenset({"model.compile_mode", "data.num_workers"}),
+    add_arguments=add_arguments,
+    uses_upstream=uses_recovered_meshes,
+    extra_config=resolved_settings,
+    check=check_settings,
+    check_dataset=check_dataset,
+)

@@ -38,16 +38,19 @@ SPLITS = ("test_viewed", "test_unviewed")
 REGIMES = ("interpolation", "extrapolation")
 BASELINE = "const_vel"
 FIRST_PREDICTED_FRAME = 2
-RMSE_DEFINITION = ("sqrt(mean over vertices, xyz and frames of squared position error), pooled over a split's "
-                   "trajectories; frames 0-1 are inputs and excluded; interpolation = frames < train_horizon, "
-                   "extrapolation = frames >= train_horizon")
+RMSE_DEFINITION = (
+    "sqrt(mean over vertices, xyz and frames of squared position error), pooled over a split's "
+    "trajectories; frames 0-1 are inputs and excluded; interpolation = frames < train_horizon, "
+    "extrapolation = frames >= train_horizon"
+)
 
 # predictor(x0, x1, steps, mesh_pos, node_type, graph, prescribed) -> (steps, V, 3)
 Predictor = Callable[[Tensor, Tensor, int, Tensor, Tensor, MeshGraph, Tensor], Tensor]
 
 
-def constant_velocity_predictor(x0: Tensor, x1: Tensor, steps: int, mesh_pos: Tensor, node_type: Tensor,
-                                graph: MeshGraph, prescribed: Tensor | None) -> Tensor:
+def constant_velocity_predictor(
+    x0: Tensor, x1: Tensor, steps: int, mesh_pos: Tensor, node_type: Tensor, graph: MeshGraph, prescribed: Tensor | None
+) -> Tensor:
     """The constant-velocity baseline with the :data:`Predictor` signature."""
     return constant_velocity_rollout(x0, x1, steps, node_type, prescribed)
 
@@ -94,9 +97,14 @@ def per_step_rmse(per_frame_mse: Sequence[np.ndarray]) -> list[float | None]:
 
 
 @torch.no_grad()
-def evaluate_rollouts(model: MeshGraphNet | Predictor | None, dataset: Any, splits: Sequence[str] = SPLITS,
-                      train_horizon: int = 0, device: str | torch.device = "cpu",
-                      keep_predictions: Sequence[str] = ()) -> dict[str, Any]:
+def evaluate_rollouts(
+    model: MeshGraphNet | Predictor | None,
+    dataset: Any,
+    splits: Sequence[str] = SPLITS,
+    train_horizon: int = 0,
+    device: str | torch.device = "cpu",
+    keep_predictions: Sequence[str] = (),
+) -> dict[str, Any]:
     """Roll out ``model`` (``None``: constant-velocity baseline) on every trajectory of ``splits``.
 
     Args:
@@ -122,8 +130,15 @@ def evaluate_rollouts(model: MeshGraphNet | Predictor | None, dataset: Any, spli
             steps = gt.shape[0] - FIRST_PREDICTED_FRAME
             if steps < 1:
                 raise DatasetError(f"trajectory {name} has {gt.shape[0]} frames; evaluation needs at least 3")
-            roll = predict(gt[0], gt[1], steps, t.mesh_pos.to(device), t.node_type.to(device),
-                           t.graph.to(device), gt[FIRST_PREDICTED_FRAME:])
+            roll = predict(
+                gt[0],
+                gt[1],
+                steps,
+                t.mesh_pos.to(device),
+                t.node_type.to(device),
+                t.graph.to(device),
+                gt[FIRST_PREDICTED_FRAME:],
+            )
             pred = torch.cat([gt[:FIRST_PREDICTED_FRAME], roll.to(gt.dtype)])
             mse = frame_squared_errors(pred, gt)
             per_split[split].append(mse)
@@ -152,10 +167,18 @@ def default_train_horizon(dataset: Any, split: str = "train") -> int:
     return max(lengths)
 
 
-def run_evaluation(dataset_dir: str | os.PathLike, checkpoints: dict[str, str | os.PathLike],
-                   out_dir: str | os.PathLike, splits: Sequence[str] = SPLITS, train_horizon: int | None = None,
-                   device: str = "cpu", baseline: bool = True, videos: int = 2, video_format: str = "gif",
-                   dataset: Any = None) -> dict[str, Any]:
+def run_evaluation(
+    dataset_dir: str | os.PathLike,
+    checkpoints: dict[str, str | os.PathLike],
+    out_dir: str | os.PathLike,
+    splits: Sequence[str] = SPLITS,
+    train_horizon: int | None = None,
+    device: str = "cpu",
+    baseline: bool = True,
+    videos: int = 2,
+    video_format: str = "gif",
+    dataset: Any = None,
+) -> dict[str, Any]:
     """Evaluate stage-3 checkpoints and write the dynamics results into ``out_dir`` (a run's ``eval/``).
 
     Args:
@@ -172,7 +195,6 @@ def run_evaluation(dataset_dir: str | os.PathLike, checkpoints: dict[str, str | 
         The metrics dict written to ``metrics.json``.
     """
     if dataset is None:
-
         dataset = read_dataset(dataset_dir)
     out = Path(out_dir)
     horizon = int(train_horizon) if train_horizon is not None else default_train_horizon(dataset)
@@ -188,25 +210,47 @@ def run_evaluation(dataset_dir: str | os.PathLike, checkpoints: dict[str, str | 
     kept: dict[str, dict[str, np.ndarray]] = {}  # trajectory -> method key -> predicted (T, V, 3)
     first_of_source = {source_of(k): k for k, _, _ in reversed(runs)}  # videos: each source's first seed only
     for key, model, ckpt in runs:
-        res = evaluate_rollouts(model, dataset, splits, horizon, device,
-                                keep_predictions=video_names if ckpt is not None and
-                                first_of_source[source_of(key)] == key else ())
-        methods[key] = {"label": method_label(key), "checkpoint": ckpt, "splits": res["splits"],
-                        "per_step_rmse": res["per_step_rmse"], "trajectories": res["trajectories"]}
+        res = evaluate_rollouts(
+            model,
+            dataset,
+            splits,
+            horizon,
+            device,
+            keep_predictions=video_names if ckpt is not None and first_of_source[source_of(key)] == key else (),
+        )
+        methods[key] = {
+            "label": method_label(key),
+            "checkpoint": ckpt,
+            "splits": res["splits"],
+            "per_step_rmse": res["per_step_rmse"],
+            "trajectories": res["trajectories"],
+        }
         for name, pred in res["predictions"].items():
             kept.setdefault(name, {})[key] = np.asarray(pred)
     for name, preds in kept.items():
         traj = dataset.trajectory(name)
         ordered = {method_label(source_of(k)): preds[k] for k in sorted(preds, key=method_rank)}
         path = out / "videos" / f"compare_{name}.{video_format}"
-        write_comparison_video(np.asarray(traj.load_gt_verts()), ordered, np.asarray(traj.faces), path,
-                               title=f"{name} ({split_of(dataset, name)})")
+        write_comparison_video(
+            np.asarray(traj.load_gt_verts()),
+            ordered,
+            np.asarray(traj.faces),
+            path,
+            title=f"{name} ({split_of(dataset, name)})",
+        )
         video_files.append(path.relative_to(out).as_posix())
     train_frames = default_train_horizon(dataset) if dataset.names("train") else None
     test_frames = max(int(dataset.trajectory(n).num_frames) for n in names)
-    metrics = {"definition": RMSE_DEFINITION, "train_horizon": horizon, "train_sequence_frames": train_frames,
-               "test_sequence_frames": test_frames, "num_train_trajectories": len(dataset.names("train")),
-               "splits": list(splits), "methods": methods, "videos": video_files}
+    metrics = {
+        "definition": RMSE_DEFINITION,
+        "train_horizon": horizon,
+        "train_sequence_frames": train_frames,
+        "test_sequence_frames": test_frames,
+        "num_train_trajectories": len(dataset.names("train")),
+        "splits": list(splits),
+        "methods": methods,
+        "videos": video_files,
+    }
     metrics["by_source"] = by_source(metrics)  # seeds of one source: mean and std per cell
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "rollout_table.md", rollout_table_markdown(metrics))

@@ -56,16 +56,22 @@ def check_dataset(ctx: StageContext, ds: Any) -> None:
     root = ctx.setting("dataset")
     for split in ctx.section(NAME).get("splits") or SPLITS:
         if split not in ds.info.splits:
-            raise ClodsError(f"{root}/dataset.json has no split '{split}' that eval.splits names; "
-                             f"set eval.splits to some of {sorted(ds.info.splits)}")
+            raise ClodsError(
+                f"{root}/dataset.json has no split '{split}' that eval.splits names; "
+                f"set eval.splits to some of {sorted(ds.info.splits)}"
+            )
         for name in ds.names(split):
             traj = ds.trajectory(name)
             if not traj.has_gt:
-                raise ClodsError(f"{traj.root / 'gt.npz'} is missing: eval scores split '{split}' against "
-                                 "ground-truth meshes; add it, or drop the split from eval.splits")
+                raise ClodsError(
+                    f"{traj.root / 'gt.npz'} is missing: eval scores split '{split}' against "
+                    "ground-truth meshes; add it, or drop the split from eval.splits"
+                )
             if traj.num_frames < 3:
-                raise ClodsError(f"{traj.root}: {traj.num_frames} frame(s); a trajectory eval scores "
-                                 "needs >= 3 (two start the rollout, the rest are predicted)")
+                raise ClodsError(
+                    f"{traj.root}: {traj.num_frames} frame(s); a trajectory eval scores "
+                    "needs >= 3 (two start the rollout, the rest are predicted)"
+                )
 
 
 def novel_view_table(ctx: StageContext, dataset: str, stage_dir: Path, views: dict[str, Any]) -> Path | None:
@@ -81,19 +87,31 @@ def novel_view_table(ctx: StageContext, dataset: str, stage_dir: Path, views: di
     for mode in settings.ablations:
         print(f"[clods-pl] novel views: fitting the {mode}-opacity ablation of stage 1")
         models[mode] = fit_appearance_variant(
-            AppearanceModule, AppearanceDataModule, {**ctx.section("stage1.model"), "opacity_mode": mode},
-            {**ctx.section("stage1.data"), "dataset_dir": dataset}, ctx.section("stage1.trainer"), seed,
-            stage_dir / "novel_views" / mode)
+            AppearanceModule,
+            AppearanceDataModule,
+            {**ctx.section("stage1.model"), "opacity_mode": mode},
+            {**ctx.section("stage1.data"), "dataset_dir": dataset},
+            ctx.section("stage1.trainer"),
+            seed,
+            stage_dir / "novel_views" / mode,
+        )
     backend = rendered.backend if rendered.backend in ("torch", "cpu") else "torch"  # eval renders on the CPU
     holdout = ctx.section("stage1.data").get("holdout_views", [0])
     lpips, _notice = local_lpips()  # stage 1 already said why when it is missing
-    out = run_novel_view_evaluation(dataset, models, holdout, rendered.background, stage_dir, settings, backend,
-                                    lpips)
+    out = run_novel_view_evaluation(dataset, models, holdout, rendered.background, stage_dir, settings, backend, lpips)
     ds = read_dataset(dataset)
     names = [ds.names(s)[0] for s in ("train", *settings.splits) if ds.names(s)]
     train_view = next(v for v in range(len(ds.trajectory(names[0]).cameras)) if v not in holdout)
-    recovered_render_sheet(smgs, ds, ctx.run_dir / "stage2" / MESH_CACHE_DIR, names, [train_view, holdout[0]],
-                           rendered.background, stage_dir / RECOVERED_RENDERS, backend)
+    recovered_render_sheet(
+        smgs,
+        ds,
+        ctx.run_dir / "stage2" / MESH_CACHE_DIR,
+        names,
+        [train_view, holdout[0]],
+        rendered.background,
+        stage_dir / RECOVERED_RENDERS,
+        backend,
+    )
     return out
 
 
@@ -103,8 +121,9 @@ def run_eval(stage: Stage, ctx: StageContext, job: StageJob) -> dict[str, Path]:
     if not checkpoints:
         raise ManifestError(f"stage3 recorded no checkpoints in {ctx.run_dir}; rerun `clods-pl stage3`")
     assert stage.function is not None
-    stage.function(dataset_dir=job.dataset, checkpoints=checkpoints, out_dir=str(job.stage_dir),
-                   **rollout_settings(ctx))
+    stage.function(
+        dataset_dir=job.dataset, checkpoints=checkpoints, out_dir=str(job.stage_dir), **rollout_settings(ctx)
+    )
     outputs = {"metrics": job.stage_dir / EVAL_METRICS}
     views = ctx.section(NAME).get(NOVEL_VIEWS_KEY) or {}
     if views.get("enabled", False):
@@ -114,7 +133,14 @@ def run_eval(stage: Stage, ctx: StageContext, job: StageJob) -> dict[str, Path]:
     return outputs
 
 
-STAGE = Stage(NAME, ("stage3",), run_eval, function=run_evaluation, function_inputs=EVAL_INPUTS,
-              non_result_keys=frozenset({"videos", "device"}), add_arguments=add_arguments, check=check_settings,
-              check_dataset=check_dataset)
-
+STAGE = Stage(
+    NAME,
+    ("stage3",),
+    run_eval,
+    function=run_evaluation,
+    function_inputs=EVAL_INPUTS,
+    non_result_keys=frozenset({"videos", "device"}),
+    add_arguments=add_arguments,
+    check=check_settings,
+    check_dataset=check_dataset,
+)

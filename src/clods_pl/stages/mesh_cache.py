@@ -30,8 +30,10 @@ from clods_pl.utils.settings import config_changes
 
 GT_PREFIX = "gt_"
 REQUIRED_KEYS = ("verts", "faces", "frames_done", "losses", "edge_losses", "stage1_hash")
-OVERWRITE_HINT = ("`clods-pl pipeline` recovers it again, or `clods-pl stage2 --stage2.model.overwrite true` "
-                  "(recovers every trajectory again)")
+OVERWRITE_HINT = (
+    "`clods-pl pipeline` recovers it again, or `clods-pl stage2 --stage2.model.overwrite true` "
+    "(recovers every trajectory again)"
+)
 
 
 class MeshCacheError(ManifestError):
@@ -67,8 +69,16 @@ class MeshCache:
 
     # ----- construction ------------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | os.PathLike, verts0: np.ndarray, faces: np.ndarray, num_frames: int,
-               stage1_hash: str, save: bool = True, settings: dict[str, object] | None = None) -> MeshCache:
+    def create(
+        cls,
+        path: str | os.PathLike,
+        verts0: np.ndarray,
+        faces: np.ndarray,
+        num_frames: int,
+        stage1_hash: str,
+        save: bool = True,
+        settings: dict[str, object] | None = None,
+    ) -> MeshCache:
         """A fresh cache with only frame 0 (= ``verts0 (V, 3)``) done."""
         verts0 = np.asarray(verts0, dtype=np.float32)
         if verts0.ndim != 2 or verts0.shape[1] != 3:
@@ -77,9 +87,17 @@ class MeshCache:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
         verts = np.full((num_frames, verts0.shape[0], 3), np.nan, dtype=np.float32)
         verts[0] = verts0
-        cache = cls(Path(path), verts, np.asarray(faces, dtype=np.int64), 1,
-                    np.zeros(num_frames, np.float32), np.zeros(num_frames, np.float32),
-                    np.zeros(num_frames, np.int64), str(stage1_hash), settings=dict(settings or {}))
+        cache = cls(
+            Path(path),
+            verts,
+            np.asarray(faces, dtype=np.int64),
+            1,
+            np.zeros(num_frames, np.float32),
+            np.zeros(num_frames, np.float32),
+            np.zeros(num_frames, np.int64),
+            str(stage1_hash),
+            settings=dict(settings or {}),
+        )
         if save:
             cache.save()
         return cache
@@ -103,28 +121,53 @@ class MeshCache:
             raise MeshCacheError(f"mesh cache {path} is corrupt or truncated ({type(exc).__name__}); {hint}") from exc
         verts, faces = data["verts"], data["faces"]
         T = verts.shape[0] if verts.ndim == 3 else -1
-        ok = (verts.ndim == 3 and verts.shape[2] == 3 and faces.ndim == 2 and faces.shape[1] == 3
-              and data["losses"].shape == (T,) and data["edge_losses"].shape == (T,))
+        ok = (
+            verts.ndim == 3
+            and verts.shape[2] == 3
+            and faces.ndim == 2
+            and faces.shape[1] == 3
+            and data["losses"].shape == (T,)
+            and data["edge_losses"].shape == (T,)
+        )
         done = int(data["frames_done"]) if data["frames_done"].ndim == 0 else -1
         if not ok or not 1 <= done <= T:
-            raise MeshCacheError(f"mesh cache {path} has inconsistent arrays (verts {verts.shape}, "
-                                 f"frames_done {data['frames_done']}); {hint}")
+            raise MeshCacheError(
+                f"mesh cache {path} has inconsistent arrays (verts {verts.shape}, "
+                f"frames_done {data['frames_done']}); {hint}"
+            )
         if not np.isfinite(verts[:done]).all():
             raise MeshCacheError(f"mesh cache {path} has non-finite vertices in its finished frames; {hint}")
         iterations = data.get("iterations", np.zeros(T, np.int64))
-        gt = {k[len(GT_PREFIX):]: v.astype(np.float32) for k, v in data.items() if k.startswith(GT_PREFIX)}
+        gt = {k[len(GT_PREFIX) :]: v.astype(np.float32) for k, v in data.items() if k.startswith(GT_PREFIX)}
         try:
             settings = json.loads(str(data["settings_json"])) if "settings_json" in data else {}
         except json.JSONDecodeError as exc:
             raise MeshCacheError(f"mesh cache {path} has unreadable settings ({exc}); {hint}") from exc
-        return cls(path, verts.astype(np.float32), faces.astype(np.int64), done,
-                   data["losses"].astype(np.float32), data["edge_losses"].astype(np.float32),
-                   iterations.astype(np.int64), str(data["stage1_hash"]), gt, settings)
+        return cls(
+            path,
+            verts.astype(np.float32),
+            faces.astype(np.int64),
+            done,
+            data["losses"].astype(np.float32),
+            data["edge_losses"].astype(np.float32),
+            iterations.astype(np.int64),
+            str(data["stage1_hash"]),
+            gt,
+            settings,
+        )
 
     @classmethod
-    def open(cls, path: str | os.PathLike, verts0: np.ndarray, faces: np.ndarray, num_frames: int,
-             stage1_hash: str, overwrite: bool = False, settings: dict[str, object] | None = None,
-             recompute_stale: bool = False) -> MeshCache:
+    def open(
+        cls,
+        path: str | os.PathLike,
+        verts0: np.ndarray,
+        faces: np.ndarray,
+        num_frames: int,
+        stage1_hash: str,
+        overwrite: bool = False,
+        settings: dict[str, object] | None = None,
+        recompute_stale: bool = False,
+    ) -> MeshCache:
         """Resume the cache at ``path`` or create it.
 
         A cache made with another stage-1 checkpoint or other stage-2 ``settings`` is rebuilt from frame 0 when
@@ -148,10 +191,15 @@ class MeshCache:
             raise MeshCacheError(f"mesh cache {path} {stale}; {OVERWRITE_HINT}")
         faces = np.asarray(faces, dtype=np.int64)
         verts0 = np.asarray(verts0, dtype=np.float32)
-        if (cache.verts.shape != (num_frames, verts0.shape[0], 3) or not np.array_equal(cache.faces, faces)
-                or not np.array_equal(cache.verts[0], verts0)):
-            raise MeshCacheError(f"mesh cache {path} belongs to another mesh or frame count "
-                                 f"(verts {cache.verts.shape}); {OVERWRITE_HINT}")
+        if (
+            cache.verts.shape != (num_frames, verts0.shape[0], 3)
+            or not np.array_equal(cache.faces, faces)
+            or not np.array_equal(cache.verts[0], verts0)
+        ):
+            raise MeshCacheError(
+                f"mesh cache {path} belongs to another mesh or frame count "
+                f"(verts {cache.verts.shape}); {OVERWRITE_HINT}"
+            )
         return cache
 
     # ----- state ---------------------------------------------------------------------------------------
@@ -163,14 +211,22 @@ class MeshCache:
     def complete(self) -> bool:
         return self.frames_done >= self.num_frames
 
-    def set_frame(self, t: int, verts: np.ndarray, loss: float, edge_loss: float, iterations: int = 0,
-                  gt_metrics: dict[str, float] | None = None, save: bool = True) -> None:
+    def set_frame(
+        self,
+        t: int,
+        verts: np.ndarray,
+        loss: float,
+        edge_loss: float,
+        iterations: int = 0,
+        gt_metrics: dict[str, float] | None = None,
+        save: bool = True,
+    ) -> None:
         """Store the final ``verts (V, 3)`` of frame ``t`` (needs frames ``0..t-1`` done); frames after ``t``
         are dropped (they depend on this one); then save atomically."""
         if not 1 <= t <= self.frames_done or t >= self.num_frames:
             raise ValueError(f"cannot set frame {t}: frames_done={self.frames_done}, T={self.num_frames}")
         self.verts[t] = np.asarray(verts, dtype=np.float32)
-        self.verts[t + 1:] = np.nan
+        self.verts[t + 1 :] = np.nan
         self.losses[t], self.edge_losses[t], self.iterations[t] = loss, edge_loss, iterations
         self.frames_done = t + 1
         for name, value in (gt_metrics or {}).items():
@@ -185,8 +241,12 @@ class MeshCache:
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {
-            "verts": self.verts, "faces": self.faces, "frames_done": np.asarray(self.frames_done, np.int64),
-            "losses": self.losses, "edge_losses": self.edge_losses, "iterations": self.iterations,
+            "verts": self.verts,
+            "faces": self.faces,
+            "frames_done": np.asarray(self.frames_done, np.int64),
+            "losses": self.losses,
+            "edge_losses": self.edge_losses,
+            "iterations": self.iterations,
             "stage1_hash": np.asarray(self.stage1_hash),
             "settings_json": np.asarray(json.dumps(self.settings, sort_keys=True)),
         }

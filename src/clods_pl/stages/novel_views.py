@@ -33,13 +33,19 @@ NOVEL_VIEWS_FILE = "novel_views.json"
 NOVEL_VIEWS_TABLE = "novel_view_table.md"
 RECOVERED_RENDERS = "recovered_renders.png"  # eval/: input image | SMGS render of the recovered mesh
 UPPER_BOUND = "upper_bound"
-ROW_LABELS = {UPPER_BOUND: "Per-frame 3DGS (upper bound)", "dual": "SMGS (CloDS: world + mesh opacity)",
-              "static": "GaMeS-style (static opacity)", "world": "SMGS, world-only opacity",
-              "mesh": "SMGS, mesh-only opacity"}
+ROW_LABELS = {
+    UPPER_BOUND: "Per-frame 3DGS (upper bound)",
+    "dual": "SMGS (CloDS: world + mesh opacity)",
+    "static": "GaMeS-style (static opacity)",
+    "world": "SMGS, world-only opacity",
+    "mesh": "SMGS, mesh-only opacity",
+}
 ROW_ORDER = (UPPER_BOUND, "dual", "static", "world", "mesh")
-DEFINITION = ("PSNR (dB) and SSIM of renders against the images of the held-out views, averaged over every "
-              "evaluated frame and view of the test trajectories; each model renders the frame's ground-truth mesh "
-              "(evaluation only), so rows differ only in appearance.")
+DEFINITION = (
+    "PSNR (dB) and SSIM of renders against the images of the held-out views, averaged over every "
+    "evaluated frame and view of the test trajectories; each model renders the frame's ground-truth mesh "
+    "(evaluation only), so rows differ only in appearance."
+)
 
 
 @dataclass
@@ -67,23 +73,35 @@ class NovelViewSettings:
         if bad:
             raise ClodsError(f"eval.novel_views.ablations {bad}: each must be one of {', '.join(OPACITY_MODES)}")
         if self.frame_stride < 1 or self.upper_bound_frame_stride < 1 or self.upper_bound_steps < 0:
-            raise ClodsError("eval.novel_views.frame_stride and upper_bound_frame_stride must be >= 1 and "
-                             "upper_bound_steps >= 0")
+            raise ClodsError(
+                "eval.novel_views.frame_stride and upper_bound_frame_stride must be >= 1 and upper_bound_steps >= 0"
+            )
 
 
 def image_metrics(pred: Tensor, target: Tensor, lpips: Any = None) -> dict[str, float]:
     """pred, target: (C, H, W, 3) in [0, 1] -> mean PSNR, SSIM (and LPIPS) over the C views."""
     p, t = pred.clamp(0, 1).permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)
-    out = {"psnr": float(peak_signal_noise_ratio(p, t, data_range=1.0, reduction="elementwise_mean",
-                                                 dim=(1, 2, 3)).mean()),
-           "ssim": float(structural_similarity_index_measure(p, t, data_range=1.0))}
+    out = {
+        "psnr": float(
+            peak_signal_noise_ratio(p, t, data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3)).mean()
+        ),
+        "ssim": float(structural_similarity_index_measure(p, t, data_range=1.0)),
+    }
     if lpips is not None:
         out["lpips"] = float(lpips(p * 2 - 1, t * 2 - 1))
     return out
 
 
-def fit_frame_gaussians(smgs: SMGS, verts: Tensor, images: Tensor, cameras: Cameras, background: Tensor,
-                        steps: int, backend: str = "torch", lr: float = 0.003) -> Callable[[Cameras], Tensor]:
+def fit_frame_gaussians(
+    smgs: SMGS,
+    verts: Tensor,
+    images: Tensor,
+    cameras: Cameras,
+    background: Tensor,
+    steps: int,
+    backend: str = "torch",
+    lr: float = 0.003,
+) -> Callable[[Cameras], Tensor]:
     """Free Gaussians fitted to one frame (the per-frame 3DGS upper bound); returns ``render(cameras) -> rgb``.
 
     Start: a copy of ``smgs`` on ``verts`` (V, 3) whose every Gaussian gets its own free centre offset and opacity
@@ -121,9 +139,16 @@ def fit_frame_gaussians(smgs: SMGS, verts: Tensor, images: Tensor, cameras: Came
     return lambda cams: render(cams).rgb
 
 
-def novel_view_rows(dataset: Any, models: Mapping[str, SMGS], holdout_views: Sequence[int],
-                    background: Sequence[float], settings: NovelViewSettings, backend: str = "torch",
-                    lpips: Any = None, upper_bound_from: str = "dual") -> dict[str, Any]:
+def novel_view_rows(
+    dataset: Any,
+    models: Mapping[str, SMGS],
+    holdout_views: Sequence[int],
+    background: Sequence[float],
+    settings: NovelViewSettings,
+    backend: str = "torch",
+    lpips: Any = None,
+    upper_bound_from: str = "dual",
+) -> dict[str, Any]:
     """Metrics per row (``models`` keys, plus :data:`UPPER_BOUND` when ``settings.upper_bound_steps > 0``).
 
     Args:
@@ -154,8 +179,15 @@ def novel_view_rows(dataset: Any, models: Mapping[str, SMGS], holdout_views: Seq
                     rgb = smgs.render(gt[t], traj.cameras[held], bg, backend).rgb
                     per[key].append({"traj": name, "frame": t, **image_metrics(rgb, target, lpips)})
             if settings.upper_bound_steps > 0 and i % max(1, settings.upper_bound_frame_stride) == 0:
-                render = fit_frame_gaussians(models[upper_bound_from], gt[t], images[train], traj.cameras[train],
-                                             bg, settings.upper_bound_steps, backend)
+                render = fit_frame_gaussians(
+                    models[upper_bound_from],
+                    gt[t],
+                    images[train],
+                    traj.cameras[train],
+                    bg,
+                    settings.upper_bound_steps,
+                    backend,
+                )
                 with torch.no_grad():
                     rgb = render(traj.cameras[held])
                 per[UPPER_BOUND].append({"traj": name, "frame": t, **image_metrics(rgb, target, lpips)})
@@ -175,8 +207,13 @@ def novel_view_rows(dataset: Any, models: Mapping[str, SMGS], holdout_views: Seq
             row["psnr_upper_bound_frames"] = float(np.mean(same))
         row["per_frame"] = items
         rows[key] = row
-    return {"definition": DEFINITION, "holdout_views": [int(v) for v in holdout_views],
-            "splits": list(settings.splits), "trajectories": names, "rows": rows}
+    return {
+        "definition": DEFINITION,
+        "holdout_views": [int(v) for v in holdout_views],
+        "splits": list(settings.splits),
+        "trajectories": names,
+        "rows": rows,
+    }
 
 
 def novel_view_table_markdown(result: Mapping[str, Any]) -> str:
@@ -186,12 +223,17 @@ def novel_view_table_markdown(result: Mapping[str, Any]) -> str:
     metrics = [m for m in ("psnr", "ssim", "lpips") if any(m in rows[k] for k in keys)]
     heads = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓"}
     models = [k for k in keys if k != UPPER_BOUND]
-    best = {m: (min if m == "lpips" else max)((rows[k][m] for k in models if m in rows[k]), default=None)
-            for m in metrics}
+    best = {
+        m: (min if m == "lpips" else max)((rows[k][m] for k in models if m in rows[k]), default=None) for m in metrics
+    }
     same = any("psnr_upper_bound_frames" in rows[k] for k in keys)
-    lines = ["| Appearance model | " + " | ".join(heads[m] for m in metrics) + " | frames |"
-             + (" PSNR on the upper bound's frames |" if same else ""),
-             "|---" * (len(metrics) + 2 + same) + "|"]
+    lines = [
+        "| Appearance model | "
+        + " | ".join(heads[m] for m in metrics)
+        + " | frames |"
+        + (" PSNR on the upper bound's frames |" if same else ""),
+        "|---" * (len(metrics) + 2 + same) + "|",
+    ]
     for k in keys:
         cells = []
         for m in metrics:
@@ -212,17 +254,30 @@ def write_novel_view_results(result: Mapping[str, Any], out_dir: str | os.PathLi
     return out
 
 
-def run_novel_view_evaluation(dataset_dir: str | os.PathLike, models: Mapping[str, SMGS],
-                              holdout_views: Sequence[int], background: Sequence[float], out_dir: str | os.PathLike,
-                              settings: NovelViewSettings, backend: str = "torch", lpips: Any = None) -> Path:
+def run_novel_view_evaluation(
+    dataset_dir: str | os.PathLike,
+    models: Mapping[str, SMGS],
+    holdout_views: Sequence[int],
+    background: Sequence[float],
+    out_dir: str | os.PathLike,
+    settings: NovelViewSettings,
+    backend: str = "torch",
+    lpips: Any = None,
+) -> Path:
     """Open the dataset, compute :func:`novel_view_rows` and write them (see :func:`write_novel_view_results`)."""
     result = novel_view_rows(read_dataset(dataset_dir), models, holdout_views, background, settings, backend, lpips)
     return write_novel_view_results(result, out_dir)
 
 
-def fit_appearance_variant(module_cls: type, datamodule_cls: type, model_kwargs: dict[str, Any],
-                           data_kwargs: dict[str, Any], trainer_kwargs: dict[str, Any], seed: int,
-                           root: str | os.PathLike) -> SMGS:
+def fit_appearance_variant(
+    module_cls: type,
+    datamodule_cls: type,
+    model_kwargs: dict[str, Any],
+    data_kwargs: dict[str, Any],
+    trainer_kwargs: dict[str, Any],
+    seed: int,
+    root: str | os.PathLike,
+) -> SMGS:
     """Fit one stage-1 variant (an ablation row) in-process, without loggers or checkpoints; returns its SMGS in
     eval mode. ``module_cls``/``datamodule_cls``: the stage-1 LightningModule/DataModule; kwargs as in the config."""
     import lightning as L  # noqa: PLC0415  (only the ablation rows train; the metrics alone do not need Lightning)
@@ -230,17 +285,33 @@ def fit_appearance_variant(module_cls: type, datamodule_cls: type, model_kwargs:
     L.seed_everything(seed, workers=True, verbose=False)
     model = module_cls(**{**model_kwargs, "export_ply": False})
     data = datamodule_cls(**data_kwargs)
-    kwargs = {**trainer_kwargs, "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-              "enable_model_summary": False, "default_root_dir": str(root), "num_sanity_val_steps": 0,
-              "limit_val_batches": 0}
+    kwargs = {
+        **trainer_kwargs,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": str(root),
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+    }
     L.Trainer(**kwargs).fit(model, datamodule=data)
     return model.smgs.eval().requires_grad_(False)
 
 
 @torch.no_grad()
-def recovered_render_sheet(smgs: SMGS, dataset: Any, cache_dir: str | os.PathLike, names: Sequence[str],
-                           views: Sequence[int], background: Sequence[float], path: str | os.PathLike,
-                           backend: str = "torch", frames_per_traj: int = 3, scale: int = 3) -> Path | None:
+def recovered_render_sheet(
+    smgs: SMGS,
+    dataset: Any,
+    cache_dir: str | os.PathLike,
+    names: Sequence[str],
+    views: Sequence[int],
+    background: Sequence[float],
+    path: str | os.PathLike,
+    backend: str = "torch",
+    frames_per_traj: int = 3,
+    scale: int = 3,
+) -> Path | None:
     """A PNG contact sheet: per trajectory, view and a few frames, the input image next to the SMGS render of the
     recovered mesh (stage 2's output), so a reader sees what stage 2 fitted. None when no cache is there."""
     import imageio.v2 as imageio  # noqa: PLC0415  (image output only)

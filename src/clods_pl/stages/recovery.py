@@ -67,8 +67,15 @@ class RecoveryDataModule(L.LightningDataModule):
         batch_size: trajectories optimised together.
     """
 
-    def __init__(self, dataset_dir: str, splits: list[str] = list(DEFAULT_SPLITS), holdout_views: list[int] = [],
-                 trajectories: list[str] | None = None, frames: str | None = None, batch_size: int = 1) -> None:
+    def __init__(
+        self,
+        dataset_dir: str,
+        splits: list[str] = list(DEFAULT_SPLITS),
+        holdout_views: list[int] = [],
+        trajectories: list[str] | None = None,
+        frames: str | None = None,
+        batch_size: int = 1,
+    ) -> None:
         super().__init__()
         if batch_size < 1:
             raise RecoveryConfigError(f"data.batch_size must be >= 1, got {batch_size}")
@@ -86,8 +93,9 @@ class RecoveryDataModule(L.LightningDataModule):
         if self.trajectories is not None:
             unknown = [n for n in self.trajectories if n not in names]
             if unknown:
-                raise RecoveryConfigError(f"data.trajectories {unknown} are not in splits {self.splits} of "
-                                          f"{self.dataset_dir}")
+                raise RecoveryConfigError(
+                    f"data.trajectories {unknown} are not in splits {self.splits} of {self.dataset_dir}"
+                )
             names = [n for n in names if n in set(self.trajectories)]
         self.items = [RecoveryItem(n, self.dataset_dir, tuple(self.holdout_views), self.frames) for n in names]
 
@@ -111,13 +119,26 @@ class RecoveryModule(L.LightningModule):
     """
 
     # typed arguments for the config parser; the defaults and checks have one home, RecoveryConfig
-    def __init__(self, stage1_checkpoint: str, cache_dir: str, iterations: int = RC.iterations, lr: float = RC.lr,
-                 gamma: float = RC.gamma, alpha_weight: float = RC.alpha_weight, init: str = RC.init,
-                 dynamics_checkpoint: str | None = RC.dynamics_checkpoint, prior_weight: float = RC.prior_weight,
-                 plateau_patience: int = RC.plateau_patience, plateau_tol: float = RC.plateau_tol,
-                 min_iterations: int = RC.min_iterations, background: tuple[float, float, float] | None = None,
-                 backend: str = RC.backend, overwrite: bool = False, log_every_n_frames: int = 1,
-                 recompute_stale: bool = False) -> None:
+    def __init__(
+        self,
+        stage1_checkpoint: str,
+        cache_dir: str,
+        iterations: int = RC.iterations,
+        lr: float = RC.lr,
+        gamma: float = RC.gamma,
+        alpha_weight: float = RC.alpha_weight,
+        init: str = RC.init,
+        dynamics_checkpoint: str | None = RC.dynamics_checkpoint,
+        prior_weight: float = RC.prior_weight,
+        plateau_patience: int = RC.plateau_patience,
+        plateau_tol: float = RC.plateau_tol,
+        min_iterations: int = RC.min_iterations,
+        background: tuple[float, float, float] | None = None,
+        backend: str = RC.backend,
+        overwrite: bool = False,
+        log_every_n_frames: int = 1,
+        recompute_stale: bool = False,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         settings = {f.name: self.hparams[f.name] for f in fields(RecoveryConfig) if f.name != "background"}
@@ -168,16 +189,29 @@ class RecoveryModule(L.LightningModule):
             jobs = []
             for item in batch:
                 traj = self.dataset(item.dataset_dir).trajectory(item.name)
-                jobs.append(open_job(item.name, traj, self.cache_dir / f"{item.name}.npz", self.stage1_hash,
-                                     item.holdout_views, item.frames, self.overwrite, config=self.config,
-                                     recompute_stale=self.recompute_stale))
+                jobs.append(
+                    open_job(
+                        item.name,
+                        traj,
+                        self.cache_dir / f"{item.name}.npz",
+                        self.stage1_hash,
+                        item.holdout_views,
+                        item.frames,
+                        self.overwrite,
+                        config=self.config,
+                        recompute_stale=self.recompute_stale,
+                    )
+                )
             recover_batch(jobs, renderer, self.config, self.device, self._on_frame)
         out = []
         for job in jobs:
             size = flag_size(np.asarray(job.traj.mesh_pos))
             plot_rmse(job.cache, job.name, self.cache_dir.parent / PLOTS_DIRNAME / f"{job.name}_rmse.png", size)
-            summary: dict[str, Any] = {"name": job.name, "frames_done": job.cache.frames_done,
-                                       "cache": str(job.cache.path)}
+            summary: dict[str, Any] = {
+                "name": job.name,
+                "frames_done": job.cache.frames_done,
+                "cache": str(job.cache.path),
+            }
             rmse = job.cache.gt_metrics.get("rmse")
             if rmse is not None:
                 summary["rmse_mean"] = float(np.nanmean(rmse[: job.cache.frames_done]))

@@ -78,9 +78,17 @@ def read_dataset(dataset_dir: str) -> Any:
     return read(dataset_dir)
 
 
-def recover_cli(dataset_dir: str, stage1_checkpoint: str, cache_dir: str, traj: str, frames: str | None = None,
-                holdout_views: Sequence[int] = (), overwrite: bool = False, device: str = "cpu",
-                **options: Any) -> MeshCache:
+def recover_cli(
+    dataset_dir: str,
+    stage1_checkpoint: str,
+    cache_dir: str,
+    traj: str,
+    frames: str | None = None,
+    holdout_views: Sequence[int] = (),
+    overwrite: bool = False,
+    device: str = "cpu",
+    **options: Any,
+) -> MeshCache:
     """``clods-pl recover --traj NAME --frames A:B``: recover one trajectory; ``options`` are the stage-2 model
     settings (``RecoveryConfig`` fields: iterations, lr, gamma, ...; ``log_every_n_frames`` is accepted and
     ignored). Prints one line per frame."""
@@ -89,8 +97,13 @@ def recover_cli(dataset_dir: str, stage1_checkpoint: str, cache_dir: str, traj: 
     if unknown:
         raise RecoveryConfigError(f"unknown stage-2 model settings {unknown}; valid: {sorted(fields)}")
     explicit_bg = options.get("background") is not None
-    config = RecoveryConfig(**{k: (tuple(v) if k == "background" else v) for k, v in options.items()
-                               if k in fields and not (k == "background" and v is None)})
+    config = RecoveryConfig(
+        **{
+            k: (tuple(v) if k == "background" else v)
+            for k, v in options.items()
+            if k in fields and not (k == "background" and v is None)
+        }
+    )
     ds = read_dataset(dataset_dir)
     trajectory = ds.trajectory(traj)
     smgs, h = load_stage1(stage1_checkpoint, device)
@@ -98,11 +111,29 @@ def recover_cli(dataset_dir: str, stage1_checkpoint: str, cache_dir: str, traj: 
 
     def report(job: TrajectoryJob, t: int, m: dict[str, float]) -> None:
         extra = f" rmse {m['rmse']:.5f}" if "rmse" in m else ""
-        print(f"[recover] {traj} frame {t}/{job.stop - 1}: photo {m['photo_loss']:.5f} edge {m['edge_loss']:.2e} "
-              f"iters {int(m['iterations'])}{extra}", flush=True)
+        print(
+            f"[recover] {traj} frame {t}/{job.stop - 1}: photo {m['photo_loss']:.5f} edge {m['edge_loss']:.2e} "
+            f"iters {int(m['iterations'])}{extra}",
+            flush=True,
+        )
 
-    cache = recover_trajectory(traj, trajectory, smgs, Path(cache_dir) / f"{traj}.npz", h, config, holdout_views,
-                               frames, overwrite, device, report)
-    plot_rmse(cache, traj, Path(cache_dir).parent / PLOTS_DIRNAME / f"{traj}_rmse.png",
-              flag_size(np.asarray(trajectory.mesh_pos)))
+    cache = recover_trajectory(
+        traj,
+        trajectory,
+        smgs,
+        Path(cache_dir) / f"{traj}.npz",
+        h,
+        config,
+        holdout_views,
+        frames,
+        overwrite,
+        device,
+        report,
+    )
+    plot_rmse(
+        cache,
+        traj,
+        Path(cache_dir).parent / PLOTS_DIRNAME / f"{traj}_rmse.png",
+        flag_size(np.asarray(trajectory.mesh_pos)),
+    )
     return cache

@@ -62,8 +62,9 @@ class RecoveryConfig:
 
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.min_iterations < 0 or self.plateau_patience < 1:
-            raise RecoveryConfigError("model.iterations and model.min_iterations must be >= 0 and "
-                                      "model.plateau_patience >= 1")
+            raise RecoveryConfigError(
+                "model.iterations and model.min_iterations must be >= 0 and model.plateau_patience >= 1"
+            )
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise RecoveryConfigError(f"model.lr must be a positive number, got {self.lr}")
         if self.gamma < 0 or self.alpha_weight < 0:
@@ -73,11 +74,15 @@ class RecoveryConfig:
         if not self.prior_weight >= 0:
             raise RecoveryConfigError(f"model.prior_weight must be >= 0, got {self.prior_weight}")
         if (self.init == "dynamics" or self.prior_weight > 0) and not self.dynamics_checkpoint:
-            raise RecoveryConfigError("model.init=dynamics and model.prior_weight > 0 need model.dynamics_checkpoint "
-                                      "(a stage-3 checkpoint, e.g. runs/<name>/stage3/recovered.ckpt)")
+            raise RecoveryConfigError(
+                "model.init=dynamics and model.prior_weight > 0 need model.dynamics_checkpoint "
+                "(a stage-3 checkpoint, e.g. runs/<name>/stage3/recovered.ckpt)"
+            )
         if self.dynamics_checkpoint and not Path(self.dynamics_checkpoint).is_file():
-            raise RecoveryConfigError(f"model.dynamics_checkpoint {self.dynamics_checkpoint} does not exist; run "
-                                      "stage 3 first or fix the path")
+            raise RecoveryConfigError(
+                f"model.dynamics_checkpoint {self.dynamics_checkpoint} does not exist; run "
+                "stage 3 first or fix the path"
+            )
         if len(self.background) != 3:
             raise RecoveryConfigError(f"model.background must be 3 floats, got {self.background}")
 
@@ -85,8 +90,9 @@ class RecoveryConfig:
 def recovery_settings(config: RecoveryConfig, holdout_views: Sequence[int]) -> dict[str, Any]:
     """What determines a recovered frame, as stored in each mesh cache: every ``RecoveryConfig`` field and the
     held-out views (a resume with other settings would mix two recoveries in one sequence)."""
-    out: dict[str, Any] = {f"model.{k}": (list(v) if isinstance(v, tuple) else v)
-                           for k, v in dataclasses.asdict(config).items()}
+    out: dict[str, Any] = {
+        f"model.{k}": (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()
+    }
     if config.dynamics_checkpoint:  # the model's weights decide the frames, not the file's name
         out["model.dynamics_checkpoint"] = checkpoint_digest(config.dynamics_checkpoint)
     out["data.holdout_views"] = sorted(int(v) for v in holdout_views)

@@ -53,17 +53,27 @@ class DynamicsPrior:
             self._meshes[id(job)] = (
                 self._graph_from_faces(faces, job.verts0.shape[0]).to(self.device),
                 torch.as_tensor(np.asarray(job.traj.mesh_pos), dtype=torch.float32, device=self.device),
-                torch.as_tensor(np.asarray(job.traj.node_type), device=self.device).long().reshape(-1))
+                torch.as_tensor(np.asarray(job.traj.node_type), device=self.device).long().reshape(-1),
+            )
         graph, mesh_pos, node_type = self._meshes[id(job)]
         prev = torch.from_numpy(job.cache.verts[t - 2].copy()).to(self.device)
         cur = torch.from_numpy(job.cache.verts[t - 1].copy()).to(self.device)
         return self.model.step(prev, cur, mesh_pos, node_type, graph, job.pinned_positions(t).to(self.device))
 
 
-def recover_frame(renderer: Renderer, x_init: Tensor, pinned: Tensor, pinned_pos: Tensor,
-                  targets: Sequence[Tensor], cameras: Sequence[Any], edges: Tensor, rest: Tensor,
-                  config: RecoveryConfig, x_pred: Tensor | None = None, prior_scale: Tensor | None = None
-                  ) -> FrameResult:
+def recover_frame(
+    renderer: Renderer,
+    x_init: Tensor,
+    pinned: Tensor,
+    pinned_pos: Tensor,
+    targets: Sequence[Tensor],
+    cameras: Sequence[Any],
+    edges: Tensor,
+    rest: Tensor,
+    config: RecoveryConfig,
+    x_pred: Tensor | None = None,
+    prior_scale: Tensor | None = None,
+) -> FrameResult:
     """Optimise displacements so the renders of ``x_init + dx`` match ``targets``, for B trajectories at once.
 
     Args:
@@ -107,8 +117,9 @@ def recover_frame(renderer: Renderer, x_init: Tensor, pinned: Tensor, pinned_pos
         values = torch.stack([torch.stack([t.detach().double() for t in part]) for part in parts]).tolist()
         still: list[int] = []
         for b, (value, photo, edge) in zip(active, values):
-            since_best[b] = 0 if value < best[b] * (1.0 - config.plateau_tol) or best[b] == math.inf \
-                else since_best[b] + 1
+            since_best[b] = (
+                0 if value < best[b] * (1.0 - config.plateau_tol) or best[b] == math.inf else since_best[b] + 1
+            )
             if value < best[b]:
                 best[b], best_photo[b], best_edge[b] = value, photo, edge
                 best_dx[b] = dx.detach()[b]
@@ -121,8 +132,12 @@ def recover_frame(renderer: Renderer, x_init: Tensor, pinned: Tensor, pinned_pos
         opt.step()
         active = still
     verts = compose_verts(x_init, best_dx, pinned, pinned_pos)
-    return FrameResult(verts.detach(), torch.tensor(best_photo, dtype=torch.float64),
-                       torch.tensor(best_edge, dtype=torch.float64), torch.tensor(used, dtype=torch.int64))
+    return FrameResult(
+        verts.detach(),
+        torch.tensor(best_photo, dtype=torch.float64),
+        torch.tensor(best_edge, dtype=torch.float64),
+        torch.tensor(used, dtype=torch.int64),
+    )
 
 
 # ----- trajectories -------------------------------------------------------------------------------------------
@@ -138,7 +153,8 @@ def parse_frames(frames: str | None, num_frames: int) -> tuple[int | None, int]:
         b = int(parts[1]) if parts[1].strip() else num_frames
     except ValueError:
         raise RecoveryConfigError(
-            f"frames={frames!r} must look like 'A:B' (e.g. '1:8'; either end may be empty)") from None
+            f"frames={frames!r} must look like 'A:B' (e.g. '1:8'; either end may be empty)"
+        ) from None
     if b > num_frames or b < 1 or (a is not None and not 0 <= a < b):
         raise RecoveryConfigError(f"frames={frames!r} is outside 0..{num_frames} (A < B <= {num_frames} frames)")
     return a, b
@@ -184,8 +200,10 @@ class TrajectoryJob:
         handle = getattr(self.traj, "handle_pos", None)
         self.handle_pos = None if handle is None else torch.as_tensor(np.asarray(handle), dtype=torch.float32)
         if self.handle_pos is not None and self.handle_pos.shape[1] != int(self.pinned.sum()):
-            raise ClodsError(f"trajectory {self.name}: handle_pos has {self.handle_pos.shape[1]} points but "
-                             f"node_type marks {int(self.pinned.sum())} HANDLE nodes; regenerate the dataset")
+            raise ClodsError(
+                f"trajectory {self.name}: handle_pos has {self.handle_pos.shape[1]} points but "
+                f"node_type marks {int(self.pinned.sum())} HANDLE nodes; regenerate the dataset"
+            )
 
     @property
     def next_frame(self) -> int:
@@ -220,10 +238,18 @@ class TrajectoryJob:
 FrameCallback = Callable[[TrajectoryJob, int, dict[str, float]], None]
 
 
-def open_job(name: str, traj: Any, cache_path: str | os.PathLike, stage1_hash: str,
-             holdout_views: Sequence[int] = (), frames: str | None = None, overwrite: bool = False,
-             evaluate_gt: bool = True, config: RecoveryConfig | None = None,
-             recompute_stale: bool = False) -> TrajectoryJob:
+def open_job(
+    name: str,
+    traj: Any,
+    cache_path: str | os.PathLike,
+    stage1_hash: str,
+    holdout_views: Sequence[int] = (),
+    frames: str | None = None,
+    overwrite: bool = False,
+    evaluate_gt: bool = True,
+    config: RecoveryConfig | None = None,
+    recompute_stale: bool = False,
+) -> TrajectoryJob:
     """Open (resume) or create the cache of one trajectory and check the requested frame window.
 
     A cache recovered with another stage-1 checkpoint or other settings (``config``, ``holdout_views``) is
@@ -231,11 +257,21 @@ def open_job(name: str, traj: Any, cache_path: str | os.PathLike, stage1_hash: s
     T = int(traj.num_frames)
     start, stop = parse_frames(frames, T)
     settings = recovery_settings(config or RecoveryConfig(), holdout_views)
-    cache = MeshCache.open(cache_path, np.asarray(traj.verts0, np.float32), np.asarray(traj.faces, np.int64), T,
-                           stage1_hash, overwrite=overwrite, settings=settings, recompute_stale=recompute_stale)
+    cache = MeshCache.open(
+        cache_path,
+        np.asarray(traj.verts0, np.float32),
+        np.asarray(traj.faces, np.int64),
+        T,
+        stage1_hash,
+        overwrite=overwrite,
+        settings=settings,
+        recompute_stale=recompute_stale,
+    )
     if start is not None and start > cache.frames_done:
-        raise RecoveryConfigError(f"frames={frames!r} for {name} needs frames 0..{start - 1} recovered first, but "
-                                  f"{cache_path} has {cache.frames_done}; use frames '{cache.frames_done}:{stop}'")
+        raise RecoveryConfigError(
+            f"frames={frames!r} for {name} needs frames 0..{start - 1} recovered first, but "
+            f"{cache_path} has {cache.frames_done}; use frames '{cache.frames_done}:{stop}'"
+        )
     gt = None
     if evaluate_gt and bool(getattr(traj, "has_gt", False)):
         gt = torch.as_tensor(np.asarray(traj.load_gt_verts()), dtype=torch.float32)
@@ -245,8 +281,13 @@ def open_job(name: str, traj: Any, cache_path: str | os.PathLike, stage1_hash: s
     return TrajectoryJob(name, traj, cache, train_views(len(traj.cameras), holdout_views), stop, gt)
 
 
-def recover_batch(jobs: Sequence[TrajectoryJob], renderer: Renderer, config: RecoveryConfig,
-                  device: torch.device | str = "cpu", on_frame: FrameCallback | None = None) -> None:
+def recover_batch(
+    jobs: Sequence[TrajectoryJob],
+    renderer: Renderer,
+    config: RecoveryConfig,
+    device: torch.device | str = "cpu",
+    on_frame: FrameCallback | None = None,
+) -> None:
     """Run the frame loop for several trajectories together until each reaches its ``stop`` frame.
 
     Trajectories may be at different frames (e.g. after a resume); each step advances every pending one by one
@@ -270,33 +311,61 @@ def recover_batch(jobs: Sequence[TrajectoryJob], renderer: Renderer, config: Rec
         x_init = torch.stack([j.initial_guess(t, config.init, prior) for j, t in zip(todo, ts)]).to(device)
         x_pred = None
         if prior is not None and config.prior_weight > 0:  # frame 1 (one frame known): the velocity guess
-            x_pred = x_init if config.init == "dynamics" else torch.stack(  # the start is the prediction already
-                [prior.predict(j, t) if t >= 2 else j.initial_guess(t, "velocity") for j, t in zip(todo, ts)]
-            ).to(device)
+            x_pred = (
+                x_init
+                if config.init == "dynamics"
+                else torch.stack(  # the start is the prediction already
+                    [prior.predict(j, t) if t >= 2 else j.initial_guess(t, "velocity") for j, t in zip(todo, ts)]
+                ).to(device)
+            )
         pin_pos = torch.stack([j.pinned_positions(t) for j, t in zip(todo, ts)]).to(device)
         pinned = torch.stack([j.pinned for j in todo]).to(device)
         rest = torch.stack([j.rest for j in todo]).to(device)
         targets = [j.target(t).to(device) for j, t in zip(todo, ts)]
         with torch.enable_grad():
-            res = recover_frame(renderer, x_init, pinned, pin_pos, targets, [cams[id(j)] for j in todo],
-                                todo[0].edges.to(device), rest, config, x_pred,
-                                None if prior is None else prior.scale)
+            res = recover_frame(
+                renderer,
+                x_init,
+                pinned,
+                pin_pos,
+                targets,
+                [cams[id(j)] for j in todo],
+                todo[0].edges.to(device),
+                rest,
+                config,
+                x_pred,
+                None if prior is None else prior.scale,
+            )
         verts = res.verts.cpu()
         for b, (job, t) in enumerate(zip(todo, ts)):
-            metrics = {"photo_loss": float(res.photo[b]), "edge_loss": float(res.edge[b]),
-                       "iterations": float(res.iterations[b])}
+            metrics = {
+                "photo_loss": float(res.photo[b]),
+                "edge_loss": float(res.edge[b]),
+                "iterations": float(res.iterations[b]),
+            }
             gt_metrics = per_frame_gt_metrics(verts[b], job.gt_verts[t]) if job.gt_verts is not None else {}
-            job.cache.set_frame(t, verts[b].numpy(), metrics["photo_loss"], metrics["edge_loss"],
-                                int(res.iterations[b]), gt_metrics)
+            job.cache.set_frame(
+                t, verts[b].numpy(), metrics["photo_loss"], metrics["edge_loss"], int(res.iterations[b]), gt_metrics
+            )
             metrics.update(gt_metrics)
             if on_frame is not None:
                 on_frame(job, t, metrics)
 
 
-def recover_trajectory(name: str, traj: Any, renderer: Renderer, cache_path: str | os.PathLike, stage1_hash: str,
-                       config: RecoveryConfig | None = None, holdout_views: Sequence[int] = (),
-                       frames: str | None = None, overwrite: bool = False, device: torch.device | str = "cpu",
-                       on_frame: FrameCallback | None = None, evaluate_gt: bool = True) -> MeshCache:
+def recover_trajectory(
+    name: str,
+    traj: Any,
+    renderer: Renderer,
+    cache_path: str | os.PathLike,
+    stage1_hash: str,
+    config: RecoveryConfig | None = None,
+    holdout_views: Sequence[int] = (),
+    frames: str | None = None,
+    overwrite: bool = False,
+    device: torch.device | str = "cpu",
+    on_frame: FrameCallback | None = None,
+    evaluate_gt: bool = True,
+) -> MeshCache:
     """Recover (or resume) one trajectory into ``cache_path``; returns the updated cache."""
     config = config or RecoveryConfig()
     job = open_job(name, traj, cache_path, stage1_hash, holdout_views, frames, overwrite, evaluate_gt, config)

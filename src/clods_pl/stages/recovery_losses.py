@@ -30,8 +30,9 @@ def edge_strain_loss(verts: Tensor, edges: Tensor, rest: Tensor) -> Tensor:
     return ((length - rest) / rest).pow(2).mean(-1)
 
 
-def photometric_loss(rgb: Tensor, alpha: Tensor, target_rgba: Tensor, background: Tensor,
-                     alpha_weight: float) -> Tensor:
+def photometric_loss(
+    rgb: Tensor, alpha: Tensor, target_rgba: Tensor, background: Tensor, alpha_weight: float
+) -> Tensor:
     """L1 of render vs target, both over ``background``, plus optional alpha L1.
 
     Args:
@@ -50,8 +51,16 @@ def compose_verts(x_init: Tensor, dx: Tensor, pinned: Tensor, pinned_pos: Tensor
     return torch.where(pinned[..., None], pinned_pos, x_init + dx)
 
 
-def frame_loss(renderer: Renderer, verts: Tensor, cameras: Any, target: Tensor, background: Tensor,
-               edges: Tensor, rest: Tensor, config: RecoveryConfig) -> tuple[Tensor, Tensor, Tensor]:
+def frame_loss(
+    renderer: Renderer,
+    verts: Tensor,
+    cameras: Any,
+    target: Tensor,
+    background: Tensor,
+    edges: Tensor,
+    rest: Tensor,
+    config: RecoveryConfig,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Total loss of one trajectory at ``verts (V, 3)`` against ``target (C, H, W, 4)``.
 
     Returns:

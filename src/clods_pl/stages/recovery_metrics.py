@@ -86,15 +86,18 @@ def recovery_summary(dataset: str, cache_dir: str | os.PathLike, names: list[str
         cache = MeshCache.load(Path(cache_dir) / f"{name}.npz")
         rmse = cache.gt_metrics.get("rmse")
         if rmse is not None and cache.frames_done > 1:
-            raw[name] = rmse[1:cache.frames_done]
+            raw[name] = rmse[1 : cache.frames_done]
     per: dict[str, Any] = {}
     if raw:
         ds = read_dataset(dataset, validate=False)
         for name, abs_rmse in raw.items():
             rmse = abs_rmse / flag_size(ds.trajectory(name).mesh_pos.numpy())
-            per[name] = {"mean_rel_rmse": float(rmse.mean()), "first_rel_rmse": float(rmse[0]),
-                         "last_rel_rmse": float(rmse[-1]),
-                         "drift_last_over_first": float(rmse[-1] / max(rmse[0], 1e-12))}
+            per[name] = {
+                "mean_rel_rmse": float(rmse.mean()),
+                "first_rel_rmse": float(rmse[0]),
+                "last_rel_rmse": float(rmse[-1]),
+                "drift_last_over_first": float(rmse[-1] / max(rmse[0], 1e-12)),
+            }
     out: dict[str, Any] = {"trajectories": per}
     if per:
         out["mean_rel_rmse"] = float(np.mean([v["mean_rel_rmse"] for v in per.values()]))

@@ -14,14 +14,28 @@ from clods_pl.stages.stage import Stage, StageContext, StageJob
 from clods_pl.utils.files import atomic_write_json
 
 
-def recover_meshes(stage: Stage, ctx: StageContext, dataset: str, stage_dir: Path, name: str,
-                   model_overrides: dict[str, Any], summary: bool = True) -> list[str]:
+def recover_meshes(
+    stage: Stage,
+    ctx: StageContext,
+    dataset: str,
+    stage_dir: Path,
+    name: str,
+    model_overrides: dict[str, Any],
+    summary: bool = True,
+) -> list[str]:
     """Stage 2 into ``stage_dir/meshes`` with the config's settings plus ``model_overrides`` (``refine``: the
     dynamics init); writes ``stage_dir/summary.json`` when ``summary``; returns the trajectories recovered."""
     cache_dir = stage_dir / MESH_CACHE_DIR
-    model = ctx.instantiate(stage, "model", {"stage1_checkpoint": str(ctx.outputs.stage1_checkpoint()),
-                                             "cache_dir": str(cache_dir), "recompute_stale": ctx.repair,
-                                             **model_overrides})
+    model = ctx.instantiate(
+        stage,
+        "model",
+        {
+            "stage1_checkpoint": str(ctx.outputs.stage1_checkpoint()),
+            "cache_dir": str(cache_dir),
+            "recompute_stale": ctx.repair,
+            **model_overrides,
+        },
+    )
     data = ctx.instantiate(stage, "data", {"dataset_dir": dataset})
     trainer = ctx.trainer(stage.name, stage_dir, name, fit=False)
     trainer.predict(model, datamodule=data, return_predictions=False)
@@ -53,14 +67,23 @@ def mesh_chain_staleness(ctx: StageContext) -> str | None:
         with np.load(path, allow_pickle=False) as z:
             made_from = str(z["stage1_hash"]) if "stage1_hash" in z.files else ""
         if made_from != ckpt:
-            return (f"mesh cache {path} was recovered from stage-1 checkpoint {made_from[:12]}, not the recorded "
-                    f"{str(ckpt)[:12]}")
+            return (
+                f"mesh cache {path} was recovered from stage-1 checkpoint {made_from[:12]}, not the recorded "
+                f"{str(ckpt)[:12]}"
+            )
     return None
 
 
-STAGE = Stage("stage2", ("stage1",), run_recovery, RecoveryModule, RecoveryDataModule,
-              model_inputs={"stage1_checkpoint": "", "cache_dir": "", "recompute_stale": False},
-              data_inputs={"dataset_dir": ""},
-              non_result_keys=frozenset({"model.log_every_n_frames", "model.overwrite", "data.num_workers",
-                                         "data.trajectories"}),
-              backend_keys=("model.backend",), extra_staleness=mesh_chain_staleness, is_shard=_is_shard)
+STAGE = Stage(
+    "stage2",
+    ("stage1",),
+    run_recovery,
+    RecoveryModule,
+    RecoveryDataModule,
+    model_inputs={"stage1_checkpoint": "", "cache_dir": "", "recompute_stale": False},
+    data_inputs={"dataset_dir": ""},
+    non_result_keys=frozenset({"model.log_every_n_frames", "model.overwrite", "data.num_workers", "data.trajectories"}),
+    backend_keys=("model.backend",),
+    extra_staleness=mesh_chain_staleness,
+    is_shard=_is_shard,
+)

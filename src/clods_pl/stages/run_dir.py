@@ -20,12 +20,12 @@ from typing import Any
 
 MANIFEST_FILE = "manifest.json"
 # the run directory's layout (docs/pipeline.md, "Run directory and manifest")
-STAGE1_CKPT = "smgs.ckpt"          # <run>/stage1/
-MESH_CACHE_DIR = "meshes"          # <run>/stage2/<dir>/<traj>.npz
-CHECKPOINTS_DIR = "checkpoints"    # <run>/<stage>/<dir>/ (Lightning's ModelCheckpoint)
-LOGS_DIR = "logs"                  # <run>/<stage>/<dir>/
-EVAL_METRICS = "metrics.json"      # <run>/eval/
-SUMMARY_FILE = "summary.json"      # <run>/stage1/ and <run>/stage2/
+STAGE1_CKPT = "smgs.ckpt"  # <run>/stage1/
+MESH_CACHE_DIR = "meshes"  # <run>/stage2/<dir>/<traj>.npz
+CHECKPOINTS_DIR = "checkpoints"  # <run>/<stage>/<dir>/ (Lightning's ModelCheckpoint)
+LOGS_DIR = "logs"  # <run>/<stage>/<dir>/
+EVAL_METRICS = "metrics.json"  # <run>/eval/
+SUMMARY_FILE = "summary.json"  # <run>/stage1/ and <run>/stage2/
 CHECKPOINT = "checkpoint"
 MESH_PREFIX = "mesh:"
 SOURCE_PREFIX = "checkpoint:"
@@ -81,14 +81,20 @@ class RunDir:
 
     def mesh_caches(self) -> dict[str, Path]:
         """``{trajectory: mesh cache}`` recorded by stage 2."""
-        return {k[len(MESH_PREFIX):]: self.path(e["path"]) for k, e in self.outputs("stage2").items()
-                if k.startswith(MESH_PREFIX)}
+        return {
+            k[len(MESH_PREFIX) :]: self.path(e["path"])
+            for k, e in self.outputs("stage2").items()
+            if k.startswith(MESH_PREFIX)
+        }
 
     def stage3_checkpoints(self) -> dict[str, Path]:
         """``{key: checkpoint}`` recorded by stage 3: keys are sources (``recovered``, ``gt``, ``gt:N``,
         ``mixed:N``), or ``<source>@seed<k>`` with ``stage3.seeds`` (:func:`source_of` gives the source)."""
-        return {k[len(SOURCE_PREFIX):]: self.path(e["path"]) for k, e in self.outputs("stage3").items()
-                if k.startswith(SOURCE_PREFIX)}
+        return {
+            k[len(SOURCE_PREFIX) :]: self.path(e["path"])
+            for k, e in self.outputs("stage3").items()
+            if k.startswith(SOURCE_PREFIX)
+        }
 
     def dataset(self) -> Path | None:
         """The dataset folder the first recorded stage ran on (as given on the command line)."""

@@ -46,8 +46,15 @@ class StageContext(Protocol):
         """``stage.module`` (``role="model"``) or ``stage.datamodule`` (``"data"``) built from its config section
         plus the ``injected`` inputs (paths from the run directory)."""
 
-    def trainer(self, stage: str, stage_dir: Path, name: str, fit: bool, validate: bool = True,
-                stamp_extra: dict[str, Any] | None = None) -> Any:
+    def trainer(
+        self,
+        stage: str,
+        stage_dir: Path,
+        name: str,
+        fit: bool,
+        validate: bool = True,
+        stamp_extra: dict[str, Any] | None = None,
+    ) -> Any:
         """A ``lightning.Trainer`` from ``<stage>.trainer`` with the run's loggers (and checkpoints when ``fit``)."""
 
     def resume_ckpt(self, ckpt_dir: Path, stage: str, extra: dict[str, Any] | None = None) -> str | None:

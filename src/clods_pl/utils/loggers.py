@@ -60,9 +60,15 @@ def wandb_offline(offline: bool | None, env: dict[str, str] | None = None) -> bo
     return not wandb_api_key_available(env)
 
 
-def build_loggers(kind: str, save_dir: str | os.PathLike, name: str, project: str = DEFAULT_PROJECT,
-                  entity: str | None = None, offline: bool | None = None,
-                  tags: Sequence[str] | None = None) -> list[Logger]:
+def build_loggers(
+    kind: str,
+    save_dir: str | os.PathLike,
+    name: str,
+    project: str = DEFAULT_PROJECT,
+    entity: str | None = None,
+    offline: bool | None = None,
+    tags: Sequence[str] | None = None,
+) -> list[Logger]:
     """Loggers for one stage's Trainer.
 
     Args:
@@ -82,10 +88,21 @@ def build_loggers(kind: str, save_dir: str | os.PathLike, name: str, project: st
     if kind in ("wandb", "both"):
         is_offline = wandb_offline(offline)
         if not is_offline and not wandb_api_key_available():
-            raise LoggerConfigError("logger offline=false but no W&B API key is configured; run `wandb login`, "
-                                    "set WANDB_API_KEY, or set the logger's offline option to true")
-        loggers.append(WandbLogger(name=name, save_dir=str(save_dir), project=project, entity=entity,
-                                   offline=is_offline, tags=list(tags) if tags else None, log_model=False))
+            raise LoggerConfigError(
+                "logger offline=false but no W&B API key is configured; run `wandb login`, "
+                "set WANDB_API_KEY, or set the logger's offline option to true"
+            )
+        loggers.append(
+            WandbLogger(
+                name=name,
+                save_dir=str(save_dir),
+                project=project,
+                entity=entity,
+                offline=is_offline,
+                tags=list(tags) if tags else None,
+                log_model=False,
+            )
+        )
     return loggers
 
 
@@ -110,8 +127,13 @@ def _to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 @rank_zero_only
-def log_images(loggers: Sequence[Logger], key: str, images: Sequence[np.ndarray] | np.ndarray,
-               step: int | None = None, captions: Sequence[str] | None = None) -> list[Path]:
+def log_images(
+    loggers: Sequence[Logger],
+    key: str,
+    images: Sequence[np.ndarray] | np.ndarray,
+    step: int | None = None,
+    captions: Sequence[str] | None = None,
+) -> list[Path]:
     """Log images ``(N, H, W, 3)`` float in [0, 1] or uint8: PNGs under ``<log_dir>/media/``, W&B ``Image``s.
 
     Returns the PNG paths written for the file-based loggers.
@@ -133,8 +155,9 @@ def log_images(loggers: Sequence[Logger], key: str, images: Sequence[np.ndarray]
 
 
 @rank_zero_only
-def log_video(loggers: Sequence[Logger], key: str, frames: np.ndarray, fps: int = 10,
-              step: int | None = None) -> Path | None:
+def log_video(
+    loggers: Sequence[Logger], key: str, frames: np.ndarray, fps: int = 10, step: int | None = None
+) -> Path | None:
     """Log a video ``frames (T, H, W, 3)`` float in [0, 1] or uint8 as a GIF (needs no ffmpeg or moviepy).
 
     The GIF is written under the first logger's ``<log_dir>/media/`` (a W&B logger's run dir otherwise) and sent
@@ -169,8 +192,7 @@ def log_video(loggers: Sequence[Logger], key: str, frames: np.ndarray, fps: int 
 
 
 @rank_zero_only
-def log_manifest_artifact(loggers: Sequence[Logger], manifest_path: str | os.PathLike,
-                          name: str | None = None) -> int:
+def log_manifest_artifact(loggers: Sequence[Logger], manifest_path: str | os.PathLike, name: str | None = None) -> int:
     """Upload ``manifest.json`` as a W&B artifact of type ``manifest`` to every W&B logger's run.
 
     The artifact is named ``manifest-<run dir name>`` unless ``name`` is given; offline runs keep it for
