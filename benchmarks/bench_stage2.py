@@ -24,7 +24,8 @@ from clods_pl.data.format import read_dataset
 from clods_pl.errors import BackendUnavailableError
 from clods_pl.stages.recovery_cli import load_stage1
 from clods_pl.stages.recovery_config import RecoveryConfig
-from clods_pl.stages.recovery_loop import open_job, recover_batch
+from clods_pl.stages.recovery_jobs import open_job
+from clods_pl.stages.recovery_loop import recover_batch
 from clods_pl.stages.recovery_metrics import flag_size
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -17,7 +17,7 @@ import numpy as np
 
 from clods_pl.data.format import read_dataset
 from clods_pl.stages.mesh_cache import MeshCache
-from clods_pl.stages.recovery_loop import DynamicsPrior, TrajectoryJob
+from clods_pl.stages.recovery_jobs import DynamicsPrior, TrajectoryJob
 from clods_pl.stages.recovery_metrics import flag_size
 from clods_pl.stages.run_dir import RunDir
 

@@ -14,7 +14,8 @@ from clods_pl.data.format import read_dataset
 from clods_pl.data.generate import GenerateConfig, generate_dataset
 from clods_pl.render.types import composite
 from clods_pl.smgs import SMGS
-from clods_pl.stages.appearance import AppearanceDataModule, AppearanceModule
+from clods_pl.stages.appearance import AppearanceModule
+from clods_pl.stages.appearance_data import AppearanceDataModule
 from clods_pl.stages.novel_views import (
     UPPER_BOUND,
     NovelViewSettings,

@@ -18,7 +18,8 @@ from clods_pl.errors import ClodsError, ManifestError
 from clods_pl.geometry import unique_edges
 from clods_pl.stages.mesh_cache import MeshCache, MeshCacheError
 from clods_pl.stages.recovery_config import RecoveryConfig, RecoveryConfigError
-from clods_pl.stages.recovery_loop import open_job, parse_frames, recover_batch, recover_trajectory, train_views
+from clods_pl.stages.recovery_jobs import open_job, parse_frames, train_views
+from clods_pl.stages.recovery_loop import recover_batch, recover_trajectory
 from clods_pl.stages.recovery_losses import compose_verts, edge_strain_loss, frame_loss, rest_edge_lengths
 from clods_pl.stages.recovery_metrics import flag_size
 
@@ -273,7 +274,7 @@ def _still_model_checkpoint(path: Path, accel: tuple[float, float, float] = (0.0
 def test_dynamics_init_is_the_models_one_step_prediction(tmp_path) -> None:
     """``init: dynamics`` starts frame t at the model's prediction from the recovered frames t-2, t-1: constant
     velocity plus the model's acceleration on free vertices, the prescribed positions on HANDLE rows."""
-    from clods_pl.stages.recovery_loop import DynamicsPrior
+    from clods_pl.stages.recovery_jobs import DynamicsPrior
 
     accel = (0.01, -0.02, 0.03)
     ckpt = _still_model_checkpoint(tmp_path / "accel.ckpt", accel)

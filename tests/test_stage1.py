@@ -12,7 +12,8 @@ from clods_pl.data.generate import GenerateConfig, generate_dataset
 from clods_pl.render.types import composite
 from clods_pl.smgs import OPACITY_MODES
 from clods_pl.smgs.io import load_smgs
-from clods_pl.stages.appearance import AppearanceDataModule, AppearanceModule
+from clods_pl.stages.appearance import AppearanceModule
+from clods_pl.stages.appearance_data import AppearanceDataModule
 
 MINI = GenerateConfig(
     name="mini",

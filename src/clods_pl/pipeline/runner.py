@@ -14,15 +14,12 @@ Each stage declares itself and does its work in its own module (``clods_pl.stage
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from filelock import FileLock
-from filelock import Timeout as FileLockTimeout
 from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
@@ -33,13 +30,12 @@ from clods_pl.pipeline.checks import check_backends, check_trainer_limits, datas
 from clods_pl.pipeline.experiment import default_stages, result_config
 from clods_pl.pipeline.manifest import Manifest
 from clods_pl.pipeline.resume import SettingsStamp, resume_checkpoint
+from clods_pl.pipeline.run_lock import RunLock
 from clods_pl.stages.run_dir import CHECKPOINTS_DIR, LOGS_DIR, RunDir
 from clods_pl.stages.stage import Stage, StageJob
 from clods_pl.utils.files import atomic_write_text, folder_fingerprint, sha256_json
 from clods_pl.utils.loggers import build_loggers
 from clods_pl.utils.settings import section
-
-RUN_LOCK, RUN_LOCK_PID = "run.lock", "run.lock.pid"
 
 
 def run_dir_of(cfg: Namespace) -> Path:
@@ -65,7 +61,7 @@ class StageRunner:
         self.outputs = RunDir(self.run_dir)  # typed reader of what the manifest records
         self.repair = False  # `pipeline` repairs stale outputs (e.g. recovers stale mesh caches again)
         self._dataset_files: dict[str, str] | None = None
-        self._run_lock = FileLock(str(self.run_dir / RUN_LOCK))
+        self._run_lock = RunLock(self.run_dir)
 
     # ----- the config, as the stages read it -------------------------------------------------------------
     def setting(self, key: str, default: Any = None) -> Any:
@@ -238,38 +234,13 @@ class StageRunner:
     # ----- exclusive use of the run directory ---------------------------------------------------------
     @contextmanager
     def exclusive(self) -> Iterator[None]:
-        """Hold ``<run>/run.lock`` while stages run, so two clods-pl processes never interleave stages of one run
-        (the second stops at once naming the first's PID). Not taken by DDP ranks other than 0 or by stage-2
-        shards (``data.trajectories``), which run side by side on purpose; re-entrant within one process."""
-        shard = any(stage.sharded(self) for stage in self.stages)
-        if rank_zero_only.rank != 0 or shard:
+        """See :class:`~clods_pl.pipeline.run_lock.RunLock`; not taken by DDP ranks other than 0 or by stage-2
+        shards (``data.trajectories``), which run side by side on purpose."""
+        if rank_zero_only.rank != 0 or any(stage.sharded(self) for stage in self.stages):
             yield
             return
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise ClodsError(
-                f"run_dir {self.run_dir} is not a directory (a file is in the way); choose another --run_dir"
-            )
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ClodsError(
-                f"run_dir {self.run_dir} cannot be created ({exc.strerror}); choose another --run_dir"
-            ) from None
-        pid_file = self.run_dir / RUN_LOCK_PID
-        try:
-            self._run_lock.acquire(timeout=0)
-        except FileLockTimeout:
-            pid = pid_file.read_text().strip() if pid_file.is_file() else "?"
-            raise ClodsError(
-                f"run dir {self.run_dir} is in use by PID {pid} (another clods-pl holds "
-                f"{self._run_lock.lock_file}); wait for it to finish or use another --run_dir"
-            ) from None
-        try:
-            if self._run_lock.lock_counter == 1:
-                pid_file.write_text(f"{os.getpid()}\n")
+        with self._run_lock.held():
             yield
-        finally:
-            self._run_lock.release()
 
     # ----- stages ------------------------------------------------------------------------------------
     def run(self, stage: Stage) -> None:

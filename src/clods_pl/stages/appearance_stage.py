@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clods_pl.stages.appearance import AppearanceDataModule, AppearanceModule
+from clods_pl.stages.appearance import AppearanceModule
+from clods_pl.stages.appearance_data import AppearanceDataModule
 from clods_pl.stages.run_dir import STAGE1_CKPT, SUMMARY_FILE, RunDir
 from clods_pl.stages.stage import Stage, StageContext, StageJob
 from clods_pl.utils.files import atomic_write_json

@@ -12,16 +12,17 @@ import torch
 from clods_pl.data.format import read_dataset
 from clods_pl.errors import ClodsError, ManifestError
 from clods_pl.smgs.io import load_smgs
-from clods_pl.stages.appearance import AppearanceDataModule, AppearanceModule
+from clods_pl.stages.appearance import AppearanceModule
+from clods_pl.stages.appearance_data import AppearanceDataModule
 from clods_pl.stages.evaluation import SPLITS, run_evaluation
 from clods_pl.stages.lpips import local_lpips
 from clods_pl.stages.novel_views import (
     RECOVERED_RENDERS,
     NovelViewSettings,
     fit_appearance_variant,
-    recovered_render_sheet,
     run_novel_view_evaluation,
 )
+from clods_pl.stages.render_sheet import recovered_render_sheet
 from clods_pl.stages.run_dir import EVAL_METRICS, MESH_CACHE_DIR
 from clods_pl.stages.stage import Stage, StageContext, StageJob
 

@@ -36,7 +36,8 @@ from torch.utils.data import DataLoader
 from clods_pl.data.splits import STANDARD_SPLITS, names_in_splits
 from clods_pl.stages.recovery_cli import PLOTS_DIRNAME, load_stage1, plot_rmse, read_dataset, with_stage1_background
 from clods_pl.stages.recovery_config import RecoveryConfig, RecoveryConfigError
-from clods_pl.stages.recovery_loop import TrajectoryJob, open_job, recover_batch
+from clods_pl.stages.recovery_jobs import TrajectoryJob, open_job
+from clods_pl.stages.recovery_loop import recover_batch
 from clods_pl.stages.recovery_metrics import flag_size
 
 DEFAULT_SPLITS = STANDARD_SPLITS

@@ -16,7 +16,8 @@ from torch import nn
 from clods_pl.smgs.io import load_smgs
 from clods_pl.stages.mesh_cache import MeshCache
 from clods_pl.stages.recovery_config import RecoveryConfig, RecoveryConfigError
-from clods_pl.stages.recovery_loop import TrajectoryJob, recover_trajectory
+from clods_pl.stages.recovery_jobs import TrajectoryJob
+from clods_pl.stages.recovery_loop import recover_trajectory
 from clods_pl.stages.recovery_metrics import flag_size
 from clods_pl.utils.files import checkpoint_digest
 
