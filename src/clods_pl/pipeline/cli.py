@@ -98,14 +98,14 @@ def _experiment_command(command: str, argv: Sequence[str], stages: Sequence[Any]
     if stages is None and ("-h" in argv or "--help" in argv):  # the cached text: no Lightning import (~0.1 s)
         from clods_pl.pipeline.help_cache import cached_help  # noqa: PLC0415  (commands load only what they use)
 
-        print(cached_help(command, lambda: _help_text(command, None)), end="")
+        print(cached_help(command, lambda: help_text(command, None)), end="")
         return 0
     from clods_pl.pipeline.experiment import build_parser, default_stages, rewrite_stage_overrides  # noqa: PLC0415  (commands load only what they use)
     from clods_pl.pipeline.runner import StageRunner  # noqa: PLC0415  (commands load only what they use)
 
     stages = default_stages() if stages is None else tuple(stages)
     if "-h" in argv or "--help" in argv:
-        print(_help_text(command, stages), end="")
+        print(help_text(command, stages), end="")
         return 0
     parser = build_parser(prog=f"clods-pl {command}", stages=stages)
     parser.add_argument(
@@ -139,7 +139,7 @@ def _experiment_command(command: str, argv: Sequence[str], stages: Sequence[Any]
     return 0
 
 
-def _help_text(command: str, stages: Sequence[Any] | None) -> str:
+def help_text(command: str, stages: Sequence[Any] | None) -> str:
     """``clods-pl <command> --help``: this stage's own options (all stages' for pipeline/eval/refine), the Trainer in
     one line: short, and without the ~60 typed Trainer arguments per stage."""
     from clods_pl.pipeline.experiment import build_parser, default_stages  # noqa: PLC0415  (commands load only what they use)

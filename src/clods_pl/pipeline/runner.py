@@ -29,6 +29,7 @@ from clods_pl.errors import ClodsError, ManifestError
 from clods_pl.pipeline.checks import check_backends, check_trainer_limits, dataset_of
 from clods_pl.pipeline.experiment import default_stages, result_config
 from clods_pl.pipeline.manifest import Manifest
+from clods_pl.pipeline.progress import EpochLine
 from clods_pl.pipeline.resume import SettingsStamp, resume_checkpoint
 from clods_pl.pipeline.run_lock import RunLock
 from clods_pl.stages.run_dir import CHECKPOINTS_DIR, LOGS_DIR, RunDir
@@ -178,6 +179,8 @@ class StageRunner:
             if fit
             else []
         )
+        if fit and not kwargs.get("enable_progress_bar", True):  # no bar: one line per epoch with an ETA
+            callbacks.append(EpochLine(name))
         if not fit:
             kwargs["enable_checkpointing"] = False
         if not validate:  # no validation data: skip the loop instead of handing Lightning an empty one

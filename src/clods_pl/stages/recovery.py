@@ -30,6 +30,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -203,7 +204,8 @@ class RecoveryModule(L.LightningModule):
                         recompute_stale=self.recompute_stale,
                     )
                 )
-            recover_batch(jobs, renderer, self.config, self.device, self._on_frame)
+            say = print if rank_zero_only.rank == 0 else None  # one progress line per frame step
+            recover_batch(jobs, renderer, self.config, self.device, self._on_frame, say)
         out = []
         for job in jobs:
             size = flag_size(np.asarray(job.traj.mesh_pos))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -119,14 +120,18 @@ def recover_batch(
     config: RecoveryConfig,
     device: torch.device | str = "cpu",
     on_frame: FrameCallback | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> None:
     """Run the frame loop for several trajectories together until each reaches its ``stop`` frame.
 
     Trajectories may be at different frames (e.g. after a resume); each step advances every pending one by one
-    frame and saves its cache. ``on_frame(job, t, metrics)`` is called after each saved frame.
+    frame and saves its cache. ``on_frame(job, t, metrics)`` is called after each saved frame; ``say`` (e.g.
+    ``print``) gets one progress line per step: frames done, iterations, seconds per step and the ETA.
     """
     device = torch.device(device)
     jobs = list(jobs)
+    total = sum(max(0, j.stop - j.next_frame) for j in jobs if j.pending)
+    done, start = 0, time.perf_counter()
     sizes = {j.verts0.shape[0] for j in jobs}
     if len(sizes) > 1:
         raise RecoveryConfigError(f"data.batch_size > 1 needs trajectories with one vertex count, got {sorted(sizes)}")
@@ -182,6 +187,22 @@ def recover_batch(
             metrics.update(gt_metrics)
             if on_frame is not None:
                 on_frame(job, t, metrics)
+        done += len(todo)
+        if say is not None:
+            say(progress_line(todo, ts, res.iterations, done, total, time.perf_counter() - start))
+
+
+def progress_line(
+    todo: Sequence[TrajectoryJob], ts: Sequence[int], iterations: Tensor, done: int, total: int, elapsed: float
+) -> str:
+    """One line per batched frame step: which frames, optimiser iterations, time per frame and the ETA."""
+    names = todo[0].name if len(todo) == 1 else f"{todo[0].name} .. {todo[-1].name} ({len(todo)} together)"
+    frames = f"frame {ts[0]}/{todo[0].stop - 1}" if len(set(ts)) == 1 else f"frames {min(ts)}-{max(ts)}"
+    eta = elapsed / done * (total - done)
+    return (
+        f"[clods-pl] stage 2: {names}, {frames}, {int(iterations.float().mean())} iterations; "
+        f"{done}/{total} trajectory-frames in {elapsed:.0f} s, ETA {eta:.0f} s"
+    )
 
 
 def recover_trajectory(
@@ -197,9 +218,11 @@ def recover_trajectory(
     device: torch.device | str = "cpu",
     on_frame: FrameCallback | None = None,
     evaluate_gt: bool = True,
+    say: Callable[[str], None] | None = None,
 ) -> MeshCache:
-    """Recover (or resume) one trajectory into ``cache_path``; returns the updated cache."""
+    """Recover (or resume) one trajectory into ``cache_path``; returns the updated cache (``say``: progress lines,
+    see :func:`recover_batch`)."""
     config = config or RecoveryConfig()
     job = open_job(name, traj, cache_path, stage1_hash, holdout_views, frames, overwrite, evaluate_gt, config)
-    recover_batch([job], renderer, config, device, on_frame)
+    recover_batch([job], renderer, config, device, on_frame, say)
     return job.cache
