@@ -425,3 +425,33 @@ def test_progress_lines_for_epochs_and_recovered_frames(dummy: dict, capsys: pyt
         "[clods-pl] stage 2: traj_0000 .. traj_0003 (2 together), frame 5/15, 120 iterations; "
         "10/30 trajectory-frames in 20 s, ETA 40 s"
     )
+
+
+def test_every_stage_sends_the_manifest_to_its_wandb_runs(
+    dummy: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Issue 12: log_manifest_artifact existed but nothing called it; each stage that logs to W&B now uploads the
+    manifest (configs and checksums) to its runs."""
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    calls: list[tuple[int, dict]] = []
+    real = runner.log_manifest_artifact
+
+    def spy(loggers, path):
+        calls.append((sum(isinstance(lg, WandbLogger) for lg in loggers), json.loads(Path(path).read_text())))
+        return real(loggers, path)
+
+    monkeypatch.setattr(runner, "log_manifest_artifact", spy)
+    try:
+        assert clods(dummy, ["pipeline", "--config", dummy["cfg"], "--logger", "both"]) == 0
+    finally:
+        wandb.finish()
+    # stage1, stage2, stage3 (its last source's run), eval (no trainer: no W&B run)
+    assert [n for n, _ in calls] == [1, 1, 1, 0]
+    assert calls[0][1]["stages"]["stage1"]["status"] == "done"
+    names = sorted(p.name.split("-")[-1] for p in Path(tmp_path).rglob("offline-run-*"))
+    assert len(names) == 4, names  # one W&B run per trainer: stage1, stage2, stage3 x 2 sources

@@ -67,26 +67,7 @@ def test_array_shard_reads_env(clean_env: pytest.MonkeyPatch) -> None:
         slurm.array_shard(names)
 
 
-def test_resume_decision(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    ckdir = run / "stage1" / "checkpoints"
-    assert slurm.run_resume_checkpoint(run, "stage1") is None  # nothing yet: fresh start
-    ckdir.mkdir(parents=True)
-    (ckdir / "last.ckpt").write_bytes(b"x")
-    assert slurm.run_resume_checkpoint(run, "stage1") == ckdir / "last.ckpt"  # preempted, no manifest entry
-    manifest = {"stages": {"stage1": {"status": "running"}}}
-    (run / "manifest.json").write_text(json.dumps(manifest))
-    assert slurm.run_resume_checkpoint(run, "stage1") == ckdir / "last.ckpt"
-    manifest["stages"]["stage1"]["status"] = "done"
-    (run / "manifest.json").write_text(json.dumps(manifest))
-    assert slurm.run_resume_checkpoint(run, "stage1") is None  # finished: nothing to resume
-    assert slurm.run_resume_checkpoint(run, "stage3") is None
-    (run / "manifest.json").write_text("{not json")
-    with pytest.raises(slurm.SlurmConfigError, match="manifest.json"):
-        slurm.run_resume_checkpoint(run, "stage1")
-
-
-def test_command_line_shard_and_resume(tmp_path: Path) -> None:
+def test_command_line_shard(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in SLURM_VARS}
     env.update(SLURM_ARRAY_TASK_ID="1", SLURM_ARRAY_TASK_COUNT="2")
     cmd = [sys.executable, "-m", "clods_pl.pipeline.slurm"]
@@ -99,14 +80,6 @@ def test_command_line_shard_and_resume(tmp_path: Path) -> None:
         text=True,
     )
     assert out.returncode == 2 and out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1
-    out = subprocess.run(
-        cmd + ["resume", "--run_dir", str(tmp_path), "--stage", "stage3"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert out.stdout.strip() == ""
 
 
 @pytest.mark.slurm

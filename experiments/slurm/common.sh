@@ -29,7 +29,7 @@ else
 fi
 if [[ -n "$CLODS_PYTHON" ]]; then CLODS_PY=("$CLODS_PYTHON"); fi
 
-# Helper commands of clods_pl.pipeline.slurm (shard, resume) on the batch host.
+# Helper commands of clods_pl.pipeline.slurm (shard) on the batch host.
 clods_helper() { "${CLODS_EXEC[@]}" "${CLODS_PY[@]}" -m clods_pl.pipeline.slurm "$@"; }
 
 # Trainer overrides matching the allocation: one DDP process per task (= per GPU), Lightning's SLURM environment
@@ -44,12 +44,11 @@ clods_trainer_args() {
 }
 
 # Run one clods-pl subcommand on every task of the allocation (srun) with the trainer flags and extra overrides.
-# Lightning resumes from <run>/<stage>/checkpoints/last.ckpt (or its SLURM hpc checkpoint) after a requeue.
+# After a requeue the stage resumes from its newest checkpoint made with the same settings (clods-pl's one resume
+# rule, pipeline/resume.py; it prints "resuming from ...").
 clods_srun_stage() {
     local stage="$1"; shift
-    local resume
-    resume="$(clods_helper resume --run_dir "$CLODS_RUN" --stage "$stage" || true)"
-    echo "[clods-slurm] job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}) $stage on ${SLURM_JOB_NODELIST:-?}${resume:+, resuming from $resume}"
+    echo "[clods-slurm] job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}) $stage on ${SLURM_JOB_NODELIST:-?}"
     # shellcheck disable=SC2046,SC2086
     srun --kill-on-bad-exit=1 "${CLODS_EXEC[@]}" "${CLODS_CLI[@]}" "$stage" --config "$CLODS_CONFIG" \
         --run_dir "$CLODS_RUN" $(clods_trainer_args) "$@" $CLODS_EXTRA_ARGS

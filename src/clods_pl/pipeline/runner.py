@@ -35,7 +35,7 @@ from clods_pl.pipeline.run_lock import RunLock
 from clods_pl.stages.run_dir import CHECKPOINTS_DIR, LOGS_DIR, RunDir
 from clods_pl.stages.stage import Stage, StageJob
 from clods_pl.utils.files import atomic_write_text, folder_fingerprint, sha256_json
-from clods_pl.utils.loggers import build_loggers
+from clods_pl.utils.loggers import build_loggers, finish_wandb_runs, log_manifest_artifact
 from clods_pl.utils.settings import section
 
 
@@ -63,6 +63,7 @@ class StageRunner:
         self.repair = False  # `pipeline` repairs stale outputs (e.g. recovers stale mesh caches again)
         self._dataset_files: dict[str, str] | None = None
         self._run_lock = RunLock(self.run_dir)
+        self._loggers: list[Any] = []  # the loggers of the stage's current trainer (W&B gets the manifest)
 
     # ----- the config, as the stages read it -------------------------------------------------------------
     def setting(self, key: str, default: Any = None) -> Any:
@@ -171,6 +172,8 @@ class StageRunner:
             offline=wandb.get("offline"),
             tags=wandb.get("tags") or None,
         )
+        finish_wandb_runs(self._loggers)  # the stage's previous trainer (stage 3: the previous source)
+        self._loggers = list(loggers)
         callbacks = (
             [
                 ModelCheckpoint(dirpath=stage_dir / CHECKPOINTS_DIR, save_last=True),
@@ -262,6 +265,7 @@ class StageRunner:
         stage_dir = self.run_dir / stage.name
         resume_from = self.resume_ckpt(stage_dir / CHECKPOINTS_DIR, stage.name) if stage.resumable else None
         is_rank0 = rank_zero_only.rank == 0
+        self._loggers = []
         if is_rank0:
             self.manifest.start_stage(stage.name, config, consumed)
         self._save_config(stage)
@@ -272,6 +276,8 @@ class StageRunner:
                 return
             if is_rank0:
                 self.manifest.finish_stage(stage.name, outputs)
+                log_manifest_artifact(self._loggers, self.manifest.path)  # W&B runs record configs and checksums
+            finish_wandb_runs(self._loggers)
         except BaseException as exc:
             if is_rank0:
                 try:

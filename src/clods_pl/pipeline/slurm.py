@@ -19,8 +19,6 @@ import yaml
 from clods_pl.data.splits import STANDARD_SPLITS, names_in_splits
 from clods_pl.errors import ClodsError
 
-LAST_CKPT = "last.ckpt"
-STATUS_DONE = "done"
 ARRAY_TASK_ID = "SLURM_ARRAY_TASK_ID"
 ARRAY_TASK_COUNT = "SLURM_ARRAY_TASK_COUNT"
 ARRAY_TASK_MIN = "SLURM_ARRAY_TASK_MIN"
@@ -40,44 +38,6 @@ def _int_or_none(env: Mapping[str, str], key: str) -> int | None:
         raise SlurmConfigError(
             f"environment variable {key}={value!r} is not an integer; unset it or fix the job"
         ) from exc
-
-
-def last_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
-    """``<checkpoint_dir>/last.ckpt`` if it exists (written by ModelCheckpoint(save_last=True)), else None."""
-    path = Path(checkpoint_dir) / LAST_CKPT
-    return path if path.is_file() else None
-
-
-def stage_status(manifest_path: str | os.PathLike, stage: str) -> str | None:
-    """Status (``running|done|failed``) of ``stage`` in a run manifest, None when the manifest or stage is absent."""
-    path = Path(manifest_path)
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SlurmConfigError(f"{path} is not valid JSON ({exc.msg}); restore it or delete the run directory") from exc
-    stages = manifest.get("stages", {}) if isinstance(manifest, dict) else {}
-    entry = stages.get(stage) if isinstance(stages, dict) else None
-    return entry.get("status") if isinstance(entry, dict) else None
-
-
-def resume_checkpoint(checkpoint_dir: str | os.PathLike, stage_done: bool) -> Path | None:
-    """The checkpoint a (re)started stage resumes from: ``last.ckpt`` when present and the stage is not done.
-
-    Returns None for a fresh start (no ``last.ckpt``) and for a finished stage (nothing to resume; the orchestrator
-    skips it or starts over on purpose).
-    """
-    if stage_done:
-        return None
-    return last_checkpoint(checkpoint_dir)
-
-
-def run_resume_checkpoint(run_dir: str | os.PathLike, stage: str) -> Path | None:
-    """``resume_checkpoint`` for ``<run_dir>/<stage>/checkpoints``, the status read from ``<run_dir>/manifest.json``."""
-    run = Path(run_dir)
-    done = stage_status(run / "manifest.json", stage) == STATUS_DONE
-    return resume_checkpoint(run / stage / "checkpoints", done)
 
 
 def shard_trajectories(names: Sequence[str], task_id: int, task_count: int) -> list[str]:
@@ -148,9 +108,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
     shard.add_argument("--splits", nargs="*", default=None, help="only these splits (with --dataset)")
     shard.add_argument("--task-id", type=int, default=None, help=f"default: ${ARRAY_TASK_ID}")
     shard.add_argument("--task-count", type=int, default=None, help=f"default: ${ARRAY_TASK_COUNT}")
-    resume = sub.add_parser("resume", help="print the checkpoint a stage resumes from (empty: start fresh)")
-    resume.add_argument("--run_dir", required=True)
-    resume.add_argument("--stage", required=True)
     args = parser.parse_args(argv)
     try:
         if args.cmd == "shard":
@@ -165,9 +122,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
                 print(json.dumps(shard_trajectories(names, args.task_id, args.task_count)))
             else:
                 print(json.dumps(array_shard(names)))
-        else:
-            ckpt = run_resume_checkpoint(args.run_dir, args.stage)
-            print("" if ckpt is None else str(ckpt))
     except ClodsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -5,8 +5,9 @@
 ``WANDB_MODE`` is ``offline``/``dryrun``, or when no API key is configured (``WANDB_API_KEY`` or a ``~/.netrc``
 entry for the W&B host) -- so a compute node without internet never waits on a login prompt.
 
-Media helpers (``log_images``, ``log_video``) write PNG / GIF files next to the CSV logs and send them to W&B;
-``log_manifest_artifact`` uploads the run's ``manifest.json`` as a W&B artifact (type ``manifest``).
+``log_images`` writes PNG files next to the CSV logs and sends them to W&B (stage 1's renders);
+``log_manifest_artifact`` uploads the run's ``manifest.json`` as a W&B artifact (type ``manifest``): the runner
+does so after every stage that logged to W&B.
 """
 
 from __future__ import annotations
@@ -110,6 +111,14 @@ def _wandb_loggers(loggers: Iterable[Logger]) -> list[WandbLogger]:
     return [lg for lg in loggers if isinstance(lg, WandbLogger)]
 
 
+def finish_wandb_runs(loggers: Iterable[Logger]) -> None:
+    """End the W&B runs of ``loggers`` that started, so the next Trainer's W&B logger starts its own run (W&B
+    otherwise hands it the one in progress: every stage would log into stage 1's run)."""
+    for logger in _wandb_loggers(loggers):
+        if getattr(logger, "_experiment", None) is not None:
+            logger.experiment.finish()
+
+
 def _media_dir(logger: Logger) -> Path | None:
     log_dir = getattr(logger, "log_dir", None)
     return None if log_dir is None else Path(log_dir) / MEDIA_DIR
@@ -152,43 +161,6 @@ def log_images(
                 iio.imwrite(path, frame)
                 written.append(path)
     return written
-
-
-@rank_zero_only
-def log_video(
-    loggers: Sequence[Logger], key: str, frames: np.ndarray, fps: int = 10, step: int | None = None
-) -> Path | None:
-    """Log a video ``frames (T, H, W, 3)`` float in [0, 1] or uint8 as a GIF (needs no ffmpeg or moviepy).
-
-    The GIF is written under the first logger's ``<log_dir>/media/`` (a W&B logger's run dir otherwise) and sent
-    to every W&B logger as ``wandb.Video``. Returns the GIF path (None when no logger has a folder).
-    """
-
-    video = _to_uint8(frames)
-    if video.ndim != 4 or video.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"video frames must be (T, H, W, 3), got {video.shape}")
-    name = f"{_safe(key)}{'' if step is None else f'_{step:06d}'}.gif"
-    path: Path | None = None
-    for logger in loggers:
-        media = _media_dir(logger) if not isinstance(logger, WandbLogger) else None
-        if media is not None:
-            media.mkdir(parents=True, exist_ok=True)
-            path = media / name
-            break
-    wandb_loggers = _wandb_loggers(loggers)
-    if path is None and wandb_loggers:
-        media = Path(wandb_loggers[0].experiment.dir) / MEDIA_DIR
-        media.mkdir(parents=True, exist_ok=True)
-        path = media / name
-    if path is None:
-        return None
-    iio.imwrite(path, video, extension=".gif", duration=1000.0 / fps, loop=0)
-    if wandb_loggers:
-        import wandb  # noqa: PLC0415  (optional: only with a W&B logger)
-
-        for logger in wandb_loggers:
-            logger.log_metrics({key: wandb.Video(str(path), fps=fps, format="gif")}, step=step)
-    return path
 
 
 @rank_zero_only
