@@ -114,7 +114,7 @@ def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
         )
     runner.consumed(evaluate)  # stages 1-3 done and current, else a one-line error naming what to run
     dataset = str(runner.cfg.get("dataset"))
-    base_stage2 = runner.run_dir / "stage2"
+    base_stage2 = runner.run_dir / recover.name
     names = sorted(RunDir(runner.run_dir).mesh_caches())
     rows = [_round_row(1, base_stage2, runner.run_dir / eval_name, names)]
     previous = next(
@@ -137,7 +137,7 @@ def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
                 recover,
                 runner,
                 dataset,
-                root / "stage2",
+                root / recover.name,
                 f"refine{k}-stage2",
                 {
                     "recompute_stale": True,
@@ -146,11 +146,11 @@ def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
                     "prior_weight": settings.prior_weight,
                 },
             )
-            cache_dir = root / "stage2" / MESH_CACHE_DIR
+            cache_dir = root / recover.name / MESH_CACHE_DIR
             runner.manifest.finish_stage(s2, RunDir.stage2_outputs({n: cache_dir / f"{n}.npz" for n in names}))
         caches = runner.manifest.verified_outputs(s2)
         config3 = {**runner.stage_config(dynamics), **extra}
-        ckpt = root / "stage3" / f"{RECOVERED}.ckpt"
+        ckpt = root / dynamics.name / f"{RECOVERED}.ckpt"
         if runner.manifest.staleness(s3, config3, caches) is not None:
             print(f"[clods-pl] refine round {k}: stage 3 on the round-{k} meshes")
             runner.manifest.start_stage(s3, config3, caches)
@@ -159,8 +159,8 @@ def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
                 dynamics,
                 runner,
                 dataset,
-                root / "stage3",
-                root / "stage2" / MESH_CACHE_DIR,
+                root / dynamics.name,
+                root / recover.name / MESH_CACHE_DIR,
                 RECOVERED,
                 {"stage3.source": RECOVERED, **extra},
                 f"refine{k}-stage3",
@@ -175,7 +175,7 @@ def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
                 dataset_dir=dataset, checkpoints={RECOVERED: str(ckpt)}, out_dir=str(root / eval_name), **eval_settings
             )
             runner.manifest.finish_stage(ev, {"metrics": root / eval_name / EVAL_METRICS})
-        rows.append(_round_row(k, root / "stage2", root / eval_name, names))
+        rows.append(_round_row(k, root / recover.name, root / eval_name, names))
         previous = ckpt
     out = runner.run_dir / REFINE_DIR / "summary.json"
     atomic_write_json(

@@ -6,7 +6,8 @@ reference (``tests/test_render_cpu.py`` checks images and gradients against it).
 order, each visiting only the pixels of its tile inside the box where its alpha can reach 1/255; the backward is the
 3DGS one (back to front per pixel, transmittance recovered by division), in float64. Tiles run in parallel on
 ``torch.get_num_threads()`` Numba threads; every gradient is written per (tile, Gaussian) pair and summed with one
-``index_add`` afterwards, so there are no races.
+``index_add`` afterwards, so there are no races. One job (the kernels and the autograd function around them);
+over 300 lines because the forward and backward kernels are spelled out side by side.
 """
 
 from __future__ import annotations
