@@ -1,12 +1,13 @@
-"""CPU rasterizer: the ``torch`` backend's projection (autograd) with compositing and its backward in Numba kernels.
+"""CPU rasterizer: projection, binning, compositing and their backward in Numba kernels (``cpu_projection`` holds the
+projection and binning), one autograd function around them.
 
 Same contract and conventions as ``torch`` (``clods_pl.render.conventions.TORCH``: 16x16 tiles of the 3-sigma box,
 0.3 px dilation, alpha clamp 0.99, 1/255 skip, stop before T < 1e-4, pixel centres at +0.5), so ``torch`` stays the
 reference (``tests/test_render_cpu.py`` checks images and gradients against it). Work per tile: Gaussians in depth
 order, each visiting only the pixels of its tile inside the box where its alpha can reach 1/255; the backward is the
 3DGS one (back to front per pixel, transmittance recovered by division), in float64. Tiles run in parallel on
-``torch.get_num_threads()`` Numba threads; every gradient is written per (tile, Gaussian) pair and summed with one
-``index_add`` afterwards, so there are no races. One job (the kernels and the autograd function around them);
+``torch.get_num_threads()`` Numba threads; every gradient is written per (tile, Gaussian) pair and summed per
+(camera, Gaussian) afterwards, so there are no races. One job (the kernels and the autograd function around them);
 over 300 lines because the forward and backward kernels are spelled out side by side.
 """
 
@@ -23,8 +24,15 @@ from torch import Tensor
 
 from clods_pl.errors import BackendUnavailableError
 from clods_pl.render.conventions import TORCH
-from clods_pl.render.projection import num_tiles, project_gaussians, tile_bounds
-from clods_pl.render.torch_backend import T_MIN, TILE, _pairs
+from clods_pl.render.cpu_projection import (
+    bin_pairs,
+    covariance_backward,
+    covariances,
+    project_backward,
+    project_forward,
+)
+from clods_pl.render.projection import EPS_2D, NEAR_PLANE, num_tiles
+from clods_pl.render.torch_backend import T_MIN, TILE
 from clods_pl.render.types import RenderOutput
 
 if "NUMBA_THREADING_LAYER" not in os.environ:  # the user's choice wins
@@ -237,50 +245,109 @@ def _backward(
             g_pair[k, 5] += g_lo
 
 
-class _Composite(torch.autograd.Function):
-    """attrs (C*N, 6 + D) [mean2d, conic, log opacity, features] -> (features (C, H, W, D), transmittance (C, H, W))."""
+class _RasterizeCPU(torch.autograd.Function):
+    """(means, quats, scales, opacities, colours) -> (features (C, H, W, D), transmittance (C, H, W)): projection,
+    binning and compositing in Numba kernels, float64 inside; the backward runs the compositing backward, then the
+    projection's chain rule (``cpu_projection``), with no autograd graph in between."""
 
     @staticmethod
     def forward(
-        ctx, attrs: Tensor, reach: Tensor, tile_start: Tensor, gids: Tensor, shape: tuple[int, ...]
+        ctx,
+        means: Tensor,
+        quats: Tensor,
+        scales: Tensor,
+        opacities: Tensor,
+        colors: Tensor,
+        viewmats: Tensor,
+        Ks: Tensor,
+        width: int,
+        height: int,
+        return_depth: bool,
+        antialiased: bool,
     ) -> tuple[Tensor, Tensor]:
-        C, H, W, tiles_x, tiles_per_cam = shape
-        a = attrs.detach().to(torch.float64).contiguous().numpy()
-        r, ts, gi = reach.numpy(), tile_start.numpy(), gids.numpy()
-        D = a.shape[1] - ATTR
-        feat = np.zeros((C, H, W, D))
-        trans = np.ones((C, H, W))
-        last = np.full((C, H, W), -1, np.int64)
-        _forward(a, r, ts, gi, tiles_x, tiles_per_cam, W, H, feat, trans, last)
-        ctx.save_for_backward(attrs, reach, tile_start, gids)
-        ctx.arrays, ctx.shape = (a, trans, last), shape
-        return torch.from_numpy(feat).to(attrs.dtype), torch.from_numpy(trans).to(attrs.dtype)
+        C, N = viewmats.shape[0], means.shape[0]
+        m, q, sc, vm, K = (_f64(t) for t in (means, quats, scales, viewmats, Ks))
+        cov3 = np.empty((N, 6))
+        covariances(q, sc, cov3)
+        mean2d, conic, depth = np.empty((C, N, 2)), np.empty((C, N, 3)), np.empty((C, N))
+        radius, comp = np.empty((C, N), np.int64), np.empty((C, N))
+        front, valid = np.empty((C, N), np.bool_), np.empty((C, N), np.bool_)
+        project_forward(
+            m, cov3, vm, K, width, height, NEAR_PLANE, EPS_2D, antialiased,
+            mean2d, conic, depth, radius, front, valid, comp,
+        )  # fmt: skip
+        opac = _f64(opacities)
+        op = opac[None, :] * comp  # (C, N) opacity composited (with the antialiasing compensation)
+        tiles_x, tiles_y = num_tiles(width, height, TILE)
+        tile_start, gids = bin_pairs(mean2d, radius, depth, valid & (255.0 * op >= 1.0), TILE, tiles_x, tiles_y)
+        # where alpha >= 1/255 is possible: |d| <= sqrt(2 ln(255 opacity) lambda_max), lambda_max <= (radius / 3)^2
+        reach = (np.sqrt(2.0 * np.log(np.maximum(255.0 * op, 1.0))) * radius / 3.0 + 1e-3).reshape(C * N)
+        cols = _f64(colors)
+        cols = np.broadcast_to(cols, (C, N, 3)) if cols.ndim == 2 else cols
+        feats = np.concatenate([cols, depth[..., None]], -1) if return_depth else cols
+        log_op = np.log(np.maximum(op, 1e-30))[..., None]
+        attrs = np.concatenate([mean2d, conic, log_op, feats], -1).reshape(C * N, ATTR + feats.shape[-1])
+        attrs = np.ascontiguousarray(attrs)
+        D = attrs.shape[1] - ATTR
+        feat, trans = np.zeros((C, height, width, D)), np.ones((C, height, width))
+        last = np.full((C, height, width), -1, np.int64)
+        _forward(attrs, reach, tile_start, gids, tiles_x, tiles_x * tiles_y, width, height, feat, trans, last)
+        ctx.arrays = (m, q, sc, cov3, vm, K, opac, op, comp, attrs, reach, tile_start, gids, trans, last)
+        ctx.settings = (width, height, tiles_x, tiles_y, return_depth, antialiased, colors.ndim, means.dtype)
+        return torch.from_numpy(feat).to(means.dtype), torch.from_numpy(trans).to(means.dtype)
 
     @staticmethod
-    def backward(ctx, g_feat: Tensor, g_trans: Tensor) -> tuple[Tensor | None, None, None, None, None]:
-        attrs, reach, tile_start, gids = ctx.saved_tensors
-        a, trans, last = ctx.arrays
-        C, H, W, tiles_x, tiles_per_cam = ctx.shape
-        gf = np.zeros((C, H, W, a.shape[1] - ATTR)) if g_feat is None else g_feat.to(torch.float64).numpy()
-        gt = np.zeros((C, H, W)) if g_trans is None else g_trans.to(torch.float64).numpy()
-        g_pair = np.zeros((gids.shape[0], a.shape[1]))
+    def backward(ctx, g_feat: Tensor, g_trans: Tensor) -> tuple[Tensor | None, ...]:
+        m, q, sc, cov3, vm, K, opac, op, comp, attrs, reach, tile_start, gids, trans, last = ctx.arrays
+        width, height, tiles_x, tiles_y, return_depth, antialiased, color_ndim, dtype = ctx.settings
+        C, N = vm.shape[0], m.shape[0]
+        D = attrs.shape[1] - ATTR
+        gf = np.zeros((C, height, width, D)) if g_feat is None else _f64(g_feat)
+        gt = np.zeros((C, height, width)) if g_trans is None else _f64(g_trans)
+        g_pair = np.zeros((gids.shape[0], attrs.shape[1]))
         _backward(
-            a,
-            reach.numpy(),
-            tile_start.numpy(),
-            gids.numpy(),
-            tiles_x,
-            tiles_per_cam,
-            W,
-            H,
-            trans,
-            last,
-            np.ascontiguousarray(gf),
-            np.ascontiguousarray(gt),
-            g_pair,
+            attrs, reach, tile_start, gids, tiles_x, tiles_x * tiles_y, width, height, trans, last, gf, gt, g_pair
         )
-        g_attrs = torch.zeros(attrs.shape, dtype=torch.float64).index_add_(0, gids, torch.from_numpy(g_pair))
-        return g_attrs.to(attrs.dtype), None, None, None, None
+        g_attrs = np.zeros((C * N, attrs.shape[1]))
+        _scatter_add(g_attrs, gids, g_pair)
+        g_attrs = g_attrs.reshape(C, N, -1)
+        g_op = np.where(op > 1e-30, g_attrs[..., 5] / np.maximum(op, 1e-30), 0.0)  # d log(op) / d op
+        g_opac = (g_op * comp).sum(0)
+        g_comp = g_op * opac[None, :] if antialiased else np.zeros((C, N))
+        g_depth = np.ascontiguousarray(g_attrs[..., ATTR + 3]) if return_depth else np.zeros((C, N))
+        g_cols = g_attrs[..., ATTR : ATTR + 3]
+        g_means, g_cov = np.zeros((C, N, 3)), np.zeros((C, N, 6))
+        project_backward(
+            m, cov3, vm, K, width, height, NEAR_PLANE, EPS_2D, antialiased,
+            np.ascontiguousarray(g_attrs[..., 0:2]), np.ascontiguousarray(g_attrs[..., 2:5]), g_depth, g_comp,
+            g_means, g_cov,
+        )  # fmt: skip
+        g_quats, g_scales = np.zeros((N, 4)), np.zeros((N, 3))
+        covariance_backward(q, sc, np.ascontiguousarray(g_cov.sum(0)), g_quats, g_scales)
+
+        def out(a: np.ndarray) -> Tensor:
+            return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
+
+        return (
+            out(g_means.sum(0)),
+            out(g_quats),
+            out(g_scales),
+            out(g_opac),
+            out(g_cols.sum(0) if color_ndim == 2 else g_cols),
+            None, None, None, None, None, None,
+        )  # fmt: skip
+
+
+def _f64(t: Tensor) -> np.ndarray:
+    return t.detach().to(torch.float64).contiguous().numpy()
+
+
+@njit(cache=True)
+def _scatter_add(out: np.ndarray, index: np.ndarray, rows: np.ndarray) -> None:  # pragma: no cover  (compiled)
+    """out[index[k]] += rows[k] for every k (the per-pair gradients summed per (camera, Gaussian))."""
+    for k in range(index.shape[0]):
+        for d in range(rows.shape[1]):
+            out[index[k], d] += rows[k, d]
 
 
 def rasterize_cpu(
@@ -303,29 +370,9 @@ def rasterize_cpu(
             f"backend 'cpu' needs CPU tensors, got {means.device}; use backend=torch (or gsplat) on a GPU"
         )
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    C, N = viewmats.shape[0], means.shape[0]
     dtype = means.dtype
-    p = project_gaussians(means, quats, scales, viewmats, Ks, width, height, antialiased=antialiased)
-    tiles_x, tiles_y = num_tiles(width, height, TILE)
-    x0, x1, y0, y1 = tile_bounds(p, TILE, tiles_x, tiles_y)
-    opac = p.opacities(opacities)  # (C, N)
-    op = opac.detach().to(torch.float64)
-    live = p.front & (255.0 * op >= 1.0)
-    x1, y1 = torch.where(live, x1, x0), torch.where(live, y1, y0)
-    tile_id, gid = _pairs(x0, x1, y0, y1, p.depth, tiles_x, tiles_x * tiles_y)
-    n_tiles = C * tiles_x * tiles_y
-    counts = torch.bincount(tile_id, minlength=n_tiles) if tile_id.numel() else torch.zeros(n_tiles, dtype=torch.long)
-    tile_start = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
-    # where alpha >= 1/255 is possible: |d| <= sqrt(2 ln(255 opacity) lambda_max), lambda_max <= (radius / 3)^2
-    reach = torch.sqrt(2.0 * torch.log((255.0 * op).clamp_min(1.0))) * p.radius.to(torch.float64) / 3.0
-    reach = (reach + 1e-3).reshape(C * N).contiguous()
-
-    cols = colors if colors.ndim == 3 else colors.unsqueeze(0).expand(C, N, 3)
-    feats = torch.cat([cols, p.depth.unsqueeze(-1)], -1) if return_depth else cols
-    log_opac = torch.log(opac.clamp_min(1e-30)).unsqueeze(-1)
-    attrs = torch.cat([p.mean2d, p.conic, log_opac, feats], -1).reshape(C * N, ATTR + feats.shape[-1])
-    feat, trans = _Composite.apply(
-        attrs, reach, tile_start, gid.contiguous(), (C, height, width, tiles_x, tiles_x * tiles_y)
+    feat, trans = _RasterizeCPU.apply(
+        means, quats, scales, opacities, colors, viewmats, Ks, width, height, return_depth, antialiased
     )
     T = trans.unsqueeze(-1)
     alpha = 1.0 - T
