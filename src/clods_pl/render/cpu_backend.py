@@ -116,6 +116,7 @@ def _forward(
         done = np.zeros((TILE, TILE), np.bool_)
         f = np.empty(D)
         left = (x1 - x0) * (y1 - y0)
+        row_left = np.full(TILE, x1 - x0, np.int64)  # pixels of each row not yet saturated
         for k in range(s, e):
             g = gids[k]
             mx, my, a, b, cc, lo = attrs[g, 0], attrs[g, 1], attrs[g, 2], attrs[g, 3], attrs[g, 4], attrs[g, 5]
@@ -125,12 +126,14 @@ def _forward(
             q = 2.0 * (lo - LOG_ALPHA_MIN)
             step2 = math.exp(-a)
             for py in range(by0, by1):
+                iy = py - y0
+                if row_left[iy] == 0:  # every pixel of this row is saturated
+                    continue
                 dy = py + 0.5 - my
                 rx0, rx1 = _row(mx, a, b, cc, q, dy, bx0, bx1)
                 if rx0 >= rx1:
                     continue
                 G, ratio = _row_start(mx, a, b, cc, lo, dy, rx0)  # then two products per pixel, no exp
-                iy = py - y0
                 for px in range(rx0, rx1):
                     raw = min(G, 1.0)
                     G *= ratio
@@ -144,6 +147,7 @@ def _forward(
                     if nxt < T_MIN:  # stop before the transmittance falls below T_MIN (3DGS)
                         done[iy, ix] = True
                         left -= 1
+                        row_left[iy] -= 1
                         continue
                     w = alpha * T
                     for d in range(D):
@@ -195,7 +199,12 @@ def _backward(
                 L_loc[iy, ix] = last[c, py, px]
                 for d in range(D):
                     G_loc[iy, ix, d] = g_feat[c, py, px, d]
-        for k in range(e - 1, s - 1, -1):
+        row_last = np.full(TILE, -1, np.int64)  # per row, the last Gaussian that reached any of its pixels
+        for iy in range(y1 - y0):
+            for ix in range(x1 - x0):
+                row_last[iy] = max(row_last[iy], L_loc[iy, ix])
+        tile_last = row_last.max()
+        for k in range(min(e - 1, tile_last), s - 1, -1):
             g = gids[k]
             mx, my, a, b, cc, lo = attrs[g, 0], attrs[g, 1], attrs[g, 2], attrs[g, 3], attrs[g, 4], attrs[g, 5]
             for d in range(D):
@@ -205,6 +214,8 @@ def _backward(
             step2 = math.exp(-a)
             g_mx = g_my = g_a = g_b = g_c = g_lo = 0.0
             for py in range(by0, by1):
+                if k > row_last[py - y0]:  # no pixel of this row got as far as Gaussian k
+                    continue
                 dy = py + 0.5 - my
                 rx0, rx1 = _row(mx, a, b, cc, q, dy, bx0, bx1)
                 if rx0 >= rx1:
