@@ -49,6 +49,9 @@ def bench(
         iterations=iterations, plateau_patience=iterations + 1, min_iterations=iterations, backend=backend
     )
     with tempfile.TemporaryDirectory() as tmp:
+        warm = RecoveryConfig(iterations=1, plateau_patience=2, min_iterations=1, backend=backend)
+        job = open_job(names[0], ds.trajectory(names[0]), Path(tmp) / "warm.npz", h, holdout, "1:2", True, config=warm)
+        recover_batch([job], renderer, warm, device)  # first use: Numba loads its cache, gsplat JIT-compiles
         jobs = [
             open_job(n, ds.trajectory(n), Path(tmp) / f"{n}.npz", h, holdout, f"1:{frames + 1}", True, config=config)
             for n in names
