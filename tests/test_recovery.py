@@ -320,3 +320,28 @@ def test_dynamics_settings_errors_are_clear(tmp_path) -> None:
         RecoveryConfig(init="dynamics", dynamics_checkpoint=str(tmp_path / "missing.ckpt"))
     with pytest.raises(RecoveryConfigError, match="model.prior_weight must be >= 0"):
         RecoveryConfig(prior_weight=-1.0)
+
+
+def test_lr_final_decays_adams_step_size_exponentially(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lr_final``: the rate falls from lr to lr * lr_final over the iterations (1 = constant, the default)."""
+    seen: list[float] = []
+
+    class SpyAdam(torch.optim.Adam):
+        def step(self, *args, **kwargs):
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", SpyAdam)
+    traj = ToyTrajectory(num_frames=2, views=2, size=16)
+    cfg = RecoveryConfig(iterations=10, lr=4e-3, lr_final=0.01, min_iterations=10, plateau_patience=50)
+    recover_trajectory("toy", traj, traj.renderer, tmp_path / "toy.npz", "h", cfg)
+    assert len(seen) == 10 and seen[0] == pytest.approx(4e-3)
+    assert seen == pytest.approx([4e-3 * 0.01 ** (i / 10) for i in range(10)])
+    seen.clear()
+    recover_trajectory(
+        "toy", traj, traj.renderer, tmp_path / "c.npz", "h", RecoveryConfig(iterations=5, min_iterations=5)
+    )
+    assert seen == [RecoveryConfig().lr] * 5
+    for bad in (0.0, 1.5):
+        with pytest.raises(RecoveryConfigError, match="model.lr_final"):
+            RecoveryConfig(lr_final=bad)

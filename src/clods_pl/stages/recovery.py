@@ -111,7 +111,7 @@ class RecoveryModule(L.LightningModule):
     Args:
         stage1_checkpoint: stage-1 SMGS checkpoint (its sha256 is stored in every cache).
         cache_dir: folder of ``<traj>.npz`` caches (``runs/<name>/stage2/meshes``); plots go to ``../plots``.
-        iterations, lr, gamma, alpha_weight, init, dynamics_checkpoint, prior_weight, plateau_patience,
+        iterations, lr, lr_final, gamma, alpha_weight, init, dynamics_checkpoint, prior_weight, plateau_patience,
         plateau_tol, min_iterations, background, backend: see ``RecoveryConfig``; ``background`` None (default):
         the one stage 1 fitted over.
         overwrite: rebuild every existing cache.
@@ -127,6 +127,7 @@ class RecoveryModule(L.LightningModule):
         cache_dir: str,
         iterations: int = RC.iterations,
         lr: float = RC.lr,
+        lr_final: float = RC.lr_final,
         gamma: float = RC.gamma,
         alpha_weight: float = RC.alpha_weight,
         init: str = RC.init,

@@ -35,6 +35,9 @@ class RecoveryConfig:
 
     Attributes:
         iterations: max Adam steps per frame. lr: Adam learning rate (metres per step scale).
+        lr_final: the learning rate at the last iteration as a fraction of ``lr``, reached by exponential decay
+            (``lr * lr_final ** (i / iterations)`` at step i; 1 = constant). Adam's steps are about ``lr`` long
+            whatever the gradient's size, so a constant rate keeps jittering around the optimum by ~``lr``.
         gamma: weight of the edge-strain loss. alpha_weight: weight of the alpha L1 term (0 = off).
         init: the starting guess for frame t: ``previous`` (frame t-1), ``velocity`` (2 x_{t-1} - x_{t-2}) or
             ``dynamics`` (a stage-3 model's one-step prediction from the recovered frames t-2 and t-1; frame 1,
@@ -49,6 +52,7 @@ class RecoveryConfig:
 
     iterations: int = 150
     lr: float = 2e-3
+    lr_final: float = 1.0
     gamma: float = 1.0
     alpha_weight: float = 1.0
     init: str = "velocity"
@@ -67,6 +71,8 @@ class RecoveryConfig:
             )
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise RecoveryConfigError(f"model.lr must be a positive number, got {self.lr}")
+        if not 0 < self.lr_final <= 1:
+            raise RecoveryConfigError(f"model.lr_final must be in (0, 1] (a fraction of model.lr), got {self.lr_final}")
         if self.gamma < 0 or self.alpha_weight < 0:
             raise RecoveryConfigError("model.gamma and model.alpha_weight must be >= 0")
         if self.init not in INITS:

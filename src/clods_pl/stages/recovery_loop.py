@@ -100,6 +100,8 @@ def recover_frame(
             break
         total.backward()
         opt.step()
+        if config.lr_final != 1.0:  # exponential decay to lr * lr_final at the last iteration
+            opt.param_groups[0]["lr"] = config.lr * config.lr_final ** ((it + 1) / max(1, config.iterations))
         active = still
     verts = compose_verts(x_init, best_dx, pinned, pinned_pos)
     return FrameResult(
