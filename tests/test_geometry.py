@@ -62,3 +62,21 @@ def test_look_at_is_rigid():
     r = w2c[:3, :3]
     assert torch.allclose(r @ r.T, torch.eye(3), atol=1e-6)
     assert math.isclose(float(torch.det(r)), 1.0, abs_tol=1e-5)
+
+
+def test_handle_track_pins_handles_and_refuses_a_mismatched_handle_pos() -> None:
+    """One rule for pinned nodes (stage 2 and stage 3 both use it): a handle_pos whose P is not the number of HANDLE
+    nodes is an error naming the trajectory (stage 3 used to skip it silently and leave them free)."""
+    import numpy as np
+
+    from clods_pl.errors import DatasetError
+    from clods_pl.geometry.mesh import NodeType, handle_track
+
+    node_type = torch.tensor([0, 3, 0, 3])
+    idx, hp = handle_track(node_type, None, "t")
+    assert idx.tolist() == [1, 3] and hp is None
+    idx, hp = handle_track(node_type, np.ones((5, 2, 3)), "t")
+    assert hp.shape == (5, 2, 3) and hp.dtype == torch.float32
+    with pytest.raises(DatasetError, match=r"trajectory traj_9: handle_pos has shape \(5, 3, 3\).*2 HANDLE"):
+        handle_track(node_type, np.ones((5, 3, 3)), "traj_9")
+    assert int(NodeType.HANDLE) == 3

@@ -14,11 +14,12 @@ import pytest
 import torch
 from test_recovery_toy import FLAG_W, ToyTrajectory
 
+from clods_pl.data.splits import training_views
 from clods_pl.errors import ClodsError, ManifestError
 from clods_pl.geometry import unique_edges
 from clods_pl.stages.mesh_cache import MeshCache, MeshCacheError
 from clods_pl.stages.recovery_config import RecoveryConfig, RecoveryConfigError
-from clods_pl.stages.recovery_jobs import open_job, parse_frames, train_views
+from clods_pl.stages.recovery_jobs import open_job, parse_frames
 from clods_pl.stages.recovery_loop import recover_batch, recover_trajectory
 from clods_pl.stages.recovery_losses import compose_verts, edge_strain_loss, frame_loss, rest_edge_lengths
 from clods_pl.stages.recovery_metrics import flag_size
@@ -191,11 +192,11 @@ def test_setting_errors_are_clear() -> None:
     for bad in ("5", "a:b", "4:2", "0:9", "1:2:3"):
         with pytest.raises(RecoveryConfigError, match="frames="):
             parse_frames(bad, 8)
-    assert train_views(4, [1, 3]) == [0, 2]
-    with pytest.raises(RecoveryConfigError, match="holdout_views"):
-        train_views(4, [4])
-    with pytest.raises(RecoveryConfigError, match="holdout_views"):
-        train_views(2, [0, 1])
+    assert training_views(4, [1, 3], "stage2.data.holdout_views") == [0, 2]
+    with pytest.raises(ClodsError, match=r"stage2.data.holdout_views \[4\] out of range for 4 views"):
+        training_views(4, [4], "stage2.data.holdout_views")
+    with pytest.raises(ClodsError, match="stage2.data.holdout_views holds out all 2 views"):
+        training_views(2, [0, 1], "stage2.data.holdout_views")
     with pytest.raises(RecoveryConfigError, match="model.lr"):
         RecoveryConfig(lr=0.0)
     assert issubclass(MeshCacheError, ClodsError)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from clods_pl.errors import DatasetError
 
 
 class NodeType(IntEnum):
@@ -97,3 +100,25 @@ def validate_faces(faces: Tensor, num_verts: int) -> None:
         raise ValueError(
             f"faces index vertices outside [0, {num_verts}): min {int(faces.min())}, max {int(faces.max())}"
         )
+
+
+def handle_track(node_type: Tensor, handle_pos: object, name: str) -> tuple[Tensor, Tensor | None]:
+    """The HANDLE (pinned) nodes of a trajectory and where they are prescribed to be.
+
+    Args:
+        node_type: (V,) MeshGraphNets node types. handle_pos: (T, P, 3) positions of the P HANDLE nodes in index
+            order, or None (they stay at the first frame). name: the trajectory, for the error message.
+    Returns:
+        (indices (P,) int64 of the HANDLE nodes, positions (T, P, 3) float32 or None). A ``handle_pos`` whose P is
+        not the number of HANDLE nodes is refused (it would pin the wrong vertices).
+    """
+    idx = torch.nonzero(torch.as_tensor(node_type).reshape(-1) == int(NodeType.HANDLE)).reshape(-1)
+    if handle_pos is None:
+        return idx, None
+    hp = torch.as_tensor(np.asarray(handle_pos), dtype=torch.float32)
+    if hp.ndim != 3 or hp.shape[1:] != (idx.numel(), 3):
+        raise DatasetError(
+            f"trajectory {name}: handle_pos has shape {tuple(hp.shape)} but node_type marks {idx.numel()} HANDLE "
+            f"nodes (expected (T, {idx.numel()}, 3)); regenerate the dataset"
+        )
+    return idx, hp

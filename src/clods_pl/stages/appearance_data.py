@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from clods_pl.data.format import read_dataset
+from clods_pl.data.splits import training_views
 from clods_pl.errors import ClodsError, DatasetError
 from clods_pl.geometry import Cameras
 
@@ -110,12 +111,7 @@ class AppearanceDataModule(L.LightningDataModule):
             raise DatasetError(f"{self.dataset_dir}: split '{self.split}' has no trajectories for stage 1")
         first = ds.trajectory(names[0])
         C = len(first.cameras)
-        bad = [v for v in self.holdout_views if not 0 <= v < C]
-        if bad:
-            raise ClodsError(f"stage1.data.holdout_views {bad} out of range for {C} views")
-        self.train_views = [v for v in range(C) if v not in self.holdout_views]
-        if not self.train_views:
-            raise ClodsError("stage1.data.holdout_views leaves no training view; hold out fewer views")
+        self.train_views = training_views(C, self.holdout_views, "stage1.data.holdout_views")
         self.topology = {"faces": first.faces, "mesh_pos": first.mesh_pos, "verts0": first.verts0}
         for name in names:
             tr = ds.trajectory(name)

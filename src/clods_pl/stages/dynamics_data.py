@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from clods_pl.data.format import read_dataset
 from clods_pl.dynamics import MeshGraph, batch_graphs, graph_from_faces
 from clods_pl.errors import ClodsError, DatasetError
-from clods_pl.geometry import NodeType
+from clods_pl.geometry.mesh import handle_track
 from clods_pl.stages.mesh_cache import MeshCache
 
 SOURCE_KINDS = ("recovered", "gt", "gt:N", "mixed:N")
@@ -81,12 +81,14 @@ def trajectory_data(traj: Any, name: str, verts: np.ndarray | Tensor, source: st
             f"trajectory {name}: {source} verts have {verts.shape[1]} vertices, the mesh has "
             f"{node_type.shape[0]}; regenerate the {source} meshes for this dataset"
         )
-    handle_pos = getattr(traj, "handle_pos", None)
-    if handle_pos is not None:
-        idx = torch.nonzero(node_type == int(NodeType.HANDLE)).reshape(-1)
-        hp = torch.as_tensor(np.asarray(handle_pos), dtype=torch.float32)
-        if hp.shape[0] >= verts.shape[0] and hp.shape[1] == idx.numel():
-            verts[:, idx] = hp[: verts.shape[0]]
+    idx, hp = handle_track(node_type, getattr(traj, "handle_pos", None), name)
+    if hp is not None:
+        if hp.shape[0] < verts.shape[0]:
+            raise DatasetError(
+                f"trajectory {name}: handle_pos has {hp.shape[0]} frames, the {source} meshes {verts.shape[0]}; "
+                "regenerate the dataset"
+            )
+        verts[:, idx] = hp[: verts.shape[0]]
     mesh_pos = torch.as_tensor(np.asarray(traj.mesh_pos), dtype=torch.float32)
     return TrajectoryData(name, verts, mesh_pos, node_type, graph_from_faces(faces, node_type.shape[0]), source)
 

@@ -22,6 +22,7 @@ from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from clods_pl.data.format import read_dataset
+from clods_pl.data.splits import training_views
 from clods_pl.errors import ClodsError, DatasetError
 from clods_pl.geometry import Cameras
 from clods_pl.render.types import composite
@@ -166,9 +167,9 @@ def novel_view_rows(
         traj = dataset.trajectory(name)
         C = len(traj.cameras)
         held = [int(v) for v in holdout_views]
-        train = [v for v in range(C) if v not in held]
-        if not held or any(not 0 <= v < C for v in held):
-            raise ClodsError(f"novel views: holdout_views {held} must name some of the {C} views of {name}")
+        if not held:
+            raise ClodsError("stage1.data.holdout_views is empty: the novel-view table needs a held-out view")
+        train = training_views(C, held, "stage1.data.holdout_views")
         gt = traj.load_gt_verts()
         frames = list(range(0, traj.num_frames, max(1, settings.frame_stride)))
         for i, t in enumerate(frames):

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clods_pl.errors import ClodsError
+from clods_pl.data.splits import training_views
 from clods_pl.geometry import NodeType, unique_edges
+from clods_pl.geometry.mesh import handle_track
 from clods_pl.stages.mesh_cache import MeshCache
 from clods_pl.stages.recovery_config import RecoveryConfig, RecoveryConfigError, recovery_settings
 from clods_pl.stages.recovery_losses import rest_edge_lengths
@@ -70,17 +71,6 @@ def parse_frames(frames: str | None, num_frames: int) -> tuple[int | None, int]:
     return a, b
 
 
-def train_views(num_views: int, holdout_views: Sequence[int]) -> list[int]:
-    """Indices of the views used for recovery: all except ``holdout_views`` (checked)."""
-    bad = [v for v in holdout_views if not 0 <= int(v) < num_views]
-    if bad:
-        raise RecoveryConfigError(f"data.holdout_views {bad} are outside 0..{num_views - 1}")
-    views = [i for i in range(num_views) if i not in {int(v) for v in holdout_views}]
-    if not views:
-        raise RecoveryConfigError(f"data.holdout_views holds out all {num_views} views; keep at least one")
-    return views
-
-
 @dataclass
 class TrajectoryJob:
     """Everything the frame loop needs for one trajectory.
@@ -105,15 +95,10 @@ class TrajectoryJob:
         verts0 = torch.as_tensor(np.asarray(self.traj.verts0), dtype=torch.float32)
         self.edges = unique_edges(torch.as_tensor(np.asarray(self.traj.faces), dtype=torch.int64))
         self.rest = rest_edge_lengths(verts0, self.edges)
-        self.pinned = torch.as_tensor(np.asarray(self.traj.node_type)) == int(NodeType.HANDLE)
+        node_type = torch.as_tensor(np.asarray(self.traj.node_type)).reshape(-1)
+        self.pinned = node_type == int(NodeType.HANDLE)
         self.verts0 = verts0
-        handle = getattr(self.traj, "handle_pos", None)
-        self.handle_pos = None if handle is None else torch.as_tensor(np.asarray(handle), dtype=torch.float32)
-        if self.handle_pos is not None and self.handle_pos.shape[1] != int(self.pinned.sum()):
-            raise ClodsError(
-                f"trajectory {self.name}: handle_pos has {self.handle_pos.shape[1]} points but "
-                f"node_type marks {int(self.pinned.sum())} HANDLE nodes; regenerate the dataset"
-            )
+        _, self.handle_pos = handle_track(node_type, getattr(self.traj, "handle_pos", None), self.name)
 
     @property
     def next_frame(self) -> int:
@@ -185,4 +170,6 @@ def open_job(
         if cache.frames_done == 1 and "rmse" not in cache.gt_metrics:
             for k, v in per_frame_gt_metrics(torch.from_numpy(cache.verts[0].copy()), gt[0]).items():
                 cache.set_gt_metric(k, 0, v)
-    return TrajectoryJob(name, traj, cache, train_views(len(traj.cameras), holdout_views), stop, gt)
+    return TrajectoryJob(
+        name, traj, cache, training_views(len(traj.cameras), holdout_views, "stage2.data.holdout_views"), stop, gt
+    )
