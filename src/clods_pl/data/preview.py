@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from clods_pl.data.format import Dataset, read_dataset
+from clods_pl.render.types import composite
 
 CHECKER_SIZE = 8
 CHECKER_LIGHT, CHECKER_DARK = 200, 150
@@ -22,13 +24,6 @@ def checkerboard(height: int, width: int, size: int = CHECKER_SIZE) -> np.ndarra
     yy, xx = np.mgrid[0:height, 0:width]
     light = ((yy // size + xx // size) % 2 == 0)
     return np.where(light[..., None], CHECKER_LIGHT, CHECKER_DARK).astype(np.uint8).repeat(3, axis=2)
-
-
-def composite_over(rgba: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """Blend (H, W, 4) uint8 over (H, W, 3) uint8 -> (H, W, 3) uint8."""
-    a = rgba[..., 3:4].astype(np.float32) / 255.0
-    out = rgba[..., :3].astype(np.float32) * a + background.astype(np.float32) * (1.0 - a)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def evenly_spaced(n: int, k: int) -> list[int]:
@@ -55,12 +50,13 @@ def write_contact_sheet(dataset: str | Path | Dataset, out_png: str | Path, traj
     H, W = tr.cameras.height, tr.cameras.width
     sheet = np.full((LABEL_TOP + len(views) * (H + GAP) - GAP, LABEL_LEFT + len(frames) * (W + GAP) - GAP, 3), 255,
                     np.uint8)
-    bg = checkerboard(H, W)
+    bg = torch.from_numpy(checkerboard(H, W)).float() / 255.0
     for j, t in enumerate(frames):
         imgs = tr.load_frame(t)
         for i, c in enumerate(views):
             y, x = tile_origin(i, j, H, W)
-            sheet[y:y + H, x:x + W] = composite_over(imgs[c], bg)
+            rgb = composite(torch.from_numpy(imgs[c]).float() / 255.0, bg)  # over the checkerboard
+            sheet[y:y + H, x:x + W] = (rgb * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
     image = Image.fromarray(sheet, "RGB")
     draw = ImageDraw.Draw(image)
     for j, t in enumerate(frames):
