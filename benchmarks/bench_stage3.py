@@ -43,7 +43,9 @@ class _StepTimer(L.Callback):
             self.stop = time.perf_counter()
 
 
-def windows_per_second(dataset: str, batch_size: int, compile_mode: str | None = None) -> dict:
+def windows_per_second(
+    dataset: str, batch_size: int, compile_mode: str | None = None, message_passing: str = "native"
+) -> dict:
     L.seed_everything(0, verbose=False)
     timer = _StepTimer()
     data = DynamicsDataModule(dataset, source="gt", windows_per_epoch=batch_size * TIMED.stop, batch_size=batch_size)
@@ -51,9 +53,11 @@ def windows_per_second(dataset: str, batch_size: int, compile_mode: str | None =
                         enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
                         callbacks=[timer])  # fmt: skip
     t0 = time.perf_counter()
-    trainer.fit(DynamicsModule(**MODEL, compile_mode=compile_mode), datamodule=data)
+    model = DynamicsModule(**{**MODEL, "message_passing": message_passing}, compile_mode=compile_mode)
+    trainer.fit(model, datamodule=data)
     step = (timer.stop - timer.start) / len(TIMED)
-    return {"batch_size": batch_size, "compile_mode": compile_mode, "ms_per_step": 1e3 * step,
+    return {"batch_size": batch_size, "compile_mode": compile_mode, "message_passing": message_passing,
+            "ms_per_step": 1e3 * step,
             "windows_per_s": batch_size / step, "fit_s": time.perf_counter() - t0}  # fmt: skip
 
 
@@ -83,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8, 16, 32])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compile-mode", default=None, help="also time the first batch size with this torch.compile mode")
+    ap.add_argument("--dgl", action="store_true", help="also time the first batch size with DGL message passing")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -92,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(rows[-1]), flush=True)
     if args.compile_mode:
         rows.append(windows_per_second(args.dataset, args.batch_sizes[0], args.compile_mode))
+        print(json.dumps(rows[-1]), flush=True)
+    if args.dgl:
+        rows.append(windows_per_second(args.dataset, args.batch_sizes[0], message_passing="dgl"))
         print(json.dumps(rows[-1]), flush=True)
     table = profile(args.dataset, args.batch_sizes[0])
     print(table)
