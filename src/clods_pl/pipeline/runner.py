@@ -222,14 +222,12 @@ class StageRunner:
         check or minutes into training."""
         if stage.module is not None and stage.datamodule is not None:
             check_trainer_limits(stage.name, section(self.cfg, f"{stage.name}.trainer"))
-            dataset = {"dataset_dir": str(self.cfg.get("dataset") or "")}
-            for role, inputs in (("model", stage.model_inputs), ("data", {**stage.data_inputs, **dataset})):
+            data_inputs = dict(stage.data_inputs)
+            if "dataset_dir" in data_inputs:  # the real folder: the DataModule may check it exists
+                data_inputs["dataset_dir"] = str(self.cfg.get("dataset") or "")
+            for role, inputs in (("model", stage.model_inputs), ("data", data_inputs)):
                 try:
-                    self.instantiate(
-                        stage,
-                        role,
-                        {k: v for k, v in inputs.items() if k in stage.model_inputs or k in stage.data_inputs},
-                    )
+                    self.instantiate(stage, role, inputs)
                 except ClodsError:
                     raise
                 except (ValueError, TypeError) as exc:
