@@ -34,6 +34,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	$(BIN)/python -m clods_pl.pipeline.help_cache
+	$(BIN)/python -m clods_pl.render.cpu_backend
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv (if missing) and install clods-pl with its CPU dependencies
