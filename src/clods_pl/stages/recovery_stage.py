@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from clods_pl.stages.mesh_cache import MeshCache
 from clods_pl.stages.recovery import RecoveryDataModule, RecoveryModule
 from clods_pl.stages.recovery_metrics import recovery_summary
 from clods_pl.stages.run_dir import MESH_CACHE_DIR, SUMMARY_FILE, RunDir
@@ -64,8 +63,7 @@ def mesh_chain_staleness(ctx: StageContext) -> str | None:
     checkpoint than the one recorded (two runs interleaved). None when every cache matches."""
     ckpt = ctx.outputs.stage1_checkpoint_digest()
     for path in ctx.outputs.mesh_caches().values():
-        with np.load(path, allow_pickle=False) as z:
-            made_from = str(z["stage1_hash"]) if "stage1_hash" in z.files else ""
+        made_from = MeshCache.load(path).stage1_hash
         if made_from != ckpt:
             return (
                 f"mesh cache {path} was recovered from stage-1 checkpoint {made_from[:12]}, not the recorded "
