@@ -125,7 +125,7 @@ def _experiment_command(command: str, argv: Sequence[str], stages: Sequence[Any]
         from clods_pl.pipeline.refine import RefineSettings, run_refine  # noqa: PLC0415  (commands load only what they use)
 
         with runner.exclusive():
-            run_refine(runner, RefineSettings(**section_of(cfg, "refine")))
+            run_refine(runner, RefineSettings(**runner.section("refine")))
         _report_command(["--run_dir", str(runner.run_dir)])
         return 0
     stage = runner.stage(command)
@@ -147,12 +147,6 @@ def help_text(command: str, stages: Sequence[Any] | None) -> str:
     stages = default_stages() if stages is None else tuple(stages)
     shown = [s for s in stages if s.name == command] or stages
     return build_parser(prog=f"clods-pl {command}", stages=shown, trainer_arguments=False).format_help()
-
-
-def section_of(cfg: Any, key: str) -> dict[str, Any]:
-    from clods_pl.utils.settings import section  # noqa: PLC0415  (commands load only what they use)
-
-    return section(cfg, key)
 
 
 def default_threads(cores: int, load: float, env: str | None) -> tuple[int, str]:

@@ -61,10 +61,10 @@ class _RasterizeCPU(torch.autograd.Function):
         covariances(q, sc, cov3)
         mean2d, conic, depth = np.empty((C, N, 2)), np.empty((C, N, 3)), np.empty((C, N))
         radius, comp = np.empty((C, N), np.int64), np.empty((C, N))
-        front, valid = np.empty((C, N), np.bool_), np.empty((C, N), np.bool_)
+        valid = np.empty((C, N), np.bool_)
         project_forward(
             m, cov3, vm, K, width, height, NEAR_PLANE, EPS_2D, antialiased,
-            mean2d, conic, depth, radius, front, valid, comp,
+            mean2d, conic, depth, radius, valid, comp,
         )  # fmt: skip
         opac = _f64(opacities)
         op = opac[None, :] * comp  # (C, N) opacity composited (with the antialiasing compensation)

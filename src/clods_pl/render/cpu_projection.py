@@ -113,11 +113,11 @@ def project_forward(
     conic: np.ndarray,
     depth: np.ndarray,
     radius: np.ndarray,
-    front: np.ndarray,
     valid: np.ndarray,
     comp: np.ndarray,
 ) -> None:  # pragma: no cover  (compiled)
-    """Outputs (C, N, ...): mean2d (2), conic (3), depth, radius (int64), front, valid, comp (1 unless antialiased).
+    """Outputs (C, N, ...): mean2d (2), conic (3), depth, radius (int64), valid (in front, non-degenerate, on
+    screen), comp (1 unless antialiased).
     ``cov3`` (N, 6): :func:`covariances`."""
     C, N = viewmats.shape[0], means.shape[0]
     for idx in prange(C * N):
@@ -140,7 +140,6 @@ def project_forward(
         mean2d[c, n, 0], mean2d[c, n, 1] = mx, my
         depth[c, n] = z
         fr = z > near and det > 0
-        front[c, n] = fr
         valid[c, n] = fr and r > 0 and mx + r > 0 and mx - r < width and my + r > 0 and my - r < height
         comp[c, n] = math.sqrt(max((c00 * c11 - b * b) / ds, 1e-12)) if antialiased else 1.0
 
