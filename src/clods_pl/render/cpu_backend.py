@@ -1,10 +1,10 @@
 """CPU rasterizer: one autograd function around Numba kernels, ``cpu_projection`` (EWA projection, its backward,
-the tile binning) and ``cpu_composite`` (compositing and its backward); no torch graph in between.
+the per-camera depth order) and ``cpu_composite`` (compositing and its backward); no torch graph in between.
 
 Same contract and conventions as ``torch`` (``clods_pl.render.conventions.TORCH``: 16x16 tiles of the 3-sigma box,
 0.3 px dilation, alpha clamp 0.99, 1/255 skip, stop before T < 1e-4, pixel centres at +0.5), so ``torch`` stays the
-reference (``tests/test_render_cpu.py`` checks images and gradients against it). Float64 inside; tiles and
-(camera, Gaussian) pairs run in parallel on ``torch.get_num_threads()`` Numba threads.
+reference (``tests/test_render_cpu.py`` checks images and gradients against it). Float64 inside; cameras (and
+in the projection, Gaussians) run in parallel on ``torch.get_num_threads()`` Numba threads.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import torch
 from torch import Tensor
 
 from clods_pl.errors import BackendUnavailableError
-from clods_pl.render.cpu_composite import ATTR, composite_backward, composite_forward, scatter_add_rows
+from clods_pl.render.cpu_composite import ATTR, composite_backward, composite_forward
 from clods_pl.render.cpu_projection import (
-    bin_pairs,
     covariance_backward,
     covariances,
+    depth_order,
     project_backward,
     project_forward,
 )
-from clods_pl.render.projection import EPS_2D, NEAR_PLANE, num_tiles
+from clods_pl.render.projection import EPS_2D, NEAR_PLANE
 from clods_pl.render.torch_backend import TILE
 from clods_pl.render.types import RenderOutput
 
@@ -37,7 +37,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:  # the user's choice wins
 
 class _RasterizeCPU(torch.autograd.Function):
     """(means, quats, scales, opacities, colours) -> (features (C, H, W, D), transmittance (C, H, W)): projection,
-    binning and compositing in Numba kernels, float64 inside; the backward runs the compositing backward, then the
+    depth order and compositing in Numba kernels, float64 inside; the backward runs the compositing backward, then the
     projection's chain rule (``cpu_projection``), with no autograd graph in between."""
 
     @staticmethod
@@ -68,10 +68,9 @@ class _RasterizeCPU(torch.autograd.Function):
         )  # fmt: skip
         opac = _f64(opacities)
         op = opac[None, :] * comp  # (C, N) opacity composited (with the antialiasing compensation)
-        tiles_x, tiles_y = num_tiles(width, height, TILE)
-        tile_start, gids = bin_pairs(mean2d, radius, depth, valid & (255.0 * op >= 1.0), TILE, tiles_x, tiles_y)
-        # where alpha >= 1/255 is possible: |d| <= sqrt(2 ln(255 opacity) lambda_max), lambda_max <= (radius / 3)^2
-        reach = (np.sqrt(2.0 * np.log(np.maximum(255.0 * op, 1.0))) * radius / 3.0 + 1e-3).reshape(C * N)
+        use = valid & (255.0 * op >= 1.0)
+        by_depth = np.argsort(np.where(use, depth, np.inf), axis=1)  # unused last; depth_order orders the ties
+        start, order, clip = depth_order(mean2d, radius, depth, use, by_depth, TILE, width, height)
         cols = _f64(colors)
         cols = np.broadcast_to(cols, (C, N, 3)) if cols.ndim == 2 else cols
         feats = np.concatenate([cols, depth[..., None]], -1) if return_depth else cols
@@ -81,25 +80,21 @@ class _RasterizeCPU(torch.autograd.Function):
         D = attrs.shape[1] - ATTR
         feat, trans = np.zeros((C, height, width, D)), np.ones((C, height, width))
         last = np.full((C, height, width), -1, np.int64)
-        composite_forward(attrs, reach, tile_start, gids, tiles_x, tiles_x * tiles_y, width, height, feat, trans, last)
-        ctx.arrays = (m, q, sc, cov3, vm, K, opac, op, comp, attrs, reach, tile_start, gids, trans, last)
-        ctx.settings = (width, height, tiles_x, tiles_y, return_depth, antialiased, colors.ndim, means.dtype)
+        composite_forward(attrs, start, order, clip, feat, trans, last)
+        ctx.arrays = (m, q, sc, cov3, vm, K, opac, op, comp, attrs, start, order, clip, trans, last)
+        ctx.settings = (width, height, return_depth, antialiased, colors.ndim, means.dtype)
         return torch.from_numpy(feat).to(means.dtype), torch.from_numpy(trans).to(means.dtype)
 
     @staticmethod
     def backward(ctx, g_feat: Tensor, g_trans: Tensor) -> tuple[Tensor | None, ...]:
-        m, q, sc, cov3, vm, K, opac, op, comp, attrs, reach, tile_start, gids, trans, last = ctx.arrays
-        width, height, tiles_x, tiles_y, return_depth, antialiased, color_ndim, dtype = ctx.settings
+        m, q, sc, cov3, vm, K, opac, op, comp, attrs, start, order, clip, trans, last = ctx.arrays
+        width, height, return_depth, antialiased, color_ndim, dtype = ctx.settings
         C, N = vm.shape[0], m.shape[0]
         D = attrs.shape[1] - ATTR
         gf = np.zeros((C, height, width, D)) if g_feat is None else _f64(g_feat)
         gt = np.zeros((C, height, width)) if g_trans is None else _f64(g_trans)
-        g_pair = np.zeros((gids.shape[0], attrs.shape[1]))
-        composite_backward(
-            attrs, reach, tile_start, gids, tiles_x, tiles_x * tiles_y, width, height, trans, last, gf, gt, g_pair
-        )
         g_attrs = np.zeros((C * N, attrs.shape[1]))
-        scatter_add_rows(g_attrs, gids, g_pair)
+        composite_backward(attrs, start, order, clip, trans, last, gf, gt, g_attrs)
         g_attrs = g_attrs.reshape(C, N, -1)
         g_op = np.where(op > 1e-30, g_attrs[..., 5] / np.maximum(op, 1e-30), 0.0)  # d log(op) / d op
         g_opac = (g_op * comp).sum(0)

@@ -1,12 +1,13 @@
-"""Numba kernels for the ``cpu`` rasterizer's projection, its backward, and the (tile, Gaussian) binning.
+"""Numba kernels for the ``cpu`` rasterizer's projection, its backward, and each camera's depth order.
 
 The same EWA projection as :func:`clods_pl.render.projection.project_gaussians` (the torch reference), computed per
 (camera, Gaussian) in float64 without autograd: camera-space centre ``t = R mu + T``, ``Sigma = M M^T`` with
 ``M = R(q) diag(s)``, the perspective Jacobian at ``t`` with x/z and y/z clamped to 1.3x the field of view, the 2D
 covariance plus 0.3 px^2, its conic, 3-sigma radius, and (antialiased) Mip-Splatting's compensation. The backward
 is the chain rule of that forward written out (no autograd graph); ``tests/test_render_cpu.py`` checks it against
-torch's autograd of the reference. The binning lists each tile's Gaussians sorted by depth, ties by index, as the
-reference's stable sort does. Over 300 lines because each forward kernel has its backward next to it, spelled out.
+torch's autograd of the reference. The depth order sorts each camera's Gaussians by depth, ties by index, as
+the reference's stable sort does, and gives each the pixels of the tiles its 3-sigma box overlaps. Over 300 lines
+because each forward kernel has its backward next to it, spelled out.
 """
 
 from __future__ import annotations
@@ -276,39 +277,46 @@ def covariance_backward(
 
 
 @njit(cache=True)
-def bin_pairs(
-    mean2d: np.ndarray, radius: np.ndarray, depth: np.ndarray, use: np.ndarray, tile: int, tiles_x: int, tiles_y: int
-) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover  (compiled)
-    """(tile_start (C * tiles + 1,), gids (P,)): each tile's Gaussians (flat index c * N + n) whose 3-sigma box
-    overlaps it, sorted by depth (stable: ties in index order)."""
+def depth_order(
+    mean2d: np.ndarray,
+    radius: np.ndarray,
+    depth: np.ndarray,
+    use: np.ndarray,
+    by_depth: np.ndarray,
+    tile: int,
+    width: int,
+    height: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover  (compiled)
+    """(start (C + 1,), order (M,), clip (C * N, 4)): each camera's drawn Gaussians (flat index c * N + n) in
+    ``order[start[c]:start[c + 1]]``, sorted by depth with ties in index order (the reference's stable sort), and each
+    one's pixel rectangle [x0, x1) x [y0, y1): the union of the tiles its 3-sigma box overlaps, which is where the
+    tile rasterizer lets it draw. ``by_depth`` (C, N): any argsort of each camera's depth with the unused Gaussians
+    last (NumPy's quicksort, several times faster than Numba's); runs of equal depth are put in index order here."""
     C, N = use.shape
-    tpc = tiles_x * tiles_y
-    rect = np.zeros((C, N, 4), np.int64)
-    counts = np.zeros(C * tpc + 1, np.int64)
+    tiles_x, tiles_y = (width + tile - 1) // tile, (height + tile - 1) // tile
+    start = np.zeros(C + 1, np.int64)
     for c in range(C):
-        for n in range(N):
-            if not use[c, n]:
-                continue
+        start[c + 1] = start[c] + use[c].sum()
+    order = np.empty(start[-1], np.int64)
+    clip = np.zeros((C * N, 4), np.int64)
+    for c in range(C):
+        srt, d, m = by_depth[c], depth[c], start[c + 1] - start[c]
+        i = 0
+        while i < m:
+            j = i + 1
+            while j < m and d[srt[j]] == d[srt[i]]:
+                j += 1
+            if j - i > 1:
+                srt[i:j] = np.sort(srt[i:j])
+            i = j
+        for k in range(m):
+            n = srt[k]
             r = float(radius[c, n])
             mx, my = mean2d[c, n, 0], mean2d[c, n, 1]
-            x0 = min(max(int(math.floor((mx - r) / tile)), 0), tiles_x)
-            x1 = min(max(int(math.ceil((mx + r) / tile)), 0), tiles_x)
-            y0 = min(max(int(math.floor((my - r) / tile)), 0), tiles_y)
-            y1 = min(max(int(math.ceil((my + r) / tile)), 0), tiles_y)
-            rect[c, n, 0], rect[c, n, 1], rect[c, n, 2], rect[c, n, 3] = x0, x1, y0, y1
-            for ty in range(y0, y1):
-                for tx in range(x0, x1):
-                    counts[c * tpc + ty * tiles_x + tx + 1] += 1
-    tile_start = np.cumsum(counts)
-    fill = tile_start[:-1].copy()
-    gids = np.empty(tile_start[-1], np.int64)
-    for c in range(C):
-        for n in np.argsort(depth[c], kind="mergesort"):  # depth order, ties in index order (stable)
-            if not use[c, n]:
-                continue
-            for ty in range(rect[c, n, 2], rect[c, n, 3]):
-                for tx in range(rect[c, n, 0], rect[c, n, 1]):
-                    t = c * tpc + ty * tiles_x + tx
-                    gids[fill[t]] = c * N + n
-                    fill[t] += 1
-    return tile_start, gids
+            g = c * N + n
+            clip[g, 0] = min(max(int(math.floor((mx - r) / tile)), 0), tiles_x) * tile
+            clip[g, 1] = min(min(max(int(math.ceil((mx + r) / tile)), 0), tiles_x) * tile, width)
+            clip[g, 2] = min(max(int(math.floor((my - r) / tile)), 0), tiles_y) * tile
+            clip[g, 3] = min(min(max(int(math.ceil((my + r) / tile)), 0), tiles_y) * tile, height)
+            order[start[c] + k] = g
+    return start, order, clip
