@@ -22,7 +22,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test data preview stage1 stage2 stage3 pipeline eval refine report bench bench-gpu clean \
+.PHONY: help install demo small test data preview stage1 stage2 stage3 pipeline eval refine report bench bench-gpu clean \
         test-slurm slurm-pipeline sweep agent lint
 
 help: ## show this list
@@ -71,6 +71,11 @@ demo: $(STAMP) ## install, generate the tiny dataset, run all stages on the CPU,
 	@test -f data/tiny/dataset.json || $(MAKE) --no-print-directory data PRESET=tiny DATA=data/tiny
 	$(CLI) pipeline --config experiments/flag_tiny.yaml --run_dir $(RUN)
 	@echo "Report: $(RUN)/report.html (self-contained; $(RUN)/report.md links the same files)"
+
+small: $(STAMP) ## the small benchmark (paper Tables 1-2, three stage-3 seeds; ~45 min on 2 CPU cores) -> runs/small
+	@test -f data/small/dataset.json || $(MAKE) --no-print-directory data PRESET=small DATA=data/small
+	$(CLI) pipeline --config experiments/flag_small.yaml --run_dir runs/small $(ARGS)
+	@echo "Report: runs/small/report.html"
 
 test: $(STAMP) lint ## install (if needed), lint, and run the test suite (GPU tests skip without CUDA)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

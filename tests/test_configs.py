@@ -11,7 +11,7 @@ from clods_pl.pipeline.experiment import build_parser
 ROOT = Path(__file__).resolve().parents[1] / "experiments"
 EXPERIMENTS = sorted(ROOT.glob("flag_*.yaml")) + sorted((ROOT / "gpu").glob("*.yaml"))
 ABLATIONS = sorted((ROOT / "ablations").glob("*.yaml"))
-CPU_OVERRIDES = sorted((ROOT / "cpu").glob("*.yaml"))
+OVERRIDES = sorted((ROOT / "overrides").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +39,14 @@ def test_ablation_overrides_parse(parser, path: Path) -> None:
     assert cfg != base, f"{path.name} changes nothing"
 
 
-@pytest.mark.parametrize("path", CPU_OVERRIDES, ids=lambda p: p.name)
-def test_cpu_override_of_small_parses(parser, path: Path) -> None:
+@pytest.mark.parametrize("path", OVERRIDES, ids=lambda p: p.name)
+def test_gpu_override_of_small_parses(parser, path: Path) -> None:
+    base = parser.parse_args(["--config", str(ROOT / "flag_small.yaml")])
     cfg = parser.parse_args(["--config", str(ROOT / "flag_small.yaml"), "--config", str(path)])
-    assert cfg.stage1.model.backend == "torch" and cfg.stage2.model.backend == "torch"
-    assert cfg.stage1.trainer.accelerator == "cpu"
+    assert base.stage1.model.backend == "cpu" and base.stage2.model.backend == "cpu"
+    assert cfg.stage1.model.backend == "gsplat" and cfg.stage2.model.backend == "gsplat"
+    assert cfg.stage1.trainer.accelerator == "gpu" and cfg.stage3.trainer.accelerator == "gpu"
+    assert cfg.stage3.sources == base.stage3.sources  # the same benchmark, on another device
 
 
 def test_misspelt_key_is_rejected(parser, tmp_path: Path) -> None:

@@ -188,14 +188,14 @@ def test_noise_moves_step1_target_and_window_length_is_checked():
 @pytest.mark.parametrize("name", ["flag_tiny", "flag_small", "flag_paper"])
 def test_experiment_stage3_section_runs_under_plain_lightning_cli(name, tmp_path):
     """Stage 3 is a standalone LightningModule/DataModule pair: an experiment's stage3 section (less the
-    orchestrator's `sources`) is a valid plain LightningCLI config."""
+    orchestrator's `sources` and `seeds`) is a valid plain LightningCLI config."""
     from pathlib import Path
 
     import yaml
     from lightning.pytorch.cli import LightningCLI
 
     section = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments" / f"{name}.yaml").read_text())
-    section = {k: v for k, v in section["stage3"].items() if k != "sources"}
+    section = {k: v for k, v in section["stage3"].items() if k not in ("sources", "seeds")}
     section.setdefault("trainer", {}).update(accelerator="cpu", devices=1)  # the paper preset asks for GPUs
     cfg = tmp_path / "stage3.yaml"
     cfg.write_text(yaml.safe_dump(section))

@@ -90,9 +90,8 @@ class GenerateConfig:
 
 PRESETS: dict[str, GenerateConfig] = {
     "tiny": GenerateConfig(splits={"train": 4, "val": 0, "test_viewed": 2, "test_unviewed": 2}, num_views=8),
-    "small": GenerateConfig(name="small", splits={"train": 4, "val": 1, "test_viewed": 2, "test_unviewed": 1},
-                            num_frames=32, test_num_frames=48, num_views=6, resolution=96, grid=(16, 12),
-                            iterations=5),
+    "small": GenerateConfig(name="small", splits={"train": 8, "val": 0, "test_viewed": 3, "test_unviewed": 3},
+                            num_frames=16, test_num_frames=32, num_views=8),
     "paper": GenerateConfig(name="paper", splits={"train": 40, "val": 2, "test_viewed": 4, "test_unviewed": 4},
                             num_frames=100, num_views=8, resolution=256, grid=(40, 28), substeps=100, iterations=2,
                             supersample=2),
