@@ -128,6 +128,37 @@ def test_clear_errors(dummy: dict, tmp_path: Path, capsys: pytest.CaptureFixture
     assert "no_such_key" in capsys.readouterr().err
 
 
+def test_sigterm_ends_a_stage_with_one_line_and_exit_143(
+    dummy: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A SIGTERM (``kill``, ``scancel``) ends the command with the shell's code for it and one line saying how to
+    resume: from stage 2's frame loop (``Interrupted``) and from a Lightning fit loop (its ``SIGTERMException``)."""
+    import dummy_stages as d
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from clods_pl.errors import Interrupted
+
+    cfg = dummy["cfg"]
+
+    def stopped_fit(self, batch, batch_idx):
+        raise SIGTERMException
+
+    monkeypatch.setattr(d.FitModule, "training_step", stopped_fit)
+    assert clods(dummy, ["stage1", "--config", cfg]) == 143
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM" in err and "rerun the same command to resume" in err and "Traceback" not in err
+    monkeypatch.undo()
+    assert clods(dummy, ["stage1", "--config", cfg]) == 0
+
+    def stopped_frames(self, batch, batch_idx):
+        raise Interrupted("stage 2 stopped by SIGTERM after 4 of 60 trajectory-frames; rerun the same command")
+
+    monkeypatch.setattr(d.PredictModule, "predict_step", stopped_frames)
+    assert clods(dummy, ["stage2", "--config", cfg]) == 143
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "clods-pl stage2: stage 2 stopped by SIGTERM after 4 of 60 trajectory-frames; rerun the same command"
+
+
 def test_gpu_settings_without_a_gpu_or_with_a_cpu_accelerator_are_clear(
     dummy: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

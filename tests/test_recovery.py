@@ -15,7 +15,7 @@ import torch
 from test_recovery_toy import FLAG_W, ToyTrajectory
 
 from clods_pl.data.splits import training_views
-from clods_pl.errors import ClodsError, ManifestError
+from clods_pl.errors import ClodsError, Interrupted, ManifestError
 from clods_pl.geometry import unique_edges
 from clods_pl.stages.mesh_cache import MeshCache, MeshCacheError
 from clods_pl.stages.recovery_config import RecoveryConfig, RecoveryConfigError
@@ -200,6 +200,31 @@ def test_setting_errors_are_clear() -> None:
     with pytest.raises(RecoveryConfigError, match="model.lr"):
         RecoveryConfig(lr=0.0)
     assert issubclass(MeshCacheError, ClodsError)
+
+
+def test_sigterm_stops_after_a_saved_step_and_the_rerun_resumes(tmp_path) -> None:
+    """``should_stop`` (stage 2 asks Lightning whether a SIGTERM arrived) ends the frame loop after the step it was
+    working on is saved; rerunning resumes from there to the same meshes as a run never stopped."""
+    from types import SimpleNamespace
+
+    from clods_pl.stages.recovery import RecoveryModule
+
+    cfg = RecoveryConfig(**FAST)
+    traj = ToyTrajectory(num_frames=4, views=3, size=20)
+    path = tmp_path / "stopped.npz"
+    job = open_job("toy", traj, path, "h", config=cfg)
+    with pytest.raises(Interrupted, match="after 1 of 3 trajectory-frames.*rerun the same command to resume"):
+        recover_batch([job], traj.renderer, cfg, should_stop=lambda: True)
+    assert MeshCache.load(path).frames_done == 2  # frame 0 (given) and frame 1
+    recover_batch([open_job("toy", traj, path, "h", config=cfg)], traj.renderer, cfg, should_stop=lambda: False)
+    clean = recover_trajectory("toy", traj, traj.renderer, tmp_path / "clean.npz", "h", cfg)
+    np.testing.assert_array_equal(MeshCache.load(path).verts, clean.verts)
+    # the module reads Lightning's flag (Lightning's predict loop itself never acts on it)
+    module = RecoveryModule.__new__(RecoveryModule)
+    module._trainer = SimpleNamespace(received_sigterm=True)
+    assert module._sigterm_received()
+    module._trainer = None
+    assert not module._sigterm_received()
 
 
 # ----- (a) resume after SIGKILL in a real subprocess ----------------------------------------------------------------

@@ -15,3 +15,8 @@ class BackendUnavailableError(ClodsError):
 
 class ManifestError(ClodsError):
     """A run directory's manifest is missing, corrupt, or a stage's inputs are stale."""
+
+
+class Interrupted(ClodsError):
+    """The run stopped at a safe point on SIGTERM (``kill``, ``scancel``, a SLURM pre-emption); finished work is
+    saved and rerunning the same command resumes it."""

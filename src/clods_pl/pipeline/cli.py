@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from clods_pl.errors import ClodsError
+from clods_pl.errors import ClodsError, Interrupted
 
 EXPERIMENT_COMMANDS = ("stage1", "stage2", "stage3", "pipeline", "eval", "refine")
 COMMANDS = ("data", *EXPERIMENT_COMMANDS, "report", "recover")
@@ -149,6 +149,16 @@ def help_text(command: str, stages: Sequence[Any] | None) -> str:
     return build_parser(prog=f"clods-pl {command}", stages=shown, trainer_arguments=False).format_help()
 
 
+SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process the signal ended
+
+
+def _is_sigterm(exc: SystemExit) -> bool:
+    """Whether ``exc`` is Lightning's ``SIGTERMException`` (Lightning is loaded whenever it can be)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: PLC0415  (keeps --help light)
+
+    return isinstance(exc, SIGTERMException)
+
+
 def default_threads(cores: int, load: float, env: str | None) -> tuple[int, str]:
     """(threads, why): ``OMP_NUM_THREADS`` when set, else the cores the 1-minute load average leaves free, >= 1.
     Two torch threads on a busy 2-core machine run 10-20x slower than one (BENCHMARKS.md), hence the load."""
@@ -240,6 +250,18 @@ def main(argv: Sequence[str] | None = None, stages: Sequence[Any] | None = None)
         if command == "recover":
             return _recover_command(rest)
         return _experiment_command(command, rest, stages)
+    except Interrupted as exc:  # SIGTERM in stage 2: stopped after a saved frame step
+        print(f"clods-pl {command}: {exc}", file=sys.stderr)
+        return SIGTERM_EXIT
+    except SystemExit as exc:  # SIGTERM in a Lightning fit loop (stages 1, 3): Lightning's SIGTERMException
+        if not _is_sigterm(exc):
+            raise
+        print(
+            f"clods-pl {command}: stopped by SIGTERM; finished stages and saved checkpoints are kept, rerun the same "
+            "command to resume",
+            file=sys.stderr,
+        )
+        return SIGTERM_EXIT
     except ClodsError as exc:
         print(f"clods-pl {command}: error: {exc}", file=sys.stderr)
         return 2

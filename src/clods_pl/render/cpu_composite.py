@@ -94,16 +94,18 @@ def composite_forward(
                 rx0, rx1 = (x0, x1) if small else _span(mx, a, b, cc, q, dy, x0, x1)
                 G, ratio = (0.0, 0.0) if small else _row_start(mx, a, b, row, dy, rx0)
                 for px in range(rx0, rx1):
-                    if small:  # the test on the exponent: an exp only where the Gaussian draws
+                    if small:  # the tests first: an exp only where the Gaussian draws
                         dx = px + 0.5 - mx
                         power = row - (0.5 * a * dx + b * dy) * dx
-                        raw = math.exp(power) if power >= LOG_ALPHA_MIN else 0.0
+                        if power < LOG_ALPHA_MIN or done[py, px]:
+                            continue
+                        raw = math.exp(power)
                     else:  # along the row: two products per pixel instead of an exp
                         raw = G
                         G *= ratio
                         ratio *= step
-                    if raw < ALPHA_MIN or done[py, px]:
-                        continue
+                        if raw < ALPHA_MIN or done[py, px]:
+                            continue
                     alpha = min(raw, ALPHA_MAX)
                     T = T_img[py, px]
                     nxt = T * (1.0 - alpha)
@@ -155,13 +157,15 @@ def composite_backward(
                     dx = px + 0.5 - mx
                     if small:
                         power = row - (0.5 * a * dx + b * dy) * dx
-                        raw = math.exp(power) if power >= LOG_ALPHA_MIN else 0.0
+                        if power < LOG_ALPHA_MIN or r > L_img[py, px]:
+                            continue
+                        raw = math.exp(power)
                     else:
                         raw = G
                         G *= ratio
                         ratio *= step
-                    if raw < ALPHA_MIN or r > L_img[py, px]:
-                        continue
+                        if raw < ALPHA_MIN or r > L_img[py, px]:
+                            continue
                     alpha = min(raw, ALPHA_MAX)
                     inv = 1.0 / (1.0 - alpha)
                     T_before = T_cur[py, px] * inv

@@ -185,6 +185,11 @@ class RecoveryModule(L.LightningModule):
             payload["stage2/frame"] = float(t)
             self.logger.log_metrics(payload, step=self._log_step)
 
+    def _sigterm_received(self) -> bool:
+        """Lightning records a SIGTERM (``kill``, ``scancel``) but its predict loop never acts on it; the frame
+        loop asks here after each saved step."""
+        return bool(getattr(self._trainer, "received_sigterm", False))
+
     def predict_step(self, batch: list[RecoveryItem], batch_idx: int = 0) -> list[dict[str, Any]]:
         # Lightning predicts under torch.inference_mode(); the frame loop needs autograd.
         with torch.inference_mode(False), torch.enable_grad():
@@ -206,7 +211,7 @@ class RecoveryModule(L.LightningModule):
                     )
                 )
             say = print if rank_zero_only.rank == 0 else None  # one progress line per frame step
-            recover_batch(jobs, renderer, self.config, self.device, self._on_frame, say)
+            recover_batch(jobs, renderer, self.config, self.device, self._on_frame, say, self._sigterm_received)
         out = []
         for job in jobs:
             size = flag_size(np.asarray(job.traj.mesh_pos))

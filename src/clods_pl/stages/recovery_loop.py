@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from clods_pl.errors import Interrupted
 from clods_pl.stages.mesh_cache import MeshCache
 from clods_pl.stages.recovery_config import RecoveryConfig, RecoveryConfigError, Renderer
 from clods_pl.stages.recovery_jobs import DynamicsPrior, TrajectoryJob, open_job
@@ -123,12 +124,14 @@ def recover_batch(
     device: torch.device | str = "cpu",
     on_frame: FrameCallback | None = None,
     say: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> None:
     """Run the frame loop for several trajectories together until each reaches its ``stop`` frame.
 
     Trajectories may be at different frames (e.g. after a resume); each step advances every pending one by one
     frame and saves its cache. ``on_frame(job, t, metrics)`` is called after each saved frame; ``say`` (e.g.
     ``print``) gets one progress line per step: frames done, iterations, seconds per step and the ETA.
+    ``should_stop()`` (e.g. "a SIGTERM arrived") is asked after each saved step; True raises ``Interrupted``.
     """
     device = torch.device(device)
     jobs = list(jobs)
@@ -192,6 +195,11 @@ def recover_batch(
         done += len(todo)
         if say is not None:
             say(progress_line(todo, ts, res.iterations, done, total, time.perf_counter() - start))
+        if should_stop is not None and should_stop() and any(j.pending for j in jobs):
+            raise Interrupted(
+                f"stage 2 stopped by SIGTERM after {done} of {total} trajectory-frames; every finished frame is "
+                "saved, rerun the same command to resume"
+            )
 
 
 def progress_line(
