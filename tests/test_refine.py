@@ -77,6 +77,13 @@ def test_refine_round_two(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
     assert cache.settings["model.dynamics_checkpoint"] != str(run / "stage3" / "recovered.ckpt")  # its digest
     stages = json.loads((run / "manifest.json").read_text())["stages"]
     assert all(stages[f"refine2.{s}"]["status"] == "done" for s in ("stage2", "stage3", "eval"))
+    # round 2 trains one model per stage-3 seed, as round 1 does, and its row is their mean
+    round2 = json.loads((run / "refine" / "round2" / "eval" / "metrics.json").read_text())
+    assert set(round2["methods"]) == {"const_vel", "recovered@seed0", "recovered@seed1"}
+    assert round2["by_source"]["recovered"]["splits"]["test_viewed"]["interpolation"]["n"] == 2
+    assert summary["rounds"][1]["rollout"]["test_viewed"]["interpolation"] == pytest.approx(
+        round2["by_source"]["recovered"]["splits"]["test_viewed"]["interpolation"]["mean"]
+    )
     assert stages["refine2.stage2"]["config"]["refine.prior_weight"] == 1e-4
     assert "| 2 |" in (run / "refine" / "refine_table.md").read_text()
     assert "Closing the loop" in (run / "report.md").read_text()

@@ -2,7 +2,9 @@
 
 Round 1 is the pipeline's own stage 2 (plain recovery) and stage 3. Round k >= 2 recovers the training meshes again
 with stage 2 started from round k-1's stage-3 model (``init: dynamics``, optionally a prior of weight
-``prior_weight`` towards its prediction), trains stage 3 on those meshes, and evaluates the new model. Each round's
+``prior_weight`` towards its prediction), trains stage 3 on those meshes (once per ``stage3.seeds``, as round 1
+does, so that rounds compare seed means), and evaluates the new models; the first seed's model starts the next
+round. Each round's
 outputs live under ``<run>/refine/round<k>/{stage2,stage3,eval}`` and are recorded in the manifest as stages
 ``refine<k>.stage2`` and ``refine<k>.stage3`` with their settings and hashes, so a rerun skips rounds that are up to
 date and resumes the others (mesh caches by frame, stage 3 from its settings-stamped checkpoints). Ground truth is
@@ -25,7 +27,7 @@ from clods_pl.errors import ClodsError
 from clods_pl.report.tables import by_source
 from clods_pl.stages import dynamics_stage, evaluation_stage, recovery_stage
 from clods_pl.stages.recovery_config import INITS
-from clods_pl.stages.run_dir import EVAL_METRICS, MESH_CACHE_DIR, SUMMARY_FILE, RunDir, source_of
+from clods_pl.stages.run_dir import EVAL_METRICS, MESH_CACHE_DIR, SUMMARY_FILE, RunDir, seeded_key, source_of
 from clods_pl.utils.files import atomic_write_json, atomic_write_text, checkpoint_digest
 from clods_pl.utils.settings import section
 
@@ -81,6 +83,13 @@ def _round_row(k: int, stage2_dir: Path, eval_dir: Path, names: list[str]) -> di
     }
 
 
+def _round_checkpoints(stage3_dir: Path, seeds: list[int] | None) -> dict[str, Path]:
+    """A round's stage-3 checkpoints by key: ``recovered`` once, or ``recovered@seed<s>`` per ``stage3.seeds``."""
+    if seeds is None:
+        return {RECOVERED: stage3_dir / f"{RECOVERED}.ckpt"}
+    return {seeded_key(RECOVERED, s): stage3_dir / f"seed{s}" / f"{RECOVERED}.ckpt" for s in seeds}
+
+
 def refine_table_markdown(rows: list[dict[str, Any]]) -> str:
     head = (
         "| round | recovery error (% of flag) | max drift | iterations / frame | viewed interp. | viewed extrap. "
@@ -123,6 +132,7 @@ def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
         if source_of(k) == RECOVERED
     )
     eval_settings = evaluation_stage.rollout_settings(runner)
+    seeds = dynamics_stage.stage3_seeds(runner)
     for k in range(2, settings.rounds + 1):
         root = runner.run_dir / REFINE_DIR / f"round{k}"
         s2, s3, ev = f"refine{k}.stage2", f"refine{k}.stage3", f"refine{k}.eval"
@@ -150,33 +160,40 @@ def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
             runner.manifest.finish_stage(s2, RunDir.stage2_outputs({n: cache_dir / f"{n}.npz" for n in names}))
         caches = runner.manifest.verified_outputs(s2)
         config3 = {**runner.stage_config(dynamics), **extra}
-        ckpt = root / dynamics.name / f"{RECOVERED}.ckpt"
+        ckpts = _round_checkpoints(root / dynamics.name, seeds)
         if runner.manifest.staleness(s3, config3, caches) is not None:
             print(f"[clods-pl] refine round {k}: stage 3 on the round-{k} meshes")
             runner.manifest.start_stage(s3, config3, caches)
-            L.seed_everything(int(runner.cfg.get("seed_everything", 0)), workers=True, verbose=False)
-            dynamics_stage.train_dynamics(
-                dynamics,
-                runner,
-                dataset,
-                root / dynamics.name,
-                root / recover.name / MESH_CACHE_DIR,
-                RECOVERED,
-                {"stage3.source": RECOVERED, **extra},
-                f"refine{k}-stage3",
-                ckpt,
-            )
-            runner.manifest.finish_stage(s3, RunDir.stage3_outputs({RECOVERED: ckpt}))
+            for seed, ckpt in zip(seeds or [None], ckpts.values()):  # every stage-3 seed, as in round 1
+                L.seed_everything(
+                    int(runner.cfg.get("seed_everything", 0)) if seed is None else seed, workers=True, verbose=False
+                )
+                stamp = {"stage3.source": RECOVERED, **({} if seed is None else {"stage3.seed": seed}), **extra}
+                dynamics_stage.train_dynamics(
+                    dynamics,
+                    runner,
+                    dataset,
+                    ckpt.parent,
+                    root / recover.name / MESH_CACHE_DIR,
+                    RECOVERED,
+                    stamp,
+                    f"refine{k}-stage3" + ("" if seed is None else f"-seed{seed}"),
+                    ckpt,
+                )
+            runner.manifest.finish_stage(s3, RunDir.stage3_outputs(ckpts))
         consumed_eval = runner.manifest.verified_outputs(s3)
         if runner.manifest.staleness(ev, {**section(runner.cfg, eval_name), **extra}, consumed_eval) is not None:
             runner.manifest.start_stage(ev, {**section(runner.cfg, eval_name), **extra}, consumed_eval)
             assert evaluate.function is not None
             evaluate.function(
-                dataset_dir=dataset, checkpoints={RECOVERED: str(ckpt)}, out_dir=str(root / eval_name), **eval_settings
+                dataset_dir=dataset,
+                checkpoints={key: str(ckpt) for key, ckpt in ckpts.items()},
+                out_dir=str(root / eval_name),
+                **eval_settings,
             )
             runner.manifest.finish_stage(ev, {"metrics": root / eval_name / EVAL_METRICS})
         rows.append(_round_row(k, root / recover.name, root / eval_name, names))
-        previous = ckpt
+        previous = next(iter(ckpts.values()))  # the first seed's model starts the next round
     out = runner.run_dir / REFINE_DIR / "summary.json"
     atomic_write_json(
         out,
