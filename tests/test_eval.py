@@ -108,3 +108,14 @@ def test_table_marks_best_and_handles_missing_values():
     rows = [r for r in table.splitlines() if r.startswith("| ") and "Method" not in r]
     assert rows[0].startswith("| MGN* (3 GT traj.)") and rows[1].startswith("| CloDS")
     assert "**2.000**" in rows[1] and "| - |" in rows[1] and "**10.000**" in rows[0]
+    # with stage-3 seeds the rows keep the paper's order: MGN, MGN*, mixed, CloDS**
+    cell = {"splits": {"test_viewed": {"interpolation": 0.003}}}
+    keys = [f"{s}@seed{k}" for s in ("recovered", "mixed:4", "gt", "gt:4") for k in (0, 1)]
+    table = rollout_table_markdown({"methods": dict.fromkeys(keys, cell)})
+    labels = [r.split(" |")[0][2:] for r in table.splitlines() if r.startswith("| ") and "Method" not in r]
+    assert labels == [
+        "MGN (2 seeds)",
+        "MGN* (4 GT traj.) (2 seeds)",
+        "CloDS + 4 GT traj. (mixed) (2 seeds)",
+        "CloDS (2 seeds)",
+    ]

@@ -156,7 +156,9 @@ def test_sigterm_ends_a_stage_with_one_line_and_exit_143(
     monkeypatch.setattr(d.PredictModule, "predict_step", stopped_frames)
     assert clods(dummy, ["stage2", "--config", cfg]) == 143
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "clods-pl stage2: stage 2 stopped by SIGTERM after 4 of 60 trajectory-frames; rerun the same command"
+    assert err[-1] == (
+        "clods-pl stage2: stage 2 stopped by SIGTERM after 4 of 60 trajectory-frames; rerun the same command"
+    )
 
 
 def test_gpu_settings_without_a_gpu_or_with_a_cpu_accelerator_are_clear(

@@ -10,7 +10,7 @@ from clods_pl.stages.run_dir import SEED_MARK, source_of
 SPLIT_COLUMNS = (("test_viewed", "Viewed"), ("test_unviewed", "Unviewed"))
 REGIME_COLUMNS = (("interpolation", "Interp."), ("extrapolation", "Extrap."))
 RMSE_SCALE = 1e3  # tables show RMSE x 10^-3 (millimetres when positions are in metres)
-_ORDER = ("const_vel", "gt", "gt:", "recovered", "mixed:")
+_ORDER = ("const_vel", "gt", "gt:", "mixed:", "recovered")  # paper Table 1: CloDS (mixed), then CloDS**
 
 
 def method_label(key: str) -> str:
@@ -57,8 +57,10 @@ def by_source(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def method_rank(key: str) -> tuple[int, str]:
+    """Sort key of a method key in the paper's row order; the seeds of one source stay together, in key order."""
+    base = source_of(key)
     for i, prefix in enumerate(_ORDER):
-        if key == prefix or (prefix.endswith(":") and key.startswith(prefix)):
+        if base == prefix or (prefix.endswith(":") and base.startswith(prefix)):
             return i, key
     return len(_ORDER), key
 
@@ -72,9 +74,9 @@ def _fmt(value: float | None) -> str:
 def rollout_table_markdown(metrics: dict[str, Any]) -> str:
     """Markdown table from ``metrics["methods"][key]["splits"][split][regime]`` (RMSE, world units).
 
-    Rows are ordered const. velocity, MGN, MGN*, CloDS, mixed; the seeds of one source (``stage3.seeds``) make one
-    row of ``mean ± std`` over them (sample std, n - 1) with the number of seeds in its label; missing entries print
-    ``-``; the best (mean) value of each column is bold.
+    Rows are ordered const. velocity, MGN, MGN*, mixed, CloDS (the paper's Table 1); the seeds of one source
+    (``stage3.seeds``) make one row of ``mean ± std`` over them (sample std, n - 1) with the number of seeds in its
+    label; missing entries print ``-``; the best (mean) value of each column is bold.
     """
     groups = by_source(metrics)
     cols = [(s, r) for s, _ in SPLIT_COLUMNS for r, _ in REGIME_COLUMNS]
