@@ -44,20 +44,24 @@ class _StepTimer(L.Callback):
 
 
 def windows_per_second(
-    dataset: str, batch_size: int, compile_mode: str | None = None, message_passing: str = "native"
+    dataset: str,
+    batch_size: int,
+    compile_mode: str | None = None,
+    message_passing: str = "native",
+    precision: str = "32-true",
 ) -> dict:
     L.seed_everything(0, verbose=False)
     timer = _StepTimer()
     data = DynamicsDataModule(dataset, source="gt", windows_per_epoch=batch_size * TIMED.stop, batch_size=batch_size)
     trainer = L.Trainer(max_steps=TIMED.stop, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
-                        callbacks=[timer])  # fmt: skip
+                        callbacks=[timer], precision=precision)  # fmt: skip
     t0 = time.perf_counter()
     model = DynamicsModule(**{**MODEL, "message_passing": message_passing}, compile_mode=compile_mode)
     trainer.fit(model, datamodule=data)
     step = (timer.stop - timer.start) / len(TIMED)
     return {"batch_size": batch_size, "compile_mode": compile_mode, "message_passing": message_passing,
-            "ms_per_step": 1e3 * step,
+            "precision": precision, "ms_per_step": 1e3 * step,
             "windows_per_s": batch_size / step, "fit_s": time.perf_counter() - t0}  # fmt: skip
 
 
@@ -88,6 +92,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compile-mode", default=None, help="also time the first batch size with this torch.compile mode")
     ap.add_argument("--dgl", action="store_true", help="also time the first batch size with DGL message passing")
+    ap.add_argument(
+        "--precision",
+        default=None,
+        help="also time every batch size with this Trainer precision (e.g. bf16-mixed: CPU autocast)",
+    )
+    ap.add_argument("--no-profile", action="store_true", help="skip the torch.profiler table")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -95,13 +105,16 @@ def main(argv: list[str] | None = None) -> None:
     for bs in args.batch_sizes:
         rows.append(windows_per_second(args.dataset, bs))
         print(json.dumps(rows[-1]), flush=True)
+        if args.precision:  # right after the float32 row of the same batch size: the two compare under one load
+            rows.append(windows_per_second(args.dataset, bs, precision=args.precision))
+            print(json.dumps(rows[-1]), flush=True)
     if args.compile_mode:
         rows.append(windows_per_second(args.dataset, args.batch_sizes[0], args.compile_mode))
         print(json.dumps(rows[-1]), flush=True)
     if args.dgl:
         rows.append(windows_per_second(args.dataset, args.batch_sizes[0], message_passing="dgl"))
         print(json.dumps(rows[-1]), flush=True)
-    table = profile(args.dataset, args.batch_sizes[0])
+    table = "" if args.no_profile else profile(args.dataset, args.batch_sizes[0])
     print(table)
     out = Path(args.out) if args.out else RESULTS / "stage3_cpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
