@@ -91,3 +91,11 @@ def test_test_trajectories_can_be_longer_than_training_ones(tmp_path) -> None:
     assert test.num_frames == 5 and test.load_gt_verts().shape[0] == 5
     with pytest.raises(ClodsError, match="test_num_frames=2"):
         GenerateConfig.from_dict({"test_num_frames": 2})
+
+
+def test_diffuse_out_of_range_is_refused_in_one_line() -> None:
+    from clods_pl.errors import ClodsError
+
+    assert GenerateConfig.from_dict({"diffuse": 0.0}).diffuse == 0.0
+    with pytest.raises(ClodsError, match=r"diffuse=1.5; the Lambert share of the light must be in \[0, 1\]"):
+        GenerateConfig.from_dict({"diffuse": 1.5})

@@ -103,3 +103,21 @@ def test_non_square_image_coverage() -> None:
     assert abs(float(img[0, ..., 3].sum()) - 64.0) < 1.0
     ys, xs = torch.nonzero(img[0, ..., 3] > 0.5, as_tuple=True)
     assert (int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())) == (20, 27, 12, 19)  # centred 8x8 block
+
+
+def test_diffuse_share_sets_how_much_the_pose_shades() -> None:
+    """``diffuse`` 0 renders the texture alone, as bright whichever way the cloth faces the light; the default
+    Lambert share darkens a quad turned away from it (what a per-Gaussian SMGS colour cannot follow)."""
+    verts, faces, uv = quad()
+    turn = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.6, 0.8], [0.0, -0.8, 0.6]])  # normal (0, 0.8, 0.6): n . l ~ 0.08
+    view = cams([(0.0, 0.0, 2.0)])
+
+    def brightness(r: TorchMeshRenderer, v: torch.Tensor) -> float:
+        img = r.render(v, faces, uv, view)[0]
+        inside = img[..., 3] > 0.99
+        return float(img[..., :3][inside].mean())
+
+    flat = TorchMeshRenderer(2, diffuse=0.0)
+    assert abs(brightness(flat, verts @ turn.T) / brightness(flat, verts) - 1.0) < 0.05
+    shaded = TorchMeshRenderer(2)
+    assert brightness(shaded, verts @ turn.T) / brightness(shaded, verts) < 0.6

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from clods_pl.data.format import STANDARD_SPLITS, DatasetInfo
 from clods_pl.data.writer import write_dataset_info, write_trajectory
-from clods_pl.data.mesh_renderer import make_mesh_renderer
+from clods_pl.data.mesh_renderer import DIFFUSE, make_mesh_renderer
 from clods_pl.data.simulator import ClothSimulator, FlagMesh, PhysicsParams, torch_threads
 from clods_pl.errors import ClodsError
 from clods_pl.geometry import Cameras, NodeType, ring_cameras
@@ -57,6 +57,7 @@ class GenerateConfig:
     viewed_azimuth_deg: tuple[float, float] = (-35.0, 35.0)
     unviewed_azimuth_deg: tuple[float, float] = (45.0, 70.0)
     supersample: int = 3
+    diffuse: float = 0.65  # Lambert share of the light (the rest ambient); 0: no pose-dependent shading
     renderer: str = "auto"
     seed: int = 0
     num_threads: int = 1
@@ -72,6 +73,8 @@ class GenerateConfig:
         if unknown:
             raise ClodsError(f"unknown generator settings {unknown}; known: {sorted(known)}")
         d = dict(d)
+        if "diffuse" in d and not 0.0 <= float(d["diffuse"]) <= 1.0:
+            raise ClodsError(f"diffuse={d['diffuse']}; the Lambert share of the light must be in [0, 1] (0: no shading)")
         if d.get("test_num_frames") is not None and int(d["test_num_frames"]) < 3:
             raise ClodsError(f"test_num_frames={d['test_num_frames']}; a test trajectory needs >= 3 frames "
                              "(two inputs and one predicted frame)")
@@ -134,10 +137,10 @@ def normalized_uv(mesh_pos: Tensor) -> Tensor:
 
 def render_sequence(verts: Tensor | np.ndarray, faces: Tensor | np.ndarray, mesh_pos: Tensor | np.ndarray,
                     cameras: Cameras, renderer: str = "auto", supersample: int = 3,
-                    progress: bool = True, num_threads: int | None = 1) -> np.ndarray:
+                    progress: bool = True, num_threads: int | None = 1, diffuse: float = DIFFUSE) -> np.ndarray:
     """Render every frame of ``verts`` (T, V, 3) world with texture coordinates from ``mesh_pos`` (V, 2)
     -> (T, C, H, W, 4) uint8 RGBA (straight alpha = coverage)."""
-    r = make_mesh_renderer(renderer, supersample)
+    r = make_mesh_renderer(renderer, supersample, diffuse)
     verts_t = torch.as_tensor(np.asarray(verts), dtype=torch.float32)
     faces_t = torch.as_tensor(np.asarray(faces), dtype=torch.long)
     uv = normalized_uv(torch.as_tensor(np.asarray(mesh_pos), dtype=torch.float32))
@@ -182,7 +185,7 @@ def _generate(cfg: GenerateConfig, out: Path, progress: bool) -> Path:
         frames_here = cfg.test_num_frames if split.startswith("test") and cfg.test_num_frames else cfg.num_frames
         verts = sim.simulate(params, frames_here, g, progress=progress, num_threads=None)
         frames = render_sequence(verts, mesh.faces, mesh.mesh_pos, cams, cfg.renderer, cfg.supersample,
-                                 progress=progress, num_threads=None)
+                                 progress=progress, num_threads=None, diffuse=cfg.diffuse)
         handles = mesh.node_type == int(NodeType.HANDLE)
         write_trajectory(out, name, cams, frames, mesh.faces, mesh.mesh_pos, mesh.node_type, verts[0],
                          gt_verts=verts, handle_pos=verts[:, handles],

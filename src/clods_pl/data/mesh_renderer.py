@@ -20,7 +20,7 @@ from clods_pl.geometry import Cameras
 
 RENDERERS = ("auto", "torch", "pytorch3d")
 LIGHT_DIR = (0.3, -0.5, 0.8)   # world direction towards the light
-AMBIENT, DIFFUSE = 0.35, 0.65
+DIFFUSE = 0.65  # share of the light that follows the surface's angle to the light; the rest is ambient
 FAR = 1e10
 
 
@@ -37,8 +37,12 @@ class MeshRenderer(Protocol):
         """verts (V, 3) world, faces (F, 3), uv (V, 2) in [0, 1] -> (C, H, W, 4) float32 RGBA in [0, 1]."""
 
 
-def shade(frags: Fragments, verts: Tensor, faces: Tensor, uv: Tensor, cameras: Cameras, supersample: int) -> Tensor:
-    """Texture + two-sided Lambert shading of the fragments, box-filtered down -> (C, H, W, 4) straight alpha."""
+def shade(
+    frags: Fragments, verts: Tensor, faces: Tensor, uv: Tensor, cameras: Cameras, supersample: int,
+    diffuse: float = DIFFUSE,
+) -> Tensor:
+    """Texture + two-sided Lambert shading of the fragments (``1 - diffuse`` ambient plus ``diffuse`` x |n . l|;
+    0: flat, the texture alone), box-filtered down -> (C, H, W, 4) straight alpha."""
     C, Hs, Ws = frags.face.shape
     covered = frags.face >= 0
     f = frags.face.clamp_min(0)
@@ -53,7 +57,7 @@ def shade(frags: Fragments, verts: Tensor, faces: Tensor, uv: Tensor, cameras: C
     albedo = cloth_texture(pix_uv, front)
     light = torch.nn.functional.normalize(torch.tensor(LIGHT_DIR, dtype=verts.dtype, device=verts.device), dim=0)
     lambert = (n @ light).abs()[f]  # two-sided
-    rgb = albedo * (AMBIENT + DIFFUSE * lambert).unsqueeze(-1)
+    rgb = albedo * ((1.0 - diffuse) + diffuse * lambert).unsqueeze(-1)
     cov = covered.to(rgb.dtype).unsqueeze(-1)
     s = supersample
     H, W = Hs // s, Ws // s
@@ -72,8 +76,8 @@ class TorchMeshRenderer:
     """Our own vectorised z-buffer: per face, every supersampled pixel of its bounding box (padded to the largest
     box) gets an inside test and a depth; a scatter-min keeps the nearest face per pixel."""
 
-    def __init__(self, supersample: int = 3) -> None:
-        self.supersample = supersample
+    def __init__(self, supersample: int = 3, diffuse: float = DIFFUSE) -> None:
+        self.supersample, self.diffuse = supersample, diffuse
 
     def fragments(self, verts: Tensor, faces: Tensor, cameras: Cameras) -> Fragments:
         s = self.supersample
@@ -133,13 +137,15 @@ class TorchMeshRenderer:
     def render(self, verts: Tensor, faces: Tensor, uv: Tensor, cameras: Cameras) -> Tensor:
         verts = verts.float()
         cams = cameras.to(verts.device)
-        return shade(self.fragments(verts, faces, cams), verts, faces, uv.to(verts), cams, self.supersample)
+        return shade(
+            self.fragments(verts, faces, cams), verts, faces, uv.to(verts), cams, self.supersample, self.diffuse
+        )
 
 
 class Pytorch3dMeshRenderer:
     """pytorch3d's ``rasterize_meshes`` on vertices we project ourselves (screen -> pytorch3d NDC), same shader."""
 
-    def __init__(self, supersample: int = 3) -> None:
+    def __init__(self, supersample: int = 3, diffuse: float = DIFFUSE) -> None:
         try:
             from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes  # noqa: PLC0415  (optional dependency)
             from pytorch3d.structures import Meshes  # noqa: PLC0415  (optional dependency)
@@ -148,6 +154,7 @@ class Pytorch3dMeshRenderer:
                 "renderer=pytorch3d needs pytorch3d (no PyPI wheel for Linux: `conda install -c pytorch3d "
                 f"pytorch3d`, see environment.yml); use renderer=torch ({exc})") from exc
         self._rasterize, self._meshes, self.supersample = rasterize_meshes, Meshes, supersample
+        self.diffuse = diffuse
 
     def fragments(self, verts: Tensor, faces: Tensor, cameras: Cameras) -> Fragments:
         s = self.supersample
@@ -171,7 +178,9 @@ class Pytorch3dMeshRenderer:
     def render(self, verts: Tensor, faces: Tensor, uv: Tensor, cameras: Cameras) -> Tensor:
         verts = verts.float()
         cams = cameras.to(verts.device)
-        return shade(self.fragments(verts, faces, cams), verts, faces, uv.to(verts), cams, self.supersample)
+        return shade(
+            self.fragments(verts, faces, cams), verts, faces, uv.to(verts), cams, self.supersample, self.diffuse
+        )
 
 
 def pytorch3d_available() -> bool:
@@ -182,10 +191,10 @@ def pytorch3d_available() -> bool:
         return False
 
 
-def make_mesh_renderer(name: str = "auto", supersample: int = 3) -> MeshRenderer:
-    """``auto``: pytorch3d when importable, else torch."""
+def make_mesh_renderer(name: str = "auto", supersample: int = 3, diffuse: float = DIFFUSE) -> MeshRenderer:
+    """``auto``: pytorch3d when importable, else torch; ``diffuse``: see :func:`shade`."""
     if name not in RENDERERS:
         raise BackendUnavailableError(f"unknown mesh renderer '{name}'; choose one of {', '.join(RENDERERS)}")
     if name == "pytorch3d" or (name == "auto" and pytorch3d_available()):
-        return Pytorch3dMeshRenderer(supersample)
-    return TorchMeshRenderer(supersample)
+        return Pytorch3dMeshRenderer(supersample, diffuse)
+    return TorchMeshRenderer(supersample, diffuse)
