@@ -59,6 +59,9 @@ class SMGS(nn.Module):
         (alpha) that of the same Gaussians with in-plane scales times s. Small Gaussians then give sharp colour
         that does not depend on the depth order of overlapping neighbours (which differs per view on a tilted
         surface), and the wider coverage pass keeps the cloth opaque. docs/results.md has the measurements.
+        lambert_light: colours are albedo x ``(1 - d) + d |n . l|`` with the Gaussian's face normal n and one learned
+        light direction l and diffuse share d (stage 1 learns them on frame 0). A colour then follows its face as
+        stage 2 turns it, where a fixed colour cannot (docs/results.md: shading is ~40% of stage 2's error).
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class SMGS(nn.Module):
         antialiased: bool = True,
         init_log_scale: float = 0.0,
         coverage_scale: float | None = None,
+        lambert_light: bool = False,
     ) -> None:
         super().__init__()
         faces = torch.as_tensor(faces, dtype=torch.int64)
@@ -105,6 +109,7 @@ class SMGS(nn.Module):
             antialiased=antialiased,
             init_log_scale=init_log_scale,
             coverage_scale=coverage_scale,
+            lambert_light=lambert_light,
         )
         if coverage_scale is not None and not coverage_scale > 0:
             raise ValueError(f"coverage_scale must be > 0 (or None), got {coverage_scale}")
@@ -125,6 +130,9 @@ class SMGS(nn.Module):
         self.sh_back = nn.Parameter(sh.clone()) if two_sided else None
         self.log_scale = nn.Parameter(torch.full((F, K, 2), float(init_log_scale)))
         self.theta = nn.Parameter(torch.zeros(F, K)) if learn_inplane_rotation else None
+        # light direction (normalised when used; oblique to every axis, so |n . l| has a gradient for any face) and
+        # the logit of the diffuse share (0: half ambient, half Lambert)
+        self.light = nn.Parameter(torch.tensor([1.0, 1.0, 1.0, 0.0])) if lambert_light else None
         lo, hi = verts0.min(0).values, verts0.max(0).values
         mlo, mhi = mesh_pos.min(0).values, mesh_pos.max(0).values
         half = ((hi - lo) / 2).max().clamp_min(1e-6).expand(3)  # isotropic: keeps the world encoding undistorted
@@ -155,8 +163,10 @@ class SMGS(nn.Module):
         means, quats, scales, rot = anchor_gaussians(verts, self.faces, self.beta, log_scale, self.normal_eps, theta)
         opacities = self.opacity(means, self.mu_mesh.to(verts.dtype))
         sh = self.sh.to(verts.dtype)
+        shade = None if self.light is None else self.lambert(rot[:, :, 2])[:, None]  # (N, 1)
         if self.sh_degree == 0 and (self.sh_back is None or cameras is None):
-            return Gaussians(means, quats, scales, opacities, eval_sh(sh, None), sh)  # front colours
+            front = eval_sh(sh, None)
+            return Gaussians(means, quats, scales, opacities, front if shade is None else front * shade, sh)
         if cameras is None:
             raise ValueError("sh_degree > 0 needs cameras for view directions")
         dirs = means.unsqueeze(0) - cameras.centers.to(means).unsqueeze(1)  # (C, N, 3) camera -> Gaussian
@@ -166,7 +176,16 @@ class SMGS(nn.Module):
             back = eval_sh(self.sh_back.to(verts.dtype), dirs if self.sh_degree > 0 else None)
             sees_back = ((dirs * rot[:, :, 2]).sum(-1, keepdim=True) > 0).detach()  # looking along the normal
             colors = torch.where(sees_back, back.expand_as(colors), colors)
-        return Gaussians(means, quats, scales, opacities, colors, sh)
+        return Gaussians(means, quats, scales, opacities, colors if shade is None else colors * shade, sh)
+
+    def lambert(self, normals: Tensor) -> Tensor:
+        """(N,) shading factor ``(1 - d) + d |n . l|`` of unit ``normals`` (N, 3) (two-sided, as cloth is lit
+        from either side); requires ``lambert_light``."""
+        assert self.light is not None
+        light = self.light.to(normals.dtype)
+        direction = light[:3] / light[:3].norm().clamp_min(1e-12)
+        d = torch.sigmoid(light[3])
+        return (1.0 - d) + d * (normals @ direction).abs()
 
     def render(
         self, verts: Tensor, cameras: Cameras, background: Tensor | None = None, backend: str = "torch"
@@ -184,6 +203,7 @@ class SMGS(nn.Module):
         lr_scale: float = 0.005,
         lr_mlp: float = 1e-3,
         lr_rotation: float = 0.001,
+        lr_light: float = 0.01,
     ) -> list[dict[str, Any]]:
         """Adam parameter groups with per-group learning rates (GaMeS: colour 0.0025, opacity 0.05, scale 0.005)."""
         colour = [self.sh] + ([self.sh_back] if self.sh_back is not None else [])
@@ -197,6 +217,8 @@ class SMGS(nn.Module):
             groups.append({"params": list(self.opacity.mlp.parameters()), "lr": lr_mlp, "name": "opacity_mlp"})
         if self.theta is not None:
             groups.append({"params": [self.theta], "lr": lr_rotation, "name": "rotation"})
+        if self.light is not None:
+            groups.append({"params": [self.light], "lr": lr_light, "name": "light"})
         return groups
 
 

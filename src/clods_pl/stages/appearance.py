@@ -57,6 +57,7 @@ class AppearanceModule(L.LightningModule):
         antialiased: bool = True,
         init_log_scale: float = 0.0,
         coverage_scale: float | None = None,
+        lambert_light: bool = False,
         lr_color: float = 0.01,
         lr_opacity: float = 0.05,
         lr_scale: float = 0.005,
@@ -101,6 +102,7 @@ class AppearanceModule(L.LightningModule):
             "antialiased",
             "init_log_scale",
             "coverage_scale",
+            "lambert_light",
         )
         return {k: self.hparams[k] for k in keys}
 
