@@ -65,6 +65,20 @@ def _row_start(mx: float, a: float, b: float, row: float, dy: float, rx0: int) -
     return math.exp(row - (0.5 * a * dx + b * dy) * dx), math.exp(-0.5 * a * (2.0 * dx + 1.0) - b * dy)
 
 
+@njit(cache=True, inline="always")
+def _row_setup(
+    small: bool, mx: float, a: float, b: float, c: float, lo: float, q: float, dy: float, x0: int, x1: int
+) -> tuple[float, int, int, float, float]:
+    """(log alpha at dx = 0 less the dx terms, first and end pixel, alpha there and its ratio to the next pixel) of a
+    row: a small Gaussian visits every pixel of its box (G and ratio unused), a larger one its ellipse's span."""
+    row = lo - 0.5 * c * dy * dy
+    if small:
+        return row, x0, x1, 0.0, 0.0
+    rx0, rx1 = _span(mx, a, b, c, q, dy, x0, x1)
+    G, ratio = _row_start(mx, a, b, row, dy, rx0)
+    return row, rx0, rx1, G, ratio
+
+
 @njit(parallel=True, cache=True)
 def composite_forward(
     attrs: np.ndarray,
@@ -90,9 +104,7 @@ def composite_forward(
             q, step = 2.0 * (lo - LOG_ALPHA_MIN), (1.0 if small else math.exp(-a))
             for py in range(y0, y1):
                 dy = py + 0.5 - my
-                row = lo - 0.5 * cc * dy * dy
-                rx0, rx1 = (x0, x1) if small else _span(mx, a, b, cc, q, dy, x0, x1)
-                G, ratio = (0.0, 0.0) if small else _row_start(mx, a, b, row, dy, rx0)
+                row, rx0, rx1, G, ratio = _row_setup(small, mx, a, b, cc, lo, q, dy, x0, x1)
                 for px in range(rx0, rx1):
                     if small:  # the tests first: an exp only where the Gaussian draws
                         dx = px + 0.5 - mx
@@ -150,9 +162,7 @@ def composite_backward(
             q, step = 2.0 * (lo - LOG_ALPHA_MIN), (1.0 if small else math.exp(-a))
             for py in range(y0, y1):
                 dy = py + 0.5 - my
-                row = lo - 0.5 * cc * dy * dy
-                rx0, rx1 = (x0, x1) if small else _span(mx, a, b, cc, q, dy, x0, x1)
-                G, ratio = (0.0, 0.0) if small else _row_start(mx, a, b, row, dy, rx0)
+                row, rx0, rx1, G, ratio = _row_setup(small, mx, a, b, cc, lo, q, dy, x0, x1)
                 for px in range(rx0, rx1):
                     dx = px + 0.5 - mx
                     if small:
