@@ -245,3 +245,91 @@ def test_normalizer_steps_leave_weights_unchanged_and_return_a_loss(tmp_path):
     # the optimizer never stepped (issue 11: Adam's state used to count these zero-gradient steps)
     assert trainer.optimizers[0].state == {} or all(int(st["step"]) == 0 for st in trainer.optimizers[0].state.values())
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 0  # nor did the learning-rate schedule
+
+
+def _dist(v):
+    """(T, V, V) distances between the vertices of each frame of ``v`` (T, V, 3), exactly (no matmul form)."""
+    return (v[:, :, None] - v[:, None, :]).norm(dim=-1)
+
+
+def test_yaw_augment_turns_each_window_about_z_and_keeps_its_shape():
+    """Augmented windows are rigid turns about the up axis: z, edge lengths and speeds stay, x/y change."""
+    from clods_pl.dynamics.augment import rotate_yaw
+
+    v = torch.randn(5, 7, 3, dtype=torch.float64)
+    r = rotate_yaw(v, 0.7)
+    assert torch.allclose(r[..., 2], v[..., 2])
+    assert torch.allclose(torch.cdist(r[0], r[0]), torch.cdist(v[0], v[0]))
+    assert torch.allclose(rotate_yaw(r, -0.7), v)
+    assert torch.allclose(
+        rotate_yaw(torch.tensor([[1.0, 0.0, 0.0]]), torch.pi / 2), torch.tensor([[0.0, 1.0, 0.0]]), atol=1e-7
+    )
+
+    ds = wave_dataset(train=2, frames=8)
+    plain = _DM(ds, rollout_length=2, windows_per_epoch=8, batch_size=1)
+    turned = _DM(ds, rollout_length=2, windows_per_epoch=8, batch_size=1, yaw_augment=True)
+    plain.setup(), turned.setup()
+    torch.manual_seed(0)
+    a = [w for _, w in (plain.train_dataloader().dataset[i] for i in range(8))]
+    torch.manual_seed(0)
+    items = [turned.train_dataloader().dataset[i] for i in range(8)]
+    for t, w in items:
+        # the window is some window of its trajectory, turned: match z and the vertices' pairwise distances
+        assert any(
+            torch.allclose(ref[..., 2], w[..., 2]) and torch.allclose(_dist(ref), _dist(w), atol=1e-5)
+            for ref in (t.verts[s : s + 4] for s in range(t.verts.shape[0] - 3))
+        ), "an augmented window must keep every height and distance of a window of its trajectory"
+    assert not all(torch.allclose(x, w) for x, (_, w) in zip(a, items))
+
+
+def test_random_triples_are_consecutive_frames_of_each_window():
+    from clods_pl.stages.dynamics import random_triples
+
+    W, counts = 6, [3, 5, 2]
+    frame = torch.arange(W, dtype=torch.float32)[:, None, None].expand(W, sum(counts), 3).clone()
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(40):
+        tri = random_triples(frame, counts)
+        assert tri.shape == (3, sum(counts), 3)
+        assert torch.equal(tri[1] - tri[0], torch.ones_like(tri[0])) and torch.equal(tri[2] - tri[1], tri[1] - tri[0])
+        lo = 0
+        for c in counts:  # one start per window, shared by its vertices
+            starts = tri[0, lo : lo + c, 0]
+            assert torch.all(starts == starts[0])
+            seen.add(int(starts[0]))
+            lo += c
+    assert seen == set(range(W - 2))  # every (t-1, t, t+1) of the window is drawn
+
+
+def test_one_step_warmup_trains_one_step_then_the_rollout(tmp_path):
+    """After the normalizer steps, ``one_step_warmup`` steps train on one (t-1, t, t+1) triple per window (a
+    one-step rollout), then every step rolls out ``rollout_length`` steps over the whole window."""
+    with pytest.raises(ClodsError, match="one_step_warmup"):
+        _module(one_step_warmup=-1)
+    L.seed_everything(0)
+    dm = _DM(wave_dataset(train=3, frames=12), rollout_length=3, windows_per_epoch=40, batch_size=2)
+    module = _module(normalizer_steps=3, one_step_warmup=50)
+    calls = []
+    rollout_loss = module.rollout_loss
+
+    def spy(batch, noise, accumulate, steps=None):
+        calls.append((batch["verts"].shape[0], steps))
+        return rollout_loss(batch, noise, accumulate, steps)
+
+    module.rollout_loss = spy
+    w0 = module.model.decoder[-1].weight.detach().clone()
+    trainer = L.Trainer(
+        max_steps=55,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=dm)
+    assert calls[:3] == [(5, None)] * 3  # normalizer steps see whole windows
+    assert calls[3:53] == [(3, 1)] * 50  # the warm-up: one triple, one step
+    assert calls[53:] and set(calls[53:]) == {(5, None)}  # then the rollout over the window
+    assert not torch.equal(w0, module.model.decoder[-1].weight)  # the warm-up trained the weights
