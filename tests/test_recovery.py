@@ -21,7 +21,13 @@ from clods_pl.stages.mesh_cache import MeshCache, MeshCacheError
 from clods_pl.stages.recovery_config import RecoveryConfig, RecoveryConfigError
 from clods_pl.stages.recovery_jobs import open_job, parse_frames
 from clods_pl.stages.recovery_loop import recover_batch, recover_trajectory
-from clods_pl.stages.recovery_losses import compose_verts, edge_strain_loss, frame_loss, rest_edge_lengths
+from clods_pl.stages.recovery_losses import (
+    compose_verts,
+    edge_strain_loss,
+    frame_loss,
+    frame_losses,
+    rest_edge_lengths,
+)
 from clods_pl.stages.recovery_metrics import flag_size
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -56,6 +62,24 @@ def test_edge_loss_zero_at_rest_and_gradient_matches_finite_differences() -> Non
         edge_strain_loss(xb, edges, rest),
         torch.stack([edge_strain_loss(x.detach(), edges, rest), torch.zeros((), dtype=torch.float64)]),
     )
+
+
+def test_frame_losses_of_a_batch_are_the_per_trajectory_losses() -> None:
+    """Stage 2's batched loss (any renderer; the SMGS renders the batch at once) equals frame_loss per trajectory."""
+    traj = ToyTrajectory(num_frames=3, views=2, size=16)
+    cfg = RecoveryConfig(gamma=0.5, alpha_weight=0.3)
+    edges = unique_edges(traj.faces)
+    renderer = type(traj.renderer)(traj.mesh_pos).double()
+    cams = traj.cameras.to(dtype=torch.float64)
+    bg = torch.ones(3, dtype=torch.float64)
+    verts = torch.stack([traj.verts0.double(), traj.verts0.double() + 0.02 * torch.randn(traj.verts0.shape).double()])
+    rest = rest_edge_lengths(traj.verts0.double(), edges).expand(2, -1)
+    targets = [traj.image_tensor(1).double(), traj.image_tensor(2).double()]
+    total, photo, edge = frame_losses(renderer, verts, [cams, cams], targets, bg, edges, rest, cfg)
+    for b in range(2):
+        one = frame_loss(renderer, verts[b], cams, targets[b], bg, edges, rest[b], cfg)
+        assert torch.allclose(torch.stack([total[b], photo[b], edge[b]]), torch.stack(one), rtol=1e-12)
+    assert edge[1] > 0 and total[0] != total[1]
 
 
 # ----- (d) gradient reaches dx; pinned rows get none ---------------------------------------------------------

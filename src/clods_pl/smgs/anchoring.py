@@ -52,12 +52,12 @@ def face_frames(verts: Tensor, faces: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Orthonormal frame of every face by Gram-Schmidt.
 
     Args:
-        verts: (V, 3) world. faces: (F, 3) int64.
+        verts: (..., V, 3) world (leading dims: a batch of meshes of one topology). faces: (F, 3) int64.
     Returns:
-        R: (F, 3, 3) with columns (r1 along edge v0->v1, r2 in-plane, r3 = normal);
-        e1_len: (F,) |v1 - v0|; h: (F,) in-plane height of v2 over edge v0->v1.
+        R: (..., F, 3, 3) with columns (r1 along edge v0->v1, r2 in-plane, r3 = normal);
+        e1_len: (..., F) |v1 - v0|; h: (..., F) in-plane height of v2 over edge v0->v1.
     """
-    v0, v1, v2 = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
+    v0, v1, v2 = verts[..., faces[:, 0], :], verts[..., faces[:, 1], :], verts[..., faces[:, 2], :]
     e1, e2 = v1 - v0, v2 - v0
     e1_len = torch.sqrt((e1 * e1).sum(-1) + _FRAME_EPS)
     r1 = e1 / e1_len.unsqueeze(-1)
@@ -108,24 +108,25 @@ def anchor_gaussians(
     """Centres, rotations and scales of the mesh-anchored Gaussians.
 
     Args:
-        verts: (V, 3) world. faces: (F, 3). beta: (F, K, 3) barycentric weights.
-        log_scale: (F, K, 2) learned log multipliers of the in-plane scales.
+        verts: (..., V, 3) world (leading dims: a batch of meshes of one topology). faces: (F, 3).
+        beta: (F, K, 3) barycentric weights. log_scale: (F, K, 2) learned log multipliers of the in-plane scales.
         normal_eps: scale along the normal (world units). theta: (F, K) in-plane angles or None.
     Returns:
-        means (F*K, 3), quats (F*K, 4) wxyz, scales (F*K, 3), rotations (F*K, 3, 3).
+        means (..., F*K, 3), quats (..., F*K, 4) wxyz, scales (..., F*K, 3), rotations (..., F*K, 3, 3).
 
     In-plane base scales are the face's edge length and height divided by ``2 sqrt(K)`` (GaMeS-style: half the
     extent a Gaussian covers when K of them share the face).
     """
     F, K, _ = beta.shape
-    tri = verts[faces]  # (F, 3, 3)
-    means = torch.einsum("fkj,fjc->fkc", beta.to(verts.dtype), tri)
+    lead = verts.shape[:-2]
+    tri = verts[..., faces, :]  # (..., F, 3, 3)
+    means = torch.einsum("fkj,...fjc->...fkc", beta.to(verts.dtype), tri)
     R, e1_len, h = face_frames(verts, faces)
-    R = R.unsqueeze(1).expand(F, K, 3, 3)
+    R = R.unsqueeze(-3).expand(*lead, F, K, 3, 3)
     if theta is not None:
         R = R @ inplane_rotation(theta)
-    base = torch.stack([e1_len, h], -1).unsqueeze(1) / (2.0 * math.sqrt(K))  # (F, 1, 2)
+    base = torch.stack([e1_len, h], -1).unsqueeze(-2) / (2.0 * math.sqrt(K))  # (..., F, 1, 2)
     inplane = base * torch.exp(log_scale)
     scales = torch.cat([inplane, torch.full_like(inplane[..., :1], normal_eps)], -1)
-    R = R.reshape(F * K, 3, 3)
-    return means.reshape(F * K, 3), matrix_to_quaternion(R), scales.reshape(F * K, 3), R
+    R = R.reshape(*lead, F * K, 3, 3)
+    return means.reshape(*lead, F * K, 3), matrix_to_quaternion(R), scales.reshape(*lead, F * K, 3), R

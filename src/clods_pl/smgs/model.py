@@ -9,6 +9,7 @@ moves the vertices and keeps the appearance frozen.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,10 @@ class Gaussians:
 
     def __len__(self) -> int:
         return self.means.shape[0]
+
+    def select(self, b: int) -> Gaussians:
+        """Member ``b`` of a batch (every field with a leading batch dim; ``sh`` is shared)."""
+        return Gaussians(self.means[b], self.quats[b], self.scales[b], self.opacities[b], self.colors[b], self.sh)
 
 
 class SMGS(nn.Module):
@@ -153,30 +158,41 @@ class SMGS(nn.Module):
     def num_gaussians(self) -> int:
         return self.beta.shape[0] * self.beta.shape[1]
 
-    def gaussians(self, verts: Tensor, cameras: Cameras | None = None) -> Gaussians:
+    def gaussians(self, verts: Tensor, cameras: Cameras | Sequence[Cameras] | None = None) -> Gaussians:
         """The Gaussians of the mesh ``verts`` (V, 3); colours (C, N, 3) per camera when ``cameras`` are given and
-        the colour is view dependent (two-sided or SH degree > 0), else the front colours (N, 3)."""
-        if verts.ndim != 2 or verts.shape != self.verts0.shape:
-            raise ValueError(f"verts must be {tuple(self.verts0.shape)}, got {tuple(verts.shape)}")
+        the colour is view dependent (two-sided or SH degree > 0), else the front colours (N, 3).
+
+        A batch of B meshes ``verts`` (B, V, 3) with B camera sets of C cameras each gives every field a leading
+        B: means (B, N, 3), colours (B, C, N, 3) or (B, N, 3), ... (one set of torch ops for the whole batch)."""
+        batched = verts.ndim == 3
+        if verts.shape[-2:] != self.verts0.shape or verts.ndim not in (2, 3):
+            raise ValueError(f"verts must be {tuple(self.verts0.shape)} or (B, *that), got {tuple(verts.shape)}")
         log_scale = self.log_scale.to(verts.dtype)
         theta = None if self.theta is None else self.theta.to(verts.dtype)
         means, quats, scales, rot = anchor_gaussians(verts, self.faces, self.beta, log_scale, self.normal_eps, theta)
         opacities = self.opacity(means, self.mu_mesh.to(verts.dtype))
         sh = self.sh.to(verts.dtype)
-        shade = None if self.light is None else self.lambert(rot[:, :, 2])[:, None]  # (N, 1)
+        normals = rot[..., 2]  # (..., N, 3)
+        shade = None if self.light is None else self.lambert(normals)[..., None]  # (..., N, 1)
         if self.sh_degree == 0 and (self.sh_back is None or cameras is None):
-            front = eval_sh(sh, None)
+            front = eval_sh(sh, None).expand_as(means)  # (..., N, 3)
             return Gaussians(means, quats, scales, opacities, front if shade is None else front * shade, sh)
         if cameras is None:
             raise ValueError("sh_degree > 0 needs cameras for view directions")
-        dirs = means.unsqueeze(0) - cameras.centers.to(means).unsqueeze(1)  # (C, N, 3) camera -> Gaussian
+        if batched:
+            if isinstance(cameras, Cameras) or len(cameras) != verts.shape[0]:
+                raise ValueError(f"a batch of {verts.shape[0]} meshes needs as many camera sets")
+            centers = torch.stack([c.centers for c in cameras]).to(means)  # (B, C, 3)
+        else:
+            centers = cameras.centers.to(means)  # (C, 3)
+        dirs = means.unsqueeze(-3) - centers.unsqueeze(-2)  # (..., C, N, 3) camera -> Gaussian
         dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        colors = eval_sh(sh, dirs if self.sh_degree > 0 else None).expand(dirs.shape[0], -1, -1)
+        colors = eval_sh(sh, dirs if self.sh_degree > 0 else None).expand(dirs.shape)
         if self.sh_back is not None:
             back = eval_sh(self.sh_back.to(verts.dtype), dirs if self.sh_degree > 0 else None)
-            sees_back = ((dirs * rot[:, :, 2]).sum(-1, keepdim=True) > 0).detach()  # looking along the normal
+            sees_back = ((dirs * normals.unsqueeze(-3)).sum(-1, keepdim=True) > 0).detach()  # looking along the normal
             colors = torch.where(sees_back, back.expand_as(colors), colors)
-        return Gaussians(means, quats, scales, opacities, colors if shade is None else colors * shade, sh)
+        return Gaussians(means, quats, scales, opacities, colors if shade is None else colors * shade.unsqueeze(-3), sh)
 
     def lambert(self, normals: Tensor) -> Tensor:
         """(N,) shading factor ``(1 - d) + d |n . l|`` of unit ``normals`` (N, 3) (two-sided, as cloth is lit
@@ -195,6 +211,21 @@ class SMGS(nn.Module):
         return render_gaussians(
             self.gaussians(verts, cameras), cameras, background, backend, self.antialiased, self.coverage_scale
         )
+
+    def render_batch(
+        self, verts: Tensor, cameras: Sequence[Cameras], background: Tensor | None = None, backend: str = "torch"
+    ) -> list[RenderOutput]:
+        """Render B meshes ``verts`` (B, V, 3), mesh b into ``cameras[b]`` (every set C cameras): B RenderOutputs,
+        as B calls of :meth:`render` give, with the Gaussians of all B built by one set of torch ops."""
+        if verts.ndim != 3 or len(cameras) != verts.shape[0]:
+            raise ValueError(
+                f"a batch of meshes (B, V, 3) needs as many camera sets, got {tuple(verts.shape)} and {len(cameras)}"
+            )
+        g = self.gaussians(verts, cameras)
+        return [
+            render_gaussians(g.select(b), cameras[b], background, backend, self.antialiased, self.coverage_scale)
+            for b in range(verts.shape[0])
+        ]
 
     def param_groups(
         self,

@@ -12,12 +12,12 @@ OPACITY_MODES = ("static", "world", "mesh", "dual")
 
 
 def positional_encoding(x: Tensor, frequencies: int) -> Tensor:
-    """NeRF-style encoding: ``[x, sin(2^k pi x), cos(2^k pi x)]`` for k < frequencies; (N, D) -> (N, D (1 + 2L))."""
+    """NeRF-style encoding: ``[x, sin(2^k pi x), cos(2^k pi x)]`` for k < frequencies; (..., D) -> (..., D (1 + 2L))."""
     if frequencies == 0:
         return x
     freqs = (2.0 ** torch.arange(frequencies, device=x.device, dtype=x.dtype)) * math.pi
     xf = x.unsqueeze(-1) * freqs  # (N, D, L)
-    return torch.cat([x, torch.sin(xf).flatten(1), torch.cos(xf).flatten(1)], dim=-1)
+    return torch.cat([x, torch.sin(xf).flatten(-2), torch.cos(xf).flatten(-2)], dim=-1)
 
 
 class OpacityField(nn.Module):
@@ -68,15 +68,15 @@ class OpacityField(nn.Module):
         self.mlp = nn.Sequential(*mods, last)
 
     def forward(self, mu_world: Tensor, mu_mesh: Tensor) -> Tensor:
-        """mu_world: (N, 3) world centres; mu_mesh: (N, 2) rest-state material centres -> (N,) opacities."""
+        """mu_world: (..., N, 3) world centres; mu_mesh: (N, 2) rest-state material centres -> (..., N) opacities."""
         if self.mlp is None:
-            return torch.sigmoid(self.logits).to(mu_world.dtype)
+            return torch.sigmoid(self.logits).to(mu_world.dtype).expand(mu_world.shape[:-1])
         feats = []
         if self.mode in ("world", "dual"):
             w = (mu_world - self.world_center.to(mu_world)) / self.world_half.to(mu_world)
             feats.append(positional_encoding(w, self.frequencies))
         if self.mode in ("mesh", "dual"):
             m = (mu_mesh - self.mesh_center.to(mu_mesh)) / self.mesh_half.to(mu_mesh)
-            feats.append(positional_encoding(m, self.frequencies))
+            feats.append(positional_encoding(m, self.frequencies).expand(*mu_world.shape[:-1], -1))
         x = torch.cat(feats, -1).to(next(self.mlp.parameters()).dtype)
         return torch.sigmoid(self.mlp(x)).squeeze(-1).to(mu_world.dtype)

@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
@@ -27,6 +27,16 @@ class Renderer(Protocol):
 
     def render(self, verts: Tensor, cameras: Any, background: Tensor, backend: str) -> Any:
         """verts (V, 3) world -> object with ``rgb (C, H, W, 3)`` (over ``background``) and ``alpha (C, H, W, 1)``."""
+
+
+@runtime_checkable
+class BatchRenderer(Protocol):
+    """A renderer that also renders a batch of meshes at once (the SMGS: one set of torch ops for all of them)."""
+
+    def render(self, verts: Tensor, cameras: Any, background: Tensor, backend: str) -> Any: ...
+
+    def render_batch(self, verts: Tensor, cameras: Sequence[Any], background: Tensor, backend: str) -> list[Any]:
+        """verts (B, V, 3) -> B outputs of :meth:`render`, mesh b in ``cameras[b]``."""
 
 
 @dataclass

@@ -17,7 +17,7 @@ from clods_pl.errors import Interrupted
 from clods_pl.stages.mesh_cache import MeshCache
 from clods_pl.stages.recovery_config import RecoveryConfig, RecoveryConfigError, Renderer
 from clods_pl.stages.recovery_jobs import DynamicsPrior, TrajectoryJob, open_job
-from clods_pl.stages.recovery_losses import compose_verts, frame_loss
+from clods_pl.stages.recovery_losses import compose_verts, frame_losses
 from clods_pl.stages.recovery_metrics import per_frame_gt_metrics
 
 
@@ -65,12 +65,17 @@ def recover_frame(
 
     use_prior = x_pred is not None and config.prior_weight > 0
 
-    def losses(b: int) -> tuple[Tensor, Tensor, Tensor]:
-        verts = compose_verts(x_init[b], dx[b], pinned[b], pinned_pos[b])
-        total, photo, edge = frame_loss(renderer, verts, cameras[b], targets[b], bg, edges, rest[b], config)
+    def losses(idx: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+        """Total, photometric and edge loss (each (len(idx),)) of the trajectories ``idx``, rendered together."""
+        ix = torch.tensor(idx, device=device)
+        verts = compose_verts(x_init[ix], dx[ix], pinned[ix], pinned_pos[ix])
+        total, photo, edge = frame_losses(
+            renderer, verts, [cameras[b] for b in idx], [targets[b] for b in idx], bg, edges, rest[ix], config
+        )
         if use_prior:
-            free = ~pinned[b]
-            total = total + config.prior_weight * (((verts - x_pred[b]) / prior_scale)[free] ** 2).mean()
+            free = (~pinned[ix]).unsqueeze(-1).to(verts.dtype)  # mean over the free vertices' coordinates
+            sq = ((verts - x_pred[ix]) / prior_scale) ** 2 * free
+            total = total + config.prior_weight * sq.sum((-2, -1)) / (3.0 * free.sum((-2, -1)))
         return total, photo, edge
 
     best = [math.inf] * B
@@ -82,10 +87,10 @@ def recover_frame(
         if not active:
             break
         opt.zero_grad(set_to_none=False)
-        parts = [losses(b) for b in active]
-        total = torch.stack([loss for loss, _, _ in parts]).sum()
+        total_b, photo_b, edge_b = losses(active)
+        total = total_b.sum()
         # one host sync per iteration for every trajectory's loss parts (not one per trajectory and part)
-        values = torch.stack([torch.stack([t.detach().double() for t in part]) for part in parts]).tolist()
+        values = torch.stack([total_b.detach(), photo_b, edge_b], -1).double().tolist()
         still: list[int] = []
         for b, (value, photo, edge) in zip(active, values):
             since_best[b] = (

@@ -3,13 +3,14 @@ one trajectory at one frame."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from clods_pl.render.types import composite
-from clods_pl.stages.recovery_config import RecoveryConfig, Renderer
+from clods_pl.stages.recovery_config import BatchRenderer, RecoveryConfig, Renderer
 
 
 def rest_edge_lengths(verts0: Tensor, edges: Tensor) -> Tensor:
@@ -68,5 +69,32 @@ def frame_loss(
     """
     out = renderer.render(verts, cameras, background, config.backend)
     photo = photometric_loss(out.rgb, out.alpha, target, background, config.alpha_weight)
+    edge = edge_strain_loss(verts, edges, rest)
+    return photo + config.gamma * edge, photo.detach(), edge.detach()
+
+
+def frame_losses(
+    renderer: Renderer,
+    verts: Tensor,
+    cameras: Sequence[Any],
+    targets: Sequence[Tensor],
+    background: Tensor,
+    edges: Tensor,
+    rest: Tensor,
+    config: RecoveryConfig,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`frame_loss` of B trajectories at once: ``verts (B, V, 3)``, ``cameras`` and ``targets (C, H, W, 4)``
+    one per trajectory, ``rest (B, E)``. A :class:`BatchRenderer` builds all B meshes' Gaussians together.
+
+    Returns:
+        (total, photometric (detached), edge (detached)), each (B,).
+    """
+    if isinstance(renderer, BatchRenderer):
+        outs = renderer.render_batch(verts, cameras, background, config.backend)
+    else:
+        outs = [renderer.render(v, c, background, config.backend) for v, c in zip(verts, cameras)]
+    photo = torch.stack(
+        [photometric_loss(o.rgb, o.alpha, t, background, config.alpha_weight) for o, t in zip(outs, targets)]
+    )
     edge = edge_strain_loss(verts, edges, rest)
     return photo + config.gamma * edge, photo.detach(), edge.detach()
