@@ -52,6 +52,10 @@ class RecoveryConfig:
         init: the starting guess for frame t: ``previous`` (frame t-1), ``velocity`` (2 x_{t-1} - x_{t-2}) or
             ``dynamics`` (a stage-3 model's one-step prediction from the recovered frames t-2 and t-1; frame 1,
             with one frame known, starts from ``velocity``).
+        extra_starts: more starting guesses (from the ``init`` choices) optimised for every frame next to ``init``,
+            batched with it; the frame keeps the result with the lowest loss. A chain started from one guess can
+            lock into a wrong pose after a hard frame and stay there; another start gets it out (docs/results.md).
+            Each start costs as much as the first.
         dynamics_checkpoint: the stage-3 checkpoint for ``init: dynamics`` and the prior.
         prior_weight: weight of ``mean(((x - x_pred) / sigma_a)^2)`` over the free vertices, ``x_pred`` the model's
             prediction and ``sigma_a`` its output normaliser's per-axis acceleration scale (0 = off).
@@ -66,6 +70,7 @@ class RecoveryConfig:
     gamma: float = 1.0
     alpha_weight: float = 1.0
     init: str = "velocity"
+    extra_starts: tuple[str, ...] = ()
     dynamics_checkpoint: str | None = None
     prior_weight: float = 0.0
     plateau_patience: int = 20
@@ -87,9 +92,16 @@ class RecoveryConfig:
             raise RecoveryConfigError("model.gamma and model.alpha_weight must be >= 0")
         if self.init not in INITS:
             raise RecoveryConfigError(f"model.init={self.init!r}; choose one of {', '.join(INITS)}")
+        self.extra_starts = tuple(self.extra_starts)
+        bad = [s for s in self.extra_starts if s not in INITS]
+        if bad or len(set(self.extra_starts) | {self.init}) != len(self.extra_starts) + 1:
+            raise RecoveryConfigError(
+                f"model.extra_starts={list(self.extra_starts)}: each must be one of {', '.join(INITS)}, "
+                f"none twice and none equal to model.init ({self.init!r})"
+            )
         if not self.prior_weight >= 0:
             raise RecoveryConfigError(f"model.prior_weight must be >= 0, got {self.prior_weight}")
-        if (self.init == "dynamics" or self.prior_weight > 0) and not self.dynamics_checkpoint:
+        if ("dynamics" in (self.init, *self.extra_starts) or self.prior_weight > 0) and not self.dynamics_checkpoint:
             raise RecoveryConfigError(
                 "model.init=dynamics and model.prior_weight > 0 need model.dynamics_checkpoint "
                 "(a stage-3 checkpoint, e.g. runs/<name>/stage3/recovered.ckpt)"

@@ -24,12 +24,14 @@ from clods_pl.stages.recovery_metrics import per_frame_gt_metrics
 # ----- one frame step for a batch of trajectories --------------------------------------------------------------
 @dataclass
 class FrameResult:
-    """Output of ``recover_frame`` for B trajectories: verts (B, V, 3), photo/edge losses (B,), iterations (B,)."""
+    """Output of ``recover_frame`` for B trajectories: verts (B, V, 3), photo/edge losses (B,), iterations (B,),
+    and the total loss (B,) they minimised (photo + gamma edge + prior)."""
 
     verts: Tensor
     photo: Tensor
     edge: Tensor
     iterations: Tensor
+    loss: Tensor
 
 
 def recover_frame(
@@ -115,6 +117,7 @@ def recover_frame(
         torch.tensor(best_photo, dtype=torch.float64),
         torch.tensor(best_edge, dtype=torch.float64),
         torch.tensor(used, dtype=torch.int64),
+        torch.tensor(best, dtype=torch.float64),
     )
 
 
@@ -155,20 +158,22 @@ def recover_batch(
         if not todo:
             return
         ts = [j.next_frame for j in todo]
-        x_init = torch.stack([j.initial_guess(t, config.init, prior) for j, t in zip(todo, ts)]).to(device)
+        starts = (config.init, *config.extra_starts)
+        S = len(starts)  # every start of every trajectory in one batch, start-major: member s * B + b
+        x_init = torch.stack([j.initial_guess(t, s, prior) for s in starts for j, t in zip(todo, ts)]).to(device)
         x_pred = None
         if prior is not None and config.prior_weight > 0:  # frame 1 (one frame known): the velocity guess
             x_pred = (
-                x_init
+                x_init[: len(todo)]
                 if config.init == "dynamics"
-                else torch.stack(  # the start is the prediction already
+                else torch.stack(  # the first start is the prediction already
                     [prior.predict(j, t) if t >= 2 else j.initial_guess(t, "velocity") for j, t in zip(todo, ts)]
                 ).to(device)
-            )
-        pin_pos = torch.stack([j.pinned_positions(t) for j, t in zip(todo, ts)]).to(device)
-        pinned = torch.stack([j.pinned for j in todo]).to(device)
-        rest = torch.stack([j.rest for j in todo]).to(device)
-        targets = [j.target(t).to(device) for j, t in zip(todo, ts)]
+            ).repeat(S, 1, 1)
+        pin_pos = torch.stack([j.pinned_positions(t) for j, t in zip(todo, ts)]).to(device).repeat(S, 1, 1)
+        pinned = torch.stack([j.pinned for j in todo]).to(device).repeat(S, 1)
+        rest = torch.stack([j.rest for j in todo]).to(device).repeat(S, 1)
+        targets = [j.target(t).to(device) for j, t in zip(todo, ts)] * S
         with torch.enable_grad():
             res = recover_frame(
                 renderer,
@@ -176,13 +181,18 @@ def recover_batch(
                 pinned,
                 pin_pos,
                 targets,
-                [cams[id(j)] for j in todo],
+                [cams[id(j)] for j in todo] * S,
                 todo[0].edges.to(device),
                 rest,
                 config,
                 x_pred,
                 None if prior is None else prior.scale,
             )
+        if S > 1:  # per trajectory, the start that reached the lowest loss
+            B = len(todo)
+            won = res.loss.reshape(S, B).argmin(0)
+            pick = won * B + torch.arange(B)
+            res = FrameResult(res.verts[pick], res.photo[pick], res.edge[pick], res.iterations[pick], res.loss[pick])
         verts = res.verts.cpu()
         for b, (job, t) in enumerate(zip(todo, ts)):
             metrics = {
