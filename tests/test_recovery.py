@@ -415,8 +415,10 @@ def test_extra_starts_keep_the_start_with_the_lowest_loss(tmp_path) -> None:
     both = run("both", init="velocity", extra_starts=("previous",))
     assert abs(loss(alone["velocity"], 2) - loss(alone["previous"], 2)) > 1e-6  # the starts do lead elsewhere
     assert loss(both, 2) <= min(loss(c, 2) for c in alone.values()) * (1 + 1e-5)
-    for bad in (("model",), ("velocity",), ("previous", "previous")):
-        with pytest.raises(RecoveryConfigError, match="model.extra_starts"):
-            RecoveryConfig(init="velocity", extra_starts=bad)
+    with pytest.raises(RecoveryConfigError, match="model.extra_starts=.*'model' is not a start"):
+        RecoveryConfig(init="velocity", extra_starts=("model",))
+    assert RecoveryConfig(init="previous", extra_starts=["previous", "velocity", "velocity"]).extra_starts == (
+        "velocity",
+    )
     with pytest.raises(RecoveryConfigError, match="need model.dynamics_checkpoint"):
         RecoveryConfig(extra_starts=("dynamics",))

@@ -92,13 +92,14 @@ class RecoveryConfig:
             raise RecoveryConfigError("model.gamma and model.alpha_weight must be >= 0")
         if self.init not in INITS:
             raise RecoveryConfigError(f"model.init={self.init!r}; choose one of {', '.join(INITS)}")
-        self.extra_starts = tuple(self.extra_starts)
         bad = [s for s in self.extra_starts if s not in INITS]
-        if bad or len(set(self.extra_starts) | {self.init}) != len(self.extra_starts) + 1:
+        if bad:
             raise RecoveryConfigError(
-                f"model.extra_starts={list(self.extra_starts)}: each must be one of {', '.join(INITS)}, "
-                f"none twice and none equal to model.init ({self.init!r})"
+                f"model.extra_starts={list(self.extra_starts)}: {bad[0]!r} is not a start; "
+                f"choose from {', '.join(INITS)}"
             )
+        # ``init`` and repeats add nothing: drop them (e.g. ``--model.init previous`` on a preset that adds it)
+        self.extra_starts = tuple(dict.fromkeys(s for s in self.extra_starts if s != self.init))
         if not self.prior_weight >= 0:
             raise RecoveryConfigError(f"model.prior_weight must be >= 0, got {self.prior_weight}")
         if ("dynamics" in (self.init, *self.extra_starts) or self.prior_weight > 0) and not self.dynamics_checkpoint:
