@@ -272,6 +272,8 @@ SETTING_CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
         ("model.dynamics_checkpoint",),
     ),
     "stage2_unknown_init": (["stage2", "--stage2.model.init", "guess"], ("model.init='guess'",)),
+    "stage2_unknown_extra_start": (["stage2", "--stage2.model.extra_starts", "[guess]"], ("model.extra_starts",)),
+    "stage3_negative_warmup": (["stage3", "--stage3.model.one_step_warmup", "-5"], ("stage3.model.one_step_warmup",)),
     "novel_views_unknown_ablation": (
         ["eval", "--eval.novel_views.ablations", "[foggy]"],
         ("eval.novel_views.ablations",),
