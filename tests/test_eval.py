@@ -119,3 +119,16 @@ def test_table_marks_best_and_handles_missing_values():
         "CloDS + 4 GT traj. (mixed) (2 seeds)",
         "CloDS (2 seeds)",
     ]
+
+
+def test_report_says_how_stage3_trained():
+    from clods_pl.report.build import training_words
+
+    recipe = dict(optimizer_steps=900, windows_per_step=4, one_step_warmup=800, rollout_length=8)
+    assert training_words({**recipe, "yaw_augment": True, "seeds": [0, 1, 2]}) == (
+        "Each model: 900 optimiser steps of 4 training windows, the first 800 on one-step predictions, then 8-step "
+        "rollouts; each training window turned by a random angle about the up axis; 3 seeds per method (mean ± std). "
+    )
+    plain = training_words({**recipe, "one_step_warmup": 0, "yaw_augment": False, "seeds": None})
+    assert plain == "Each model: 900 optimiser steps of 4 training windows on 8-step rollouts. "
+    assert "all on one-step" in training_words({**recipe, "optimizer_steps": 2})

@@ -64,7 +64,10 @@ def test_readme_step_by_step_commands_run(
         if rerun:
             assert "stage1 is up to date" in out, out
     assert (tmp_path / "runs" / "demo" / "eval" / "metrics.json").is_file()
-    assert (tmp_path / "runs" / "demo" / "report.md").is_file()
+    report = (tmp_path / "runs" / "demo" / "report.md").read_text()
+    assert "Each model: 2 optimiser steps of 4 training windows, all on one-step predictions; each training window" in (
+        report
+    )  # the stage-3 recipe of the config the run used (short.yaml over flag_tiny.yaml)
     refined = json.loads((tmp_path / "runs" / "demo" / "refine" / "summary.json").read_text())
     assert [r["round"] for r in refined["rounds"]] == [1, 2]
     views = json.loads((tmp_path / "runs" / "demo" / "eval" / "novel_views.json").read_text())

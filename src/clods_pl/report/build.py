@@ -52,6 +52,28 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
+def training_words(recipe: dict[str, Any]) -> str:
+    """One sentence on how the stage-3 models were trained (``stage3_training`` of ``eval/metrics.json``)."""
+    steps, warm, length = (
+        recipe.get("optimizer_steps"),
+        recipe.get("one_step_warmup") or 0,
+        recipe.get("rollout_length"),
+    )
+    words = f"Each model: {steps} optimiser steps of {recipe.get('windows_per_step')} training windows"
+    if warm and steps is not None and warm >= steps:
+        words += ", all on one-step predictions"
+    elif warm:
+        words += f", the first {warm} on one-step predictions, then {length}-step rollouts"
+    else:
+        words += f" on {length}-step rollouts"
+    if recipe.get("yaw_augment"):
+        words += "; each training window turned by a random angle about the up axis"
+    seeds = recipe.get("seeds")
+    if seeds:
+        words += f"; {len(seeds)} seeds per method (mean ± std)"
+    return words + ". "
+
+
 def dynamics_section(eval_dir: Path) -> Section | None:
     path = eval_dir / ROLLOUT_METRICS
     if not path.is_file():
@@ -74,6 +96,8 @@ def dynamics_section(eval_dir: Path) -> Section | None:
         )
     if n_train:
         words += f"Stage 3 trained on {n_train} trajectories. "
+    if m.get("stage3_training"):
+        words += training_words(m["stage3_training"])
     words += (
         "Rows: constant velocity (x_t+1 = 2 x_t - x_t-1), MGN trained on ground-truth meshes, CloDS trained on "
         "the meshes stage 2 recovered from the videos alone."

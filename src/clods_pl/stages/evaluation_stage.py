@@ -4,6 +4,7 @@ its ablations (``novel_views``), into ``<run>/eval/``."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from clods_pl.stages.novel_views import (
 from clods_pl.stages.render_sheet import recovered_render_sheet
 from clods_pl.stages.run_dir import EVAL_METRICS, MESH_CACHE_DIR
 from clods_pl.stages.stage import Stage, StageContext, StageJob
+from clods_pl.utils.files import atomic_write_json
 
 NAME = "eval"
 NOVEL_VIEWS_KEY = "novel_views"  # eval.novel_views: NovelViewSettings
@@ -116,6 +118,20 @@ def novel_view_table(ctx: StageContext, dataset: str, stage_dir: Path, views: di
     return out
 
 
+def stage3_recipe(ctx: StageContext) -> dict[str, Any]:
+    """How the evaluated stage-3 models were trained, for the report: optimiser steps, windows per step, the
+    one-step warm-up, the rollout length, yaw augmentation and the seeds (None: one model per source)."""
+    model, data = ctx.section("stage3.model"), ctx.section("stage3.data")
+    return {
+        "optimizer_steps": ctx.section("stage3.trainer").get("max_steps"),
+        "windows_per_step": data.get("batch_size"),
+        "one_step_warmup": model.get("one_step_warmup") or 0,
+        "rollout_length": model.get("rollout_length"),
+        "yaw_augment": bool(data.get("yaw_augment")),
+        "seeds": ctx.setting("stage3.seeds"),
+    }
+
+
 def run_eval(stage: Stage, ctx: StageContext, job: StageJob) -> dict[str, Path]:
     """Eval in ``job.stage_dir``: ``metrics.json`` (+ tables, plots, videos) and the novel-view table."""
     checkpoints = {key: str(path) for key, path in ctx.outputs.stage3_checkpoints().items()}
@@ -126,6 +142,8 @@ def run_eval(stage: Stage, ctx: StageContext, job: StageJob) -> dict[str, Path]:
         dataset_dir=job.dataset, checkpoints=checkpoints, out_dir=str(job.stage_dir), **rollout_settings(ctx)
     )
     outputs = {"metrics": job.stage_dir / EVAL_METRICS}
+    metrics = json.loads(outputs["metrics"].read_text())
+    atomic_write_json(outputs["metrics"], {**metrics, "stage3_training": stage3_recipe(ctx)})
     views = ctx.section(NAME).get(NOVEL_VIEWS_KEY) or {}
     if views.get("enabled", False):
         table = novel_view_table(ctx, job.dataset, job.stage_dir, views)
