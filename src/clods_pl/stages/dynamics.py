@@ -52,8 +52,8 @@ class DynamicsModule(L.LightningModule):
         one_step_warmup: after the normalizer steps, train this many steps on one-step predictions (MGN's original
             objective; each window contributes one random (t-1, t) -> t+1 triple) before the rollout loss. An
             untrained model's rollouts diverge, so the rollout loss learns slowly from scratch; one-step steps are
-            ~6x cheaper (docs/results.md: demo rollout error -20 to -55% at equal training time). 0: rollout loss
-            from the start.
+            ~6x cheaper (docs/results.md: on the demo's data, at equal training time, rollout error -8 to -37% alone,
+            -7 to -63% with ``data.yaw_augment``). 0: rollout loss from the start.
         normalize_loss: divide the position MSE by the mean squared acceleration std (the output normalizer's),
             i.e. measure errors in normalised-acceleration units, so the loss is O(1) whatever the cloth's scale.
         compile_mode: ``None`` (eager) or a ``torch.compile`` mode for the training steps' encode-process-decode

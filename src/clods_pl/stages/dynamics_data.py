@@ -182,7 +182,8 @@ class DynamicsDataModule(L.LightningDataModule):
             ``val_split=None`` disables validation.
         yaw_augment: turn every training window by a random angle about the world's up axis (+z). Gravity is
             along z, so the dynamics are the same in every yaw and a few trajectories' wind directions then cover
-            all of them (docs/results.md: unviewed-wind rollout error on the demo -40%). Off: MGN's training data.
+            all of them (docs/results.md: on the demo's data the unviewed-wind rollout error falls by a third).
+            Off: MGN's training data.
     """
 
     def __init__(
