@@ -84,7 +84,12 @@ class PredictData(L.LightningDataModule):
 
 
 def run_evaluation(
-    dataset_dir: str, checkpoints: dict, out_dir: str, splits: list[str] = ["test"], videos: int = 0
+    dataset_dir: str,
+    checkpoints: dict,
+    out_dir: str,
+    splits: list[str] = ["test"],
+    videos: int = 0,
+    training: dict | None = None,
 ) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

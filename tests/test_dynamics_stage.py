@@ -102,6 +102,18 @@ def _module(**kw):
     return DynamicsModule(**args)
 
 
+def _trainer(**kw) -> L.Trainer:
+    """A quiet CPU trainer (no logger, checkpoints, progress bar or summary)."""
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kw,
+    )
+
+
 def _val_loss(module, batch):
     module.eval()
     with torch.no_grad():
@@ -113,15 +125,7 @@ def test_short_training_lowers_rollout_loss_and_checkpoint_reloads(tmp_path):
     ds = wave_dataset(train=3, frames=12)
     dm = _DM(ds, rollout_length=3, windows_per_epoch=40, batch_size=2, val_split="test_viewed")
     module = _module()
-    trainer = L.Trainer(
-        max_epochs=6,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = _trainer(max_epochs=6, default_root_dir=tmp_path)
     dm.setup()
     batch = collate_windows([FixedWindows(dm.train, 5)[i] for i in range(len(FixedWindows(dm.train, 5)))])
     # statistics come from the first normalizer_steps steps only
@@ -155,14 +159,7 @@ def test_data_rollout_length_follows_the_model_unless_set():
     dm = _DM(ds, windows_per_epoch=2, batch_size=1)
     with pytest.raises(ClodsError, match="data.rollout_length"):
         _ = dm.window  # no model attached: nothing to follow
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = _trainer(max_steps=1)
     trainer.fit(_module(rollout_length=4, normalizer_steps=0), datamodule=dm)
     assert dm.window == 6
     batch = next(iter(dm.train_dataloader()))
@@ -229,15 +226,7 @@ def test_normalizer_steps_leave_weights_unchanged_and_return_a_loss(tmp_path):
     dm.setup()
     loss = module.training_step(next(iter(dm.train_dataloader())), 0)
     assert loss.requires_grad and float(loss) == 0.0
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = _trainer(max_epochs=1, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=dm)  # 2 batches: both within the 4 normalizer steps
     assert module.model.node_normalizer.num_accumulations.item() == 3
     w1 = {k: v for k, v in module.model.state_dict().items() if "normalizer" not in k}
@@ -319,15 +308,7 @@ def test_one_step_warmup_trains_one_step_then_the_rollout(tmp_path):
 
     module.rollout_loss = spy
     w0 = module.model.decoder[-1].weight.detach().clone()
-    trainer = L.Trainer(
-        max_steps=55,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = _trainer(max_steps=55, default_root_dir=tmp_path)
     trainer.fit(module, datamodule=dm)
     assert calls[:3] == [(5, None)] * 3  # normalizer steps see whole windows
     assert calls[3:53] == [(3, 1)] * 50  # the warm-up: one triple, one step

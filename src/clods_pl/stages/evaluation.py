@@ -178,6 +178,7 @@ def run_evaluation(
     videos: int = 2,
     video_format: str = "gif",
     dataset: Any = None,
+    training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate stage-3 checkpoints and write the dynamics results into ``out_dir`` (a run's ``eval/``).
 
@@ -188,6 +189,8 @@ def run_evaluation(
         videos: number of test trajectories (first of each split, in turn) to render, every learned method side by
             side with GT.
         dataset: an already opened dataset (tests); otherwise ``read_dataset(dataset_dir)``.
+        training: how the stage-3 models were trained (``evaluation_stage.stage3_recipe``), kept in the metrics as
+            ``stage3_training`` for the report; None: not recorded.
     Writes:
         ``metrics.json``, ``rollout_table.md``, ``rmse_over_steps_<all|split>.png`` and
         ``videos/compare_<traj>.<format>`` (GT | each learned method, side by side).
@@ -247,6 +250,7 @@ def run_evaluation(
         "train_sequence_frames": train_frames,
         "test_sequence_frames": test_frames,
         "num_train_trajectories": len(dataset.names("train")),
+        **({"stage3_training": training} if training else {}),
         "splits": list(splits),
         "methods": methods,
         "videos": video_files,

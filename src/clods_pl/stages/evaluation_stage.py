@@ -4,7 +4,6 @@ its ablations (``novel_views``), into ``<run>/eval/``."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,10 @@ from clods_pl.stages.novel_views import (
 from clods_pl.stages.render_sheet import recovered_render_sheet
 from clods_pl.stages.run_dir import EVAL_METRICS, MESH_CACHE_DIR
 from clods_pl.stages.stage import Stage, StageContext, StageJob
-from clods_pl.utils.files import atomic_write_json
 
 NAME = "eval"
 NOVEL_VIEWS_KEY = "novel_views"  # eval.novel_views: NovelViewSettings
-EVAL_INPUTS = ("dataset_dir", "checkpoints", "out_dir", "dataset")  # filled from the run directory
+EVAL_INPUTS = ("dataset_dir", "checkpoints", "out_dir", "dataset", "training")  # filled by the orchestrator
 
 
 def add_arguments(parser: Any, name: str) -> None:
@@ -139,11 +137,13 @@ def run_eval(stage: Stage, ctx: StageContext, job: StageJob) -> dict[str, Path]:
         raise ManifestError(f"stage3 recorded no checkpoints in {ctx.run_dir}; rerun `clods-pl stage3`")
     assert stage.function is not None
     stage.function(
-        dataset_dir=job.dataset, checkpoints=checkpoints, out_dir=str(job.stage_dir), **rollout_settings(ctx)
+        dataset_dir=job.dataset,
+        checkpoints=checkpoints,
+        out_dir=str(job.stage_dir),
+        training=stage3_recipe(ctx),
+        **rollout_settings(ctx),
     )
     outputs = {"metrics": job.stage_dir / EVAL_METRICS}
-    metrics = json.loads(outputs["metrics"].read_text())
-    atomic_write_json(outputs["metrics"], {**metrics, "stage3_training": stage3_recipe(ctx)})
     views = ctx.section(NAME).get(NOVEL_VIEWS_KEY) or {}
     if views.get("enabled", False):
         table = novel_view_table(ctx, job.dataset, job.stage_dir, views)
