@@ -1,4 +1,4 @@
-"""Shared pytest set-up: CPU threads, offline W&B, and the `gpu` marker that skips cleanly without CUDA."""
+"""Shared pytest set-up: CPU threads, one process per stage, offline W&B, and the `gpu` marker that skips cleanly without CUDA."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("DGLBACKEND", "pytorch")
+# stages run their jobs in this process, as a busy machine would; tests/test_workers.py asks for worker processes
+os.environ.setdefault("CLODS_PL_WORKERS", "1")
 
 # lightning is imported here, once: its log handler binds to the session's stderr instead of to one test's capsys
 # stream, which is closed later and then prints "--- Logging error ---" tracebacks into other tests' output

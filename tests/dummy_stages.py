@@ -76,7 +76,7 @@ class PredictModule(L.LightningModule):
 class PredictData(L.LightningDataModule):
     def __init__(self, dataset_dir: str, trajectories: list[str] | None = None) -> None:
         super().__init__()
-        self.dataset_dir = dataset_dir
+        self.dataset_dir, self.batch_size = dataset_dir, 1  # what stage 2 reads of its DataModule: items, batch_size
         self.items = [SimpleNamespace(name=n) for n in (trajectories or ["traj_a", "traj_b"])]
 
     def predict_dataloader(self):

@@ -52,7 +52,7 @@ class StageRunner:
     """Runs the stages of one experiment config in one run directory; the :class:`~clods_pl.stages.stage
     .StageContext` each stage runs with."""
 
-    def __init__(self, parser: ArgumentParser, cfg: Namespace, stages: Sequence[Stage] | None = None) -> None:
+    def __init__(self, parser: ArgumentParser | None, cfg: Namespace, stages: Sequence[Stage] | None = None) -> None:
         """``stages``: what the runner runs, in pipeline order (default
         :func:`~clods_pl.pipeline.experiment.default_stages`; tests pass stand-ins)."""
         self.parser, self.cfg = parser, cfg
@@ -64,6 +64,11 @@ class StageRunner:
         self._dataset_files: dict[str, str] | None = None
         self._run_lock = RunLock(self.run_dir)
         self._loggers: list[Any] = []  # the loggers of the stage's current trainer (W&B gets the manifest)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A worker process's copy (``clods_pl.utils.workers``): the config and stages, no parser (workers run
+        jobs inside a stage; the parent records the stage and writes its config)."""
+        return (_worker_runner, (self.cfg, self.stages, self.repair))
 
     # ----- the config, as the stages read it -------------------------------------------------------------
     def setting(self, key: str, default: Any = None) -> Any:
@@ -191,7 +196,7 @@ class StageRunner:
         return L.Trainer(**kwargs, logger=loggers, callbacks=callbacks, default_root_dir=str(stage_dir))
 
     def _save_config(self, stage: Stage) -> None:
-        if rank_zero_only.rank == 0:
+        if rank_zero_only.rank == 0 and self.parser is not None:
             text = self.parser.dump(self.cfg, skip_check=True)
             atomic_write_text(self.run_dir / stage.name / "config.yaml", text)
 
@@ -304,3 +309,10 @@ class StageRunner:
                 self.run(stage)
                 ran.append(stage.name)
         return ran
+
+
+def _worker_runner(cfg: Namespace, stages: tuple[Stage, ...], repair: bool) -> StageRunner:
+    """Rebuilds a :class:`StageRunner` in a worker process (see :meth:`StageRunner.__reduce__`)."""
+    runner = StageRunner(None, cfg, stages)
+    runner.repair = repair
+    return runner

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from clods_pl.stages.dynamics import DynamicsModule
 from clods_pl.stages.dynamics_data import DynamicsDataModule, parse_source
 from clods_pl.stages.run_dir import CHECKPOINTS_DIR, MESH_CACHE_DIR, RunDir, seeded_key
 from clods_pl.stages.stage import Stage, StageContext, StageJob
+from clods_pl.utils.workers import run_jobs, stage_workers
 
 RECOVERED_KINDS = ("recovered", "mixed")  # sources that train on stage 2's meshes
 
@@ -121,30 +123,49 @@ def train_dynamics(
     return ckpt
 
 
+@dataclass(frozen=True)
+class ModelJob:
+    """One stage-3 model: its source, seed (None: ``seed_everything``), folder, run name and checkpoint."""
+
+    stage: Stage
+    ctx: Any  # the StageContext (a worker process gets a copy)
+    dataset: str
+    cache_dir: Path
+    source: str
+    seed: int | None
+    sub: Path
+    name: str
+    ckpt: Path
+
+
+def train_model_job(job: ModelJob) -> Path:
+    """Seed, then :func:`train_dynamics`: every model starts from its own seed, so its result is the same whichever
+    models train before it or beside it (``--workers``)."""
+    seed = int(job.ctx.setting("seed_everything", 0)) if job.seed is None else job.seed
+    L.seed_everything(seed, workers=True, verbose=False)
+    stamp = {"stage3.source": job.source, **({} if job.seed is None else {"stage3.seed": job.seed})}
+    return train_dynamics(
+        job.stage, job.ctx, job.dataset, job.sub, job.cache_dir, job.source, stamp, job.name, job.ckpt
+    )
+
+
 def run_dynamics(stage: Stage, ctx: StageContext, job: StageJob) -> dict[str, Path]:
-    """Stage 3 in ``job.stage_dir``: every source (x every seed), each in its own folder, one checkpoint each."""
-    outputs: dict[str, Path] = {}
+    """Stage 3 in ``job.stage_dir``: every source (x every seed), each in its own folder, one checkpoint each; the
+    models train side by side in worker processes when cores are free (:mod:`clods_pl.utils.workers`)."""
     cache_dir = ctx.run_dir / "stage2" / MESH_CACHE_DIR
     seeds = stage3_seeds(ctx)
+    keys, jobs = [], []
     for source in stage3_sources(ctx):
         for seed in seeds or [None]:
             key = source if seed is None else seeded_key(source, seed)
             sub = job.stage_dir / safe_name(source) / ("" if seed is None else f"seed{seed}")
-            stamp = {"stage3.source": source, **({} if seed is None else {"stage3.seed": seed})}
-            if seed is not None:  # each seed its own initialisation, window draws and noise
-                L.seed_everything(seed, workers=True, verbose=False)
-            outputs[key] = train_dynamics(
-                stage,
-                ctx,
-                job.dataset,
-                sub,
-                cache_dir,
-                source,
-                stamp,
-                f"stage3-{safe_name(key)}",
-                job.stage_dir / f"{safe_name(key)}.ckpt",
-            )
-    return RunDir.stage3_outputs(outputs)
+            name, ckpt = f"stage3-{safe_name(key)}", job.stage_dir / f"{safe_name(key)}.ckpt"
+            keys.append(key)
+            jobs.append(ModelJob(stage, ctx, job.dataset, cache_dir, source, seed, sub, name, ckpt))
+    plan = stage_workers(ctx, stage.name, len(jobs))
+    if len(jobs) > 1:
+        print(plan.describe("stage 3", f"{len(jobs)} models"))
+    return RunDir.stage3_outputs(dict(zip(keys, run_jobs(train_model_job, jobs, plan))))
 
 
 STAGE = Stage(

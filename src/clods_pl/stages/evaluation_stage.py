@@ -4,6 +4,7 @@ its ablations (``novel_views``), into ``<run>/eval/``."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,13 @@ from clods_pl.stages.novel_views import (
     NovelViewSettings,
     fit_appearance_variant,
     run_novel_view_evaluation,
+    upper_bound_jobs,
+    upper_bound_metrics,
 )
 from clods_pl.stages.render_sheet import recovered_render_sheet
 from clods_pl.stages.run_dir import EVAL_METRICS, MESH_CACHE_DIR
 from clods_pl.stages.stage import Stage, StageContext, StageJob
+from clods_pl.utils.workers import call, run_jobs, stage_workers
 
 NAME = "eval"
 NOVEL_VIEWS_KEY = "novel_views"  # eval.novel_views: NovelViewSettings
@@ -83,11 +87,13 @@ def novel_view_table(ctx: StageContext, dataset: str, stage_dir: Path, views: di
         return None
     settings = NovelViewSettings(**views)
     smgs, rendered = load_smgs(ckpt)
-    models = {"dual": smgs}
     seed = int(ctx.setting("seed_everything", 0))
-    for mode in settings.ablations:
-        print(f"[clods-pl] novel views: fitting the {mode}-opacity ablation of stage 1")
-        models[mode] = fit_appearance_variant(
+    backend = rendered.backend if rendered.backend in ("torch", "cpu") else "torch"  # eval renders on the CPU
+    holdout = ctx.section("stage1.data").get("holdout_views", [0])
+    lpips, _notice = local_lpips()  # stage 1 already said why when it is missing
+    fits = [  # the ablation rows: stage 1 again with another opacity field (each seeded: same in any process)
+        partial(
+            fit_appearance_variant,
             AppearanceModule,
             AppearanceDataModule,
             {**ctx.section("stage1.model"), "opacity_mode": mode},
@@ -96,10 +102,24 @@ def novel_view_table(ctx: StageContext, dataset: str, stage_dir: Path, views: di
             seed,
             stage_dir / "novel_views" / mode,
         )
-    backend = rendered.backend if rendered.backend in ("torch", "cpu") else "torch"  # eval renders on the CPU
-    holdout = ctx.section("stage1.data").get("holdout_views", [0])
-    lpips, _notice = local_lpips()  # stage 1 already said why when it is missing
-    out = run_novel_view_evaluation(dataset, models, holdout, rendered.background, stage_dir, settings, backend, lpips)
+        for mode in settings.ablations
+    ]
+    bounds = upper_bound_jobs(read_dataset(dataset), smgs, holdout, rendered.background, settings, backend, lpips)
+    jobs = [*fits, *(partial(upper_bound_metrics, job) for job in bounds)]
+    plan = stage_workers(ctx, "stage1", len(jobs))
+    if len(jobs) > 1:
+        print(
+            plan.describe(
+                "novel views",
+                f"{len(fits)} ablation fit(s) of stage 1 ({', '.join(settings.ablations) or 'none'}) and "
+                f"{len(bounds)} per-frame upper-bound fit(s)",
+            )
+        )
+    results = run_jobs(call, jobs, plan)
+    models = {"dual": smgs, **dict(zip(settings.ablations, results[: len(fits)]))}
+    out = run_novel_view_evaluation(
+        dataset, models, holdout, rendered.background, stage_dir, settings, backend, lpips, results[len(fits) :]
+    )
     ds = read_dataset(dataset)
     names = [ds.names(s)[0] for s in ("train", *settings.splits) if ds.names(s)]
     train_view = next(v for v in range(len(ds.trajectory(names[0]).cameras)) if v not in holdout)

@@ -140,6 +140,65 @@ def fit_frame_gaussians(
     return lambda cams: render(cams).rgb
 
 
+@dataclass(frozen=True)
+class UpperBoundJob:
+    """One frame's upper-bound fit and its metrics on the held-out views (a job for a worker process)."""
+
+    traj: str
+    frame: int
+    smgs: SMGS
+    verts: Tensor  # (V, 3) the frame's ground-truth mesh
+    images: Tensor  # (C_train, H, W, 4) the frame's training views
+    cameras: Cameras  # their cameras
+    held_cameras: Cameras
+    target: Tensor  # (C_held, H, W, 3) the held-out views over the background
+    background: Tensor
+    steps: int
+    backend: str
+    lpips: Any = None
+
+
+def upper_bound_metrics(job: UpperBoundJob) -> dict[str, Any]:
+    """:func:`fit_frame_gaussians` on ``job``'s frame, then its :func:`image_metrics` on the held-out views."""
+    render = fit_frame_gaussians(job.smgs, job.verts, job.images, job.cameras, job.background, job.steps, job.backend)
+    with torch.no_grad():
+        rgb = render(job.held_cameras)
+    return {"traj": job.traj, "frame": job.frame, **image_metrics(rgb, job.target, job.lpips)}
+
+
+def upper_bound_jobs(
+    dataset: Any,
+    smgs: SMGS,
+    holdout_views: Sequence[int],
+    background: Sequence[float],
+    settings: NovelViewSettings,
+    backend: str = "torch",
+    lpips: Any = None,
+) -> list[UpperBoundJob]:
+    """The upper-bound fits :func:`novel_view_rows` needs (every ``upper_bound_frame_stride``-th evaluated frame of
+    ``settings.splits``), started from ``smgs``; none when ``settings.upper_bound_steps`` is 0."""
+    if settings.upper_bound_steps <= 0:
+        return []
+    bg = torch.as_tensor(background, dtype=torch.float32)
+    held = [int(v) for v in holdout_views]
+    jobs = []
+    for name in [n for s in settings.splits for n in dataset.names(s)]:
+        traj = dataset.trajectory(name)
+        train = training_views(len(traj.cameras), held, "stage1.data.holdout_views")
+        gt = traj.load_gt_verts()
+        frames = list(range(0, traj.num_frames, max(1, settings.frame_stride)))
+        for t in frames[:: max(1, settings.upper_bound_frame_stride)]:
+            images = traj.image_tensor(t)
+            target = composite(images[held], bg)
+            jobs.append(
+                UpperBoundJob(
+                    name, t, smgs, gt[t], images[train], traj.cameras[train], traj.cameras[held], target, bg,
+                    settings.upper_bound_steps, backend, lpips,
+                )
+            )  # fmt: skip
+    return jobs
+
+
 def novel_view_rows(
     dataset: Any,
     models: Mapping[str, SMGS],
@@ -149,49 +208,40 @@ def novel_view_rows(
     backend: str = "torch",
     lpips: Any = None,
     upper_bound_from: str = "dual",
+    upper_bound: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Metrics per row (``models`` keys, plus :data:`UPPER_BOUND` when ``settings.upper_bound_steps > 0``).
 
     Args:
         dataset: an opened dataset with GT meshes for ``settings.splits``. models: row key -> fitted SMGS.
         holdout_views: the views no model was fitted on (evaluated); the others train the upper bound.
+        upper_bound: the :func:`upper_bound_metrics` of :func:`upper_bound_jobs` when already computed (e.g. in
+            worker processes); None: fitted here, from ``models[upper_bound_from]``.
     Returns:
         ``{"rows": {key: {"label", "psnr", "ssim", ["lpips"], "frames", "per_frame": [...]}}, ...}``.
     """
     names = [n for s in settings.splits for n in dataset.names(s)]
     if not names:
         raise DatasetError(f"eval.novel_views.splits {settings.splits} hold no trajectories")
+    if not holdout_views:
+        raise ClodsError("stage1.data.holdout_views is empty: the novel-view table needs a held-out view")
     bg = torch.as_tensor(background, dtype=torch.float32)
-    per: dict[str, list[dict[str, Any]]] = {k: [] for k in (*models, UPPER_BOUND)}
+    held = [int(v) for v in holdout_views]
+    per: dict[str, list[dict[str, Any]]] = {k: [] for k in models}
     for name in names:
         traj = dataset.trajectory(name)
-        C = len(traj.cameras)
-        held = [int(v) for v in holdout_views]
-        if not held:
-            raise ClodsError("stage1.data.holdout_views is empty: the novel-view table needs a held-out view")
-        train = training_views(C, held, "stage1.data.holdout_views")
+        training_views(len(traj.cameras), held, "stage1.data.holdout_views")  # a clear error for a bad holdout
         gt = traj.load_gt_verts()
-        frames = list(range(0, traj.num_frames, max(1, settings.frame_stride)))
-        for i, t in enumerate(frames):
-            images = traj.image_tensor(t)
-            target = composite(images[held], bg)
+        for t in range(0, traj.num_frames, max(1, settings.frame_stride)):
+            target = composite(traj.image_tensor(t)[held], bg)
             with torch.no_grad():
                 for key, smgs in models.items():
                     rgb = smgs.render(gt[t], traj.cameras[held], bg, backend).rgb
                     per[key].append({"traj": name, "frame": t, **image_metrics(rgb, target, lpips)})
-            if settings.upper_bound_steps > 0 and i % max(1, settings.upper_bound_frame_stride) == 0:
-                render = fit_frame_gaussians(
-                    models[upper_bound_from],
-                    gt[t],
-                    images[train],
-                    traj.cameras[train],
-                    bg,
-                    settings.upper_bound_steps,
-                    backend,
-                )
-                with torch.no_grad():
-                    rgb = render(traj.cameras[held])
-                per[UPPER_BOUND].append({"traj": name, "frame": t, **image_metrics(rgb, target, lpips)})
+    if upper_bound is None:
+        jobs = upper_bound_jobs(dataset, models[upper_bound_from], held, background, settings, backend, lpips)
+        upper_bound = [upper_bound_metrics(job) for job in jobs]
+    per[UPPER_BOUND] = [dict(item) for item in upper_bound]
     rows = {}
     ub_frames = {(it["traj"], it["frame"]) for it in per[UPPER_BOUND]}
     for key, items in per.items():
@@ -264,9 +314,12 @@ def run_novel_view_evaluation(
     settings: NovelViewSettings,
     backend: str = "torch",
     lpips: Any = None,
+    upper_bound: Sequence[Mapping[str, Any]] | None = None,
 ) -> Path:
     """Open the dataset, compute :func:`novel_view_rows` and write them (see :func:`write_novel_view_results`)."""
-    result = novel_view_rows(read_dataset(dataset_dir), models, holdout_views, background, settings, backend, lpips)
+    result = novel_view_rows(
+        read_dataset(dataset_dir), models, holdout_views, background, settings, backend, lpips, "dual", upper_bound
+    )
     return write_novel_view_results(result, out_dir)
 
 

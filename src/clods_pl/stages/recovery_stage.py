@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_only
 
 from clods_pl.stages.mesh_cache import MeshCache
 from clods_pl.stages.recovery import RecoveryDataModule, RecoveryModule
@@ -11,6 +14,50 @@ from clods_pl.stages.recovery_metrics import recovery_summary
 from clods_pl.stages.run_dir import MESH_CACHE_DIR, SUMMARY_FILE, RunDir
 from clods_pl.stages.stage import Stage, StageContext, StageJob
 from clods_pl.utils.files import atomic_write_json
+from clods_pl.utils.workers import run_jobs, stage_workers
+
+
+@dataclass(frozen=True)
+class RecoveryPart:
+    """Stage 2 on some of the trajectories (whole batches of ``data.batch_size``) in one process."""
+
+    stage: Stage
+    ctx: Any  # the StageContext (a worker process gets a copy)
+    dataset: str
+    cache_dir: Path
+    stage_dir: Path
+    name: str
+    model_overrides: dict[str, Any]
+    trajectories: list[str] | None  # None: every trajectory the data settings select
+
+
+def recover_part(part: RecoveryPart) -> None:
+    """Run :class:`RecoveryModule` over ``part.trajectories`` with Lightning's predict loop."""
+    model = part.ctx.instantiate(
+        part.stage,
+        "model",
+        {
+            "stage1_checkpoint": str(part.ctx.outputs.stage1_checkpoint()),
+            "cache_dir": str(part.cache_dir),
+            "recompute_stale": part.ctx.repair,
+            **part.model_overrides,
+        },
+    )
+    injected: dict[str, Any] = {"dataset_dir": part.dataset}
+    if part.trajectories is not None:
+        injected["trajectories"] = part.trajectories
+    data = part.ctx.instantiate(part.stage, "data", injected)
+    trainer = part.ctx.trainer(part.stage.name, part.stage_dir, part.name, fit=False)
+    trainer.predict(model, datamodule=data, return_predictions=False)
+
+
+def split_batches(names: list[str], batch_size: int, parts: int) -> list[list[str]]:
+    """``names`` cut into batches of ``batch_size`` (the last may be short), the batches dealt round-robin into at
+    most ``parts`` lists: each list, batched again in order, gives back exactly its batches (only the last batch
+    overall is short, and it is last in its list), so the recovered meshes do not depend on ``parts``."""
+    batches = [names[i : i + batch_size] for i in range(0, len(names), batch_size)]
+    groups = [[n for b in batches[k :: max(1, parts)] for n in b] for k in range(min(parts, len(batches)))]
+    return [g for g in groups if g]
 
 
 def recover_meshes(
@@ -23,23 +70,27 @@ def recover_meshes(
     summary: bool = True,
 ) -> list[str]:
     """Stage 2 into ``stage_dir/meshes`` with the config's settings plus ``model_overrides`` (``refine``: the
-    dynamics init); writes ``stage_dir/summary.json`` when ``summary``; returns the trajectories recovered."""
+    dynamics init); writes ``stage_dir/summary.json`` when ``summary``; returns the trajectories recovered. The
+    batches of trajectories run side by side in worker processes when cores are free
+    (:mod:`clods_pl.utils.workers`); each batch is the same whichever process runs it."""
     cache_dir = stage_dir / MESH_CACHE_DIR
-    model = ctx.instantiate(
-        stage,
-        "model",
-        {
-            "stage1_checkpoint": str(ctx.outputs.stage1_checkpoint()),
-            "cache_dir": str(cache_dir),
-            "recompute_stale": ctx.repair,
-            **model_overrides,
-        },
-    )
     data = ctx.instantiate(stage, "data", {"dataset_dir": dataset})
-    trainer = ctx.trainer(stage.name, stage_dir, name, fit=False)
-    trainer.predict(model, datamodule=data, return_predictions=False)
+    data.setup("predict")
     names = [item.name for item in data.items]
-    if summary and trainer.is_global_zero:
+    batches = -(-len(names) // data.batch_size)
+    plan = stage_workers(ctx, stage.name, batches)
+    if batches > 1:
+        print(plan.describe("stage 2", f"{batches} batches of up to {data.batch_size} trajectories"))
+    if plan.workers > 1:
+        groups = split_batches(names, data.batch_size, plan.workers)
+        parts = [
+            RecoveryPart(stage, ctx, dataset, cache_dir, stage_dir, f"{name}-part{k}", model_overrides, g)
+            for k, g in enumerate(groups)
+        ]
+        run_jobs(recover_part, parts, plan)
+    else:
+        recover_part(RecoveryPart(stage, ctx, dataset, cache_dir, stage_dir, name, model_overrides, None))
+    if summary and rank_zero_only.rank == 0:
         atomic_write_json(stage_dir / SUMMARY_FILE, recovery_summary(dataset, cache_dir, names))
     return names
 
