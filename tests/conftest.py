@@ -1,4 +1,5 @@
-"""Shared pytest set-up: CPU threads, one process per stage, offline W&B, and the `gpu` marker that skips cleanly without CUDA."""
+"""Shared pytest set-up: CPU threads, one process per stage, offline W&B, and the `gpu` marker that skips cleanly
+without CUDA."""
 
 from __future__ import annotations
 
