@@ -5,6 +5,7 @@ models, the novel-view fits)."""
 from __future__ import annotations
 
 import json
+import time
 from functools import partial
 from pathlib import Path
 
@@ -34,6 +35,22 @@ def test_plan_workers_follows_setting_env_then_free_cores():
         plan_workers(0, jobs=4, threads=1)
     with pytest.raises(ClodsError, match=r"CLODS_PL_WORKERS='two' is not a whole number"):
         plan_workers(None, jobs=4, threads=1, env="two")
+
+
+def test_busy_cores_sees_a_spinning_process():
+    """The default counts the cores busy now (not the load average, which a pipeline's own last stage inflates)."""
+    import subprocess
+    import sys
+
+    from clods_pl.utils.workers import busy_cores
+
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    try:
+        time.sleep(0.5)
+        busy = busy_cores(0.5)
+    finally:
+        spin.kill()
+    assert busy is not None and busy >= 0.7
 
 
 @pytest.mark.parametrize("n,batch,parts", [(7, 2, 2), (4, 4, 2), (5, 1, 3), (9, 3, 4), (1, 2, 2)])

@@ -106,8 +106,8 @@ def build_parser(
         type=int | None,
         default=None,
         help="processes for a stage's independent jobs on the CPU (stage-3 models, stage-2 batches, novel-view "
-        "fits), each with its share of --threads; default: CLODS_PL_WORKERS when set, else the cores the current "
-        "load leaves free. Results do not depend on it",
+        "fits), each with its share of --threads; default: CLODS_PL_WORKERS when set, else the cores not busy "
+        "right now. Results do not depend on it",
     )
     parser.add_argument("--logger", type=str, default="csv", choices=LOGGER_KINDS, help="csv, wandb or both")
     parser.add_argument("--wandb.project", type=str, default="clods-pl")

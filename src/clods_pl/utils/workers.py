@@ -6,8 +6,8 @@ spawned processes, each with its own torch/Numba threads, and returns the result
 them in this process, in order. Each job must set its own seed: then the result does not depend on the number of
 workers, and ``workers`` is not a result setting.
 
-The number: ``--workers`` when given, else ``CLODS_PL_WORKERS``, else the cores the current load leaves free (at
-most one per job), so a busy machine runs the jobs in turn as before.
+The number: ``--workers`` when given, else ``CLODS_PL_WORKERS``, else the cores not busy right now (at most one per
+job), so a busy machine runs the jobs in turn as before.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from clods_pl.errors import ClodsError, Interrupted
@@ -47,9 +49,46 @@ class WorkerPlan:
         )
 
 
+def busy_cores(interval: float = 0.3) -> float | None:
+    """Cores busy right now (over ``interval`` s) among those this process may use, from ``/proc/stat``; None where
+    there is no ``/proc/stat``. Not the load average: a pipeline's own last stage keeps that near 1 for a minute
+    after it ends, which would make every stage after the first run its jobs in turn."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+    def sample() -> dict[str, tuple[int, int]] | None:
+        try:
+            lines = Path("/proc/stat").read_text().splitlines()
+        except OSError:
+            return None
+        out = {}
+        for line in lines:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                ticks = [int(f) for f in fields[:8]]
+                out[name] = (sum(ticks), ticks[3] + ticks[4])  # (total, idle + iowait)
+        return out
+
+    first = sample()
+    if not first:
+        return None
+    time.sleep(interval)
+    second = sample() or {}
+    names = [f"cpu{c}" for c in cpus] if cpus is not None else list(first)
+    busy = 0.0
+    for name in names:
+        if name in first and name in second:
+            total = second[name][0] - first[name][0]
+            idle = second[name][1] - first[name][1]
+            busy += (total - idle) / total if total > 0 else 0.0
+    return busy
+
+
 def free_cores() -> tuple[int, str]:
-    """(cores the 1-minute load average leaves free, >= 1; how that was found)."""
+    """(cores not busy right now, >= 1; how that was found): :func:`busy_cores`, else the 1-minute load average."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = busy_cores()
+    if busy is not None:
+        return max(1, int(cores - busy + 0.5)), f"{cores} cores, {busy:.1f} busy"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return max(1, int(cores - load + 0.5)), f"{cores} cores, load {load:.1f}"
 
