@@ -9,7 +9,9 @@ training time on one thread; they differ only in the two options of issue 14's s
 * ``plain``: 250 steps of the rollout-8 loss (the demo before them);
 * ``yaw``: the same, with ``data.yaw_augment`` (windows turned about the up axis);
 * ``warmup``: ``model.one_step_warmup`` 800 one-step steps, then 100 rollout-8 steps;
-* ``both``: the warm-up and the augmentation (the demo's preset now).
+* ``both``: the warm-up and the augmentation (the demo's preset now);
+* ``long_warmup``, ``more_rollout``: ``both`` with twice the one-step steps (~2x the time), or with 500 rollout
+  steps after the warm-up (~2.6x): what the time the worker processes free could buy.
 
 Prints one Markdown row per (recipe, seed) and the mean per recipe: RMSE x1e-3 world units on the test splits
 (interpolation = frames < ``--train_horizon``, extrapolation = the rest), and each over constant velocity.
@@ -34,6 +36,8 @@ RECIPES: dict[str, tuple[int, int, bool]] = {  # name: (max_steps, one_step_warm
     "yaw": (250, 0, True),
     "warmup": (900, 800, False),
     "both": (900, 800, True),
+    "long_warmup": (1700, 1600, True),  # twice the one-step steps, the same 100 rollout steps
+    "more_rollout": (1300, 800, True),  # the preset's warm-up, then 500 rollout steps instead of 100
 }
 SPLITS = ("test_viewed", "test_unviewed")
 

@@ -72,6 +72,15 @@ def test_run_jobs_keeps_order_and_raises_a_jobs_error():
         run_jobs(call, [partial(abs, -1), partial(plan_workers, 0, 1, 1)], plan)
 
 
+def test_generated_dataset_is_the_same_bytes_from_two_processes(tmp_path: Path) -> None:
+    small = GenerateConfig(**{**MINI.to_dict(), "splits": {"train": 2, "test_unviewed": 1}, "num_frames": 3})
+    one = generate_dataset(small, tmp_path / "one", progress=False, workers=1)
+    two = generate_dataset(small, tmp_path / "two", progress=False, workers=2)
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert len(files) > 10 and files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
+    assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
+
+
 MINI = GenerateConfig(
     name="mini",
     splits={"train": 3, "test_viewed": 1, "test_unviewed": 1},

@@ -13,6 +13,7 @@ fixed thread count keeps the bytes identical from machine to machine.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -153,47 +154,79 @@ def render_sequence(verts: Tensor | np.ndarray, faces: Tensor | np.ndarray, mesh
 
 
 def generate_dataset(config: str | GenerateConfig, out_dir: str | Path, seed: int | None = None,
-                     progress: bool = True) -> Path:
-    """Simulate, render and write a dataset; returns its folder."""
+                     progress: bool = True, workers: int | None = None) -> Path:
+    """Simulate, render and write a dataset; returns its folder. ``workers``: processes for the trajectories (None:
+    ``CLODS_PL_WORKERS``, else the cores not busy now; see :mod:`clods_pl.utils.workers`): the bytes are the same
+    with any number, since every trajectory draws from its own seed."""
     cfg = load_config(config)
     if seed is not None:
         cfg = GenerateConfig.from_dict({**cfg.to_dict(), "seed": seed})
     unknown = sorted(set(cfg.splits) - set(STANDARD_SPLITS))
     if unknown:
         raise ClodsError(f"generator splits {unknown} unknown; use {list(STANDARD_SPLITS)}")
+    return _generate(cfg, Path(out_dir), progress, workers)
+
+
+@dataclass(frozen=True)
+class _TrajectoryJob:
+    """One trajectory of the dataset: its split, its index (its seed and name) and where it goes."""
+
+    cfg: GenerateConfig
+    out: Path
+    split: str
+    index: int
+    progress: bool
+
+    @property
+    def name(self) -> str:
+        return f"traj_{self.index:04d}"
+
+
+def _write_trajectory(job: _TrajectoryJob) -> str:
+    """Simulate and render trajectory ``job.index`` from its own seed, write it; returns its name."""
+    cfg = job.cfg
     with torch_threads(cfg.num_threads):
-        return _generate(cfg, Path(out_dir), progress)
-
-
-def _generate(cfg: GenerateConfig, out: Path, progress: bool) -> Path:
-    start = time.perf_counter()
-    mesh = FlagMesh.make(cfg.grid[0], cfg.grid[1], cfg.flag_size[0], cfg.flag_size[1], cfg.pole_bottom)
-    sim = ClothSimulator(mesh, cfg.dt, cfg.substeps, cfg.iterations)
-    cams = ring_cameras(cfg.num_views, cfg.camera_radius, cfg.camera_target, cfg.camera_elevations_deg,
-                        cfg.camera_fov_deg, cfg.resolution, cfg.resolution,
-                        azimuth_offset_deg=cfg.camera_azimuth_offset_deg)
-    splits: dict[str, list[str]] = {}
-    index = 0
-    jobs = [(split, i) for split in STANDARD_SPLITS for i in range(cfg.splits.get(split, 0))]
-    for split, _ in tqdm(jobs, desc=f"generate {cfg.name}", disable=not progress):
-        name = f"traj_{index:04d}"
-        g = torch.Generator().manual_seed(cfg.seed * 100_003 + index)
-        az = cfg.unviewed_azimuth_deg if split == "test_unviewed" else cfg.viewed_azimuth_deg
-        if split == "test_unviewed" and torch.rand((), generator=g) < 0.5:
+        mesh = FlagMesh.make(cfg.grid[0], cfg.grid[1], cfg.flag_size[0], cfg.flag_size[1], cfg.pole_bottom)
+        sim = ClothSimulator(mesh, cfg.dt, cfg.substeps, cfg.iterations)
+        cams = ring_cameras(cfg.num_views, cfg.camera_radius, cfg.camera_target, cfg.camera_elevations_deg,
+                            cfg.camera_fov_deg, cfg.resolution, cfg.resolution,
+                            azimuth_offset_deg=cfg.camera_azimuth_offset_deg)
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + job.index)
+        az = cfg.unviewed_azimuth_deg if job.split == "test_unviewed" else cfg.viewed_azimuth_deg
+        if job.split == "test_unviewed" and torch.rand((), generator=g) < 0.5:
             az = (-az[1], -az[0])
         params = PhysicsParams.sample(g, azimuth_range=az)
-        frames_here = cfg.test_num_frames if split.startswith("test") and cfg.test_num_frames else cfg.num_frames
-        verts = sim.simulate(params, frames_here, g, progress=progress, num_threads=None)
+        test = job.split.startswith("test") and cfg.test_num_frames
+        frames_here = cfg.test_num_frames if test else cfg.num_frames
+        verts = sim.simulate(params, frames_here, g, progress=job.progress, num_threads=None)
         frames = render_sequence(verts, mesh.faces, mesh.mesh_pos, cams, cfg.renderer, cfg.supersample,
-                                 progress=progress, num_threads=None, diffuse=cfg.diffuse)
+                                 progress=job.progress, num_threads=None, diffuse=cfg.diffuse)
         handles = mesh.node_type == int(NodeType.HANDLE)
-        write_trajectory(out, name, cams, frames, mesh.faces, mesh.mesh_pos, mesh.node_type, verts[0],
+        write_trajectory(job.out, job.name, cams, frames, mesh.faces, mesh.mesh_pos, mesh.node_type, verts[0],
                          gt_verts=verts, handle_pos=verts[:, handles],
-                         physics={"split": split, **params.to_dict(), "dt": cfg.dt, "substeps": cfg.substeps})
-        splits.setdefault(split, []).append(name)
-        index += 1
-    write_dataset_info(out, DatasetInfo(name=cfg.name, dt=cfg.dt, splits=splits,
+                         physics={"split": job.split, **params.to_dict(), "dt": cfg.dt, "substeps": cfg.substeps})
+    return job.name
+
+
+def _generate(cfg: GenerateConfig, out: Path, progress: bool, workers: int | None = None) -> Path:
+    from clods_pl.utils.workers import WORKERS_ENV, plan_workers, run_jobs  # noqa: PLC0415  (keeps imports light)
+
+    start = time.perf_counter()
+    splits = [split for split in STANDARD_SPLITS for _ in range(cfg.splits.get(split, 0))]
+    plan = plan_workers(workers, len(splits), cfg.num_threads, os.environ.get(WORKERS_ENV))
+    inner = progress and plan.workers <= 1  # per-frame bars only when the trajectories run here, in turn
+    jobs = [_TrajectoryJob(cfg, out, split, index, inner) for index, split in enumerate(splits)]
+    if plan.workers > 1:
+        if progress:
+            print(plan.describe(f"generate {cfg.name}", f"{len(jobs)} trajectories"))
+        names = run_jobs(_write_trajectory, jobs, plan)
+    else:
+        names = [_write_trajectory(job) for job in tqdm(jobs, desc=f"generate {cfg.name}", disable=not progress)]
+    by_split: dict[str, list[str]] = {}
+    for job, name in zip(jobs, names):
+        by_split.setdefault(job.split, []).append(name)
+    write_dataset_info(out, DatasetInfo(name=cfg.name, dt=cfg.dt, splits=by_split,
                                         extra={"generator": cfg.to_dict()}))
     if progress:
-        print(f"[clods-pl] generated {index} trajectories in {time.perf_counter() - start:.1f} s -> {out}")
+        print(f"[clods-pl] generated {len(jobs)} trajectories in {time.perf_counter() - start:.1f} s -> {out}")
     return out

@@ -41,6 +41,13 @@ def _data_command(argv: Sequence[str]) -> int:
     gen.add_argument("--config", default=None, help="a generator YAML instead of a preset")
     gen.add_argument("--out", required=True, help="output dataset folder")
     gen.add_argument("--seed", type=int, default=None, help="override the preset's seed")
+    gen.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes for the trajectories (default: CLODS_PL_WORKERS, else the cores not busy now); "
+        "the output is the same with any number",
+    )
     prev = sub.add_parser("preview", help="write a contact sheet PNG (views x frames)")
     prev.add_argument("--dataset", required=True)
     prev.add_argument("--out", required=True)
@@ -59,7 +66,7 @@ def _data_command(argv: Sequence[str]) -> int:
 
         if (args.preset is None) == (args.config is None):
             parser.error("give exactly one of --preset or --config")
-        generate_dataset(args.preset or args.config, args.out, seed=args.seed)
+        generate_dataset(args.preset or args.config, args.out, seed=args.seed, workers=args.workers)
         print(f"[clods-pl] dataset written to {args.out}")
     elif args.cmd == "preview":
         from clods_pl.data.preview import write_contact_sheet  # noqa: PLC0415  (commands load only what they use)

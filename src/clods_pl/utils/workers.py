@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -131,20 +132,20 @@ def stage_workers(ctx: Any, stage: str, jobs: int) -> WorkerPlan:
     return plan_workers(ctx.setting("workers"), jobs, threads, os.environ.get(WORKERS_ENV))
 
 
-def _init_worker(threads: int) -> None:
-    """A worker process: its thread count, Lightning's quiet console, and the default SIGTERM/SIGINT handling."""
+def _init_worker(threads: int, lightning: bool, numba: bool) -> None:
+    """A worker process: its thread count and, when the parent uses them, Numba's threads and Lightning's quiet
+    console (a worker that needs neither skips the ~2 s of importing Lightning)."""
     import torch  # noqa: PLC0415  (only in the worker)
 
-    from clods_pl.pipeline.console import quiet_console  # noqa: PLC0415  (imports lightning)
-
     torch.set_num_threads(threads)
-    try:
-        import numba  # noqa: PLC0415  (optional: the cpu rasterizer)
+    if numba:
+        import numba as nb  # noqa: PLC0415  (the cpu rasterizer's kernels)
 
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:
-        pass
-    quiet_console()
+        nb.set_num_threads(min(threads, nb.config.NUMBA_NUM_THREADS))
+    if lightning:
+        from clods_pl.pipeline.console import quiet_console  # noqa: PLC0415  (imports lightning)
+
+        quiet_console()
 
 
 def run_jobs(fn: Callable[[J], R], jobs: Sequence[J], plan: WorkerPlan) -> list[R]:
@@ -157,7 +158,8 @@ def run_jobs(fn: Callable[[J], R], jobs: Sequence[J], plan: WorkerPlan) -> list[
     if plan.workers <= 1 or len(jobs) <= 1:
         return [fn(job) for job in jobs]
     ctx = multiprocessing.get_context("spawn")  # no fork: the parent's OpenMP and Numba thread pools stay its own
-    pool = ProcessPoolExecutor(plan.workers, mp_context=ctx, initializer=_init_worker, initargs=(plan.threads,))
+    uses = ("lightning" in sys.modules, "numba" in sys.modules)
+    pool = ProcessPoolExecutor(plan.workers, mp_context=ctx, initializer=_init_worker, initargs=(plan.threads, *uses))
     futures = [pool.submit(fn, job) for job in jobs]
     signalled: list[int] = []
 
