@@ -8,6 +8,8 @@ Cases, each from a fresh run folder and its own data (data generation is timed a
   `make demo` did: its own `tiny` data preset and `experiments/flag_tiny.yaml`;
 * ``old_workload``: this code doing the same work: ``experiments/bench/data_tiny_8baa4b6.yaml`` and
   ``experiments/bench/demo_8baa4b6.yaml`` (8baa4b6's presets in today's keys, today's `cpu` rasterizer);
+* ``old_workload_batch2``: the same with ``--stage2.data.batch_size 2`` (two batches, one per core; the meshes
+  differ from one batch of four in the last bits, as any change of batching does);
 * ``demo``: this code's `make demo` (today's presets: twice the trajectories and views, Table 2, ...).
 
 Each pipeline runs as `make` runs it (OMP_NUM_THREADS=1, the CLI's default workers). The stage times are the
@@ -51,7 +53,7 @@ def _stage_seconds(run_dir: Path) -> dict[str, float]:
     return out
 
 
-def _case(name: str, code: Path, data_args: list[str], config: str, work: Path) -> dict:
+def _case(name: str, code: Path, data_args: list[str], config: str, work: Path, extra: list[str] = ()) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     env["PYTHONPATH"] = str(code / "src")
     env.pop("CLODS_PL_WORKERS", None)
@@ -62,6 +64,7 @@ def _case(name: str, code: Path, data_args: list[str], config: str, work: Path) 
     load = os.getloadavg()[0]
     gen = _run([python, "-m", "clods_pl", "data", "generate", *data_args, "--out", str(data)], code, env, log)
     cmd = [python, "-m", "clods_pl", "pipeline", "--config", config, "--run_dir", str(run), "--dataset", str(data)]
+    cmd += list(extra)
     wall = _run(cmd, code, env, log)
     row = {"case": name, "code": str(code), "data_s": gen, "pipeline_s": wall, "load_before": load}
     row.update(_stage_seconds(run))
@@ -73,7 +76,7 @@ def _case(name: str, code: Path, data_args: list[str], config: str, work: Path) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old", default="8baa4b6", help="the old commit (issue 13 was measured at 8baa4b6)")
-    ap.add_argument("--cases", nargs="+", default=["old_code", "old_workload", "demo"])
+    ap.add_argument("--cases", nargs="+", default=["old_code", "old_workload", "old_workload_batch2", "demo"])
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_demo")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
@@ -88,10 +91,14 @@ def main() -> None:
         elif case == "old_workload":
             data = ["--config", "experiments/bench/data_tiny_8baa4b6.yaml"]
             rows.append(_case(case, ROOT, data, "experiments/bench/demo_8baa4b6.yaml", args.work))
+        elif case == "old_workload_batch2":  # the same, stage 2 in two batches of two: one per core
+            data = ["--config", "experiments/bench/data_tiny_8baa4b6.yaml"]
+            extra = ["--stage2.data.batch_size", "2"]
+            rows.append(_case(case, ROOT, data, "experiments/bench/demo_8baa4b6.yaml", args.work, extra))
         elif case == "demo":
             rows.append(_case(case, ROOT, ["--preset", "tiny"], "experiments/flag_tiny.yaml", args.work))
         else:
-            sys.exit(f"--cases: unknown case {case!r}; choose from old_code, old_workload, demo")
+            sys.exit(f"--cases: unknown case {case!r}; choose from old_code, old_workload, old_workload_batch2, demo")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_demo.json").write_text(json.dumps(rows, indent=1))
     print("\n| case | data (s) | stage 1 | stage 2 | stage 3 | eval | pipeline (s) | load before/after |")

@@ -279,6 +279,7 @@ SETTING_CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
         ("eval.novel_views.ablations",),
     ),
     "refine_unknown_init": (["refine", "--refine.init", "guess"], ("refine.init='guess'",)),
+    "pipeline_zero_workers": (["pipeline", "--workers", "0"], ("--workers=0", ">= 1")),
     "refine_negative_prior": (["refine", "--refine.prior_weight", "-1"], ("refine.prior_weight",)),
 }
 

@@ -19,7 +19,7 @@ Several substeps per frame keep it stable at the frame time step; a random pre-r
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -168,13 +168,16 @@ class ClothSimulator:
         return x + self.free * (self.relaxation * delta / self.count.unsqueeze(-1))
 
     def simulate(self, params: PhysicsParams, num_frames: int, generator: torch.Generator | None = None,
-                 progress: bool = False, num_threads: int | None = 1) -> Tensor:
-        """-> verts (num_frames, V, 3) float32, after ``params.preroll_s`` seconds of pre-roll."""
+                 progress: bool = False, num_threads: int | None = 1,
+                 wind: Callable[[float], Tensor] | None = None) -> Tensor:
+        """-> verts (num_frames, V, 3) float32, after ``params.preroll_s`` seconds of pre-roll. ``wind``: the wind
+        velocity (3,) at time t (s, from the start of the pre-roll) instead of ``params``' own (:func:`wind_at`;
+        ``benchmarks/gust_floor.py`` changes the gusts after a given frame)."""
         with torch_threads(num_threads):
-            return self._simulate(params, num_frames, generator, progress)
+            return self._simulate(params, num_frames, generator, progress, wind)
 
     def _simulate(self, params: PhysicsParams, num_frames: int, generator: torch.Generator | None,
-                  progress: bool) -> Tensor:
+                  progress: bool, wind: Callable[[float], Tensor] | None = None) -> Tensor:
         mesh = self.mesh
         x = mesh.rest.clone()
         if generator is not None:  # a smooth random initial ripple (strain-free to first order)
@@ -192,7 +195,7 @@ class ClothSimulator:
             if f >= pre:
                 frames.append(x.clone())
             for _ in range(self.substeps):
-                w = wind_at(params, t)
+                w = wind_at(params, t) if wind is None else wind(t)
                 v0, v1, v2 = x[faces[:, 0]], x[faces[:, 1]], x[faces[:, 2]]
                 cr = torch.linalg.cross(v1 - v0, v2 - v0, dim=-1)
                 area2 = cr.norm(dim=-1, keepdim=True).clamp_min(1e-12)

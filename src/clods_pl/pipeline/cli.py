@@ -109,6 +109,7 @@ def _experiment_command(command: str, argv: Sequence[str], stages: Sequence[Any]
         return 0
     from clods_pl.pipeline.experiment import build_parser, default_stages, rewrite_stage_overrides  # noqa: PLC0415  (commands load only what they use)
     from clods_pl.pipeline.runner import StageRunner  # noqa: PLC0415  (commands load only what they use)
+    from clods_pl.utils.workers import check_workers  # noqa: PLC0415  (commands load only what they use)
 
     stages = default_stages() if stages is None else tuple(stages)
     if "-h" in argv or "--help" in argv:
@@ -122,6 +123,7 @@ def _experiment_command(command: str, argv: Sequence[str], stages: Sequence[Any]
         argv = rewrite_stage_overrides(command, argv)
     cfg = parser.parse_args(list(argv))
     set_threads(cfg.get("threads"))
+    check_workers(cfg.get("workers"))
     runner = StageRunner(parser, cfg, stages)
     force = bool(cfg.get("force"))
     if command == "pipeline":

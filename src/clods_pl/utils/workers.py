@@ -117,6 +117,12 @@ def plan_workers(
     return WorkerPlan(n, max(1, threads // n) if n > 1 else threads, why)
 
 
+def check_workers(setting: int | None, env: str | None = None) -> None:
+    """``--workers`` and ``CLODS_PL_WORKERS`` checked when a command starts (one line naming the bad one), not when
+    the first stage with jobs to share reaches them."""
+    plan_workers(setting, 1, 1, os.environ.get(WORKERS_ENV) if env is None else env, free=(1, ""))
+
+
 def stage_workers(ctx: Any, stage: str, jobs: int) -> WorkerPlan:
     """:func:`plan_workers` for ``stage`` of a run (``ctx``: a StageContext): one process unless the stage trains on
     one CPU device (several GPUs or processes are Lightning's business, not ours)."""
