@@ -37,6 +37,26 @@ def test_plan_workers_follows_setting_env_then_free_cores():
         plan_workers(None, jobs=4, threads=1, env="two")
 
 
+def test_wandb_logging_keeps_jobs_in_process_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each stage's W&B runs get the manifest when the stage ends, which only runs of this process can."""
+    from types import SimpleNamespace
+
+    monkeypatch.delenv("CLODS_PL_WORKERS", raising=False)
+    from clods_pl.utils.workers import stage_workers
+
+    def ctx(logger: str, workers: int | None) -> SimpleNamespace:
+        settings = {"logger": logger, "workers": workers}
+        return SimpleNamespace(
+            section=lambda key: {"accelerator": "cpu", "devices": 1},
+            setting=lambda key, default=None: settings.get(key, default),
+        )
+
+    assert stage_workers(ctx("wandb", None), "stage3", 4).workers == 1
+    assert "W&B" in stage_workers(ctx("both", None), "stage3", 4).why
+    assert stage_workers(ctx("wandb", 2), "stage3", 4).workers == 2
+    assert stage_workers(ctx("csv", 2), "stage3", 4).workers == 2
+
+
 def test_busy_cores_sees_a_spinning_process():
     """The default counts the cores busy now (not the load average, which a pipeline's own last stage inflates)."""
     import subprocess

@@ -135,7 +135,11 @@ def stage_workers(ctx: Any, stage: str, jobs: int) -> WorkerPlan:
     threads = torch.get_num_threads()
     if not on_cpu or devices not in (1, "1", "auto") or int(trainer.get("num_nodes", 1) or 1) > 1:
         return WorkerPlan(1, threads, f"{stage}.trainer: not one CPU device")
-    return plan_workers(ctx.setting("workers"), jobs, threads, os.environ.get(WORKERS_ENV))
+    setting, env = ctx.setting("workers"), os.environ.get(WORKERS_ENV)
+    if setting is None and not env and str(ctx.setting("logger", "csv")) in ("wandb", "both"):
+        # a stage's W&B runs get the run's manifest when the stage ends: only runs made in this process can
+        return WorkerPlan(1, threads, "W&B logging: every run gets the manifest")
+    return plan_workers(setting, jobs, threads, env)
 
 
 def _init_worker(threads: int, lightning: bool, numba: bool) -> None:
