@@ -61,6 +61,13 @@ class Cameras:
         idx_t = torch.as_tensor(idx, dtype=torch.long)
         return Cameras(self.K[idx_t], self.w2c[idx_t], self.width, self.height, [self.names[int(i)] for i in idx_t])
 
+    def scaled(self, s: int) -> Cameras:
+        """The same cameras at ``s`` times the resolution: pixel (i, j) of these covers pixels (s i .. s i + s - 1,
+        s j .. s j + s - 1) of the result (pixel centres at +0.5: the first two rows of K times s)."""
+        K = self.K.clone()
+        K[:, :2, :] = K[:, :2, :] * s
+        return Cameras(K, self.w2c, self.width * s, self.height * s, list(self.names))
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Cameras:
         """Move/cast the matrices."""
         return Cameras(

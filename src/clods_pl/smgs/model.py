@@ -67,6 +67,9 @@ class SMGS(nn.Module):
         lambert_light: colours are albedo x ``(1 - d) + d |n . l|`` with the Gaussian's face normal n and one learned
         light direction l and diffuse share d (stage 1 learns them on frame 0). A colour then follows its face as
         stage 2 turns it, where a fixed colour cannot (docs/results.md: shading is ~40% of stage 2's error).
+        supersample: render every pixel as the mean of s x s samples (the image at s times the resolution, averaged
+        in s x s blocks), as a camera pixel integrates the light over its area; 1: one sample at the pixel centre.
+        Part of the appearance, like ``antialiased``: stage 2 and eval render as stage 1 fitted.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class SMGS(nn.Module):
         init_log_scale: float = 0.0,
         coverage_scale: float | None = None,
         lambert_light: bool = False,
+        supersample: int = 1,
     ) -> None:
         super().__init__()
         faces = torch.as_tensor(faces, dtype=torch.int64)
@@ -115,9 +119,13 @@ class SMGS(nn.Module):
             init_log_scale=init_log_scale,
             coverage_scale=coverage_scale,
             lambert_light=lambert_light,
+            supersample=supersample,
         )
         if coverage_scale is not None and not coverage_scale > 0:
             raise ValueError(f"coverage_scale must be > 0 (or None), got {coverage_scale}")
+        if int(supersample) != supersample or supersample < 1:
+            raise ValueError(f"supersample must be a whole number >= 1, got {supersample}")
+        self.supersample = int(supersample)
         self.antialiased = bool(antialiased)
         self.coverage_scale = None if coverage_scale is None else float(coverage_scale)
         self.normal_eps, self.sh_degree = float(normal_eps), int(sh_degree)
@@ -209,7 +217,13 @@ class SMGS(nn.Module):
         """Render the mesh ``verts`` (V, 3) into every camera -> RenderOutput(rgb (C,H,W,3), alpha (C,H,W,1)),
         antialiased and in two passes as the SMGS was built (:func:`render_gaussians`)."""
         return render_gaussians(
-            self.gaussians(verts, cameras), cameras, background, backend, self.antialiased, self.coverage_scale
+            self.gaussians(verts, cameras),
+            cameras,
+            background,
+            backend,
+            self.antialiased,
+            self.coverage_scale,
+            self.supersample,
         )
 
     def render_batch(
@@ -223,7 +237,9 @@ class SMGS(nn.Module):
             )
         g = self.gaussians(verts, cameras)
         return [
-            render_gaussians(g.select(b), cameras[b], background, backend, self.antialiased, self.coverage_scale)
+            render_gaussians(
+                g.select(b), cameras[b], background, backend, self.antialiased, self.coverage_scale, self.supersample
+            )
             for b in range(verts.shape[0])
         ]
 
@@ -253,6 +269,12 @@ class SMGS(nn.Module):
         return groups
 
 
+def block_mean(images: Tensor, s: int) -> Tensor:
+    """(C, s H, s W, D) -> (C, H, W, D): the mean of every s x s block of pixels."""
+    C, H, W, D = images.shape
+    return images.reshape(C, H // s, s, W // s, s, D).mean(dim=(2, 4))
+
+
 def render_gaussians(
     g: Gaussians,
     cameras: Cameras,
@@ -260,10 +282,17 @@ def render_gaussians(
     backend: str = "torch",
     antialiased: bool = False,
     coverage_scale: float | None = None,
+    supersample: int = 1,
 ) -> RenderOutput:
     """Rasterize ``g`` into ``cameras`` as an SMGS renders: one pass (3DGS), or with ``coverage_scale`` two passes
     (colour from ``g`` normalised by its alpha, alpha from ``g`` with in-plane scales times ``coverage_scale``; see
-    :class:`SMGS`). rgb (C, H, W, 3) over ``background`` (3,) (black when None), alpha (C, H, W, 1)."""
+    :class:`SMGS`); with ``supersample`` s > 1 at s times the resolution, averaged over s x s blocks (rgb and alpha;
+    no depth). rgb (C, H, W, 3) over ``background`` (3,) (black when None), alpha (C, H, W, 1)."""
+    if supersample > 1:
+        fine = render_gaussians(
+            g, cameras.scaled(supersample), background, backend, antialiased, coverage_scale, supersample=1
+        )
+        return RenderOutput(rgb=block_mean(fine.rgb, supersample), alpha=block_mean(fine.alpha, supersample))
     cams = cameras.to(g.means.device, g.means.dtype)
     bg = None if background is None else torch.as_tensor(background, device=g.means.device, dtype=g.means.dtype)
     W, H = cameras.width, cameras.height

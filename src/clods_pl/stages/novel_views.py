@@ -125,7 +125,7 @@ def fit_frame_gaussians(
     def render(cams: Cameras) -> Any:
         g = free.gaussians(verts, cams)
         g.means = g.means + offset
-        return render_gaussians(g, cams, background, backend, free.antialiased, free.coverage_scale)
+        return render_gaussians(g, cams, background, backend, free.antialiased, free.coverage_scale, free.supersample)
 
     target, target_alpha = composite(images, background), images[..., 3:]
     with torch.enable_grad():  # also when called under no_grad
