@@ -2,6 +2,7 @@
 preset to the current one (docs/results.md, "What capped stage 1").
 
     python -m benchmarks.stage1_appearance [--dataset data/tiny] [--out benchmarks/results/stage1_appearance.json]
+                                           [--only "per pixel"]
 
 Every variant runs ``clods-pl stage1`` with ``experiments/flag_tiny.yaml`` plus its overrides in a fresh run
 directory (one thread), then renders the fitted SMGS on frame 0 of each training trajectory in the held-out view
@@ -70,7 +71,13 @@ VARIANTS = {
         "--stage1.model.coverage_scale",
         "2.0",
     ],
-    "current preset (scales learned, lr 0.005; cpu backend)": [],
+    "scales learned, lr 0.005; cpu backend, 1 sample per pixel (before supersampling)": [
+        "--stage1.model.supersample",
+        "1",
+    ],
+    "current preset (+ 2 x 2 samples per pixel)": [],
+    "current preset, 3 x 3 samples per pixel": ["--stage1.model.supersample", "3"],
+    "current preset, 4 x 4 samples per pixel": ["--stage1.model.supersample", "4"],
 }
 
 
@@ -98,10 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="data/tiny")
     parser.add_argument("--view", type=int, default=1, help="the held-out view")
     parser.add_argument("--out", default="benchmarks/results/stage1_appearance.json")
+    parser.add_argument("--only", default=None, help="run the variants whose label contains this text")
     args = parser.parse_args(argv)
     results = {}
+    variants = {k: v for k, v in VARIANTS.items() if args.only is None or args.only in k}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (label, overrides) in enumerate(VARIANTS.items()):
+        for i, (label, overrides) in enumerate(variants.items()):
             run = Path(tmp) / f"v{i}"
             t0 = time.perf_counter()
             code = cli(
