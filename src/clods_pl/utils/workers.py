@@ -1,4 +1,5 @@
-"""A stage's independent jobs (stage-3 models, groups of stage-2 batches, the novel-view fits) in worker processes.
+"""Independent jobs (stage-3 models, groups of stage-2 batches, the novel-view fits, generated trajectories) in worker
+processes.
 
 On a CPU machine one process per core beats several threads in one process: the kernels here are small, and two
 torch threads share too little work per op (BENCHMARKS.md). ``run_jobs`` runs ``fn`` over the jobs in ``workers``
