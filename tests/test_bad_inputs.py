@@ -280,6 +280,7 @@ SETTING_CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     ),
     "refine_unknown_init": (["refine", "--refine.init", "guess"], ("refine.init='guess'",)),
     "pipeline_zero_workers": (["pipeline", "--workers", "0"], ("--workers=0", ">= 1")),
+    "stage1_zero_supersample": (["stage1", "--stage1.model.supersample", "0"], ("stage1.model.supersample=0",)),
     "refine_negative_prior": (["refine", "--refine.prior_weight", "-1"], ("refine.prior_weight",)),
 }
 
@@ -289,6 +290,14 @@ SETTING_CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
 def test_bad_setting(name: str, case: dict, capsys: pytest.CaptureFixture) -> None:
     args, needles = SETTING_CASES[name]
     expect_clear_error([args[0], "--config", case["cfg"], "--run_dir", str(case["run"]), *args[1:]], capsys, *needles)
+    assert not (case["run"] / "stage1" / "smgs.ckpt").exists()
+
+
+def test_bad_workers_environment(case: dict, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLODS_PL_WORKERS", "two")
+    expect_clear_error(
+        ["pipeline", "--config", case["cfg"], "--run_dir", str(case["run"])], capsys, "CLODS_PL_WORKERS='two'", "unset"
+    )
     assert not (case["run"] / "stage1" / "smgs.ckpt").exists()
 
 

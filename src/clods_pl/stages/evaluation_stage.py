@@ -104,7 +104,8 @@ def novel_view_table(ctx: StageContext, dataset: str, stage_dir: Path, views: di
         )
         for mode in settings.ablations
     ]
-    bounds = upper_bound_jobs(read_dataset(dataset), smgs, holdout, rendered.background, settings, backend, lpips)
+    ds = read_dataset(dataset)
+    bounds = upper_bound_jobs(ds, smgs, holdout, rendered.background, settings, backend, lpips)
     jobs = [*fits, *(partial(upper_bound_metrics, job) for job in bounds)]
     plan = stage_workers(ctx, "stage1", len(jobs))
     if len(jobs) > 1:
@@ -120,7 +121,6 @@ def novel_view_table(ctx: StageContext, dataset: str, stage_dir: Path, views: di
     out = run_novel_view_evaluation(
         dataset, models, holdout, rendered.background, stage_dir, settings, backend, lpips, results[len(fits) :]
     )
-    ds = read_dataset(dataset)
     names = [ds.names(s)[0] for s in ("train", *settings.splits) if ds.names(s)]
     train_view = next(v for v in range(len(ds.trajectory(names[0]).cameras)) if v not in holdout)
     recovered_render_sheet(
