@@ -108,7 +108,7 @@ def rasterize(
             (Mip-Splatting; gsplat's ``rasterize_mode="antialiased"``), so the 0.3 px dilation no longer fattens
             small, thin or edge-on Gaussians. ``inria`` supports it only in builds with an ``antialiasing`` setting.
         backend: ``torch`` (reference, CPU or CUDA), ``cpu`` (Numba kernels, CPU tensors, same results as ``torch``
-            2-4x faster on one thread), ``gsplat`` (CUDA), ``inria`` (CUDA, user-installed).
+            5-7x faster on one thread), ``gsplat`` (CUDA), ``inria`` (CUDA, user-installed).
     Returns:
         RenderOutput(rgb (C, H, W, 3), alpha (C, H, W, 1), depth (C, H, W, 1) | None).
     """

@@ -29,6 +29,8 @@ from clods_pl.render.projection import EPS_2D, NEAR_PLANE
 from clods_pl.render.torch_backend import TILE
 from clods_pl.render.types import RenderOutput
 
+ALPHA_FLOOR = 1e-10  # depth = accumulated depth / max(alpha, ALPHA_FLOOR), as in the torch reference
+
 if "NUMBA_THREADING_LAYER" not in os.environ:  # the user's choice wins
     # workqueue: idle workers sleep. The OpenMP layer's workers spin (measured: 1.8 cores busy for 1 requested),
     # which on a 2-core workstation slows every other process and hides the single-thread cost.
@@ -36,9 +38,10 @@ if "NUMBA_THREADING_LAYER" not in os.environ:  # the user's choice wins
 
 
 class _RasterizeCPU(torch.autograd.Function):
-    """(means, quats, scales, opacities, colours) -> (features (C, H, W, D), transmittance (C, H, W)): projection,
-    depth order and compositing in Numba kernels, float64 inside; the backward runs the compositing backward, then the
-    projection's chain rule (``cpu_projection``), with no autograd graph in between."""
+    """(means, quats, scales, opacities, colours, background) -> (rgb (C, H, W, 3), alpha (C, H, W, 1), depth
+    (C, H, W, 1), empty without ``return_depth``): projection, depth order, compositing and the background in Numba
+    kernels and NumPy, float64 inside; the backward runs the compositing backward, then the projection's chain rule
+    (``cpu_projection``), with no autograd graph in between."""
 
     @staticmethod
     def forward(
@@ -48,13 +51,14 @@ class _RasterizeCPU(torch.autograd.Function):
         scales: Tensor,
         opacities: Tensor,
         colors: Tensor,
+        background: Tensor,
         viewmats: Tensor,
         Ks: Tensor,
         width: int,
         height: int,
         return_depth: bool,
         antialiased: bool,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         C, N = viewmats.shape[0], means.shape[0]
         m, q, sc, vm, K = (_f64(t) for t in (means, quats, scales, viewmats, Ks))
         cov3 = np.empty((N, 6))
@@ -78,37 +82,58 @@ class _RasterizeCPU(torch.autograd.Function):
         attrs = np.concatenate([mean2d, conic, log_op, feats], -1).reshape(C * N, ATTR + feats.shape[-1])
         attrs = np.ascontiguousarray(attrs)
         D = attrs.shape[1] - ATTR
-        feat, trans = np.zeros((C, height, width, D)), np.ones((C, height, width))
-        last = np.full((C, height, width), -1, np.int64)
+        feat, trans = np.empty((C, height, width, D)), np.empty((C, height, width))
+        last = np.empty((C, height, width), np.int64)
         composite_forward(attrs, start, order, clip, feat, trans, last)
-        ctx.arrays = (m, q, sc, cov3, vm, K, opac, op, comp, attrs, start, order, clip, trans, last)
+        bg = _f64(background)
+        T = trans[..., None]
+        alpha = 1.0 - T
+        rgb = feat[..., :3] + T * bg
+        depth_img = feat[..., 3:4] / np.maximum(alpha, ALPHA_FLOOR) if return_depth else np.empty((0,))
+        ctx.arrays = (m, q, sc, cov3, vm, K, opac, op, comp, attrs, start, order, clip, trans, last, feat, bg)
         ctx.settings = (width, height, return_depth, antialiased, colors.ndim, means.dtype)
-        return torch.from_numpy(feat).to(means.dtype), torch.from_numpy(trans).to(means.dtype)
+        return tuple(torch.from_numpy(a).to(means.dtype) for a in (rgb, alpha, depth_img))
 
     @staticmethod
-    def backward(ctx, g_feat: Tensor, g_trans: Tensor) -> tuple[Tensor | None, ...]:
-        m, q, sc, cov3, vm, K, opac, op, comp, attrs, start, order, clip, trans, last = ctx.arrays
+    def backward(ctx, g_rgb: Tensor, g_alpha: Tensor, g_depth: Tensor) -> tuple[Tensor | None, ...]:
+        m, q, sc, cov3, vm, K, opac, op, comp, attrs, start, order, clip, trans, last, feat, bg = ctx.arrays
         width, height, return_depth, antialiased, color_ndim, dtype = ctx.settings
         C, N = vm.shape[0], m.shape[0]
         D = attrs.shape[1] - ATTR
-        gf = np.zeros((C, height, width, D)) if g_feat is None else _f64(g_feat)
-        gt = np.zeros((C, height, width)) if g_trans is None else _f64(g_trans)
+        gf = np.zeros((C, height, width, D))
+        g_T = np.zeros((C, height, width))  # d loss / d transmittance
+        if g_rgb is not None:
+            g_rgb = _f64(g_rgb)
+            gf[..., :3] = g_rgb
+            g_T += g_rgb @ bg
+        g_a = np.zeros((C, height, width)) if g_alpha is None else _f64(g_alpha)[..., 0]
+        if return_depth and g_depth is not None:  # depth = feat_depth / max(alpha, floor)
+            g_d = _f64(g_depth)[..., 0]
+            alpha = 1.0 - trans
+            unclamped = alpha > ALPHA_FLOOR
+            den = np.maximum(alpha, ALPHA_FLOOR)
+            gf[..., 3] = g_d / den
+            g_a = g_a - np.where(unclamped, g_d * feat[..., 3] / (den * den), 0.0)
+        g_T -= g_a  # alpha = 1 - T
         g_attrs = np.zeros((C * N, attrs.shape[1]))
-        composite_backward(attrs, start, order, clip, trans, last, gf, gt, g_attrs)
+        composite_backward(attrs, start, order, clip, trans, last, gf, g_T, g_attrs)
         g_attrs = g_attrs.reshape(C, N, -1)
         g_op = np.where(op > 1e-30, g_attrs[..., 5] / np.maximum(op, 1e-30), 0.0)  # d log(op) / d op
         g_opac = (g_op * comp).sum(0)
         g_comp = g_op * opac[None, :] if antialiased else np.zeros((C, N))
-        g_depth = np.ascontiguousarray(g_attrs[..., ATTR + 3]) if return_depth else np.zeros((C, N))
+        g_depth2d = np.ascontiguousarray(g_attrs[..., ATTR + 3]) if return_depth else np.zeros((C, N))
         g_cols = g_attrs[..., ATTR : ATTR + 3]
         g_means, g_cov = np.zeros((C, N, 3)), np.zeros((C, N, 6))
         project_backward(
             m, cov3, vm, K, width, height, NEAR_PLANE, EPS_2D, antialiased,
-            np.ascontiguousarray(g_attrs[..., 0:2]), np.ascontiguousarray(g_attrs[..., 2:5]), g_depth, g_comp,
+            np.ascontiguousarray(g_attrs[..., 0:2]), np.ascontiguousarray(g_attrs[..., 2:5]), g_depth2d, g_comp,
             g_means, g_cov,
         )  # fmt: skip
         g_quats, g_scales = np.zeros((N, 4)), np.zeros((N, 3))
         covariance_backward(q, sc, np.ascontiguousarray(g_cov.sum(0)), g_quats, g_scales)
+        g_bg = None
+        if ctx.needs_input_grad[5] and g_rgb is not None:
+            g_bg = torch.from_numpy(np.einsum("chwk,chw->k", g_rgb, trans)).to(dtype)
 
         def out(a: np.ndarray) -> Tensor:
             return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
@@ -119,6 +144,7 @@ class _RasterizeCPU(torch.autograd.Function):
             out(g_scales),
             out(g_opac),
             out(g_cols.sum(0) if color_ndim == 2 else g_cols),
+            g_bg,
             None, None, None, None, None, None,
         )  # fmt: skip
 
@@ -147,16 +173,11 @@ def rasterize_cpu(
             f"backend 'cpu' needs CPU tensors, got {means.device}; use backend=torch (or gsplat) on a GPU"
         )
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    dtype = means.dtype
-    feat, trans = _RasterizeCPU.apply(
-        means, quats, scales, opacities, colors, viewmats, Ks, width, height, return_depth, antialiased
+    bg = torch.zeros(3, dtype=means.dtype) if background is None else background.to(means)
+    rgb, alpha, depth = _RasterizeCPU.apply(
+        means, quats, scales, opacities, colors, bg, viewmats, Ks, width, height, return_depth, antialiased
     )
-    T = trans.unsqueeze(-1)
-    alpha = 1.0 - T
-    bg = torch.zeros(3, dtype=dtype) if background is None else background.to(means)
-    rgb = feat[..., :3] + T * bg
-    depth = feat[..., 3:4] / alpha.clamp_min(1e-10) if return_depth else None
-    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth)
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth if return_depth else None)
 
 
 def compile_kernels() -> float:
