@@ -7,9 +7,14 @@ of one per (tile, Gaussian) pair. The pixel loop is branch-free so that LLVM vec
 along a row): a polynomial ``exp`` (``_exp``), selects instead of ``if``s, a finished pixel marked by a negative
 transmittance, flat per-camera planes indexed by unsigned integers (a signed index costs a wrap-around test per
 access, which stops the vectoriser), interleaved where a loop would otherwise touch many arrays (LLVM gives up
-beyond a few runtime alias checks). The backward is the 3DGS one (back to front per pixel, transmittance
-recovered by division), in float64; each Gaussian's gradient is summed over its pixels in registers and written
-once (cameras run in parallel and own their rows of the gradient: no races).
+beyond a few runtime alias checks). A row whose 16-pixel segments cannot change is skipped: in the forward, once all
+their pixels are finished (re-marked every RECOUNT Gaussians); in the backward, before the last Gaussian any of their
+pixels composited. A row is visited in whole multiples of LANES pixels, the ones past its end
+masked (alpha 0: they are read and written back unchanged; the planes have LANES pixels of padding at the end), so
+that the short rows of small Gaussians (5-6 pixels on average) run in the vector loop and not in its scalar tail.
+The backward is the 3DGS one (back to front per pixel, transmittance recovered by division), in float64; each
+Gaussian's gradient is summed over its pixels in registers and written once (cameras run in parallel and own their
+rows of the gradient: no races).
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ ALPHA_MAX = TORCH.alpha_max
 ALPHA_MIN = 1.0 / 255.0
 LOG_ALPHA_MIN = math.log(ALPHA_MIN)
 ATTR = 6  # columns before the features: mean x, mean y, conic a, b, c, log opacity
+LANES = 8  # rows are visited in whole multiples of this many pixels (AVX-512 doubles), the extra ones masked
+SEG = 16  # row segments (pixels) that the kernels skip as a whole once no pixel in them can change
+RECOUNT = 512  # the forward re-marks finished segments every this many Gaussians
+DEPTH_ALPHA_FLOOR = 1e-10  # depth = accumulated depth / max(alpha, this), as in the torch reference
 SMALL_BOX = 8  # Gaussians at most this many pixels wide visit every pixel of their box, larger ones their ellipse
 
 
@@ -43,6 +52,12 @@ def _exp(x: float) -> float:
     p = p * p
     p = p * p
     return p * p
+
+
+@njit(cache=True, inline="always")
+def _lanes(n: int) -> int:
+    """n rounded up to a multiple of LANES (0 stays 0)."""
+    return (n + LANES - 1) // LANES * LANES
 
 
 @njit(cache=True, inline="always")
@@ -92,21 +107,35 @@ def composite_forward(
     start: np.ndarray,
     order: np.ndarray,
     clip: np.ndarray,
-    feat: np.ndarray,
+    background: np.ndarray,
+    rgb: np.ndarray,
+    alpha_img: np.ndarray,
+    depth_img: np.ndarray,
     trans: np.ndarray,
     last: np.ndarray,
 ) -> None:  # pragma: no cover  (compiled)
-    """Front to back: ``feat`` (C, H, W, D) = sum of w f, ``trans`` (C, H, W) = the transmittance left (1 where
-    nothing drew), ``last`` (C, H, W) = the rank (position in the camera's depth order) of the last Gaussian a pixel
-    composited, -1 for none. D is 3 (colour) or 4 (colour and depth)."""
-    C, H, W, D = feat.shape
+    """Front to back, per camera: ``rgb`` (C, H, W, 3) = sum of w colour + T background, ``alpha_img`` (C, H, W, 1) =
+    1 - T, ``depth_img`` (C, H, W, 1) = sum of w depth / max(alpha, DEPTH_ALPHA_FLOOR) when ``attrs`` has a depth
+    column (else it is (0, 0, 0, 0)), ``trans`` (C, H, W) = T, the transmittance left, ``last`` (C, H, W) = the rank
+    (position in the camera's depth order) of the last Gaussian a pixel composited, -1 for none."""
+    C, H, W = trans.shape
+    D = attrs.shape[1] - ATTR
     HW = H * W
     for c in prange(C):
-        T_cur = np.ones(HW)  # negative once the pixel is finished: its transmittance is then -T_cur
-        F0, F1, F2, F3 = np.zeros(HW), np.zeros(HW), np.zeros(HW), np.zeros(HW)  # F3: depth (or unused zeros)
-        L = np.full(HW, -1.0)
+        T_cur = np.ones(HW + LANES)  # negative once the pixel is finished: its transmittance is then -T_cur
+        F0, F1, F2, F3 = np.zeros(HW + LANES), np.zeros(HW + LANES), np.zeros(HW + LANES), np.zeros(HW + LANES)
+        L = np.full(HW + LANES, -1.0)
         left = HW
+        alive = np.ones((H, (W + SEG - 1) // SEG), np.bool_)  # per row segment: any pixel not finished (recounted)
         for r in range(start[c + 1] - start[c]):
+            if r % RECOUNT == RECOUNT - 1:  # a row whose segments are all finished is skipped (below)
+                for py in range(H):
+                    for s in range(alive.shape[1]):
+                        if alive[py, s]:
+                            any_live = False
+                            for px in range(s * SEG, min(W, (s + 1) * SEG)):
+                                any_live = any_live or T_cur[py * W + px] > 0.0
+                            alive[py, s] = any_live
             g = order[start[c] + r]
             x0, x1, y0, y1 = _bounds(attrs, clip, g)
             mx, my, a, b, cc, lo = attrs[g, 0], attrs[g, 1], attrs[g, 2], attrs[g, 3], attrs[g, 4], attrs[g, 5]
@@ -117,12 +146,17 @@ def composite_forward(
             for py in range(y0, y1):
                 dy = py + 0.5 - my
                 rx0, rx1 = _row(small, mx, a, b, cc, q, dy, x0, x1)
+                busy = False  # any pixel of the row's segments not finished?
+                for s in range(rx0 // SEG, (rx1 + SEG - 1) // SEG):
+                    busy = busy or alive[py, s]
+                if not busy:
+                    continue
                 row, bdy, base = lo - 0.5 * cc * dy * dy, b * dy, py * W
-                for px in range(rx0, rx1):
+                for px in range(rx0, rx0 + _lanes(rx1 - rx0)):
                     i = np.uint64(base + px)
                     dx = px + 0.5 - mx
                     power = row - (0.5 * a * dx + bdy) * dx
-                    alpha = min(_exp(power), ALPHA_MAX) if power >= LOG_ALPHA_MIN else 0.0
+                    alpha = min(_exp(power), ALPHA_MAX) if (power >= LOG_ALPHA_MIN and px < rx1) else 0.0
                     T = T_cur[i]  # negative: the pixel is finished, with transmittance -T
                     nxt = T * (1.0 - alpha)
                     live = T > 0.0
@@ -142,10 +176,15 @@ def composite_forward(
         for py in range(H):
             for px in range(W):
                 i = py * W + px
-                trans[c, py, px] = abs(T_cur[i])
+                T = abs(T_cur[i])
+                trans[c, py, px] = T
                 last[c, py, px] = int(L[i])
-                for d in range(D):
-                    feat[c, py, px, d] = (F0, F1, F2, F3)[d][i]
+                rgb[c, py, px, 0] = F0[i] + T * background[0]
+                rgb[c, py, px, 1] = F1[i] + T * background[1]
+                rgb[c, py, px, 2] = F2[i] + T * background[2]
+                alpha_img[c, py, px, 0] = 1.0 - T
+                if D > 3:
+                    depth_img[c, py, px, 0] = F3[i] / max(1.0 - T, DEPTH_ALPHA_FLOOR)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -154,31 +193,47 @@ def composite_backward(
     start: np.ndarray,
     order: np.ndarray,
     clip: np.ndarray,
+    background: np.ndarray,
+    depth_img: np.ndarray,
     trans: np.ndarray,
     last: np.ndarray,
-    g_feat: np.ndarray,
-    g_trans: np.ndarray,
+    g_rgb: np.ndarray,
+    g_alpha: np.ndarray,
+    g_depth: np.ndarray,
     g_attrs: np.ndarray,
 ) -> None:  # pragma: no cover  (compiled)
     """Back to front: ``g_attrs`` (C * N, ATTR + D) += d loss / d (mean x, mean y, a, b, c, log opacity, features)
-    from ``g_feat`` (C, H, W, D) and ``g_trans`` (C, H, W)."""
-    C, H, W, D = g_feat.shape
+    from ``g_rgb`` (C, H, W, 3), ``g_alpha`` (C, H, W, 1) and ``g_depth`` (C, H, W, 1; (0, 0, 0, 0) without depth),
+    the gradients of :func:`composite_forward`'s images."""
+    C, H, W = trans.shape
+    D = attrs.shape[1] - ATTR
     HW = H * W
     for c in prange(C):
-        TB = np.empty(2 * HW)  # per pixel: T after the Gaussians left to visit; the sum over later ones of w f . g
-        # plus g_T * T_final
-        L = np.empty(HW)
-        G = np.zeros(4 * HW)  # per pixel: d loss / d (colour, depth); interleaved, so the loop has few arrays
+        # per pixel: T after the Gaussians left to visit; the sum over later ones of w f . g plus g_T * T_final
+        TB = np.zeros(2 * (HW + LANES))
+        L = np.full(HW + LANES, -1.0)
+        G = np.zeros(4 * (HW + LANES))  # per pixel: d loss / d (colour, depth); interleaved, so the loop has few arrays
         for py in range(H):
             for px in range(W):
                 i = py * W + px
-                TB[2 * i] = trans[c, py, px]
-                TB[2 * i + 1] = g_trans[c, py, px] * trans[c, py, px]
+                T = trans[c, py, px]
+                g0, g1, g2 = g_rgb[c, py, px, 0], g_rgb[c, py, px, 1], g_rgb[c, py, px, 2]
+                g_a = g_alpha[c, py, px, 0]  # d loss / d alpha, alpha = 1 - T
+                if D > 3:  # depth = sum w depth / max(alpha, floor)
+                    den = max(1.0 - T, DEPTH_ALPHA_FLOOR)
+                    G[4 * i + 3] = g_depth[c, py, px, 0] / den
+                    if 1.0 - T > DEPTH_ALPHA_FLOOR:
+                        g_a -= g_depth[c, py, px, 0] * depth_img[c, py, px, 0] / den
+                TB[2 * i] = T
+                TB[2 * i + 1] = (g0 * background[0] + g1 * background[1] + g2 * background[2] - g_a) * T
                 L[i] = last[c, py, px]
-                for d in range(D):
-                    G[4 * i + d] = g_feat[c, py, px, d]
+                G[4 * i], G[4 * i + 1], G[4 * i + 2] = g0, g1, g2
         u1, u2, u3, u4 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4)  # unsigned index arithmetic
-        for r in range(int(L.max()), -1, -1):
+        seg_last = np.full((H, (W + SEG - 1) // SEG), -1.0)  # per row segment: the last rank any pixel composited
+        for py in range(H):
+            for px in range(W):
+                seg_last[py, px // SEG] = max(seg_last[py, px // SEG], L[py * W + px])
+        for r in range(int(L[:HW].max()), -1, -1):
             g = order[start[c] + r]
             x0, x1, y0, y1 = _bounds(attrs, clip, g)
             mx, my, a, b, cc, lo = attrs[g, 0], attrs[g, 1], attrs[g, 2], attrs[g, 3], attrs[g, 4], attrs[g, 5]
@@ -189,13 +244,18 @@ def composite_backward(
             for py in range(y0, y1):
                 dy = py + 0.5 - my
                 rx0, rx1 = _row(small, mx, a, b, cc, q, dy, x0, x1)
+                reached = False  # does any pixel of the row's segments get to this Gaussian?
+                for s in range(rx0 // SEG, (rx1 + SEG - 1) // SEG):
+                    reached = reached or rank <= seg_last[py, s]
+                if not reached:
+                    continue
                 row, bdy, base = lo - 0.5 * cc * dy * dy, b * dy, py * W
-                for px in range(rx0, rx1):
+                for px in range(rx0, rx0 + _lanes(rx1 - rx0)):
                     i = np.uint64(base + px)
                     dx = px + 0.5 - mx
                     power = row - (0.5 * a * dx + bdy) * dx
                     raw = _exp(power)
-                    on = power >= LOG_ALPHA_MIN and rank <= L[i]
+                    on = power >= LOG_ALPHA_MIN and rank <= L[i] and px < rx1
                     alpha = min(raw, ALPHA_MAX) if on else 0.0  # 0: the pixel is left as it is
                     inv = 1.0 / (1.0 - alpha)
                     i2, i4 = u2 * i, u4 * i

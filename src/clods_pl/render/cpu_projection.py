@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 FOV_CLAMP = 1.3
 
@@ -33,10 +33,10 @@ def _rotation(qw: float, qx: float, qy: float, qz: float) -> tuple:
     )  # fmt: skip
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def covariances(quats: np.ndarray, scales: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover  (compiled)
     """out (N, 6) = the upper triangle (00, 01, 02, 11, 12, 22) of ``M M^T``, ``M = R(q) diag(s)``."""
-    for n in prange(quats.shape[0]):
+    for n in range(quats.shape[0]):
         r = _rotation(quats[n, 0], quats[n, 1], quats[n, 2], quats[n, 3])
         a0, a1, a2 = scales[n, 0] ** 2, scales[n, 1] ** 2, scales[n, 2] ** 2
         out[n, 0] = r[5] * r[5] * a0 + r[6] * r[6] * a1 + r[7] * r[7] * a2
@@ -99,7 +99,7 @@ def _camera(V: np.ndarray, K: np.ndarray, width: int, height: int, mean: np.ndar
     return x, y, z, zs, fx, fy, cx, cy, ux, uy, ux_c, uy_c, in_x, in_y
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def project_forward(
     means: np.ndarray,
     cov3: np.ndarray,
@@ -121,7 +121,7 @@ def project_forward(
     screen), comp (1 unless antialiased).
     ``cov3`` (N, 6): :func:`covariances`."""
     C, N = viewmats.shape[0], means.shape[0]
-    for idx in prange(C * N):
+    for idx in range(C * N):
         c, n = idx // N, idx % N
         V = viewmats[c]
         x, y, z, zs, fx, fy, cx, cy, _, _, ux_c, uy_c, _, _ = _camera(V, Ks[c], width, height, means[n], near)
@@ -145,7 +145,7 @@ def project_forward(
         comp[c, n] = math.sqrt(max((c00 * c11 - b * b) / ds, 1e-12)) if antialiased else 1.0
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def project_backward(
     means: np.ndarray,
     cov3: np.ndarray,
@@ -167,7 +167,7 @@ def project_backward(
     (dL/dS)^T`` (C, N, 6, upper triangle) from those of mean2d, conic, depth and comp; :func:`covariance_backward`
     takes Q summed over cameras to the quaternions and scales."""
     C, N = viewmats.shape[0], means.shape[0]
-    for idx in prange(C * N):
+    for idx in range(C * N):
         c, n = idx // N, idx % N
         gm0, gm1 = g_mean2d[c, n, 0], g_mean2d[c, n, 1]
         gq0, gq1, gq2 = g_conic[c, n, 0], g_conic[c, n, 1], g_conic[c, n, 2]
@@ -237,13 +237,13 @@ def _sandwich_t(V: np.ndarray, p00: float, p01: float, p02: float, p11: float, p
     )  # fmt: skip
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def covariance_backward(
     quats: np.ndarray, scales: np.ndarray, g_cov3: np.ndarray, g_quats: np.ndarray, g_scales: np.ndarray
 ) -> None:  # pragma: no cover  (compiled)
     """Quaternion (N, 4) and scale (N, 3) gradients from ``Q`` (N, 6) = dL/dS + (dL/dS)^T summed over cameras:
     ``dL/dM = Q M`` with ``M = R(q) diag(s)``, then through ``R`` and the quaternion's normalisation."""
-    for n in prange(quats.shape[0]):
+    for n in range(quats.shape[0]):
         r = _rotation(quats[n, 0], quats[n, 1], quats[n, 2], quats[n, 3])
         w, qx, qy, qz, qnorm = r[0], r[1], r[2], r[3], r[4]
         q00, q01, q02 = g_cov3[n, 0], g_cov3[n, 1], g_cov3[n, 2]
