@@ -7,6 +7,10 @@ Recovers frames 1..``frames`` of the first ``trajectories`` trajectories of the 
 together (``data.batch_size`` in stage 2), with the given iterations (no early stop: every frame pays the full
 budget, so numbers compare across backends), into a temporary cache. Reports wall seconds per recovered
 trajectory-frame and per Adam iteration, and the mean vertex error vs ground truth (relative to the flag size).
+
+Same meshes as another commit (issue 13: "within 1e-4 m"): ``--save-meshes DIR`` writes the recovered vertices
+(``<backend>.npz``, one (frames + 1, V, 3) array per trajectory); run the other commit's code with the same
+arguments and ``--compare-meshes DIR`` to report the largest vertex distance between the two (``max_mesh_diff``).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ def bench(
     iterations: int,
     holdout: list[int],
     profile: Path | None = None,
+    save_meshes: Path | None = None,
+    compare_meshes: Path | None = None,
 ) -> dict:
     ds = read_dataset(dataset)
     names = [n for split in sorted(ds.info.splits, key=lambda s: s != "train") for n in ds.names(split)][:trajectories]
@@ -78,6 +84,7 @@ def bench(
             profile.parent.mkdir(parents=True, exist_ok=True)
             profile.write_text(f"{backend}, {len(names)} trajectories, 1 frame x 10 iterations\n{table}\n")
             print(table)
+        meshes = {job.name: np.asarray(job.cache.verts[: frames + 1]) for job in jobs}
         errs = []
         for job in jobs:
             rmse = job.cache.gt_metrics.get("rmse")
@@ -85,6 +92,13 @@ def bench(
                 errs.append(float(np.mean(rmse[1 : frames + 1])) / flag_size(np.asarray(job.traj.mesh_pos)))
     traj0 = ds.trajectory(names[0])
     n_frames = frames * len(names)
+    extra = {}
+    if save_meshes is not None:
+        save_meshes.mkdir(parents=True, exist_ok=True)
+        np.savez(save_meshes / f"{backend}.npz", **meshes)
+    if compare_meshes is not None:
+        other = np.load(compare_meshes / f"{backend}.npz")
+        extra["max_mesh_diff"] = max(float(np.abs(meshes[n] - other[n]).max()) for n in names)
     return {
         "backend": backend,
         "device": str(device),
@@ -97,6 +111,7 @@ def bench(
         "s_per_frame": wall / n_frames,
         "ms_per_iteration": 1e3 * wall / (frames * iterations),
         "mean_rel_error": float(np.mean(errs)) if errs else None,
+        **extra,
     }
 
 
@@ -112,13 +127,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--holdout", type=int, nargs="*", default=[0])
     ap.add_argument("--profile", action="store_true", help="also profile 10 iterations -> stage2_<device>_profile.txt")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--save-meshes", type=Path, default=None, help="write the recovered vertices to DIR/<backend>.npz")
+    ap.add_argument("--compare-meshes", type=Path, default=None, help="largest vertex distance to DIR/<backend>.npz")
     a = ap.parse_args(argv)
     device = torch.device(a.device)
     rows = []
     for backend in a.backends:
         try:
             prof = RESULTS / f"stage2_{device.type}_{backend}_b{a.trajectories}_profile.txt" if a.profile else None
-            row = bench(a.dataset, a.stage1, backend, device, a.trajectories, a.frames, a.iterations, a.holdout, prof)
+            row = bench(
+                a.dataset, a.stage1, backend, device, a.trajectories, a.frames, a.iterations, a.holdout, prof,
+                a.save_meshes, a.compare_meshes,
+            )  # fmt: skip
         except BackendUnavailableError as exc:
             row = {"backend": backend, "unavailable": str(exc)}
         print(json.dumps(row), flush=True)
