@@ -99,3 +99,31 @@ def test_diffuse_out_of_range_is_refused_in_one_line() -> None:
     assert GenerateConfig.from_dict({"diffuse": 0.0}).diffuse == 0.0
     with pytest.raises(ClodsError, match=r"diffuse=1.5; the Lambert share of the light must be in \[0, 1\]"):
         GenerateConfig.from_dict({"diffuse": 1.5})
+
+
+def test_steady_wind_changes_only_the_gusts_and_the_swing() -> None:
+    """``gustiness`` and ``lateral_swing_deg`` ranges of (0, 0) give a wind constant in time; every other physical
+    parameter of every trajectory is the one the default ranges draw (the same random draws)."""
+    from clods_pl.data.simulator import wind_at
+
+    steady = GenerateConfig.from_dict({**MINI.to_dict(), "gustiness": [0, 0], "lateral_swing_deg": [0, 0]})
+    for index, split in ((0, "train"), (1, "test_unviewed")):
+        gusty, _ = MINI.physics(index, split)
+        calm, _ = steady.physics(index, split)
+        assert gusty.gustiness > 0.1 and gusty.lateral_swing_deg > 1.0
+        assert calm.gustiness == 0.0 and calm.lateral_swing_deg == 0.0
+        others = {k: v for k, v in gusty.to_dict().items() if k not in ("gustiness", "lateral_swing_deg")}
+        assert {k: v for k, v in calm.to_dict().items() if k in others} == others
+        winds = torch.stack([wind_at(calm, t) for t in (0.0, 0.37, 1.1, 2.9)])
+        assert torch.allclose(winds, winds[:1].expand_as(winds))
+        gusts = torch.stack([wind_at(gusty, t) for t in (0.0, 0.37, 1.1, 2.9)])
+        assert float((gusts - gusts[:1]).abs().max()) > 0.1
+
+
+def test_wind_ranges_out_of_order_are_refused_in_one_line() -> None:
+    from clods_pl.errors import ClodsError
+
+    with pytest.raises(ClodsError, match=r"gustiness=\[0.6, 0.2\]; give a range \[low, high\] with 0 <= low <= high"):
+        GenerateConfig.from_dict({"gustiness": [0.6, 0.2]})
+    with pytest.raises(ClodsError, match=r"lateral_swing_deg=\[-5, 5\]"):
+        GenerateConfig.from_dict({"lateral_swing_deg": [-5, 5]})

@@ -57,6 +57,8 @@ class GenerateConfig:
     camera_target: tuple[float, float, float] = (0.4, 0.0, 0.5)
     viewed_azimuth_deg: tuple[float, float] = (-35.0, 35.0)
     unviewed_azimuth_deg: tuple[float, float] = (45.0, 70.0)
+    gustiness: tuple[float, float] = (0.2, 0.6)  # range of the gusts' relative amplitude; (0, 0): no gusts
+    lateral_swing_deg: tuple[float, float] = (5.0, 25.0)  # range of the wind direction's swing; (0, 0): none
     supersample: int = 3
     diffuse: float = 0.65  # Lambert share of the light (the rest ambient); 0: no pose-dependent shading
     renderer: str = "auto"
@@ -79,10 +81,28 @@ class GenerateConfig:
         if d.get("test_num_frames") is not None and int(d["test_num_frames"]) < 3:
             raise ClodsError(f"test_num_frames={d['test_num_frames']}; a test trajectory needs >= 3 frames "
                              "(two inputs and one predicted frame)")
-        for key in ("grid", "flag_size", "camera_target", "viewed_azimuth_deg", "unviewed_azimuth_deg"):
+        for key in ("gustiness", "lateral_swing_deg"):
+            if key in d:
+                lo, hi = (float(x) for x in d[key])
+                if not 0.0 <= lo <= hi:
+                    raise ClodsError(f"{key}={list(d[key])}; give a range [low, high] with 0 <= low <= high "
+                                     "([0, 0] for a steady wind)")
+        for key in ("grid", "flag_size", "camera_target", "viewed_azimuth_deg", "unviewed_azimuth_deg", "gustiness",
+                    "lateral_swing_deg"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
+
+    def physics(self, index: int, split: str) -> tuple[PhysicsParams, torch.Generator]:
+        """Trajectory ``index``'s physical conditions and the generator state its simulation starts from (its own
+        seed; test_unviewed winds come from the unviewed azimuths, mirrored at random)."""
+        g = torch.Generator().manual_seed(self.seed * 100_003 + index)
+        az = self.unviewed_azimuth_deg if split == "test_unviewed" else self.viewed_azimuth_deg
+        if split == "test_unviewed" and torch.rand((), generator=g) < 0.5:
+            az = (-az[1], -az[0])
+        params = PhysicsParams.sample(g, azimuth_range=az, gustiness_range=self.gustiness,
+                                      swing_range=self.lateral_swing_deg)
+        return params, g
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -191,11 +211,7 @@ def _write_trajectory(job: _TrajectoryJob) -> str:
         cams = ring_cameras(cfg.num_views, cfg.camera_radius, cfg.camera_target, cfg.camera_elevations_deg,
                             cfg.camera_fov_deg, cfg.resolution, cfg.resolution,
                             azimuth_offset_deg=cfg.camera_azimuth_offset_deg)
-        g = torch.Generator().manual_seed(cfg.seed * 100_003 + job.index)
-        az = cfg.unviewed_azimuth_deg if job.split == "test_unviewed" else cfg.viewed_azimuth_deg
-        if job.split == "test_unviewed" and torch.rand((), generator=g) < 0.5:
-            az = (-az[1], -az[0])
-        params = PhysicsParams.sample(g, azimuth_range=az)
+        params, g = cfg.physics(job.index, job.split)
         test = job.split.startswith("test") and cfg.test_num_frames
         frames_here = cfg.test_num_frames if test else cfg.num_frames
         verts = sim.simulate(params, frames_here, g, progress=job.progress, num_threads=None)

@@ -25,11 +25,8 @@ def regenerate(cfg: GenerateConfig, index: int, split: str) -> tuple[ClothSimula
     (the same draws, in the same order, as ``clods_pl.data.generate``)."""
     mesh = FlagMesh.make(cfg.grid[0], cfg.grid[1], cfg.flag_size[0], cfg.flag_size[1], cfg.pole_bottom)
     sim = ClothSimulator(mesh, cfg.dt, cfg.substeps, cfg.iterations)
-    g = torch.Generator().manual_seed(cfg.seed * 100_003 + index)
-    az = cfg.unviewed_azimuth_deg if split == "test_unviewed" else cfg.viewed_azimuth_deg
-    if split == "test_unviewed" and torch.rand((), generator=g) < 0.5:
-        az = (-az[1], -az[0])
-    return sim, PhysicsParams.sample(g, azimuth_range=az), g
+    params, g = cfg.physics(index, split)
+    return sim, params, g
 
 
 def _simulate(sim: ClothSimulator, params: PhysicsParams, frames: int, start: Tensor, wind: Any = None) -> Tensor:

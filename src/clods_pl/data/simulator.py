@@ -89,13 +89,16 @@ class PhysicsParams:
 
     @classmethod
     def sample(cls, g: torch.Generator, azimuth_range: tuple[float, float] = (-40.0, 40.0),
-               speed_range: tuple[float, float] = (3.0, 9.0)) -> "PhysicsParams":
-        """Random "unknown conditions"; ``azimuth_range`` lets test splits use winds never seen in training."""
+               speed_range: tuple[float, float] = (3.0, 9.0), gustiness_range: tuple[float, float] = (0.2, 0.6),
+               swing_range: tuple[float, float] = (5.0, 25.0)) -> "PhysicsParams":
+        """Random "unknown conditions"; ``azimuth_range`` lets test splits use winds never seen in training;
+        ``gustiness_range`` and ``swing_range`` (0, 0) give a steady wind. The draws are the same whatever the
+        ranges, so changing one range changes no other parameter."""
         def u(a: float, b: float) -> float:
             return float(a + (b - a) * torch.rand((), generator=g))
         return cls(wind_speed=u(*speed_range), wind_azimuth_deg=u(*azimuth_range), wind_elevation_deg=u(-10, 10),
-                   gustiness=u(0.2, 0.6), gust_periods=[u(0.8, 2.0), u(0.4, 0.8), u(0.2, 0.45)],
-                   gust_phases=[u(0, 2 * math.pi) for _ in range(3)], lateral_swing_deg=u(5, 25),
+                   gustiness=u(*gustiness_range), gust_periods=[u(0.8, 2.0), u(0.4, 0.8), u(0.2, 0.45)],
+                   gust_phases=[u(0, 2 * math.pi) for _ in range(3)], lateral_swing_deg=u(*swing_range),
                    drag=u(0.8, 1.4), stretch=u(0.85, 1.0), bend=u(0.02, 0.2), density=u(0.15, 0.4),
                    damping=u(0.1, 0.6), preroll_s=u(0.5, 2.0))
 
