@@ -344,3 +344,19 @@ def test_supersampled_render_converges_to_the_pixel_area_mean_and_round_trips(tm
     assert _smgs("static")[0].supersample == 1  # off by default: earlier checkpoints render as they were fitted
     with pytest.raises(ValueError, match="supersample must be a whole number >= 1"):
         _smgs("static", supersample=0)
+
+
+def test_block_mean_is_the_mean_of_each_block_and_its_gradient() -> None:
+    from clods_pl.smgs.model import block_mean
+
+    g = torch.Generator().manual_seed(0)
+    for s in (2, 3):
+        x = torch.rand(2, 6 * s, 4 * s, 3, generator=g, dtype=torch.float64, requires_grad=True)
+        ref = x.reshape(2, 6, s, 4, s, 3).mean(dim=(2, 4))
+        got = block_mean(x, s)
+        assert torch.allclose(got, ref, atol=1e-15)
+        w = torch.rand(got.shape, generator=g, dtype=torch.float64)
+        (g_ref,) = torch.autograd.grad((ref * w).sum(), x)
+        (g_got,) = torch.autograd.grad((got * w).sum(), x)
+        assert torch.allclose(g_got, g_ref, atol=1e-15)
+        assert float(got[1, 2, 3, 0]) == pytest.approx(float(x[1, 2 * s : 3 * s, 3 * s : 4 * s, 0].mean()), abs=1e-15)

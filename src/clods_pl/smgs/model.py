@@ -270,9 +270,16 @@ class SMGS(nn.Module):
 
 
 def block_mean(images: Tensor, s: int) -> Tensor:
-    """(C, s H, s W, D) -> (C, H, W, D): the mean of every s x s block of pixels."""
+    """(C, s H, s W, D) -> (C, H, W, D): the mean of every s x s block of pixels. Summed as s^2 strided views:
+    about half the time, forward and backward, of ``mean`` over two strided dimensions on the CPU."""
     C, H, W, D = images.shape
-    return images.reshape(C, H // s, s, W // s, s, D).mean(dim=(2, 4))
+    blocks = images.reshape(C, H // s, s, W // s, s, D)
+    total = blocks[:, :, 0, :, 0]
+    for i in range(s):
+        for j in range(s):
+            if i or j:
+                total = total + blocks[:, :, i, :, j]
+    return total / (s * s)
 
 
 def render_gaussians(
@@ -335,10 +342,11 @@ def render_gaussians(
         cams.K,
         W,
         H,
+        background=bg,
         backend=backend,
         antialiased=antialiased,
     )
-    rgb = colour.rgb / colour.alpha.clamp_min(COLOUR_ALPHA_FLOOR) * cover.alpha
-    if bg is not None:
-        rgb = rgb + (1.0 - cover.alpha) * bg
-    return RenderOutput(rgb=rgb, alpha=cover.alpha, depth=None)
+    # colour / max(alpha, floor) * cover alpha + (1 - cover alpha) * bg; the black Gaussians' render over the
+    # background is that last term, and the ratio has one channel: one full-size op instead of four
+    ratio = cover.alpha / colour.alpha.clamp_min(COLOUR_ALPHA_FLOOR)
+    return RenderOutput(rgb=torch.addcmul(cover.rgb, colour.rgb, ratio), alpha=cover.alpha, depth=None)
