@@ -269,17 +269,34 @@ class SMGS(nn.Module):
         return groups
 
 
+class _BlockMean(torch.autograd.Function):
+    """Forward: s^2 strided views added; backward: the gradient divided by s^2, spread over each block with one
+    copy (autograd of the strided views would zero-fill and copy a full-size gradient per view)."""
+
+    @staticmethod
+    def forward(ctx, images: Tensor, s: int) -> Tensor:
+        C, H, W, D = images.shape
+        blocks = images.reshape(C, H // s, s, W // s, s, D)
+        total = blocks[:, :, 0, :, 0].clone()
+        for i in range(s):
+            for j in range(s):
+                if i or j:
+                    total += blocks[:, :, i, :, j]
+        ctx.s = s
+        return total / (s * s)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        s = ctx.s
+        C, h, w, D = grad.shape
+        spread = (grad / (s * s))[:, :, None, :, None, :].expand(C, h, s, w, s, D)
+        return spread.reshape(C, h * s, w * s, D), None
+
+
 def block_mean(images: Tensor, s: int) -> Tensor:
-    """(C, s H, s W, D) -> (C, H, W, D): the mean of every s x s block of pixels. Summed as s^2 strided views:
-    about half the time, forward and backward, of ``mean`` over two strided dimensions on the CPU."""
-    C, H, W, D = images.shape
-    blocks = images.reshape(C, H // s, s, W // s, s, D)
-    total = blocks[:, :, 0, :, 0]
-    for i in range(s):
-        for j in range(s):
-            if i or j:
-                total = total + blocks[:, :, i, :, j]
-    return total / (s * s)
+    """(C, s H, s W, D) -> (C, H, W, D): the mean of every s x s block of pixels; about a third of the time of
+    ``mean`` over two strided dimensions on the CPU, forward and backward."""
+    return _BlockMean.apply(images, s)
 
 
 def render_gaussians(
