@@ -72,7 +72,7 @@ demo: $(STAMP) ## install, generate the tiny dataset, run all stages on the CPU,
 	$(CLI) pipeline --config experiments/flag_tiny.yaml --run_dir $(RUN)
 	@echo "Report: $(RUN)/report.html (self-contained; $(RUN)/report.md links the same files)"
 
-small: $(STAMP) ## the small benchmark (paper Tables 1-2, three stage-3 seeds; ~21 min on 2 CPU cores) -> runs/small
+small: $(STAMP) ## the small benchmark (paper Tables 1-2, three stage-3 seeds; ~18 min on 2 CPU cores) -> runs/small
 	@test -f data/small/dataset.json || $(MAKE) --no-print-directory data PRESET=small DATA=data/small
 	$(CLI) pipeline --config experiments/flag_small.yaml --run_dir runs/small $(ARGS)
 	@echo "Report: runs/small/report.html"
