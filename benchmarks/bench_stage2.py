@@ -49,7 +49,8 @@ def bench(
     compare_meshes: Path | None = None,
 ) -> dict:
     ds = read_dataset(dataset)
-    names = [n for split in sorted(ds.info.splits, key=lambda s: s != "train") for n in ds.names(split)][:trajectories]
+    avail = [n for split in sorted(ds.info.splits, key=lambda s: s != "train") for n in ds.names(split)]
+    names = [avail[i % len(avail)] for i in range(trajectories)]  # more than the dataset has: each again, for timing
     renderer, h = load_stage1(stage1, device)
     config = RecoveryConfig(
         iterations=iterations, plateau_patience=iterations + 1, min_iterations=iterations, backend=backend
@@ -59,8 +60,10 @@ def bench(
         job = open_job(names[0], ds.trajectory(names[0]), Path(tmp) / "warm.npz", h, holdout, "1:2", True, config=warm)
         recover_batch([job], renderer, warm, device)  # first use: Numba loads its cache, gsplat JIT-compiles
         jobs = [
-            open_job(n, ds.trajectory(n), Path(tmp) / f"{n}.npz", h, holdout, f"1:{frames + 1}", True, config=config)
-            for n in names
+            open_job(
+                n, ds.trajectory(n), Path(tmp) / f"{i}_{n}.npz", h, holdout, f"1:{frames + 1}", True, config=config
+            )
+            for i, n in enumerate(names)
         ]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -72,8 +75,8 @@ def bench(
         if profile is not None:  # one more frame of 10 iterations under the profiler: where the time goes
             cfg = RecoveryConfig(iterations=10, plateau_patience=11, min_iterations=10, backend=backend)
             jobs2 = [
-                open_job(n, ds.trajectory(n), Path(tmp) / f"p_{n}.npz", h, holdout, "1:2", True, config=cfg)
-                for n in names
+                open_job(n, ds.trajectory(n), Path(tmp) / f"p_{i}_{n}.npz", h, holdout, "1:2", True, config=cfg)
+                for i, n in enumerate(names)
             ]
             acts = [torch.profiler.ProfilerActivity.CPU] + (
                 [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []
@@ -103,6 +106,7 @@ def bench(
         "backend": backend,
         "device": str(device),
         "trajectories": len(names),
+        "distinct_trajectories": len(set(names)),
         "frames_each": frames,
         "iterations": iterations,
         "vertices": int(np.asarray(traj0.verts0).shape[0]),
@@ -121,7 +125,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--stage1", required=True, help="stage-1 checkpoint (smgs.ckpt)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backends", nargs="+", default=["torch"])
-    ap.add_argument("--trajectories", type=int, default=2)
+    ap.add_argument(
+        "--trajectories", type=int, nargs="+", default=[2], help="batch sizes (more than the dataset has: reused)"
+    )
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--iterations", type=int, default=100)
     ap.add_argument("--holdout", type=int, nargs="*", default=[0])
@@ -133,16 +139,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = torch.device(a.device)
     rows = []
     for backend in a.backends:
-        try:
-            prof = RESULTS / f"stage2_{device.type}_{backend}_b{a.trajectories}_profile.txt" if a.profile else None
-            row = bench(
-                a.dataset, a.stage1, backend, device, a.trajectories, a.frames, a.iterations, a.holdout, prof,
-                a.save_meshes, a.compare_meshes,
-            )  # fmt: skip
-        except BackendUnavailableError as exc:
-            row = {"backend": backend, "unavailable": str(exc)}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        for b in a.trajectories:
+            try:
+                prof = RESULTS / f"stage2_{device.type}_{backend}_b{b}_profile.txt" if a.profile else None
+                row = bench(
+                    a.dataset, a.stage1, backend, device, b, a.frames, a.iterations, a.holdout, prof,
+                    a.save_meshes, a.compare_meshes,
+                )  # fmt: skip
+            except BackendUnavailableError as exc:
+                row = {"backend": backend, "unavailable": str(exc)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
     meta = {
         "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU checks in one call, on a CUDA machine (e.g. a lent H100): install carried wheels (if any), run the
 # gpu-marked tests, the GPU benchmarks, and a short end-to-end GPU pipeline. Results land in benchmarks/results/
-# (and in $OUT when set). Each part has its own time limit, so one hang does not cost the rest.
+# (and, as two archives, in $OUT when set). Each part has its own time limit, so one hang does not cost the rest.
 #   bash benchmarks/gpu.sh            # from the repository root
+#   GPU_STEPS="gpu-tests bench-stage2" bash benchmarks/gpu.sh     # only these steps (gsplat-jit always runs)
 # Wheels for packages the machine lacks (gsplat, jsonargparse, ...) may be carried in .whl/. The original 3DGS
 # rasterizer (backend inria) must already be installed by the user (clods-pl never builds it); without it the
 # inria tests and rows are skipped. The gpu_bench dataset is generated when data/gpu_bench is missing.
@@ -16,8 +17,10 @@ export PYTHONPATH="$PWD/src:$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 WANDB_MODE=
 RESULTS=benchmarks/results
 RUN=${GPU_RUN_DIR:-runs/gpu_bench}
 status=0
+STEPS=${GPU_STEPS:-gsplat-jit gpu-tests bench-render bench-dynamics data pipeline bench-stage2}
 step() {  # step NAME SECONDS CMD...: run with a time limit, log its wall time, remember a failure
     local name=$1 limit=$2; shift 2
+    [[ $name == gsplat-jit || " $STEPS " == *" $name "* ]] || { echo "=== $name: skipped (GPU_STEPS)"; return; }
     local t0=$SECONDS
     echo "=== $name (limit ${limit}s) $(date -u +%T)"
     timeout "$limit" "$@"
@@ -38,12 +41,12 @@ if [[ ! -f data/gpu_bench/dataset.json ]]; then
     step data 300 python3 -m clods_pl data generate --config experiments/data/gpu_bench.yaml --out data/gpu_bench
 fi
 step pipeline 300 python3 -m clods_pl pipeline --config experiments/gpu/gpu_bench.yaml --run_dir "$RUN"
-if [[ -f "$RUN/stage1/smgs.ckpt" ]]; then
-    step bench-stage2 120 python3 -m benchmarks.bench_stage2 --dataset data/gpu_bench --stage1 "$RUN/stage1/smgs.ckpt" \
-        --device cuda --backends gsplat inria torch --trajectories 2 --frames 3 --iterations 100
+if [[ -f "$RUN/stage1/smgs.ckpt" ]]; then  # 1-8 trajectories in one batch (8: the four of gpu_bench twice)
+    step bench-stage2 240 python3 -m benchmarks.bench_stage2 --dataset data/gpu_bench --stage1 "$RUN/stage1/smgs.ckpt" \
+        --device cuda --backends gsplat --trajectories 1 2 4 8 --frames 3 --iterations 100 --holdout 1 --profile
 fi
 if [[ -n "${OUT:-}" ]]; then
-    cp $RESULTS/*_cuda.json "$OUT"/ 2>/dev/null || true
+    tar czf "$OUT/gpu_results.tgz" $RESULTS/*_cuda*.json $RESULTS/*cuda*profile.txt 2>/dev/null || true
     tar czf "$OUT/gpu_run.tgz" --exclude='*.ckpt' "$RUN" 2>/dev/null || true
 fi
 exit $status

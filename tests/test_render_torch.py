@@ -248,6 +248,47 @@ def test_per_camera_colours_and_depth() -> None:
     assert bool(((d > 1.3) & (d < 2.7)).all())  # scene within 0.7 of the origin, cameras at radius 2
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_a_batch_of_scenes_is_each_scene_in_its_own_cameras(backend: str) -> None:
+    """Leading batch dims (2, 3): scene (i, j) rendered into its own cameras over its own background, with depth,
+    equals one call per scene; a scene's shape off the batch is a clear error."""
+    if backend not in available_backends():
+        pytest.skip("numba not installed")
+    parts = [scene(6, 10 + k, dtype=torch.float32) for k in range(6)]
+    means, quats, scales, opac, colors = (
+        torch.stack([p[i] for p in parts]).reshape(2, 3, *parts[0][i].shape) for i in range(5)
+    )
+    rigs = [ring_cameras(2, radius=2.0 + 0.2 * k, width=20, height=18, fov_deg=50.0) for k in range(6)]
+    w2c = torch.stack([r.w2c for r in rigs]).reshape(2, 3, 2, 4, 4)
+    K = torch.stack([r.K for r in rigs]).reshape(2, 3, 2, 3, 3)
+    bgs = torch.rand(2, 3, 3, generator=torch.Generator().manual_seed(0))
+    out = rasterize(means, quats, scales, opac, colors, w2c, K, 20, 18, bgs, backend, return_depth=True)
+    assert out.rgb.shape == (2, 3, 2, 18, 20, 3) and out.depth.shape == (2, 3, 2, 18, 20, 1)
+    for i in range(2):
+        for j in range(3):
+            one = rasterize(
+                means[i, j],
+                quats[i, j],
+                scales[i, j],
+                opac[i, j],
+                colors[i, j],
+                w2c[i, j],
+                K[i, j],
+                20,
+                18,
+                bgs[i, j],
+                backend,
+                return_depth=True,
+            )
+            assert torch.equal(out.rgb[i, j], one.rgb) and torch.equal(out.alpha[i, j], one.alpha)
+            assert torch.equal(out.depth[i, j], one.depth)
+    assert not torch.allclose(out.rgb[0, 0], out.rgb[0, 1])  # the scenes differ: a real batch
+    with pytest.raises(ValueError, match=r"Ks must have shape \(2, 3, 2, 3, 3\)"):
+        rasterize(means, quats, scales, opac, colors, w2c, K[:1], 20, 18, bgs, backend)
+    with pytest.raises(ValueError, match=r"background must have shape \(2, 3, 3\)"):
+        rasterize(means, quats, scales, opac, colors, w2c, K, 20, 18, bgs[:1], backend)
+
+
 def test_bad_inputs_are_clear() -> None:
     means, quats, scales, opac, colors = scene(5, 0, dtype=torch.float32)
     with pytest.raises(ValueError, match=r"quats must have shape \(5, 4\)"):

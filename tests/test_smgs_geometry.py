@@ -295,18 +295,58 @@ def test_render_batch_matches_one_render_per_mesh(options) -> None:
     cams[1] = ring_cameras(3, 3.0, width=24, height=24).to("cpu", torch.float64)  # another rig for mesh 1
     verts = (verts0 + 0.05 * torch.randn(3, *verts0.shape, dtype=torch.float64)).requires_grad_(True)
     bg = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)
-    outs = smgs.render_batch(verts, cams, bg, "torch")
-    loss_batch = sum((o.rgb * o.rgb).sum() + o.alpha.sum() for o in outs)
-    (g_batch,) = torch.autograd.grad(loss_batch, verts)
+    out = smgs.render_batch(verts, cams, bg, "torch")
+    assert out.rgb.shape == (3, 3, 24, 24, 3) and out.alpha.shape == (3, 3, 24, 24, 1)
+    (g_batch,) = torch.autograd.grad((out.rgb * out.rgb).sum() + out.alpha.sum(), verts)
     singles = [smgs.render(verts[b], cams[b], bg, "torch") for b in range(3)]
     loss_single = sum((o.rgb * o.rgb).sum() + o.alpha.sum() for o in singles)
     (g_single,) = torch.autograd.grad(loss_single, verts)
-    for o, s in zip(outs, singles):
-        assert torch.allclose(o.rgb, s.rgb, atol=1e-12) and torch.allclose(o.alpha, s.alpha, atol=1e-12)
+    for b, s in enumerate(singles):
+        assert torch.allclose(out.rgb[b], s.rgb, atol=1e-12) and torch.allclose(out.alpha[b], s.alpha, atol=1e-12)
     assert torch.allclose(g_batch, g_single, atol=1e-10) and g_batch.abs().max() > 0
-    assert not torch.allclose(outs[0].rgb, outs[1].rgb)  # the meshes and rigs differ: a real batch
+    assert not torch.allclose(out.rgb[0], out.rgb[1])  # the meshes and rigs differ: a real batch
     with pytest.raises(ValueError, match="as many camera sets"):
         smgs.render_batch(verts, cams[:2], bg, "torch")
+    with pytest.raises(ValueError, match="one count and image size"):
+        smgs.render_batch(verts, [cams[0], cams[1][:2], cams[2]], bg, "torch")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(opacity_mode="dual", coverage_scale=2.0, supersample=2),
+        dict(opacity_mode="static", sh_degree=1, coverage_scale=1.5),
+        dict(opacity_mode="mesh", two_sided=False),
+    ],
+)
+def test_one_call_batch_render_matches_one_render_per_mesh(options) -> None:
+    """``render_gaussians_batch`` (what a batching backend such as gsplat gets: B meshes, and with a coverage scale
+    both passes, in one rasterize call) gives the images and vertex gradients of one render per mesh."""
+    from clods_pl.geometry import ring_cameras
+    from clods_pl.smgs.model import render_gaussians_batch
+
+    torch.manual_seed(0)
+    smgs, verts0 = _smgs(options.pop("opacity_mode"), gaussians_per_face=4, **options)
+    with torch.no_grad():
+        for p in smgs.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    smgs, verts0 = smgs.double(), verts0.double()
+    cams = [ring_cameras(3, 2.5 + 0.3 * b, width=16, height=16).to("cpu", torch.float64) for b in range(3)]
+    verts = (verts0 + 0.05 * torch.randn(3, *verts0.shape, dtype=torch.float64)).requires_grad_(True)
+    bg = torch.tensor([1.0, 0.5, 0.2], dtype=torch.float64)
+    g = smgs.gaussians(verts, cams)
+    aa, cover, ss = smgs.antialiased, smgs.coverage_scale, smgs.supersample
+    out = render_gaussians_batch(g, cams, bg, "torch", aa, cover, ss)
+    assert out.rgb.shape == (3, 3, 16, 16, 3) and out.alpha.shape == (3, 3, 16, 16, 1)
+    (g_batch,) = torch.autograd.grad((out.rgb * out.rgb).sum() + out.alpha.sum(), verts)
+    singles = [
+        render_gaussians(smgs.gaussians(verts[b], cams[b]), cams[b], bg, "torch", aa, cover, ss) for b in range(3)
+    ]
+    (g_single,) = torch.autograd.grad(sum((o.rgb * o.rgb).sum() + o.alpha.sum() for o in singles), verts)
+    for b, one in enumerate(singles):
+        assert torch.allclose(out.rgb[b], one.rgb, atol=1e-12) and torch.allclose(out.alpha[b], one.alpha, atol=1e-12)
+    assert torch.allclose(g_batch, g_single, atol=1e-10) and g_batch.abs().max() > 0
+    assert float(out.alpha.amax()) > 0.2 and not torch.allclose(out.rgb[0], out.rgb[1])
 
 
 def test_supersampled_render_converges_to_the_pixel_area_mean_and_round_trips(tmp_path) -> None:

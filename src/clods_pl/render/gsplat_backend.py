@@ -44,15 +44,15 @@ def rasterize_gsplat(
     return_depth: bool = False,
     antialiased: bool = False,
 ) -> RenderOutput:
-    """See :func:`clods_pl.render.rasterize`."""
+    """See :func:`clods_pl.render.rasterize` (leading batch dims included)."""
     if means.device.type != "cuda":
         raise BackendUnavailableError(
             f"backend 'gsplat' needs CUDA tensors, got {means.device}; use backend=torch on the CPU"
         )
     gsplat = import_gsplat()
-    C = viewmats.shape[0]
+    cams = viewmats.shape[:-2]  # (*B, C): gsplat renders a batch of scenes (leading dims) in one call
     # gsplat appends the zero depth channel to the backgrounds itself in RGB+ED mode
-    bgs = None if background is None else background.to(means).expand(C, 3).contiguous()
+    bgs = None if background is None else background.to(means).unsqueeze(-2).expand(*cams, 3).contiguous()
     render, alpha, _meta = gsplat.rasterization(
         means,
         quats,

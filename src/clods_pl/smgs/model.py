@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from clods_pl.geometry import Cameras
-from clods_pl.render import rasterize
+from clods_pl.render import BATCHED_BACKENDS, rasterize
 from clods_pl.render.types import RenderOutput
 from clods_pl.smgs.anchoring import anchor_gaussians, barycentric_weights
 from clods_pl.smgs.color import eval_sh, num_sh_coeffs, rgb_to_sh0
@@ -228,20 +228,23 @@ class SMGS(nn.Module):
 
     def render_batch(
         self, verts: Tensor, cameras: Sequence[Cameras], background: Tensor | None = None, backend: str = "torch"
-    ) -> list[RenderOutput]:
-        """Render B meshes ``verts`` (B, V, 3), mesh b into ``cameras[b]`` (every set C cameras): B RenderOutputs,
-        as B calls of :meth:`render` give, with the Gaussians of all B built by one set of torch ops."""
+    ) -> RenderOutput:
+        """Render B meshes ``verts`` (B, V, 3), mesh b into ``cameras[b]`` (every set C cameras of one size):
+        RenderOutput(rgb (B, C, H, W, 3), alpha (B, C, H, W, 1)), what B calls of :meth:`render` give stacked. The
+        Gaussians of all B are built by one set of torch ops; a backend that renders batches (``gsplat``) renders
+        all B, both passes of the coverage render, in one call."""
         if verts.ndim != 3 or len(cameras) != verts.shape[0]:
             raise ValueError(
                 f"a batch of meshes (B, V, 3) needs as many camera sets, got {tuple(verts.shape)} and {len(cameras)}"
             )
+        if len({(len(c), c.width, c.height) for c in cameras}) > 1:
+            raise ValueError("render_batch needs camera sets of one count and image size; render each mesh instead")
         g = self.gaussians(verts, cameras)
-        return [
-            render_gaussians(
-                g.select(b), cameras[b], background, backend, self.antialiased, self.coverage_scale, self.supersample
-            )
-            for b in range(verts.shape[0])
-        ]
+        options = (background, backend, self.antialiased, self.coverage_scale, self.supersample)
+        if backend in BATCHED_BACKENDS:
+            return render_gaussians_batch(g, cameras, *options)
+        outs = [render_gaussians(g.select(b), cameras[b], *options) for b in range(verts.shape[0])]
+        return RenderOutput(rgb=torch.stack([o.rgb for o in outs]), alpha=torch.stack([o.alpha for o in outs]))
 
     def param_groups(
         self,
@@ -367,3 +370,58 @@ def render_gaussians(
     # background is that last term, and the ratio has one channel: one full-size op instead of four
     ratio = cover.alpha / colour.alpha.clamp_min(COLOUR_ALPHA_FLOOR)
     return RenderOutput(rgb=torch.addcmul(cover.rgb, colour.rgb, ratio), alpha=cover.alpha, depth=None)
+
+
+def render_gaussians_batch(
+    g: Gaussians,
+    cameras: Sequence[Cameras],
+    background: Tensor | None = None,
+    backend: str = "torch",
+    antialiased: bool = False,
+    coverage_scale: float | None = None,
+    supersample: int = 1,
+) -> RenderOutput:
+    """:func:`render_gaussians` of a batch in one :func:`rasterize` call: member b of ``g`` (every field with a
+    leading B) into ``cameras[b]`` (B sets of C cameras of one size), and with ``coverage_scale`` both passes in
+    the same call. rgb (B, C, H, W, 3), alpha (B, C, H, W, 1), equal to B calls of :func:`render_gaussians`."""
+    B = g.means.shape[0]
+    s = supersample
+    cams = [(c.scaled(s) if s > 1 else c).to(g.means.device, g.means.dtype) for c in cameras]
+    W, H = cams[0].width, cams[0].height
+    w2c = torch.stack([c.w2c for c in cams])  # (B, C, 4, 4)
+    K = torch.stack([c.K for c in cams])  # (B, C, 3, 3)
+    bg = None if background is None else torch.as_tensor(background, device=g.means.device, dtype=g.means.dtype)
+    if coverage_scale is None:
+        out = rasterize(
+            g.means, g.quats, g.scales, g.opacities, g.colors, w2c, K, W, H, bg, backend, antialiased=antialiased
+        )
+        rgb, alpha = out.rgb, out.alpha
+    else:  # pass 0 the colour (over black), pass 1 the coverage (black Gaussians with wide in-plane scales over bg)
+
+        def both(t: Tensor) -> Tensor:
+            return t.unsqueeze(1).expand(B, 2, *t.shape[1:])
+
+        widen = torch.tensor([coverage_scale, coverage_scale, 1.0], dtype=g.scales.dtype, device=g.scales.device)
+        bgs = None if bg is None else torch.stack([torch.zeros_like(bg), bg]).expand(B, 2, 3)
+        out = rasterize(
+            both(g.means),
+            both(g.quats),
+            torch.stack([g.scales, g.scales * widen], 1),
+            both(g.opacities),
+            torch.stack([g.colors, torch.zeros_like(g.colors)], 1),
+            both(w2c),
+            both(K),
+            W,
+            H,
+            bgs,
+            backend,
+            antialiased=antialiased,
+        )
+        colour_rgb, colour_alpha = out.rgb[:, 0], out.alpha[:, 0]
+        cover_rgb, alpha = out.rgb[:, 1], out.alpha[:, 1]
+        rgb = torch.addcmul(cover_rgb, colour_rgb, alpha / colour_alpha.clamp_min(COLOUR_ALPHA_FLOOR))
+    if s > 1:
+        C = w2c.shape[1]
+        rgb = block_mean(rgb.reshape(B * C, H, W, 3), s).reshape(B, C, H // s, W // s, 3)
+        alpha = block_mean(alpha.reshape(B * C, H, W, 1), s).reshape(B, C, H // s, W // s, 1)
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=None)

@@ -35,8 +35,9 @@ class BatchRenderer(Protocol):
 
     def render(self, verts: Tensor, cameras: Any, background: Tensor, backend: str) -> Any: ...
 
-    def render_batch(self, verts: Tensor, cameras: Sequence[Any], background: Tensor, backend: str) -> list[Any]:
-        """verts (B, V, 3) -> B outputs of :meth:`render`, mesh b in ``cameras[b]``."""
+    def render_batch(self, verts: Tensor, cameras: Sequence[Any], background: Tensor, backend: str) -> Any:
+        """verts (B, V, 3) -> the B outputs of :meth:`render`, mesh b in ``cameras[b]``, stacked: rgb (B, C, H, W, 3),
+        alpha (B, C, H, W, 1)."""
 
 
 @dataclass

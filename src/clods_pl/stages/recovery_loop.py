@@ -67,13 +67,20 @@ def recover_frame(
 
     use_prior = x_pred is not None and config.prior_weight > 0
 
+    if len({tuple(t.shape) for t in targets}) == 1:
+        targets = torch.stack(list(targets))  # once per frame, not once per iteration
+
     def losses(idx: list[int]) -> tuple[Tensor, Tensor, Tensor]:
         """Total, photometric and edge loss (each (len(idx),)) of the trajectories ``idx``, rendered together."""
-        ix = torch.tensor(idx, device=device)
+        if len(idx) == B:  # every trajectory still optimising: no gathers
+            ix: Tensor | slice = slice(None)
+            cams, tgts = list(cameras), targets
+        else:
+            ix = torch.tensor(idx, device=device)
+            cams = [cameras[b] for b in idx]
+            tgts = targets[ix] if isinstance(targets, Tensor) else [targets[b] for b in idx]
         verts = compose_verts(x_init[ix], dx[ix], pinned[ix], pinned_pos[ix])
-        total, photo, edge = frame_losses(
-            renderer, verts, [cameras[b] for b in idx], [targets[b] for b in idx], bg, edges, rest[ix], config
-        )
+        total, photo, edge = frame_losses(renderer, verts, cams, tgts, bg, edges, rest[ix], config)
         if use_prior:
             free = (~pinned[ix]).unsqueeze(-1).to(verts.dtype)  # mean over the free vertices' coordinates
             sq = ((verts - x_pred[ix]) / prior_scale) ** 2 * free

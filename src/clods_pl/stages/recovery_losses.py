@@ -37,13 +37,15 @@ def photometric_loss(
     """L1 of render vs target, both over ``background``, plus optional alpha L1.
 
     Args:
-        rgb: (C, H, W, 3) render over ``background``. alpha: (C, H, W, 1). target_rgba: (C, H, W, 4) in [0, 1].
+        rgb: (..., C, H, W, 3) render over ``background``. alpha: (..., C, H, W, 1). target_rgba: (..., C, H, W, 4)
+            in [0, 1].
     Returns:
-        scalar.
+        (...) loss per image set (a scalar for one set).
     """
-    loss = (rgb - composite(target_rgba, background)).abs().mean()
+    images = (-4, -3, -2, -1)
+    loss = (rgb - composite(target_rgba, background)).abs().mean(images)
     if alpha_weight > 0:
-        loss = loss + alpha_weight * (alpha - target_rgba[..., 3:4]).abs().mean()
+        loss = loss + alpha_weight * (alpha - target_rgba[..., 3:4]).abs().mean(images)
     return loss
 
 
@@ -77,24 +79,28 @@ def frame_losses(
     renderer: Renderer,
     verts: Tensor,
     cameras: Sequence[Any],
-    targets: Sequence[Tensor],
+    targets: Sequence[Tensor] | Tensor,
     background: Tensor,
     edges: Tensor,
     rest: Tensor,
     config: RecoveryConfig,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`frame_loss` of B trajectories at once: ``verts (B, V, 3)``, ``cameras`` and ``targets (C, H, W, 4)``
-    one per trajectory, ``rest (B, E)``. A :class:`BatchRenderer` builds all B meshes' Gaussians together.
+    one per trajectory (or ``targets`` stacked, (B, C, H, W, 4)), ``rest (B, E)``. A :class:`BatchRenderer`
+    renders all B meshes together when their image sets have one shape.
 
     Returns:
         (total, photometric (detached), edge (detached)), each (B,).
     """
-    if isinstance(renderer, BatchRenderer):
-        outs = renderer.render_batch(verts, cameras, background, config.backend)
+    one_shape = isinstance(targets, Tensor) or len({tuple(t.shape) for t in targets}) == 1
+    if isinstance(renderer, BatchRenderer) and one_shape:
+        out = renderer.render_batch(verts, cameras, background, config.backend)
+        stacked = targets if isinstance(targets, Tensor) else torch.stack(list(targets))
+        photo = photometric_loss(out.rgb, out.alpha, stacked, background, config.alpha_weight)
     else:
         outs = [renderer.render(v, c, background, config.backend) for v, c in zip(verts, cameras)]
-    photo = torch.stack(
-        [photometric_loss(o.rgb, o.alpha, t, background, config.alpha_weight) for o, t in zip(outs, targets)]
-    )
+        photo = torch.stack(
+            [photometric_loss(o.rgb, o.alpha, t, background, config.alpha_weight) for o, t in zip(outs, targets)]
+        )
     edge = edge_strain_loss(verts, edges, rest)
     return photo + config.gamma * edge, photo.detach(), edge.detach()
