@@ -27,6 +27,7 @@ from clods_pl.stages.recovery_losses import (
     frame_loss,
     frame_losses,
     rest_edge_lengths,
+    smoothing_operator,
 )
 from clods_pl.stages.recovery_metrics import flag_size
 
@@ -128,6 +129,57 @@ def test_recovery_accuracy_on_known_sequence(tmp_path) -> None:
     still = np.sqrt(((gt[0][None] - gt[1:]) ** 2).sum(-1).mean(-1)) / FLAG_W
     assert rel[1:].mean() < 0.2 * still.mean()
     assert (cache.losses[1:] > 0).all() and (cache.iterations[1:] > 0).all()
+
+
+def test_smoothing_operator_is_the_inverse_of_identity_plus_laplacian() -> None:
+    """(I + l L)^-1 of the mesh graph: symmetric, rows summing to 1 (a uniform step moves the mesh rigidly),
+    identity at l = 0, and it damps a vertex's lone step onto its neighbours."""
+    traj = ToyTrajectory(num_frames=2)
+    edges = unique_edges(traj.faces)
+    v = traj.verts0.shape[0]
+    m = smoothing_operator(edges, v, 4.0, torch.float64)
+    lap = torch.zeros(v, v, dtype=torch.float64)
+    for i, j in edges.tolist():
+        lap[i, j] = lap[j, i] = -1.0
+    lap -= torch.diag(lap.sum(1))
+    assert torch.allclose((torch.eye(v, dtype=torch.float64) + 4.0 * lap) @ m, torch.eye(v, dtype=torch.float64))
+    assert torch.allclose(m, m.T) and torch.allclose(m.sum(1), torch.ones(v, dtype=torch.float64))
+    assert torch.equal(smoothing_operator(edges, v, 0.0, torch.float64), torch.eye(v, dtype=torch.float64))
+    i, j = edges[0].tolist()
+    assert 0 < m[i, i] < 0.5 and m[j, i] > 0  # a lone step is spread over the neighbourhood
+
+
+def test_smoothing_recovers_the_known_sequence_and_changes_the_cache_settings(tmp_path) -> None:
+    """With the large-steps preconditioner the toy flag is recovered as accurately; smoothing 0 leaves the settings
+    (and so existing caches) as they were, another value is a new setting."""
+    from clods_pl.stages.recovery_config import recovery_settings
+
+    traj = ToyTrajectory(num_frames=4, views=4, size=32)
+    cfg = RecoveryConfig(iterations=100, lr=4e-3, gamma=1.0, smoothing=2.0)
+    cache = recover_trajectory("toy", traj, traj.renderer, tmp_path / "toy.npz", "h", cfg)
+    rel = np.sqrt(((cache.verts - traj.load_gt_verts()) ** 2).sum(-1).mean(-1)) / FLAG_W
+    assert rel.max() < 0.02, rel
+    stiff = RecoveryConfig(iterations=20, lr=4e-3, gamma=1.0, smoothing=1e5, init="previous")
+    moved = recover_trajectory("toy", traj, traj.renderer, tmp_path / "stiff.npz", "h", stiff, frames=":2").verts
+    step = np.asarray(moved[1] - moved[0])[np.asarray(traj.node_type) != 3]  # free vertices: one rigid shift
+    assert np.abs(step.mean(0)).max() > 1e-3 and step.std(0).max() < 1e-2 * np.abs(step.mean(0)).max()
+    assert "model.smoothing" not in recovery_settings(RecoveryConfig(), [1])
+    assert recovery_settings(cfg, [1])["model.smoothing"] == 2.0
+    with pytest.raises(RecoveryConfigError, match="model.smoothing must be a number >= 0"):
+        RecoveryConfig(smoothing=-1.0)
+
+
+def test_a_frame_no_step_improves_keeps_its_start_and_says_so(tmp_path, capsys) -> None:
+    """A start that is already the answer (the toy's frame 0 shown again as frames 1 and 2, 'previous' starts) and
+    steps far too long: every step is worse, each frame keeps its start exactly and one line names the settings."""
+    traj = ToyTrajectory(num_frames=3, views=3, size=20)
+    traj._gt[1] = traj._gt[2] = traj._gt[0]
+    cfg = RecoveryConfig(iterations=12, lr=0.2, gamma=1.0, init="previous", min_iterations=12)
+    cache = recover_trajectory("toy", traj, traj.renderer, tmp_path / "toy.npz", "h", cfg, say=print)
+    assert np.array_equal(np.asarray(cache.verts[2]), np.asarray(cache.verts[0]))
+    out = capsys.readouterr().out
+    assert "toy frame 1: no optimiser step improved on the initial guess" in out and "stage2.model.smoothing" in out
+    assert out.count("no optimiser step improved") == 1
 
 
 @pytest.mark.parametrize("with_handle_pos", [False, True])

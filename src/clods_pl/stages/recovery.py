@@ -112,8 +112,8 @@ class RecoveryModule(L.LightningModule):
         stage1_checkpoint: stage-1 SMGS checkpoint (its sha256 is stored in every cache).
         cache_dir: folder of ``<traj>.npz`` caches (``runs/<name>/stage2/meshes``); plots go to ``../plots``.
         iterations, lr, lr_final, gamma, alpha_weight, init, extra_starts, dynamics_checkpoint, prior_weight,
-        plateau_patience, plateau_tol, min_iterations, background, backend: see ``RecoveryConfig``; ``background``
-        None (default): the one stage 1 fitted over.
+        smoothing, plateau_patience, plateau_tol, min_iterations, background, backend: see ``RecoveryConfig``;
+        ``background`` None (default): the one stage 1 fitted over.
         overwrite: rebuild every existing cache.
         log_every_n_frames: log per-frame metrics every n frames (1 = every frame).
         recompute_stale: recover again (instead of refusing) a cache made with another stage-1 checkpoint or other
@@ -134,6 +134,7 @@ class RecoveryModule(L.LightningModule):
         extra_starts: tuple[str, ...] = RC.extra_starts,
         dynamics_checkpoint: str | None = RC.dynamics_checkpoint,
         prior_weight: float = RC.prior_weight,
+        smoothing: float = RC.smoothing,
         plateau_patience: int = RC.plateau_patience,
         plateau_tol: float = RC.plateau_tol,
         min_iterations: int = RC.min_iterations,

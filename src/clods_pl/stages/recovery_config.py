@@ -60,6 +60,11 @@ class RecoveryConfig:
         dynamics_checkpoint: the stage-3 checkpoint for ``init: dynamics`` and the prior.
         prior_weight: weight of ``mean(((x - x_pred) / sigma_a)^2)`` over the free vertices, ``x_pred`` the model's
             prediction and ``sigma_a`` its output normaliser's per-axis acceleration scale (0 = off).
+        smoothing: lambda of the "large steps" preconditioner (Nicolet et al. 2021): the displacements are
+            ``(I + lambda L)^-1 u`` with ``L`` the mesh's graph Laplacian and Adam steps ``u``, so a step moves a
+            smooth region of vertices together. Without it (0) Adam moves every vertex by about ``lr`` whatever its
+            gradient, which on fine meshes (many vertices per pixel, edges a few ``lr`` long) strains the mesh more
+            than the images improve: no step beats the initial guess (docs/results.md).
         plateau_patience: stop a trajectory after this many steps without relative improvement
             ``plateau_tol``. min_iterations: never stop before this many steps.
         background: (3,) colour both render and target are composited over. backend: rasterizer backend.
@@ -74,6 +79,7 @@ class RecoveryConfig:
     extra_starts: tuple[str, ...] = ()
     dynamics_checkpoint: str | None = None
     prior_weight: float = 0.0
+    smoothing: float = 0.0
     plateau_patience: int = 20
     plateau_tol: float = 1e-4
     min_iterations: int = 10
@@ -101,6 +107,8 @@ class RecoveryConfig:
             )
         # ``init`` and repeats add nothing: drop them (e.g. ``--model.init previous`` on a preset that adds it)
         self.extra_starts = tuple(dict.fromkeys(s for s in self.extra_starts if s != self.init))
+        if not (self.smoothing >= 0 and math.isfinite(self.smoothing)):
+            raise RecoveryConfigError(f"model.smoothing must be a number >= 0 (0 = off), got {self.smoothing}")
         if not self.prior_weight >= 0:
             raise RecoveryConfigError(f"model.prior_weight must be >= 0, got {self.prior_weight}")
         if ("dynamics" in (self.init, *self.extra_starts) or self.prior_weight > 0) and not self.dynamics_checkpoint:
@@ -123,6 +131,8 @@ def recovery_settings(config: RecoveryConfig, holdout_views: Sequence[int]) -> d
     out: dict[str, Any] = {
         f"model.{k}": (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()
     }
+    if config.smoothing == 0:  # off: caches written before the setting existed stay valid
+        del out["model.smoothing"]
     if config.dynamics_checkpoint:  # the model's weights decide the frames, not the file's name
         out["model.dynamics_checkpoint"] = checkpoint_digest(config.dynamics_checkpoint)
     out["data.holdout_views"] = sorted(int(v) for v in holdout_views)

@@ -3,8 +3,10 @@ frames (``recover_batch``, ``recover_trajectory``); the trajectories' jobs and c
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from clods_pl.errors import Interrupted
 from clods_pl.stages.mesh_cache import MeshCache
 from clods_pl.stages.recovery_config import RecoveryConfig, RecoveryConfigError, Renderer
 from clods_pl.stages.recovery_jobs import DynamicsPrior, TrajectoryJob, open_job
-from clods_pl.stages.recovery_losses import compose_verts, frame_losses
+from clods_pl.stages.recovery_losses import compose_verts, frame_losses, smoothing_operator
 from clods_pl.stages.recovery_metrics import per_frame_gt_metrics
 
 
@@ -25,13 +27,15 @@ from clods_pl.stages.recovery_metrics import per_frame_gt_metrics
 @dataclass
 class FrameResult:
     """Output of ``recover_frame`` for B trajectories: verts (B, V, 3), photo/edge losses (B,), iterations (B,),
-    and the total loss (B,) they minimised (photo + gamma edge + prior)."""
+    the total loss (B,) they minimised (photo + gamma edge + prior), and the iteration (B,) of the kept iterate
+    (0: no step improved on the initial guess)."""
 
     verts: Tensor
     photo: Tensor
     edge: Tensor
     iterations: Tensor
     loss: Tensor
+    best_iteration: Tensor
 
 
 def recover_frame(
@@ -62,8 +66,16 @@ def recover_frame(
     B = x_init.shape[0]
     device = x_init.device
     bg = torch.as_tensor(config.background, dtype=x_init.dtype, device=device)
-    dx = torch.zeros_like(x_init, requires_grad=True)
-    opt = torch.optim.Adam([dx], lr=config.lr)
+    step = torch.zeros_like(x_init, requires_grad=True)  # Adam's variable: the displacement, or u with smoothing
+    opt = torch.optim.Adam([step], lr=config.lr)
+    smooth = (
+        None
+        if config.smoothing == 0
+        else smoothing_operator(edges, x_init.shape[1], config.smoothing, x_init.dtype).to(device)
+    )
+
+    def displacement(u: Tensor) -> Tensor:
+        return u if smooth is None else torch.matmul(smooth, u)
 
     use_prior = x_pred is not None and config.prior_weight > 0
 
@@ -79,7 +91,7 @@ def recover_frame(
             ix = torch.tensor(idx, device=device)
             cams = [cameras[b] for b in idx]
             tgts = targets[ix] if isinstance(targets, Tensor) else [targets[b] for b in idx]
-        verts = compose_verts(x_init[ix], dx[ix], pinned[ix], pinned_pos[ix])
+        verts = compose_verts(x_init[ix], displacement(step[ix]), pinned[ix], pinned_pos[ix])
         total, photo, edge = frame_losses(renderer, verts, cams, tgts, bg, edges, rest[ix], config)
         if use_prior:
             free = (~pinned[ix]).unsqueeze(-1).to(verts.dtype)  # mean over the free vertices' coordinates
@@ -88,9 +100,9 @@ def recover_frame(
         return total, photo, edge
 
     best = [math.inf] * B
-    best_dx = torch.zeros_like(x_init)
+    best_step = torch.zeros_like(x_init)
     best_photo, best_edge = [0.0] * B, [0.0] * B
-    since_best, used = [0] * B, [0] * B
+    since_best, used, best_it = [0] * B, [0] * B, [0] * B
     active = list(range(B))
     for it in range(config.iterations + 1):  # +1: the last pass only evaluates the final iterate
         if not active:
@@ -106,8 +118,8 @@ def recover_frame(
                 0 if value < best[b] * (1.0 - config.plateau_tol) or best[b] == math.inf else since_best[b] + 1
             )
             if value < best[b]:
-                best[b], best_photo[b], best_edge[b] = value, photo, edge
-                best_dx[b] = dx.detach()[b]
+                best[b], best_photo[b], best_edge[b], best_it[b] = value, photo, edge, it
+                best_step[b] = step.detach()[b]
             used[b] = it
             if it < config.iterations and (it < config.min_iterations or since_best[b] < config.plateau_patience):
                 still.append(b)
@@ -118,13 +130,14 @@ def recover_frame(
         if config.lr_final != 1.0:  # exponential decay to lr * lr_final at the last iteration
             opt.param_groups[0]["lr"] = config.lr * config.lr_final ** ((it + 1) / max(1, config.iterations))
         active = still
-    verts = compose_verts(x_init, best_dx, pinned, pinned_pos)
+    verts = compose_verts(x_init, displacement(best_step), pinned, pinned_pos)
     return FrameResult(
         verts.detach(),
         torch.tensor(best_photo, dtype=torch.float64),
         torch.tensor(best_edge, dtype=torch.float64),
         torch.tensor(used, dtype=torch.int64),
         torch.tensor(best, dtype=torch.float64),
+        torch.tensor(best_it, dtype=torch.int64),
     )
 
 
@@ -151,7 +164,7 @@ def recover_batch(
     device = torch.device(device)
     jobs = list(jobs)
     total = sum(max(0, j.stop - j.next_frame) for j in jobs if j.pending)
-    done, start = 0, time.perf_counter()
+    done, start, warned = 0, time.perf_counter(), False
     sizes = {j.verts0.shape[0] for j in jobs}
     if len(sizes) > 1:
         raise RecoveryConfigError(f"data.batch_size > 1 needs trajectories with one vertex count, got {sorted(sizes)}")
@@ -199,7 +212,7 @@ def recover_batch(
             B = len(todo)
             won = res.loss.reshape(S, B).argmin(0)
             pick = won * B + torch.arange(B)
-            res = FrameResult(res.verts[pick], res.photo[pick], res.edge[pick], res.iterations[pick], res.loss[pick])
+            res = FrameResult(*(getattr(res, f.name)[pick] for f in dataclasses.fields(res)))
         verts = res.verts.cpu()
         for b, (job, t) in enumerate(zip(todo, ts)):
             metrics = {
@@ -214,6 +227,18 @@ def recover_batch(
             metrics.update(gt_metrics)
             if on_frame is not None:
                 on_frame(job, t, metrics)
+        stuck = [
+            (job.name, t) for b, (job, t) in enumerate(zip(todo, ts)) if config.iterations and not res.best_iteration[b]
+        ]
+        if stuck and not warned:
+            warned = True
+            name, t = stuck[0]
+            notice = (
+                f"[clods-pl] stage 2: {name} frame {t}: no optimiser step improved on the initial guess, the frame "
+                f"keeps it; if many frames do, stage2.model.lr ({config.lr:g} m) is too large for this mesh, or set "
+                "stage2.model.smoothing (e.g. 5) for a fine mesh (docs/results.md)"
+            )
+            say(notice) if say is not None else print(notice, file=sys.stderr, flush=True)
         done += len(todo)
         if say is not None:
             say(progress_line(todo, ts, res.iterations, done, total, time.perf_counter() - start))
