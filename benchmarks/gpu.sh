@@ -5,8 +5,12 @@
 #   bash benchmarks/gpu.sh            # from the repository root
 #   GPU_STEPS="gpu-tests bench-stage2" bash benchmarks/gpu.sh     # only these steps (gsplat-jit always runs)
 # Wheels for packages the machine lacks (gsplat, jsonargparse, ...) may be carried in .whl/. The original 3DGS
-# rasterizer (backend inria) must already be installed by the user (clods-pl never builds it); without it the
-# inria tests and rows are skipped. The gpu_bench dataset is generated when data/gpu_bench is missing.
+# rasterizer (backend inria) must already be installed by the user (clods-pl never builds it; a wheel the user
+# built for that machine may lie in .whl/ too); without it the inria tests and rows are skipped. The gpu_bench
+# dataset is generated when data/gpu_bench is missing.
+# Time on an H100 (BENCHMARKS.md): gsplat's JIT 75-110 s, gpu-tests 20 s, bench-render 10 s, bench-dynamics ~75 s
+# (two compile modes), pipeline: stages 32 s and eval (> 300 s before its table was trimmed, not timed since),
+# bench-stage2 ~40 s; GPU_STEPS picks a subset for short leases.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if compgen -G ".whl/*.whl" > /dev/null; then
