@@ -50,6 +50,7 @@ def recover_frame(
     config: RecoveryConfig,
     x_pred: Tensor | None = None,
     prior_scale: Tensor | None = None,
+    smooth: Tensor | None = None,
 ) -> FrameResult:
     """Optimise displacements so the renders of ``x_init + dx`` match ``targets``, for B trajectories at once.
 
@@ -60,6 +61,7 @@ def recover_frame(
         edges: (E, 2) int64. rest: (B, E) rest lengths.
         x_pred: (B, V, 3) a dynamics model's predictions for the prior ``config.prior_weight``, in units of
             ``prior_scale`` (3,); None: no prior.
+        smooth: (V, V) ``smoothing_operator`` of this mesh for ``config.smoothing`` (made here when None).
     Returns:
         ``FrameResult`` with each trajectory's best iterate (lowest total loss) and its loss parts.
     """
@@ -68,11 +70,9 @@ def recover_frame(
     bg = torch.as_tensor(config.background, dtype=x_init.dtype, device=device)
     step = torch.zeros_like(x_init, requires_grad=True)  # Adam's variable: the displacement, or u with smoothing
     opt = torch.optim.Adam([step], lr=config.lr)
-    smooth = (
-        None
-        if config.smoothing == 0
-        else smoothing_operator(edges, x_init.shape[1], config.smoothing, x_init.dtype).to(device)
-    )
+    if smooth is None and config.smoothing > 0:
+        smooth = smoothing_operator(edges, x_init.shape[1], config.smoothing, x_init.dtype)
+    smooth = None if smooth is None else smooth.to(device, x_init.dtype)
 
     def displacement(u: Tensor) -> Tensor:
         return u if smooth is None else torch.matmul(smooth, u)
@@ -173,6 +173,11 @@ def recover_batch(
         raise RecoveryConfigError("data.batch_size > 1 needs trajectories with one mesh topology; use batch_size 1")
     cams = {id(j): j.traj.cameras[j.views].to(device) for j in jobs}
     prior = DynamicsPrior(config.dynamics_checkpoint, device) if config.dynamics_checkpoint else None
+    smooth = (  # one inverse for every frame of the batch (one topology)
+        smoothing_operator(jobs[0].edges, jobs[0].verts0.shape[0], config.smoothing).to(device)
+        if config.smoothing > 0 and jobs
+        else None
+    )
     while True:
         todo = [j for j in jobs if j.pending]
         if not todo:
@@ -207,6 +212,7 @@ def recover_batch(
                 config,
                 x_pred,
                 None if prior is None else prior.scale,
+                smooth,
             )
         if S > 1:  # per trajectory, the start that reached the lowest loss
             B = len(todo)
