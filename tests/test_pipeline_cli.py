@@ -119,6 +119,26 @@ def test_overrides_short_form_and_print_config(dummy: dict, capsys: pytest.Captu
     assert "scale: 3.5" in out and "stage1_checkpoint" not in out
 
 
+@pytest.mark.parametrize("form", ["equals", "separate"])
+def test_pipeline_trainer_flags_set_every_trained_stage(dummy: dict, capsys: pytest.CaptureFixture, form: str) -> None:
+    """What the SLURM scripts pass to ``clods-pl pipeline`` / ``eval`` for the allocation."""
+    flags = {"accelerator": "cpu", "devices": "3", "num_nodes": "2", "strategy": "ddp"}
+    argv = []
+    for key, value in flags.items():
+        argv += [f"--trainer.{key}={value}"] if form == "equals" else [f"--trainer.{key}", value]
+    with pytest.raises(SystemExit) as exc:
+        clods(dummy, ["pipeline", "--config", dummy["cfg"], *argv, "--print_config"])
+    assert exc.value.code == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    for stage in ("stage1", "stage2", "stage3"):
+        trainer = cfg[stage]["trainer"]
+        assert (str(trainer["devices"]), trainer["num_nodes"], trainer["strategy"]) == ("3", 2, "ddp"), stage
+    assert cfg["stage1"]["trainer"]["max_epochs"] == 1  # the config's other trainer settings stay
+    assert clods(dummy, ["pipeline", "--config", dummy["cfg"], "--trainer.devices"]) == 2
+    out = capsys.readouterr()
+    assert "--trainer.devices needs a value" in out.out + out.err and "Traceback" not in out.out + out.err
+
+
 def test_clear_errors(dummy: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert clods(dummy, ["stage1", "--config", dummy["cfg"], "--dataset", str(tmp_path / "missing")]) == 2
     assert "does not exist; generate it" in capsys.readouterr().err
@@ -392,6 +412,7 @@ def test_stage_help_is_short_and_lists_the_stage_options(
     out = capsys.readouterr().out
     assert "--stage1.model.gaussians_per_face" in out and "--stage1.trainer" in out
     assert "--stage2.model" not in out and "--stage1.trainer.max_epochs MAX_EPOCHS" not in out
+    assert "--force" in out  # accepted by every command, so listed too
     assert len(out.splitlines()) < 250  # was 1,324 lines: three stages x every lightning.Trainer argument
 
 

@@ -107,7 +107,13 @@ def _experiment_command(command: str, argv: Sequence[str], stages: Sequence[Any]
 
         print(cached_help(command, lambda: help_text(command, None)), end="")
         return 0
-    from clods_pl.pipeline.experiment import build_parser, default_stages, rewrite_stage_overrides  # noqa: PLC0415  (commands load only what they use)
+    from clods_pl.pipeline.experiment import (  # noqa: PLC0415  (commands load only what they use)
+        add_force_argument,
+        build_parser,
+        default_stages,
+        rewrite_stage_overrides,
+        rewrite_trainer_overrides,
+    )
     from clods_pl.pipeline.runner import StageRunner  # noqa: PLC0415  (commands load only what they use)
     from clods_pl.utils.workers import check_workers  # noqa: PLC0415  (commands load only what they use)
 
@@ -116,11 +122,11 @@ def _experiment_command(command: str, argv: Sequence[str], stages: Sequence[Any]
         print(help_text(command, stages), end="")
         return 0
     parser = build_parser(prog=f"clods-pl {command}", stages=stages)
-    parser.add_argument(
-        "--force", type=bool, default=False, help="run even when the outputs are up to date (pipeline: every stage)"
-    )
+    add_force_argument(parser)
     if command.startswith("stage"):
         argv = rewrite_stage_overrides(command, argv)
+    else:
+        argv = rewrite_trainer_overrides(argv, stages)
     cfg = parser.parse_args(list(argv))
     set_threads(cfg.get("threads"))
     check_workers(cfg.get("workers"))
@@ -151,11 +157,13 @@ def _experiment_command(command: str, argv: Sequence[str], stages: Sequence[Any]
 def help_text(command: str, stages: Sequence[Any] | None) -> str:
     """``clods-pl <command> --help``: this stage's own options (all stages' for pipeline/eval/refine), the Trainer in
     one line: short, and without the ~60 typed Trainer arguments per stage."""
-    from clods_pl.pipeline.experiment import build_parser, default_stages  # noqa: PLC0415  (commands load only what they use)
+    from clods_pl.pipeline.experiment import add_force_argument, build_parser, default_stages  # noqa: PLC0415  (commands load only what they use)
 
     stages = default_stages() if stages is None else tuple(stages)
     shown = [s for s in stages if s.name == command] or stages
-    return build_parser(prog=f"clods-pl {command}", stages=shown, trainer_arguments=False).format_help()
+    parser = build_parser(prog=f"clods-pl {command}", stages=shown, trainer_arguments=False)
+    add_force_argument(parser)
+    return parser.format_help()
 
 
 SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process the signal ended

@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
+from clods_pl.errors import ClodsError
 from clods_pl.pipeline.refine import RefineSettings
 from clods_pl.stages import appearance_stage, dynamics_stage, evaluation_stage, recovery_stage
 from clods_pl.stages.stage import Stage
@@ -79,6 +80,13 @@ def add_stage_arguments(parser: ArgumentParser, stage: Stage, trainer_arguments:
         stage.add_arguments(parser, name)
 
 
+def add_force_argument(parser: ArgumentParser) -> None:
+    """``--force``: run a stage even when its outputs are up to date."""
+    parser.add_argument(
+        "--force", type=bool, default=False, help="run even when the outputs are up to date (pipeline: every stage)"
+    )
+
+
 def build_parser(
     prog: str = "clods-pl",
     stages: Sequence[Stage] | None = None,
@@ -132,6 +140,29 @@ def rewrite_stage_overrides(stage: str, argv: Sequence[str]) -> list[str]:
                 arg = f"--{stage}.{arg[2:]}"
                 break
         out.append(arg)
+    return out
+
+
+def rewrite_trainer_overrides(argv: Sequence[str], stages: Sequence[Stage]) -> list[str]:
+    """In a command that runs several stages (pipeline, eval, refine), ``--trainer.x v`` (or ``--trainer.x=v``) sets
+    ``x`` of every stage that has a Lightning trainer: ``--stage1.trainer.x v --stage2.trainer.x v ...`` (what the
+    SLURM scripts pass for the allocation: accelerator, devices, nodes, strategy)."""
+    names = [s.name for s in stages if s.module is not None and s.datamodule is not None]
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if not arg.startswith("--trainer."):
+            out.append(arg)
+            continue
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i >= len(args):
+                raise ClodsError(f"{arg} needs a value, e.g. {arg}=VALUE")
+            value, i = args[i], i + 1
+        out += [f"--{name}.{key}={value}" for name in names]
     return out
 
 
