@@ -347,6 +347,13 @@ def test_one_call_batch_render_matches_one_render_per_mesh(options) -> None:
         assert torch.allclose(out.rgb[b], one.rgb, atol=1e-12) and torch.allclose(out.alpha[b], one.alpha, atol=1e-12)
     assert torch.allclose(g_batch, g_single, atol=1e-10) and g_batch.abs().max() > 0
     assert float(out.alpha.amax()) > 0.2 and not torch.allclose(out.rgb[0], out.rgb[1])
+    # a background per mesh (B, 3), each member over its own
+    with torch.no_grad():
+        bgs = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.3, 0.9, 0.1]], dtype=torch.float64)
+        out = render_gaussians_batch(g, cams, bgs, "torch", aa, cover, ss)
+        for b in range(3):
+            one = render_gaussians(smgs.gaussians(verts[b], cams[b]), cams[b], bgs[b], "torch", aa, cover, ss)
+            assert torch.allclose(out.rgb[b], one.rgb, atol=1e-12), b
 
 
 def test_supersampled_render_converges_to_the_pixel_area_mean_and_round_trips(tmp_path) -> None:

@@ -383,7 +383,8 @@ def render_gaussians_batch(
 ) -> RenderOutput:
     """:func:`render_gaussians` of a batch in one :func:`rasterize` call: member b of ``g`` (every field with a
     leading B) into ``cameras[b]`` (B sets of C cameras of one size), and with ``coverage_scale`` both passes in
-    the same call. rgb (B, C, H, W, 3), alpha (B, C, H, W, 1), equal to B calls of :func:`render_gaussians`."""
+    the same call. ``background``: (3,) or one per member (B, 3). rgb (B, C, H, W, 3), alpha (B, C, H, W, 1), equal
+    to B calls of :func:`render_gaussians`."""
     B = g.means.shape[0]
     s = supersample
     cams = [(c.scaled(s) if s > 1 else c).to(g.means.device, g.means.dtype) for c in cameras]
@@ -402,7 +403,7 @@ def render_gaussians_batch(
             return t.unsqueeze(1).expand(B, 2, *t.shape[1:])
 
         widen = torch.tensor([coverage_scale, coverage_scale, 1.0], dtype=g.scales.dtype, device=g.scales.device)
-        bgs = None if bg is None else torch.stack([torch.zeros_like(bg), bg]).expand(B, 2, 3)
+        bgs = None if bg is None else torch.stack([torch.zeros_like(bg), bg], -2).expand(B, 2, 3)  # bg (3,) or (B, 3)
         out = rasterize(
             both(g.means),
             both(g.quats),
