@@ -52,7 +52,11 @@ def photometric_loss(
 def smoothing_operator(edges: Tensor, num_verts: int, weight: float, dtype: torch.dtype = torch.float32) -> Tensor:
     """(V, V) ``(I + weight L)^-1``, ``L = D - A`` the uniform graph Laplacian of ``edges (E, 2)``: maps a step
     ``u`` (V, 3) to smooth displacements (the "large steps" parametrisation of Nicolet et al. 2021). Dense: one
-    inverse per batch of frames, then one (V, V) x (V, 3) product per iteration (V ~ 1.5k: 9 MB, 7 MFLOP)."""
+    inverse per batch of frames, then one (V, V) x (V, 3) product per iteration (V ~ 1.5k: 9 MB, 7 MFLOP).
+    Pinned vertices are part of the graph (their rows of the displacement are then replaced by their prescribed
+    positions), so a very large ``weight`` moves the free vertices as one rigid shift away from the pins; anchoring
+    the pins instead (the inverse over the free vertices only) gave the same errors at ``weight`` 2 (docs/results.md,
+    "Fine meshes")."""
     i, j = edges[:, 0].cpu(), edges[:, 1].cpu()  # built on the CPU, in float64; the caller moves it
     lap = torch.zeros(num_verts, num_verts, dtype=torch.float64)
     lap.index_put_((i, j), torch.full_like(i, -1, dtype=torch.float64), accumulate=True)
