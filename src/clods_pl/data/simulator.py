@@ -172,15 +172,19 @@ class ClothSimulator:
 
     def simulate(self, params: PhysicsParams, num_frames: int, generator: torch.Generator | None = None,
                  progress: bool = False, num_threads: int | None = 1,
-                 wind: Callable[[float], Tensor] | None = None) -> Tensor:
+                 wind: Callable[[float], Tensor] | None = None,
+                 state_hook: Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None) -> Tensor:
         """-> verts (num_frames, V, 3) float32, after ``params.preroll_s`` seconds of pre-roll. ``wind``: the wind
         velocity (3,) at time t (s, from the start of the pre-roll) instead of ``params``' own (:func:`wind_at`;
-        ``benchmarks/gust_floor.py`` changes the gusts after a given frame)."""
+        ``benchmarks/gust_floor.py`` changes the gusts after a given frame). ``state_hook(k, x, v) -> (x, v)``: may
+        change the state (positions (V, 3) m, velocities (V, 3) m/s) at output frame k before it is recorded and the
+        simulation goes on from it (:func:`clods_pl.data.gust_floor.perturbed_replays`)."""
         with torch_threads(num_threads):
-            return self._simulate(params, num_frames, generator, progress, wind)
+            return self._simulate(params, num_frames, generator, progress, wind, state_hook)
 
     def _simulate(self, params: PhysicsParams, num_frames: int, generator: torch.Generator | None,
-                  progress: bool, wind: Callable[[float], Tensor] | None = None) -> Tensor:
+                  progress: bool, wind: Callable[[float], Tensor] | None = None,
+                  state_hook: Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None) -> Tensor:
         mesh = self.mesh
         x = mesh.rest.clone()
         if generator is not None:  # a smooth random initial ripple (strain-free to first order)
@@ -196,6 +200,8 @@ class ClothSimulator:
         faces = mesh.faces
         for f in tqdm(range(pre + num_frames), desc="simulate", disable=not progress, leave=False):
             if f >= pre:
+                if state_hook is not None:
+                    x, v = state_hook(f - pre, x, v)
                 frames.append(x.clone())
             for _ in range(self.substeps):
                 w = wind_at(params, t) if wind is None else wind(t)
