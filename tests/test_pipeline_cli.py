@@ -134,9 +134,10 @@ def test_pipeline_trainer_flags_set_every_trained_stage(dummy: dict, capsys: pyt
         trainer = cfg[stage]["trainer"]
         assert (str(trainer["devices"]), trainer["num_nodes"], trainer["strategy"]) == ("3", 2, "ddp"), stage
     assert cfg["stage1"]["trainer"]["max_epochs"] == 1  # the config's other trainer settings stay
-    assert clods(dummy, ["pipeline", "--config", dummy["cfg"], "--trainer.devices"]) == 2
-    out = capsys.readouterr()
-    assert "--trainer.devices needs a value" in out.out + out.err and "Traceback" not in out.out + out.err
+    for tail in (["--trainer.devices"], ["--trainer.devices", "--force", "true"]):
+        assert clods(dummy, ["pipeline", "--config", dummy["cfg"], *tail]) == 2
+        out = capsys.readouterr()
+        assert "--trainer.devices needs a value" in out.out + out.err and "Traceback" not in out.out + out.err
 
 
 def test_clear_errors(dummy: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

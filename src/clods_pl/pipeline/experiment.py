@@ -159,7 +159,7 @@ def rewrite_trainer_overrides(argv: Sequence[str], stages: Sequence[Stage]) -> l
             continue
         key, eq, value = arg[2:].partition("=")
         if not eq:
-            if i >= len(args):
+            if i >= len(args) or args[i].startswith("--"):
                 raise ClodsError(f"{arg} needs a value, e.g. {arg}=VALUE")
             value, i = args[i], i + 1
         out += [f"--{name}.{key}={value}" for name in names]
