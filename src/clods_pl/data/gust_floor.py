@@ -21,6 +21,7 @@ from torch import Tensor
 
 from clods_pl.data.generate import GenerateConfig
 from clods_pl.data.simulator import ClothSimulator, FlagMesh, PhysicsParams, wind_at
+from clods_pl.geometry import unique_edges
 
 
 def regenerate(cfg: GenerateConfig, index: int, split: str) -> tuple[ClothSimulator, PhysicsParams, torch.Generator]:
@@ -61,8 +62,6 @@ def perturbed_replays(
     that err like a one-step model: from frame 2 on (the first a rollout predicts) every frame's positions get a
     fresh smooth displacement e (:func:`smooth_noise`, RMSE ``rms`` m) and the velocity e / dt
     that the error gives a model's next step (x_{t+1} - x_t). ``rms`` 0 gives the trajectory itself."""
-    from clods_pl.geometry import unique_edges  # noqa: PLC0415  (only this function needs it)
-
     sim, params, g = regenerate(cfg, index, split)
     start = g.get_state()
     edges = unique_edges(sim.mesh.faces.long())
