@@ -19,65 +19,61 @@ wind and with the winds of other draws (what not knowing the wind costs on one s
 from __future__ import annotations
 
 import argparse
-import json
-import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from clods_pl.data.format import read_dataset
+from benchmarks.gust_floor import SPLITS, TABLE_HEAD, generated_dataset, run_rows, summary_row, trajectory_index
 from clods_pl.data.generate import GenerateConfig
 from clods_pl.data.gust_floor import one_step_replay, perturbed_replays
-from clods_pl.stages.evaluation import frame_squared_errors, summarize
+from clods_pl.stages.evaluation import frame_squared_errors
 
-SPLITS = ("test_viewed", "test_unviewed")
-COLUMNS = [(s, k) for s in SPLITS for k in ("interpolation", "extrapolation")]
+
+def pooled_one_step_rmse(ds, split: str, predict: Callable[[str, Tensor], list[Tensor]]) -> float:
+    """RMSE (m) over the trajectories of ``split`` of one-step predictions of frames 2..T-1: ``predict(name, gt)``
+    gives one or more (T - 2, V, 3) predictions from ``gt`` (T, V, 3); every vertex and coordinate counts, as in
+    the rollout RMSE."""
+    errors = []
+    for name in ds.names(split):
+        gt = ds.trajectory(name).load_gt_verts().float()
+        errors += [frame_squared_errors(pred, gt[2:]) for pred in predict(name, gt)]
+    return float(np.sqrt(np.concatenate(errors).mean()))
 
 
 def one_step_rmse(checkpoint: Path, ds, split: str) -> float:
-    """RMSE (m) of a stage-3 model's one-step predictions of frames 2..T-1 from ground-truth frames, over the
-    trajectories of ``split`` (every vertex and coordinate, as the rollout RMSE)."""
+    """A stage-3 model's one-step RMSE (m): frame t+1 from the ground-truth frames t-1, t."""
     from clods_pl.dynamics import graph_from_faces  # noqa: PLC0415  (only --run_dir needs stage 3)
     from clods_pl.stages.dynamics import load_dynamics_model  # noqa: PLC0415  (see above)
 
     model = load_dynamics_model(checkpoint)
-    errors = []
-    for name in ds.names(split):
+
+    def predict(name: str, gt: Tensor) -> list[Tensor]:
         traj = ds.trajectory(name)
-        gt = traj.load_gt_verts().float()
-        faces = torch.as_tensor(np.asarray(traj.faces), dtype=torch.int64)
-        graph = graph_from_faces(faces, gt.shape[1])
+        graph = graph_from_faces(torch.as_tensor(np.asarray(traj.faces), dtype=torch.int64), gt.shape[1])
         mesh_pos = torch.as_tensor(np.asarray(traj.mesh_pos), dtype=torch.float32)
         node_type = torch.as_tensor(np.asarray(traj.node_type)).long().reshape(-1)
         with torch.no_grad():
-            pred = torch.stack(
-                [model.step(gt[t - 1], gt[t], mesh_pos, node_type, graph, gt[t + 1]) for t in range(1, gt.shape[0] - 1)]
-            )
-        errors.append(frame_squared_errors(pred, gt[2:]))
-    return float(np.sqrt(np.concatenate(errors).mean()))
+            steps = [model.step(gt[t - 1], gt[t], mesh_pos, node_type, graph, gt[t + 1]) for t in range(1, len(gt) - 1)]
+        return [torch.stack(steps)]
+
+    return pooled_one_step_rmse(ds, split, predict)
 
 
 def constant_velocity_one_step_rmse(ds, split: str) -> float:
-    """RMSE (m) of x_{t+1} = 2 x_t - x_{t-1} on frames 2..T-1 of ``split``: the size of a frame's acceleration, the
-    scale a one-step error is measured against."""
-    errors = []
-    for name in ds.names(split):
-        gt = ds.trajectory(name).load_gt_verts().float()
-        errors.append(frame_squared_errors(2 * gt[1:-1] - gt[:-2], gt[2:]))
-    return float(np.sqrt(np.concatenate(errors).mean()))
+    """RMSE (m) of x_{t+1} = 2 x_t - x_{t-1}: the size of a frame's acceleration, the scale of a one-step error."""
+    return pooled_one_step_rmse(ds, split, lambda name, gt: [2 * gt[1:-1] - gt[:-2]])
 
 
 def simulator_one_step_rmse(cfg: GenerateConfig, ds, split: str, other_winds: int) -> float:
-    """RMSE (m) of the exact simulator's one-step predictions (``one_step_replay``) over ``split``: with each
-    trajectory's own wind (``other_winds`` 0), else with the winds of ``other_winds`` other draws of the split."""
-    errors = []
-    for name in ds.names(split):
-        index = int(re.sub(r"\D", "", name))
-        gt = ds.trajectory(name).load_gt_verts()
-        winds = [None] if other_winds == 0 else [cfg.physics(10_000 + j, split)[0] for j in range(other_winds)]
-        errors += [frame_squared_errors(one_step_replay(cfg, index, split, gt, w), gt[2:]) for w in winds]
-    return float(np.sqrt(np.concatenate(errors).mean()))
+    """The exact simulator's one-step RMSE (m) (``one_step_replay``): with each trajectory's own wind
+    (``other_winds`` 0), else with the winds of ``other_winds`` other draws of the split."""
+    winds = [None] if other_winds == 0 else [cfg.physics(10_000 + j, split)[0] for j in range(other_winds)]
+    return pooled_one_step_rmse(
+        ds, split, lambda name, gt: [one_step_replay(cfg, trajectory_index(name), split, gt, w) for w in winds]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,35 +87,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run_dir", default=None, help="score this run's stage-3 models on one step, print its rows")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    ds = read_dataset(args.dataset)
-    generator = ds.info.extra.get("generator")
-    if not generator:
-        raise SystemExit(f"{args.dataset}/dataset.json has no generator settings: only built-in data can be replayed")
-    cfg = GenerateConfig.from_dict(generator)
-    horizon = args.train_horizon or ds.trajectory(ds.names("train")[0]).num_frames
+    ds, cfg, horizon = generated_dataset(args.dataset, args.train_horizon)
     print(f"RMSE x1e-3 m (interpolation = frames 2-{horizon - 1}, extrapolation = frames >= {horizon})\n")
-    print("| predictor | Viewed Interp. | Viewed Extrap. | Unviewed Interp. | Unviewed Extrap. |")
-    print("|---|---|---|---|---|")
+    print(TABLE_HEAD)
     for rms in args.rms:
         by_split: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
         for split in SPLITS:
             for name in ds.names(split):
-                index = int(re.sub(r"\D", "", name))
                 gt = ds.trajectory(name).load_gt_verts()
-                reps = perturbed_replays(cfg, index, split, gt.shape[0], args.samples, rms, args.seed)
+                reps = perturbed_replays(cfg, trajectory_index(name), split, gt.shape[0], args.samples, rms, args.seed)
                 by_split[split] += [frame_squared_errors(r, gt) for r in reps]
-        cells = [summarize(by_split[s], horizon)[k] for s, k in COLUMNS]
-        text = " | ".join("-" if c is None else f"{1e3 * c:.1f}" for c in cells)
-        print(f"| exact simulator erring {1e3 * rms:g} mm a step ({args.samples} replays each) | {text} |", flush=True)
+        label = f"exact simulator erring {1e3 * rms:g} mm a step ({args.samples} replays each)"
+        print(summary_row(label, by_split, horizon), flush=True)
     if args.run_dir:
-        run = Path(args.run_dir)
-        metrics = json.loads((run / "eval" / "metrics.json").read_text())
-        for key, method in metrics["methods"].items():
-            cells = [method["splits"].get(s, {}).get(k) for s, k in COLUMNS]
-            text = " | ".join("-" if c is None else f"{1e3 * c:.1f}" for c in cells)
-            print(f"| {key} ({args.run_dir}) | {text} |")
-        print()
-        for ckpt in sorted((run / "stage3").glob("*.ckpt")):
+        print("\n".join(run_rows(args.run_dir)) + "\n")
+        for ckpt in sorted((Path(args.run_dir) / "stage3").glob("*.ckpt")):
             steps = ", ".join(f"{s} {1e3 * one_step_rmse(ckpt, ds, s):.1f}" for s in SPLITS)
             print(f"one-step RMSE x1e-3 m of {ckpt.name}: {steps}")
     steps = ", ".join(f"{s} {1e3 * constant_velocity_one_step_rmse(ds, s):.1f}" for s in SPLITS)

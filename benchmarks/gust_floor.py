@@ -27,6 +27,7 @@ import argparse
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +39,44 @@ from clods_pl.stages.evaluation import frame_squared_errors, summarize
 
 SPLITS = ("test_viewed", "test_unviewed")
 COLUMNS = [(s, k) for s in SPLITS for k in ("interpolation", "extrapolation")]
+TABLE_HEAD = (
+    "| predictor | Viewed Interp. | Viewed Extrap. | Unviewed Interp. | Unviewed Extrap. |\n|---|---|---|---|---|"
+)
+
+
+def generated_dataset(path: str, train_horizon: int | None) -> tuple[Any, GenerateConfig, int]:
+    """The dataset at ``path``, the generator settings it was made with, and the frame where extrapolation starts
+    (``train_horizon``, default the training trajectories' length); one line and exit for data not generated here."""
+    ds = read_dataset(path)
+    generator = ds.info.extra.get("generator")
+    if not generator:
+        raise SystemExit(f"{path}/dataset.json has no generator settings: only built-in data can be re-simulated")
+    horizon = train_horizon or ds.trajectory(ds.names("train")[0]).num_frames
+    return ds, GenerateConfig.from_dict(generator), horizon
+
+
+def trajectory_index(name: str) -> int:
+    """The generator's index of trajectory ``name`` (``traj_0006`` -> 6)."""
+    return int(re.sub(r"\D", "", name))
+
+
+def table_row(label: str, cells: list[float | None]) -> str:
+    """A Markdown row of the four columns, x1e-3 m."""
+    return f"| {label} | " + " | ".join("-" if c is None else f"{1e3 * c:.1f}" for c in cells) + " |"
+
+
+def summary_row(label: str, by_split: dict[str, list[np.ndarray]], horizon: int) -> str:
+    """:func:`table_row` of per-frame MSE arrays per split, summarised as the evaluation does."""
+    return table_row(label, [summarize(by_split[s], horizon)[k] for s, k in COLUMNS])
+
+
+def run_rows(run_dir: str) -> list[str]:
+    """The rollout rows of a run (``eval/metrics.json``) as table rows."""
+    metrics = json.loads((Path(run_dir) / "eval" / "metrics.json").read_text())
+    return [
+        table_row(f"{key} ({run_dir})", [method["splits"].get(s, {}).get(k) for s, k in COLUMNS])
+        for key, method in metrics["methods"].items()
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,19 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run_dir", default=None, help="print this run's eval/metrics.json rows beside the floor")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    ds = read_dataset(args.dataset)
-    generator = ds.info.extra.get("generator")
-    if not generator:
-        raise SystemExit(f"{args.dataset}/dataset.json has no generator settings: only built-in data has gusts to vary")
-    cfg = GenerateConfig.from_dict(generator)
-    horizon = args.train_horizon or ds.trajectory(ds.names("train")[0]).num_frames
+    ds, cfg, horizon = generated_dataset(args.dataset, args.train_horizon)
     each_by_split: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
     mean_by_split: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
     for split in SPLITS:
         for name in ds.names(split):
-            index = int(re.sub(r"\D", "", name))
             gt = ds.trajectory(name).load_gt_verts()
-            copy, alts = gust_alternatives(cfg, index, split, gt.shape[0], args.samples, args.seed)
+            copy, alts = gust_alternatives(cfg, trajectory_index(name), split, gt.shape[0], args.samples, args.seed)
             mismatch = float((copy - gt).abs().max())
             each = np.stack([frame_squared_errors(a, gt) for a in alts])
             mean = frame_squared_errors(alts.mean(0), gt)
@@ -75,18 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         f"mean of the {args.samples} alternatives": mean_by_split,
     }
     print(f"\nRMSE x1e-3 m (interpolation = frames 2-{horizon - 1}, extrapolation = frames >= {horizon})\n")
-    print("| predictor | Viewed Interp. | Viewed Extrap. | Unviewed Interp. | Unviewed Extrap. |")
-    print("|---|---|---|---|---|")
+    print(TABLE_HEAD)
     for label, by_split in rows.items():
-        cells = [summarize(by_split[s], horizon)[k] for s, k in COLUMNS]
-        text = " | ".join("-" if c is None else f"{1e3 * c:.1f}" for c in cells)
-        print(f"| {label} | {text} |")
+        print(summary_row(label, by_split, horizon))
     if args.run_dir:
-        metrics = json.loads((Path(args.run_dir) / "eval" / "metrics.json").read_text())
-        for key, method in metrics["methods"].items():
-            cells = [method["splits"].get(s, {}).get(k) for s, k in COLUMNS]
-            text = " | ".join("-" if c is None else f"{1e3 * c:.1f}" for c in cells)
-            print(f"| {key} ({args.run_dir}) | {text} |")
+        print("\n".join(run_rows(args.run_dir)))
     return 0
 
 
