@@ -510,3 +510,49 @@ def test_every_stage_sends_the_manifest_to_its_wandb_runs(
     assert calls[0][1]["stages"]["stage1"]["status"] == "done"
     names = sorted(p.name.split("-")[-1] for p in Path(tmp_path).rglob("offline-run-*"))
     assert len(names) == 4, names  # one W&B run per trainer: stage1, stage2, stage3 x 2 sources
+
+
+def _real_runner(*args: str) -> runner.StageRunner:
+    """The real stages' runner for ``experiments/flag_tiny.yaml`` plus ``args`` (parsed only; nothing runs)."""
+    from clods_pl.pipeline.experiment import build_parser
+
+    parser = build_parser()
+    return runner.StageRunner(parser, parser.parse_args(["--config", "experiments/flag_tiny.yaml", *args]))
+
+
+def test_eval_is_stale_after_stage1_changes_when_it_makes_the_novel_view_table() -> None:
+    """Audit (session 13): with stage 3 on ground truth only, eval listed stage 3 alone as its input, so a new stage
+    1 (another opacity field) left `pipeline` saying eval was up to date while the novel-view table and render sheet
+    still showed the old SMGS."""
+    gt_only = ("--config", "experiments/ablations/supervision_gt.yaml")
+    base = _real_runner(*gt_only)
+    evaluate = base.stage("eval")
+    assert [s.name for s in base.upstream(evaluate)] == ["stage3", "stage1", "stage2"]
+    changed = _real_runner(*gt_only, "--stage1.model.opacity_mode", "static")
+    assert base.stage_config(evaluate) != changed.stage_config(evaluate)
+    assert base.stage_config(base.stage("stage3")) == changed.stage_config(changed.stage("stage3"))
+    off = _real_runner(*gt_only, "--eval.novel_views.enabled", "false")
+    assert [s.name for s in off.upstream(off.stage("eval"))] == ["stage3"]
+    off_changed = _real_runner(*gt_only, "--eval.novel_views.enabled", "false", "--stage1.model.opacity_mode", "static")
+    assert off.stage_config(off.stage("eval")) == off_changed.stage_config(off_changed.stage("eval"))
+
+
+def test_eval_videos_count_is_a_result_setting() -> None:
+    """Audit (session 13): `eval.videos` was marked result-neutral, so asking for videos after a run without them
+    said 'up to date' and made none."""
+    evaluate = _real_runner().stage("eval")
+    assert _real_runner().stage_config(evaluate) != _real_runner("--eval.videos", "0").stage_config(evaluate)
+    assert _real_runner().stage_config(evaluate) == _real_runner("--eval.device", "cpu").stage_config(evaluate)
+
+
+def test_eval_empties_its_folder_but_keeps_the_config(tmp_path: Path) -> None:
+    """A table of other settings (e.g. a novel-view table since switched off) must not outlive the eval that
+    replaces it: the report reads every file in eval/."""
+    from clods_pl.stages.evaluation_stage import clear_outputs
+
+    (tmp_path / "novel_views" / "static").mkdir(parents=True)
+    (tmp_path / "novel_views.json").write_text("{}")
+    (tmp_path / "config.yaml").write_text("a: 1\n")
+    clear_outputs(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+    clear_outputs(tmp_path / "missing")  # a first eval: nothing to clear

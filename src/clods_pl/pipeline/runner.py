@@ -4,7 +4,7 @@ Stage hand-off (docs/pipeline.md):
   stage1 (fit)     -> ``<run>/stage1/smgs.ckpt``
   stage2 (predict) <- stage1 checkpoint; -> ``<run>/stage2/meshes/<traj>.npz``
   stage3 (fit)     <- stage2 mesh caches (sources ``recovered``/``mixed:N``); -> ``<run>/stage3/<source>.ckpt``
-  eval             <- stage3 checkpoints (and the stage-1 checkpoint for the novel-view table);
+  eval             <- stage3 checkpoints (and for the novel-view table the stage-1 checkpoint and mesh caches);
                    -> ``<run>/eval/metrics.json``, ``novel_views.json`` (+ tables, plots, videos)
 
 Each stage declares itself and does its work in its own module (``clods_pl.stages.*_stage``, a
@@ -32,7 +32,7 @@ from clods_pl.pipeline.manifest import Manifest
 from clods_pl.pipeline.progress import EpochLine
 from clods_pl.pipeline.resume import SettingsStamp, resume_checkpoint
 from clods_pl.pipeline.run_lock import RunLock
-from clods_pl.stages.run_dir import CHECKPOINTS_DIR, LOGS_DIR, RunDir
+from clods_pl.stages.run_dir import CHECKPOINTS_DIR, CONFIG_FILE, LOGS_DIR, RunDir
 from clods_pl.stages.stage import Stage, StageJob
 from clods_pl.utils.files import atomic_write_text, folder_fingerprint, sha256_json
 from clods_pl.utils.loggers import build_loggers, finish_wandb_runs, log_manifest_artifact
@@ -198,7 +198,7 @@ class StageRunner:
     def _save_config(self, stage: Stage) -> None:
         if rank_zero_only.rank == 0 and self.parser is not None:
             text = self.parser.dump(self.cfg, skip_check=True)
-            atomic_write_text(self.run_dir / stage.name / "config.yaml", text)
+            atomic_write_text(self.run_dir / stage.name / CONFIG_FILE, text)
 
     def settings_digest(self, stage: Stage, extra: dict[str, Any] | None = None) -> str:
         """sha256 of what determines ``stage``'s result (its settings, upstream settings, dataset fingerprint)."""

@@ -63,6 +63,11 @@ def uses_recovered_meshes(ctx: StageContext) -> bool:
     return any(parse_source(s)[0] in RECOVERED_KINDS for s in stage3_sources(ctx))
 
 
+def consumed_stages(ctx: StageContext) -> tuple[str, ...]:
+    """The upstream stages stage 3 reads with the current settings: stage 2 when a source uses recovered meshes."""
+    return ("stage2",) if uses_recovered_meshes(ctx) else ()
+
+
 def resolved_settings(ctx: StageContext) -> dict[str, Any]:
     """The sources and seeds with their defaults filled in (what staleness compares)."""
     return {"stage3.sources": stage3_sources(ctx), "stage3.seeds": stage3_seeds(ctx)}
@@ -177,7 +182,7 @@ STAGE = Stage(
     data_inputs={"dataset_dir": "", "mesh_cache_dir": ""},
     non_result_keys=frozenset({"model.compile_mode", "data.num_workers"}),
     add_arguments=add_arguments,
-    uses_upstream=uses_recovered_meshes,
+    uses_upstream=consumed_stages,
     extra_config=resolved_settings,
     check=check_settings,
     check_dataset=check_dataset,

@@ -4,6 +4,7 @@ its ablations (``novel_views``), into ``<run>/eval/``."""
 
 from __future__ import annotations
 
+import shutil
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from clods_pl.stages.novel_views import (
     upper_bound_metrics,
 )
 from clods_pl.stages.render_sheet import recovered_render_sheet
-from clods_pl.stages.run_dir import EVAL_METRICS, MESH_CACHE_DIR
+from clods_pl.stages.run_dir import CONFIG_FILE, EVAL_METRICS, MESH_CACHE_DIR
 from clods_pl.stages.stage import Stage, StageContext, StageJob
 from clods_pl.utils.workers import call, run_jobs, stage_workers
 
@@ -43,6 +44,17 @@ def add_arguments(parser: Any, name: str) -> None:
 def rollout_settings(ctx: StageContext) -> dict[str, Any]:
     """The settings of the rollout evaluation (``eval.*`` without the novel-view table's)."""
     return {k: v for k, v in ctx.section(NAME).items() if k != NOVEL_VIEWS_KEY}
+
+
+def novel_views_enabled(ctx: StageContext) -> bool:
+    """Whether eval makes the novel-view table (``eval.novel_views.enabled``)."""
+    return bool((ctx.section(NAME).get(NOVEL_VIEWS_KEY) or {}).get("enabled", False))
+
+
+def consumed_stages(ctx: StageContext) -> tuple[str, ...]:
+    """The stages eval reads: the stage-3 checkpoints, and with the novel-view table stage 1's SMGS (its checkpoint
+    and settings) and stage 2's meshes (the render sheet), so a change to either makes eval stale."""
+    return ("stage3", "stage1", "stage2") if novel_views_enabled(ctx) else ("stage3",)
 
 
 def check_settings(ctx: StageContext) -> None:
@@ -79,12 +91,11 @@ def check_dataset(ctx: StageContext, ds: Any) -> None:
                 )
 
 
-def novel_view_table(ctx: StageContext, dataset: str, stage_dir: Path, views: dict[str, Any]) -> Path | None:
+def novel_view_table(ctx: StageContext, dataset: str, stage_dir: Path, views: dict[str, Any]) -> Path:
     """The novel-view table: the run's stage-1 SMGS plus the ablation fits (same settings, another opacity)."""
     ckpt = ctx.outputs.stage1_checkpoint()
-    if ckpt is None:
-        print("[clods-pl] novel-view table skipped: this run has no stage-1 checkpoint")
-        return None
+    if ckpt is None:  # eval consumes stage 1 when the table is on, so the orchestrator checked it is recorded
+        raise ManifestError(f"stage1 recorded no checkpoint in {ctx.run_dir}; rerun `clods-pl stage1`")
     settings = NovelViewSettings(**views)
     smgs, rendered = load_smgs(ckpt)
     seed = int(ctx.setting("seed_everything", 0))
@@ -150,11 +161,28 @@ def stage3_recipe(ctx: StageContext) -> dict[str, Any]:
     }
 
 
+def clear_outputs(stage_dir: Path) -> None:
+    """Remove what an earlier eval left in ``stage_dir`` (all but the run's ``config.yaml``), so no table, plot or
+    video of other settings (e.g. a novel-view table since switched off) stays next to the new ones for the
+    report to show."""
+    if not stage_dir.is_dir():
+        return
+    for path in stage_dir.iterdir():
+        if path.name == CONFIG_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def run_eval(stage: Stage, ctx: StageContext, job: StageJob) -> dict[str, Path]:
-    """Eval in ``job.stage_dir``: ``metrics.json`` (+ tables, plots, videos) and the novel-view table."""
+    """Eval in ``job.stage_dir`` (emptied first): ``metrics.json`` (+ tables, plots, videos) and the novel-view
+    table."""
     checkpoints = {key: str(path) for key, path in ctx.outputs.stage3_checkpoints().items()}
     if not checkpoints:
         raise ManifestError(f"stage3 recorded no checkpoints in {ctx.run_dir}; rerun `clods-pl stage3`")
+    clear_outputs(job.stage_dir)
     assert stage.function is not None
     stage.function(
         dataset_dir=job.dataset,
@@ -164,22 +192,20 @@ def run_eval(stage: Stage, ctx: StageContext, job: StageJob) -> dict[str, Path]:
         **rollout_settings(ctx),
     )
     outputs = {"metrics": job.stage_dir / EVAL_METRICS}
-    views = ctx.section(NAME).get(NOVEL_VIEWS_KEY) or {}
-    if views.get("enabled", False):
-        table = novel_view_table(ctx, job.dataset, job.stage_dir, views)
-        if table is not None:
-            outputs[NOVEL_VIEWS_KEY] = table
+    if novel_views_enabled(ctx):
+        outputs[NOVEL_VIEWS_KEY] = novel_view_table(ctx, job.dataset, job.stage_dir, ctx.section(NAME)[NOVEL_VIEWS_KEY])
     return outputs
 
 
 STAGE = Stage(
     NAME,
-    ("stage3",),
+    ("stage3", "stage1", "stage2"),
     run_eval,
     function=run_evaluation,
     function_inputs=EVAL_INPUTS,
-    non_result_keys=frozenset({"videos", "device"}),
+    non_result_keys=frozenset({"device"}),
     add_arguments=add_arguments,
+    uses_upstream=consumed_stages,
     check=check_settings,
     check_dataset=check_dataset,
 )

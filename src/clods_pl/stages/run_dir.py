@@ -24,6 +24,7 @@ STAGE1_CKPT = "smgs.ckpt"  # <run>/stage1/
 MESH_CACHE_DIR = "meshes"  # <run>/stage2/<dir>/<traj>.npz
 CHECKPOINTS_DIR = "checkpoints"  # <run>/<stage>/<dir>/ (Lightning's ModelCheckpoint)
 LOGS_DIR = "logs"  # <run>/<stage>/<dir>/
+CONFIG_FILE = "config.yaml"  # <run>/<stage>/: the full config the stage last ran with
 EVAL_METRICS = "metrics.json"  # <run>/eval/
 SUMMARY_FILE = "summary.json"  # <run>/stage1/ and <run>/stage2/
 CHECKPOINT = "checkpoint"

@@ -83,7 +83,8 @@ class Stage:
         backend_keys: settings that name a rasterizer backend (checked for CUDA before the stage runs).
         resumable: it resumes from the last Lightning checkpoint written with the same settings.
         add_arguments: adds the stage's settings outside its classes to the parser (``stage3.sources``).
-        uses_upstream: whether the upstream stages are needed with the current settings (default: always).
+        uses_upstream: which of ``upstream`` this run consumes with the current settings (default: all of them;
+            stage 3 needs stage 2 only for recovered meshes, eval needs stages 1-2 only for the novel-view table).
         extra_config: result-relevant settings resolved from the config (defaults filled in) for staleness.
         check: further setting checks before anything runs (each raises a one-line ``ClodsError``).
         check_dataset: what the stage needs of the dataset, checked before any stage runs.
@@ -104,7 +105,7 @@ class Stage:
     backend_keys: tuple[str, ...] = ()
     resumable: bool = False
     add_arguments: Callable[[Any, str], None] | None = None
-    uses_upstream: Callable[[StageContext], bool] | None = None
+    uses_upstream: Callable[[StageContext], tuple[str, ...]] | None = None
     extra_config: Callable[[StageContext], dict[str, Any]] | None = None
     check: Callable[[StageContext], None] | None = None
     check_dataset: Callable[[StageContext, Any], None] | None = None
@@ -113,9 +114,10 @@ class Stage:
 
     def needs(self, ctx: StageContext) -> tuple[str, ...]:
         """The upstream stages this run consumes with the current settings."""
-        if self.uses_upstream is not None and not self.uses_upstream(ctx):
-            return ()
-        return self.upstream
+        if self.uses_upstream is None:
+            return self.upstream
+        used = set(self.uses_upstream(ctx))
+        return tuple(name for name in self.upstream if name in used)
 
     def sharded(self, ctx: StageContext) -> bool:
         """Whether this run is one shard of the stage."""
