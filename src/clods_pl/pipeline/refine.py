@@ -27,9 +27,15 @@ from clods_pl.errors import ClodsError
 from clods_pl.report.tables import by_source
 from clods_pl.stages import dynamics_stage, evaluation_stage, recovery_stage
 from clods_pl.stages.recovery_config import INITS
-from clods_pl.stages.run_dir import EVAL_METRICS, MESH_CACHE_DIR, SUMMARY_FILE, RunDir, seeded_key, source_of
+from clods_pl.stages.run_dir import (
+    EVAL_METRICS,
+    MESH_CACHE_DIR,
+    ROUND1_EVAL_KEY,
+    SUMMARY_FILE,
+    RunDir,
+    seeded_key,
+)
 from clods_pl.utils.files import atomic_write_json, atomic_write_text, checkpoint_digest
-from clods_pl.utils.settings import section
 
 if TYPE_CHECKING:
     from clods_pl.pipeline.runner import StageRunner
@@ -122,17 +128,21 @@ def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
             "meshes predicts the next round); add it and run `clods-pl pipeline`"
         )
     runner.consumed(evaluate)  # stages 1-3 done and current, else a one-line error naming what to run
+    stale = runner.staleness(evaluate)  # round 1's row is the pipeline's eval: it must score these models
+    if stale is not None:
+        raise ClodsError(
+            f"refine's round 1 is the pipeline's eval, which is out of date ({stale}); run `clods-pl pipeline`"
+        )
     dataset = str(runner.cfg.get("dataset"))
     base_stage2 = runner.run_dir / recover.name
     names = sorted(RunDir(runner.run_dir).mesh_caches())
     rows = [_round_row(1, base_stage2, runner.run_dir / eval_name, names)]
-    previous = next(
-        p
-        for k, p in RunDir(runner.run_dir).stage3_checkpoints().items()  # the first seed's
-        if source_of(k) == RECOVERED
-    )
-    eval_settings = evaluation_stage.rollout_settings(runner)
+    round1_eval = runner.manifest.verified_outputs(eval_name)
     seeds = dynamics_stage.stage3_seeds(runner)
+    first = RECOVERED if seeds is None else seeded_key(RECOVERED, seeds[0])
+    previous = RunDir(runner.run_dir).stage3_checkpoints()[first]  # the first seed's model starts round 2
+    eval_settings = evaluation_stage.rollout_settings(runner)
+    eval_config = {k: v for k, v in eval_settings.items() if k not in evaluate.non_result_keys}
     for k in range(2, settings.rounds + 1):
         root = runner.run_dir / REFINE_DIR / f"round{k}"
         s2, s3, ev = f"refine{k}.stage2", f"refine{k}.stage3", f"refine{k}.eval"
@@ -182,8 +192,8 @@ def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
                 )
             runner.manifest.finish_stage(s3, RunDir.stage3_outputs(ckpts))
         consumed_eval = runner.manifest.verified_outputs(s3)
-        if runner.manifest.staleness(ev, {**section(runner.cfg, eval_name), **extra}, consumed_eval) is not None:
-            runner.manifest.start_stage(ev, {**section(runner.cfg, eval_name), **extra}, consumed_eval)
+        if runner.manifest.staleness(ev, {**eval_config, **extra}, consumed_eval) is not None:
+            runner.manifest.start_stage(ev, {**eval_config, **extra}, consumed_eval)
             assert evaluate.function is not None
             evaluate.function(
                 dataset_dir=dataset,
@@ -200,6 +210,7 @@ def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
         {
             "settings": {"rounds": settings.rounds, "init": settings.init, "prior_weight": settings.prior_weight},
             "rounds": rows,
+            ROUND1_EVAL_KEY: round1_eval,  # the report shows this table only while the pipeline's eval is this one
         },
     )
     atomic_write_text(out.with_name("refine_table.md"), refine_table_markdown(rows))

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from clods_pl.errors import ManifestError
+from clods_pl.pipeline.manifest import STATUS_DONE, Manifest
 from clods_pl.report.tables import rollout_table_markdown
 from clods_pl.stages.novel_views import NOVEL_VIEWS_FILE as NOVEL_VIEWS
 from clods_pl.stages.novel_views import NOVEL_VIEWS_TABLE, RECOVERED_RENDERS
-from clods_pl.stages.run_dir import RunDir
+from clods_pl.stages.recovery_cli import recovery_plot_path
+from clods_pl.stages.run_dir import MESH_CACHE_DIR, ROUND1_EVAL_KEY, RunDir
 from clods_pl.utils.files import atomic_write_text
 
 ROLLOUT_METRICS = "metrics.json"
@@ -165,10 +167,32 @@ def stage_sections(run_dir: Path) -> list[Section]:
             "flag size (the larger side of its rest shape), averaged over frames 1..T-1. Drift: last-frame "
             "error over frame-1 error."
         )
-        for png in sorted((run_dir / "stage2" / "plots").glob("*.png")):
-            sec.media(png, f"{png.stem.replace('_rmse', '')}: recovery error per frame")
+        cache_dir = run_dir / "stage2" / MESH_CACHE_DIR
+        for name in per:  # this run's trajectories only: a plot of one since dropped from the data stays on disk
+            sec.media(recovery_plot_path(cache_dir, name), f"{name}: recovery error per frame")
         out.append(sec)
     return out
+
+
+def out_of_date(run_dir: Path) -> str | None:
+    """Why the run's recorded results do not fit together (one line), or None: a stage that did not finish, or one
+    that consumed an upstream output since replaced (e.g. ``clods-pl stage3`` rerun with a new setting after eval).
+    Read from ``manifest.json`` alone, so the report needs no config; a run without one is not checked."""
+    manifest = Manifest(run_dir)
+    if not manifest.path.is_file():
+        return None
+    stages = manifest.read()["stages"]
+    for name, rec in stages.items():
+        if rec.get("status") != STATUS_DONE:
+            return f"{name} is '{rec.get('status')}'"
+        for key, digest in rec.get("consumed", {}).items():
+            up, _, output = key.partition(":")
+            if up not in stages:  # not a stage's output (refine's starting model: checked through round 1's eval)
+                continue
+            entry = stages[up].get("outputs", {}).get(output)
+            if entry is None or entry.get("content", entry.get("sha256")) != digest:
+                return f"{name} used {key}, which {up} has replaced since"
+    return None
 
 
 def refine_section(run_dir: Path) -> Section | None:
@@ -176,7 +200,19 @@ def refine_section(run_dir: Path) -> Section | None:
     summary = run_dir / "refine" / "summary.json"
     if not (table.is_file() and summary.is_file()):
         return None
-    settings = json.loads(summary.read_text()).get("settings", {})
+    data = json.loads(summary.read_text())
+    settings = data.get("settings", {})
+    manifest = Manifest(run_dir)
+    if manifest.path.is_file():
+        try:
+            current = manifest.verified_outputs("eval")
+        except ManifestError:
+            current = None
+        if data.get(ROUND1_EVAL_KEY) != current:
+            return Section("Closing the loop (`clods-pl refine`)").text(
+                "Not shown: refine/summary.json was made on an earlier run of stages 1-3 and eval; run `clods-pl "
+                "refine` again for a table of this run."
+            )
     return (
         Section("Closing the loop: recovery started from the dynamics model (`clods-pl refine`)")
         .table(table.read_text())
@@ -296,10 +332,17 @@ def to_html(title: str, sections: list[Section]) -> str:
 def build_report(run_dir: str | Path, out_path: str | Path | None = None) -> Path:
     """Write ``<run_dir>/report.md`` (or ``out_path``) and ``report.html`` next to it; return the Markdown path.
 
-    Raises ManifestError when ``eval/`` holds no metrics.
+    Raises ManifestError when ``eval/`` holds no metrics, or when the manifest shows results that do not fit
+    together (a stage unfinished, or one that read an output since replaced).
     """
     run_dir = Path(run_dir)
     out = Path(out_path) if out_path else run_dir / "report.md"
+    stale = out_of_date(run_dir)
+    if stale is not None:
+        raise ManifestError(
+            f"{run_dir}: {stale}, so its results do not fit together; run `clods-pl pipeline --config <your configs> "
+            f"--run_dir {run_dir}` (it reruns what is out of date) before the report"
+        )
     sections = collect_sections(run_dir)
     title = f"CloDS report: {run_dir.name}"
     atomic_write_text(out, to_markdown(title, sections, out.parent))

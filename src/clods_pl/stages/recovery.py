@@ -35,7 +35,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from clods_pl.data.splits import STANDARD_SPLITS, names_in_splits
-from clods_pl.stages.recovery_cli import PLOTS_DIRNAME, load_stage1, plot_rmse, read_dataset, with_stage1_background
+from clods_pl.stages.recovery_cli import (
+    load_stage1,
+    plot_rmse,
+    read_dataset,
+    recovery_plot_path,
+    with_stage1_background,
+)
 from clods_pl.stages.recovery_config import RecoveryConfig, RecoveryConfigError
 from clods_pl.stages.recovery_jobs import TrajectoryJob, open_job
 from clods_pl.stages.recovery_loop import recover_batch
@@ -217,7 +223,7 @@ class RecoveryModule(L.LightningModule):
         out = []
         for job in jobs:
             size = flag_size(np.asarray(job.traj.mesh_pos))
-            plot_rmse(job.cache, job.name, self.cache_dir.parent / PLOTS_DIRNAME / f"{job.name}_rmse.png", size)
+            plot_rmse(job.cache, job.name, recovery_plot_path(self.cache_dir, job.name), size)
             summary: dict[str, Any] = {
                 "name": job.name,
                 "frames_done": job.cache.frames_done,

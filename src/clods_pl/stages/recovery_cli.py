@@ -22,6 +22,13 @@ from clods_pl.stages.recovery_metrics import flag_size
 from clods_pl.utils.files import checkpoint_digest
 
 PLOTS_DIRNAME = "plots"
+
+
+def recovery_plot_path(cache_dir: str | Path, traj: str) -> Path:
+    """Where stage 2 draws ``traj``'s recovery error per frame: ``<cache_dir>/../plots/<traj>_rmse.png``."""
+    return Path(cache_dir).parent / PLOTS_DIRNAME / f"{traj}_rmse.png"
+
+
 CLI_IGNORED_OPTIONS = ("log_every_n_frames",)
 
 
@@ -134,7 +141,7 @@ def recover_cli(
     plot_rmse(
         cache,
         traj,
-        Path(cache_dir).parent / PLOTS_DIRNAME / f"{traj}_rmse.png",
+        recovery_plot_path(cache_dir, traj),
         flag_size(np.asarray(trajectory.mesh_pos)),
     )
     return cache

@@ -27,6 +27,7 @@ LOGS_DIR = "logs"  # <run>/<stage>/<dir>/
 CONFIG_FILE = "config.yaml"  # <run>/<stage>/: the full config the stage last ran with
 EVAL_METRICS = "metrics.json"  # <run>/eval/
 SUMMARY_FILE = "summary.json"  # <run>/stage1/ and <run>/stage2/
+ROUND1_EVAL_KEY = "round1_eval"  # <run>/refine/summary.json: the eval outputs (manifest digests) of its round 1
 CHECKPOINT = "checkpoint"
 MESH_PREFIX = "mesh:"
 SOURCE_PREFIX = "checkpoint:"
