@@ -66,6 +66,13 @@ def _manifest(run: Path) -> dict:
     return json.loads((run / "manifest.json").read_text())
 
 
+def _mark_running(run: Path, stage: str) -> None:
+    """Make the manifest say ``stage`` is still running, as after a kill: a rerun resumes it."""
+    m = _manifest(run)
+    m["stages"][stage]["status"] = "running"
+    (run / "manifest.json").write_text(json.dumps(m))
+
+
 def test_stage_by_stage_hand_off(dummy: dict, capsys: pytest.CaptureFixture) -> None:
     cfg, run = dummy["cfg"], dummy["run"]
     assert clods(dummy, ["stage2", "--config", cfg]) == 2
@@ -269,9 +276,13 @@ def test_stage3_resumes_each_source_with_its_own_checkpoint(dummy: dict, capsys:
     capsys.readouterr()
     assert clods(dummy, ["stage3", "--config", cfg]) == 0
     assert "stage3 is up to date" in capsys.readouterr().out  # a finished stage is not run again
-    assert clods(dummy, ["stage3", "--config", cfg, "--force", "true"]) == 0
+    _mark_running(dummy["run"], "stage3")  # killed after its checkpoints: the rerun resumes each source from its own
+    assert clods(dummy, ["stage3", "--config", cfg]) == 0
     out = capsys.readouterr().out
     assert out.count("stage3: resuming from") == 2  # one per source (recovered, gt:1)
+    assert clods(dummy, ["stage3", "--config", cfg, "--force", "true"]) == 0  # --force recomputes: no resuming
+    out = capsys.readouterr().out
+    assert out.count("--force: not resuming") == 2 and "stage3: resuming" not in out
     assert clods(dummy, ["stage3", "--config", cfg, "--stage3.model.lr", "0.07"]) == 0
     out = capsys.readouterr().out
     assert out.count("starting over") == 2 and "resuming" not in out
@@ -345,13 +356,15 @@ def test_truncated_last_checkpoint_falls_back(dummy: dict, capsys: pytest.Captur
     last = ckpts / "last.ckpt"
     last.write_bytes(last.read_bytes()[:100])
     capsys.readouterr()
-    assert clods(dummy, ["stage1", "--config", cfg, "--force", "true"]) == 0
+    _mark_running(run, "stage1")  # killed while writing last.ckpt
+    assert clods(dummy, ["stage1", "--config", cfg]) == 0
     out = capsys.readouterr().out
     assert f"{last} is truncated or corrupt" in out
     assert "resuming from" in out and "epoch=" in out  # the previous checkpoint
     for p in ckpts.glob("*.ckpt"):
         p.write_bytes(b"junk")
-    assert clods(dummy, ["stage1", "--config", cfg, "--force", "true"]) == 0
+    _mark_running(run, "stage1")
+    assert clods(dummy, ["stage1", "--config", cfg]) == 0
     out = capsys.readouterr().out
     assert "resuming" not in out and "starting over" in out
 
@@ -556,3 +569,27 @@ def test_eval_empties_its_folder_but_keeps_the_config(tmp_path: Path) -> None:
     clear_outputs(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
     clear_outputs(tmp_path / "missing")  # a first eval: nothing to clear
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_force_rebuilds_the_mesh_caches(force: bool) -> None:
+    """`--force true` recomputes: stage 2 recovers every cache from frame 0 (overwrite) instead of resuming it."""
+    from types import SimpleNamespace
+
+    from clods_pl.stages.recovery_stage import STAGE, RecoveryPart, recover_part
+
+    seen: dict = {}
+
+    class Stop(Exception):
+        pass
+
+    def instantiate(stage, role, injected):
+        seen.update(injected)
+        raise Stop
+
+    ctx = SimpleNamespace(
+        instantiate=instantiate, repair=False, force=force, outputs=SimpleNamespace(stage1_checkpoint=lambda: "s1")
+    )
+    with pytest.raises(Stop):
+        recover_part(RecoveryPart(STAGE, ctx, "ds", Path("c"), Path("s"), "n", {}, None))
+    assert seen.get("overwrite", False) is force

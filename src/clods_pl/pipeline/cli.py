@@ -131,7 +131,7 @@ def _experiment_command(command: str, argv: Sequence[str], stages: Sequence[Any]
     set_threads(cfg.get("threads"))
     check_workers(cfg.get("workers"))
     runner = StageRunner(parser, cfg, stages)
-    force = bool(cfg.get("force"))
+    force = runner.force = bool(cfg.get("force"))
     if command == "pipeline":
         runner.pipeline(force=force)
         _report_command(["--run_dir", str(runner.run_dir)])

@@ -81,9 +81,12 @@ def add_stage_arguments(parser: ArgumentParser, stage: Stage, trainer_arguments:
 
 
 def add_force_argument(parser: ArgumentParser) -> None:
-    """``--force``: run a stage even when its outputs are up to date."""
+    """``--force``: run a stage even when its outputs are up to date, from scratch (no resuming)."""
     parser.add_argument(
-        "--force", type=bool, default=False, help="run even when the outputs are up to date (pipeline: every stage)"
+        "--force",
+        type=bool,
+        default=False,
+        help="run from scratch even when the outputs are up to date (pipeline: every stage)",
     )
 
 

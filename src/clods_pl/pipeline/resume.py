@@ -36,6 +36,13 @@ def checkpoint_stamp(ckpt: Path) -> str:
     return str(data.get(STAMP_KEY, "")) if isinstance(data, dict) else ""
 
 
+def discard_checkpoints(ckpt_dir: Path, stage: str, why: str) -> None:
+    """Remove ``ckpt_dir`` (rank 0, with a notice naming ``why``) so that training starts over."""
+    if ckpt_dir.is_dir() and rank_zero_only.rank == 0:
+        print(f"[clods-pl] {stage}: {why}: not resuming from the checkpoints in {ckpt_dir}; starting over")
+        shutil.rmtree(ckpt_dir)
+
+
 def resume_checkpoint(ckpt_dir: Path, stage: str, digest: str) -> str | None:
     """The newest checkpoint in ``ckpt_dir`` (``last.ckpt`` first) stamped with ``digest``; a truncated one is
     skipped with a notice. With none, the folder's checkpoints (other settings, unreadable, or too old to say) are

@@ -30,7 +30,7 @@ from clods_pl.pipeline.checks import check_backends, check_trainer_limits, datas
 from clods_pl.pipeline.experiment import default_stages, result_config
 from clods_pl.pipeline.manifest import Manifest
 from clods_pl.pipeline.progress import EpochLine
-from clods_pl.pipeline.resume import SettingsStamp, resume_checkpoint
+from clods_pl.pipeline.resume import SettingsStamp, discard_checkpoints, resume_checkpoint
 from clods_pl.pipeline.run_lock import RunLock
 from clods_pl.stages.run_dir import CHECKPOINTS_DIR, CONFIG_FILE, LOGS_DIR, RunDir
 from clods_pl.stages.stage import Stage, StageJob
@@ -61,6 +61,7 @@ class StageRunner:
         self.manifest = Manifest(self.run_dir)
         self.outputs = RunDir(self.run_dir)  # typed reader of what the manifest records
         self.repair = False  # `pipeline` repairs stale outputs (e.g. recovers stale mesh caches again)
+        self.force = False  # `--force true`: recompute from scratch (no resuming, mesh caches rebuilt)
         self._dataset_files: dict[str, str] | None = None
         self._run_lock = RunLock(self.run_dir)
         self._loggers: list[Any] = []  # the loggers of the stage's current trainer (W&B gets the manifest)
@@ -68,7 +69,7 @@ class StageRunner:
     def __reduce__(self) -> tuple[Any, ...]:
         """A worker process's copy (``clods_pl.utils.workers``): the config and stages, no parser (workers run
         jobs inside a stage; the parent records the stage and writes its config)."""
-        return (_worker_runner, (self.cfg, self.stages, self.repair))
+        return (_worker_runner, (self.cfg, self.stages, self.repair, self.force))
 
     # ----- the config, as the stages read it -------------------------------------------------------------
     def setting(self, key: str, default: Any = None) -> Any:
@@ -205,7 +206,11 @@ class StageRunner:
         return sha256_json({**self.stage_config(stage), **(extra or {})})
 
     def resume_ckpt(self, ckpt_dir: Path, stage: str, extra: dict[str, Any] | None = None) -> str | None:
-        """See :func:`clods_pl.pipeline.resume.resume_checkpoint` (the current settings' digest)."""
+        """See :func:`clods_pl.pipeline.resume.resume_checkpoint` (the current settings' digest); with ``force``,
+        the folder's checkpoints are removed and training starts over."""
+        if self.force:
+            discard_checkpoints(ckpt_dir, stage, "--force")
+            return None
         return resume_checkpoint(ckpt_dir, stage, self.settings_digest(self.stage(stage), extra))
 
     # ----- checks before anything runs -------------------------------------------------------------------
@@ -311,8 +316,8 @@ class StageRunner:
         return ran
 
 
-def _worker_runner(cfg: Namespace, stages: tuple[Stage, ...], repair: bool) -> StageRunner:
+def _worker_runner(cfg: Namespace, stages: tuple[Stage, ...], repair: bool, force: bool) -> StageRunner:
     """Rebuilds a :class:`StageRunner` in a worker process (see :meth:`StageRunner.__reduce__`)."""
     runner = StageRunner(None, cfg, stages)
-    runner.repair = repair
+    runner.repair, runner.force = repair, force
     return runner

@@ -40,6 +40,7 @@ def recover_part(part: RecoveryPart) -> None:
             "stage1_checkpoint": str(part.ctx.outputs.stage1_checkpoint()),
             "cache_dir": str(part.cache_dir),
             "recompute_stale": part.ctx.repair,
+            **({"overwrite": True} if part.ctx.force else {}),  # --force: every cache recovered from frame 0
             **part.model_overrides,
         },
     )

@@ -35,6 +35,7 @@ class StageContext(Protocol):
     run_dir: Path
     outputs: RunDir  # the manifest's outputs of the stages that ran, typed
     repair: bool  # `pipeline`: recompute stale outputs instead of refusing them
+    force: bool  # `--force true`: recompute from scratch (no resuming from checkpoints or mesh caches)
 
     def setting(self, key: str, default: Any = None) -> Any:
         """A config value by dotted key (``seed_everything``, ``stage3.seeds``)."""
