@@ -102,3 +102,33 @@ def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path: Path) -> N
     plain.write_text("x")
     atomic = atomic_write_text(tmp_path / "report.md", "x")
     assert os.stat(atomic).st_mode & 0o777 == os.stat(plain).st_mode & 0o777
+
+
+def _stamped(path: Path, digest: str, mtime: float) -> Path:
+    import os
+
+    import torch
+
+    from clods_pl.pipeline.resume import STAMP_KEY
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({STAMP_KEY: digest, "global_step": 1}, path)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_resume_weighs_slurm_preemption_checkpoints_and_removes_those_of_other_settings(tmp_path: Path) -> None:
+    """Audit (session 13): under SLURM, Lightning saves `hpc_ckpt_<n>.ckpt` in the Trainer's default_root_dir on
+    preemption and a fit with ckpt_path=None restores it by itself; the resume check only looked in checkpoints/,
+    so a rerun with new settings trained on from the old settings' state."""
+    from clods_pl.pipeline.resume import resume_checkpoint
+
+    ckpts = tmp_path / "stage1" / "checkpoints"
+    last = _stamped(ckpts / "last.ckpt", "A", 1000.0)
+    hpc = _stamped(tmp_path / "stage1" / "hpc_ckpt_1.ckpt", "B", 2000.0)
+    assert resume_checkpoint(ckpts, "stage1", "A") == str(last)
+    assert not hpc.exists()  # of other settings: Lightning must not find it
+    newer = _stamped(tmp_path / "stage1" / "hpc_ckpt_2.ckpt", "A", 3000.0)
+    assert resume_checkpoint(ckpts, "stage1", "A") == str(newer)  # the preemption state is the newest of these
+    assert resume_checkpoint(ckpts, "stage1", "C") is None
+    assert not ckpts.exists() and not newer.exists()

@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
+HPC_PATTERN = "hpc_ckpt_*.ckpt"  # Lightning's SLURM preemption checkpoints, in the Trainer's default_root_dir
 STAMP_KEY = "clods_pl_settings_digest"  # in every stage checkpoint: the digest of the settings it was made with
 
 
@@ -36,36 +37,52 @@ def checkpoint_stamp(ckpt: Path) -> str:
     return str(data.get(STAMP_KEY, "")) if isinstance(data, dict) else ""
 
 
+def preemption_checkpoints(root_dir: Path) -> list[Path]:
+    """Lightning's SLURM preemption checkpoints in a Trainer's ``default_root_dir`` (``hpc_ckpt_<n>.ckpt``, saved on
+    SIGUSR1). A fit with ``ckpt_path=None`` under SLURM restores the newest of them on its own, whatever settings
+    made it, so :func:`resume_checkpoint` stamps and sorts them with the others."""
+    return sorted(root_dir.glob(HPC_PATTERN)) if root_dir.is_dir() else []
+
+
 def discard_checkpoints(ckpt_dir: Path, stage: str, why: str) -> None:
-    """Remove ``ckpt_dir`` (rank 0, with a notice naming ``why``) so that training starts over."""
-    if ckpt_dir.is_dir() and rank_zero_only.rank == 0:
-        print(f"[clods-pl] {stage}: {why}: not resuming from the checkpoints in {ckpt_dir}; starting over")
-        shutil.rmtree(ckpt_dir)
+    """Remove ``ckpt_dir`` and the preemption checkpoints next to it (rank 0, with a notice naming ``why``) so that
+    training starts over."""
+    hpc = preemption_checkpoints(ckpt_dir.parent)
+    if (ckpt_dir.is_dir() or hpc) and rank_zero_only.rank == 0:
+        print(f"[clods-pl] {stage}: {why}: not resuming from the checkpoints in {ckpt_dir.parent}; starting over")
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        for path in hpc:
+            path.unlink(missing_ok=True)
 
 
 def resume_checkpoint(ckpt_dir: Path, stage: str, digest: str) -> str | None:
-    """The newest checkpoint in ``ckpt_dir`` (``last.ckpt`` first) stamped with ``digest``; a truncated one is
-    skipped with a notice. With none, the folder's checkpoints (other settings, unreadable, or too old to say) are
-    removed with a notice and None is returned: training starts over."""
+    """The newest checkpoint stamped with ``digest`` among those in ``ckpt_dir`` (``ModelCheckpoint``'s; ``last.ckpt``
+    first among equally new ones) and Lightning's preemption checkpoints in its parent, the Trainer's
+    ``default_root_dir``; a truncated one is skipped with a notice. Preemption checkpoints of other settings are
+    removed (Lightning would restore one by itself under SLURM). With none to resume, the checkpoints there (other
+    settings, unreadable, or too old to say) are removed with a notice and None is returned: training starts over."""
     last = ckpt_dir / "last.ckpt"
-    found = [last] if last.is_file() else []
-    found += (
-        sorted((p for p in ckpt_dir.glob("*.ckpt") if p != last), key=lambda p: p.stat().st_mtime, reverse=True)
-        if ckpt_dir.is_dir()
-        else []
-    )
-    other = 0
-    for ckpt in found:
-        stamp = checkpoint_stamp(ckpt)
-        if stamp == digest:
-            print(f"[clods-pl] {stage}: resuming from {ckpt}")
-            return str(ckpt)
-        if stamp is None:
+    saved = list(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
+    hpc = preemption_checkpoints(ckpt_dir.parent)
+    found = sorted(saved + hpc, key=lambda p: (p.stat().st_mtime, p == last), reverse=True)
+    stamps = {ckpt: checkpoint_stamp(ckpt) for ckpt in found}
+    other, chosen = 0, None
+    for ckpt, stamp in stamps.items():
+        if stamp == digest and chosen is None:
+            chosen = ckpt
+        elif stamp is None:
             print(f"[clods-pl] {stage}: {ckpt} is truncated or corrupt (killed while writing?); skipping it")
-        else:
+        elif stamp != digest:
             other += 1
+    if rank_zero_only.rank == 0:
+        for ckpt in hpc:  # never leave Lightning one of other settings (or unreadable) to restore on its own
+            if stamps[ckpt] != digest:
+                ckpt.unlink(missing_ok=True)
+    if chosen is not None:
+        print(f"[clods-pl] {stage}: resuming from {chosen}")
+        return str(chosen)
     if found and rank_zero_only.rank == 0:
         why = "they were made with other settings" if other else "none of them reads back"
         print(f"[clods-pl] {stage}: cannot resume from the checkpoints in {ckpt_dir} ({why}); starting over")
-        shutil.rmtree(ckpt_dir)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     return None
