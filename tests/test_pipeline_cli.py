@@ -593,3 +593,20 @@ def test_force_rebuilds_the_mesh_caches(force: bool) -> None:
     with pytest.raises(Stop):
         recover_part(RecoveryPart(STAGE, ctx, "ds", Path("c"), Path("s"), "n", {}, None))
     assert seen.get("overwrite", False) is force
+
+
+def test_the_number_of_processes_is_a_result_setting() -> None:
+    """Audit (session 13): devices and nodes were all result-neutral, but under DDP each process fits on its share
+    of the data, so a run of 1 device was reused (or resumed) for a job of 4. The accelerator and how the count is
+    spelt stay neutral."""
+    from clods_pl.pipeline.experiment import trainer_world_size
+
+    stage1 = _real_runner().stage("stage1")
+    one = _real_runner().stage_config(stage1)
+    assert "stage1.trainer.world_size" not in one  # one process: the key of older records
+    assert _real_runner("--stage1.trainer.devices", "2").stage_config(stage1)["stage1.trainer.world_size"] == 2
+    assert _real_runner("--stage1.trainer.num_nodes", "2").stage_config(stage1)["stage1.trainer.world_size"] == 2
+    assert _real_runner("--stage1.trainer.accelerator", "cpu").stage_config(stage1) == one
+    assert trainer_world_size({"devices": [0, 1], "num_nodes": 2}) == 4
+    assert trainer_world_size({"devices": "0,1,", "num_nodes": 1}) == 2
+    assert trainer_world_size({"devices": "auto", "accelerator": "cpu"}) == 1

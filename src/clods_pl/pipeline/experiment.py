@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
+import torch
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from clods_pl.errors import ClodsError
@@ -27,6 +28,8 @@ LOGGER_KINDS = ("csv", "wandb", "both")
 # Trainer arguments the orchestrator owns.
 TRAINER_SKIP = {"logger", "callbacks", "default_root_dir"}
 # Trainer settings that do not change any stage's result (each stage declares its own: Stage.non_result_keys).
+# Devices and nodes are here as spelt, but the number of processes they make counts (``trainer_world_size``): under
+# DDP each process sees its share of the data, so a fit takes other steps.
 TRAINER_NON_RESULT_KEYS = frozenset(
     {
         "trainer.enable_progress_bar",
@@ -169,11 +172,36 @@ def rewrite_trainer_overrides(argv: Sequence[str], stages: Sequence[Stage]) -> l
     return out
 
 
+def trainer_world_size(trainer: dict[str, Any]) -> int | str:
+    """How many processes a Trainer of these settings runs: devices per node (an int, a list or ``"0,1"`` of
+    indices, ``"auto"``/``-1``: every visible GPU for a GPU accelerator, else 1) times ``num_nodes``; a spelling
+    Lightning will refuse is returned as written."""
+    devices, nodes = trainer.get("devices", "auto"), trainer.get("num_nodes") or 1
+    text = str(devices).strip()
+    if isinstance(devices, (list, tuple)):
+        per_node = len(devices)
+    elif text in ("auto", "-1"):
+        gpu = str(trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        per_node = torch.cuda.device_count() if gpu else 1
+    elif "," in text:
+        per_node = len([d for d in text.split(",") if d.strip()])
+    elif text.isdigit():
+        per_node = int(text)
+    else:
+        return f"{devices}x{nodes}"
+    return max(1, per_node) * int(nodes) if str(nodes).isdigit() else f"{per_node}x{nodes}"
+
+
 def result_config(cfg: Namespace, stage: Stage) -> dict[str, Any]:
-    """The flat settings that determine a stage's result (for staleness), e.g. ``stage1.model.lr``."""
+    """The flat settings that determine a stage's result (for staleness), e.g. ``stage1.model.lr``, and for a stage
+    with a Trainer the number of processes it runs when more than one (``<stage>.trainer.world_size``)."""
     skip = TRAINER_NON_RESULT_KEYS | stage.non_result_keys
     flat = {k: v for k, v in flatten(section(cfg, stage.name)).items() if k not in skip}
     out = {f"{stage.name}.{k}": v for k, v in flat.items()}
+    trainer = section(cfg, f"{stage.name}.trainer")
+    processes = trainer_world_size(trainer) if trainer else 1
+    if processes != 1:  # one process: no key, as in the records of runs made before it counted
+        out[f"{stage.name}.trainer.world_size"] = processes
     out["dataset"] = cfg.get("dataset")
     out["seed_everything"] = cfg.get("seed_everything")
     return out
