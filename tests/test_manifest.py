@@ -132,3 +132,20 @@ def test_resume_weighs_slurm_preemption_checkpoints_and_removes_those_of_other_s
     assert resume_checkpoint(ckpts, "stage1", "A") == str(newer)  # the preemption state is the newest of these
     assert resume_checkpoint(ckpts, "stage1", "C") is None
     assert not ckpts.exists() and not newer.exists()
+
+
+def test_dataset_fingerprint_follows_symlinked_folders(tmp_path: Path) -> None:
+    """Audit (session 13): a trajectory whose image folder is a symlink (data kept elsewhere) fingerprinted as
+    'missing' and stayed the same when its images changed."""
+    from clods_pl.utils.files import folder_fingerprint
+
+    store = tmp_path / "store" / "view_00"
+    store.mkdir(parents=True)
+    (store / "mesh.npz").write_bytes(b"a")
+    traj = tmp_path / "ds" / "traj_0000"
+    traj.mkdir(parents=True)
+    (traj / "view_00").symlink_to(store, target_is_directory=True)
+    before = folder_fingerprint(tmp_path / "ds", ["traj_0000"])["traj_0000"]
+    assert before != "missing"
+    (store / "mesh.npz").write_bytes(b"b")
+    assert folder_fingerprint(tmp_path / "ds", ["traj_0000"])["traj_0000"] != before

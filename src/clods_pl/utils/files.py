@@ -88,6 +88,14 @@ def sha256_json(obj: Any) -> str:
 FINGERPRINT_CONTENT_LIMIT = 64 << 20  # bytes: larger non-image files are fingerprinted by size and mtime
 
 
+def _files_below(folder: Path) -> list[Path]:
+    """Every file below ``folder``, sorted, following symlinked folders (a dataset often links its image folders
+    from elsewhere; ``Path.rglob`` does not enter them before Python 3.13)."""
+    return sorted(
+        Path(d) / f for d, _, names in os.walk(folder, followlinks=True) for f in names if (Path(d) / f).is_file()
+    )
+
+
 def folder_fingerprint(root: str | os.PathLike, entries: list[str]) -> dict[str, str]:
     """``{entry: 16-hex digest}`` for each file or folder ``entries`` of ``root`` (missing: ``"missing"``).
 
@@ -98,7 +106,7 @@ def folder_fingerprint(root: str | os.PathLike, entries: list[str]) -> dict[str,
     out: dict[str, str] = {}
     for entry in entries:
         path = root / entry
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+        files = [path] if path.is_file() else _files_below(path) if path.is_dir() else []
         if not files:
             out[entry] = "missing"
             continue
