@@ -200,6 +200,82 @@ DATASET_CASES: dict[str, tuple[Callable[[dict], None], tuple[str, ...]]] = {
         lambda c: edit_npz(traj(c) / "gt.npz", lambda d: d["verts"].__setitem__((2, 0, 0), np.inf)),
         ("gt.npz", "NaN/inf"),
     ),
+    # audit (session 13): these were accepted, and stage 1 would have fitted nothing or the wrong thing
+    "opencv_camera_axes": (
+        lambda c: edit_json(
+            traj(c) / "transforms.json",
+            lambda d: [
+                fr.__setitem__(
+                    "transform_matrix", (np.array(fr["transform_matrix"]) @ np.diag([1, -1, -1, 1])).tolist()
+                )
+                for fr in d["frames"]
+            ],
+        ),
+        ("transforms.json", "behind camera", "OpenGL axes"),
+    ),
+    "mesh_in_millimetres": (
+        lambda c: edit_npz(
+            traj(c) / "mesh.npz",
+            lambda d: [d.__setitem__(k, d[k] * 1000) for k in ("verts0", "mesh_pos", "handle_pos")],
+        ),
+        ("transforms.json", "verts0", "in the mesh's unit (metres)"),
+    ),
+    "rest_shape_in_millimetres": (
+        lambda c: edit_npz(traj(c) / "mesh.npz", lambda d: set_item(d, "mesh_pos", d["mesh_pos"] * 1000)),
+        ("mesh.npz", "mesh_pos", "metres"),
+    ),
+    "alpha_opaque_everywhere": (
+        lambda c: [Image.open(frame(c, v, 0)).convert("RGB").convert("RGBA").save(frame(c, v, 0)) for v in range(3)],
+        ("00000.png", "alpha is 255 everywhere"),
+    ),
+    "alpha_empty": (
+        lambda c: Image.new("RGBA", (24, 24)).save(frame(c, 1, 0)),
+        ("view_01/00000.png", "alpha is 0 everywhere"),
+    ),
+    "pin_mask_of_ones": (
+        lambda c: edit_npz(
+            traj(c) / "mesh.npz", lambda d: d["node_type"].__setitem__(d["node_type"] == int(NodeType.HANDLE), 1)
+        ),
+        ("mesh.npz", "node_type holds 1", "write 3 for 1"),
+    ),
+    "face_repeats_a_vertex": (
+        lambda c: edit_npz(traj(c) / "mesh.npz", lambda d: d["faces"].__setitem__((0, 1), d["faces"][0, 0])),
+        ("mesh.npz", "repeats a vertex"),
+    ),
+    "face_listed_twice": (
+        lambda c: edit_npz(
+            traj(c) / "mesh.npz", lambda d: set_item(d, "faces", np.concatenate([d["faces"], d["faces"][:1]]))
+        ),
+        ("mesh.npz", "listed more than once"),
+    ),
+    "unreferenced_vertex": (
+        lambda c: edit_npz(traj(c) / "mesh.npz", lambda d: set_item(d, "faces", d["faces"][d["faces"].max(1) < 19])),
+        ("mesh.npz", "is in no face"),
+    ),
+    "lens_distortion": (
+        lambda c: edit_json(traj(c) / "transforms.json", lambda d: d["frames"][0].__setitem__("k1", -0.3)),
+        ("transforms.json", "k1=-0.3", "undistort"),
+    ),
+    "frame_pattern_without_t": (
+        lambda c: edit_json(traj(c) / "transforms.json", lambda d: set_item(d, "frame_pattern", "{frame:05d}.png")),
+        ("transforms.json", "frame_pattern", "{t:05d}.png"),
+    ),
+    "frames_not_objects": (
+        lambda c: edit_json(traj(c) / "transforms.json", lambda d: set_item(d, "frames", ["a", "b"])),
+        ("transforms.json", "'frames' must be a list of per-view objects"),
+    ),
+    "extra_is_null": (
+        lambda c: edit_json(c["ds"] / "dataset.json", lambda d: set_item(d, "extra", None)),
+        ("dataset.json", "'extra' must be an object"),
+    ),
+    "version_as_text": (
+        lambda c: edit_json(c["ds"] / "dataset.json", lambda d: set_item(d, "version", "1")),
+        ("dataset.json", "version '1'", "(a number)"),
+    ),
+    "test_mesh_is_not_the_training_mesh": (
+        lambda c: edit_npz(traj(c, "traj_0003") / "mesh.npz", lambda d: set_item(d, "faces", d["faces"][::-1].copy())),
+        ("traj_0003/mesh.npz", "faces differ from the training mesh", "eval.novel_views.enabled false"),
+    ),
     "gt_missing_for_a_test_trajectory": (
         lambda c: (traj(c, "traj_0003") / "gt.npz").unlink(),
         ("traj_0003/gt.npz is missing", "eval.splits"),
@@ -282,6 +358,29 @@ SETTING_CASES: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "pipeline_zero_workers": (["pipeline", "--workers", "0"], ("--workers=0", ">= 1")),
     "stage1_zero_supersample": (["stage1", "--stage1.model.supersample", "0"], ("stage1.model.supersample=0",)),
     "refine_negative_prior": (["refine", "--refine.prior_weight", "-1"], ("refine.prior_weight",)),
+    # audit (session 13): these were accepted, and failed with a traceback or trained silently wrong
+    "stage1_opaque_start": (["stage1", "--stage1.model.init_opacity", "1.0"], ("stage1.model.init_opacity=1.0",)),
+    "stage1_negative_lr": (["stage1", "--stage1.model.lr_color", "-0.01"], ("stage1.model.lr_color=-0.01",)),
+    "stage1_ssim_weight_above_one": (["stage1", "--stage1.model.ssim_weight", "2"], ("stage1.model.ssim_weight",)),
+    "stage1_background_in_bytes": (
+        ["stage1", "--stage1.model.background", "[255, 255, 255]"],
+        ("stage1.model.background", "in [0, 1]"),
+    ),
+    "stage1_negative_max_trajectories": (
+        ["stage1", "--stage1.data.max_trajectories", "-1"],
+        ("stage1.data.max_trajectories=-1",),
+    ),
+    "stage2_holdout_out_of_range_in_pipeline": (
+        ["pipeline", "--stage2.data.holdout_views", "[9]"],
+        ("stage2.data.holdout_views [9] out of range",),
+    ),
+    "rollout_longer_than_the_data": (
+        ["pipeline", "--stage3.model.rollout_length", "20", "--stage3.data.rollout_length", "20"],
+        ("windows of 22 frames", "rollout_length <= 3"),
+    ),
+    "stage3_zero_latent": (["stage3", "--stage3.model.latent", "0"], ("stage3.model.latent=0",)),
+    "stage3_zero_lr": (["stage3", "--stage3.model.lr", "0"], ("stage3.model.lr=0",)),
+    "stage3_negative_noise": (["stage3", "--stage3.model.noise_std", "-0.1"], ("stage3.model.noise_std",)),
 }
 
 

@@ -109,6 +109,42 @@ def _load_npz(path: Path, required: Iterable[str]) -> dict[str, np.ndarray]:
     return data
 
 
+CLOTH_NODE_TYPES = (NodeType.NORMAL, NodeType.HANDLE)  # what stage 2 and stage 3 both know how to treat
+
+
+def _check_topology(path: Path, faces: np.ndarray, V: int) -> None:
+    """Faces of three distinct vertices, none listed twice, and every vertex in some face (a vertex in no face has
+    no Gaussian and no edge: nothing would move it, yet it would count in every error)."""
+    if not faces.size:
+        raise DatasetError(f"{path}: faces is empty; the cloth needs triangles")
+    repeated = (faces[:, 0] == faces[:, 1]) | (faces[:, 1] == faces[:, 2]) | (faces[:, 0] == faces[:, 2])
+    if repeated.any():
+        i = int(np.flatnonzero(repeated)[0])
+        raise DatasetError(f"{path}: face {i} {faces[i].tolist()} repeats a vertex; remove degenerate faces")
+    _, first, counts = np.unique(np.sort(faces, axis=1), axis=0, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        i = int(first[np.flatnonzero(counts > 1)[0]])
+        raise DatasetError(f"{path}: face {i} {faces[i].tolist()} is listed more than once; remove the duplicates")
+    unused = np.setdiff1d(np.arange(V), faces.reshape(-1))
+    if unused.size:
+        hint = " (1-based indices? subtract 1)" if faces.min() == 1 else ""
+        raise DatasetError(f"{path}: vertex {int(unused[0])} is in no face ({unused.size} such){hint}; remove "
+                           "unreferenced vertices")
+
+
+def _check_rest_scale(path: Path, faces: np.ndarray, mesh_pos: np.ndarray, verts0: np.ndarray) -> None:
+    """``mesh_pos`` (the rest shape) in the unit of ``verts0``: their median edge lengths within 5x (cloth barely
+    stretches), since rest lengths feed the dynamics and the flag size scales every reported error."""
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    rest = float(np.median(np.linalg.norm(mesh_pos[edges[:, 0]] - mesh_pos[edges[:, 1]], axis=1)))
+    world = float(np.median(np.linalg.norm(verts0[edges[:, 0]] - verts0[edges[:, 1]], axis=1)))
+    if not rest > 0:
+        raise DatasetError(f"{path}: mesh_pos edges have zero length; mesh_pos is the rest shape in metres")
+    if not 0.2 <= world / rest <= 5.0:
+        raise DatasetError(f"{path}: verts0's edges are {world / rest:.3g}x mesh_pos's (median); give both in metres "
+                           "(mesh_pos is the rest shape of the same cloth)")
+
+
 def _check_finite(path: Path, key: str, arr: np.ndarray) -> None:
     if not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())
@@ -140,6 +176,11 @@ class Trajectory:
         if self.cameras.width != self.cameras.height:
             raise DatasetError(f"{tf_path}: images must be square, cameras say {self.cameras.width}x{self.cameras.height}")
         self._frame_pattern = str(tf.get("frame_pattern", FRAME_PATTERN))
+        try:
+            self._frame_pattern.format(t=0)
+        except (KeyError, IndexError, ValueError):
+            raise DatasetError(f"{tf_path}: frame_pattern {self._frame_pattern!r} must name the frame index t, "
+                               f"e.g. {FRAME_PATTERN!r}") from None
         self._view_dirs = [self.root / str(fr.get("file_path", f"{IMAGES_DIR}/{n}"))
                            for fr, n in zip(tf["frames"], self.cameras.names)]
         self.num_frames = self._validate_images()
@@ -162,21 +203,28 @@ class Trajectory:
             raise DatasetError(f"{mesh_path}: faces hold a negative vertex index {int(faces.min())}; indices are 0..V-1")
         if faces.size and faces.max() >= V:
             raise DatasetError(f"{mesh_path}: faces index vertex {int(faces.max())} but there are only V={V} vertices")
+        _check_topology(mesh_path, faces.astype(np.int64), V)
         self.faces = torch.from_numpy(faces.astype(np.int64))
         mesh_pos = mesh["mesh_pos"]
         if mesh_pos.shape != (V, 2):
             raise DatasetError(f"{mesh_path}: mesh_pos must be (V, 2) = ({V}, 2), got {mesh_pos.shape}")
         _check_finite(mesh_path, "mesh_pos", mesh_pos)
+        _check_rest_scale(mesh_path, faces.astype(np.int64), mesh_pos, mesh["verts0"])
         self.mesh_pos = torch.from_numpy(mesh_pos.astype(np.float32))
         node_type = mesh["node_type"].reshape(-1)
         if node_type.shape != (V,):
             raise DatasetError(f"{mesh_path}: node_type must have V={V} entries, got {node_type.shape}")
-        if node_type.min() < 0 or node_type.max() >= int(NodeType.SIZE):
-            raise DatasetError(f"{mesh_path}: node_type values must be in [0, {int(NodeType.SIZE)})")
+        if not np.issubdtype(node_type.dtype, np.integer) and not np.array_equal(node_type, np.round(node_type)):
+            raise DatasetError(f"{mesh_path}: node_type must hold integers 0 (NORMAL, free) and 3 (HANDLE, pinned)")
+        bad = sorted(set(np.unique(node_type).astype(np.int64).tolist()) - {int(t) for t in CLOTH_NODE_TYPES})
+        if bad:
+            raise DatasetError(f"{mesh_path}: node_type holds {bad[0]}; a cloth mesh uses 0 (NORMAL, free) and 3 "
+                               "(HANDLE, pinned) only (a 0/1 pin mask: write 3 for 1)")
         if not (node_type == int(NodeType.NORMAL)).any():
             raise DatasetError(f"{mesh_path}: node_type has no NORMAL ({int(NodeType.NORMAL)}) node: every vertex is "
                                "prescribed, so there is no dynamics to learn or evaluate; mark the free vertices 0")
         self.node_type = torch.from_numpy(node_type.astype(np.int64))
+        self._check_views_see_mesh(tf_path, mesh_path)
         self.handle_pos: Tensor | None = None
         if "handle_pos" in mesh:
             hp = mesh["handle_pos"]
@@ -188,6 +236,34 @@ class Trajectory:
         self._gt_path = self.root / GT_FILE
 
     # ----- validation --------------------------------------------------------------------------------
+    def _check_views_see_mesh(self, tf_path: Path, mesh_path: Path) -> None:
+        """Every camera has some vertex of ``verts0`` in front of it and inside its image: a view that sees none of
+        the cloth means a camera convention or unit that does not match the mesh, which would fit nothing."""
+        uv, depth = self.cameras.project(self.verts0)
+        W, H = self.cameras.width, self.cameras.height
+        inside = (depth > 0) & (uv[..., 0] >= 0) & (uv[..., 0] <= W) & (uv[..., 1] >= 0) & (uv[..., 1] <= H)
+        hint = ("transform_matrix must be camera-to-world with OpenGL axes (the camera looks down its -z; for "
+                "OpenCV axes multiply by diag(1, -1, -1, 1)), in the mesh's unit (metres)")
+        for c, name in enumerate(self.cameras.names):
+            if not bool((depth[c] > 0).any()):
+                raise DatasetError(f"{tf_path}: every vertex of {mesh_path.name} verts0 is behind camera {name}; {hint}")
+            if not bool(inside[c].any()):
+                raise DatasetError(f"{tf_path}: no vertex of {mesh_path.name} verts0 falls inside camera {name}'s "
+                                   f"{W}x{H} image; {hint}")
+
+    def check_masks(self) -> None:
+        """Frame 0's alpha in every view is a cloth mask: neither empty nor opaque over the whole image (an RGB image
+        converted to RGBA, or a mask saved inverted, would otherwise train on the background)."""
+        alpha = self.load_frame(0)[..., 3]
+        for c in range(len(self.cameras)):
+            p = self._frame_path(c, 0)
+            if not alpha[c].any():
+                raise DatasetError(f"{p}: alpha is 0 everywhere: the cloth covers no pixel; alpha must be the cloth's "
+                                   "coverage (0 = background)")
+            if (alpha[c] == 255).all():
+                raise DatasetError(f"{p}: alpha is 255 everywhere, so there is no background; alpha must be the "
+                                   "cloth's coverage (0 = background), not the opaque channel of an RGB image")
+
     def _frame_path(self, view: int, t: int) -> Path:
         return self._view_dirs[view] / self._frame_pattern.format(t=t)
 
@@ -325,13 +401,17 @@ def read_dataset_info(root: str | Path) -> DatasetInfo:
     if fmt != FORMAT_NAME:
         raise DatasetError(f"{path}: unknown format '{fmt}', expected '{FORMAT_NAME}'")
     if version != FORMAT_VERSION:
-        raise DatasetError(f"{path}: unsupported format version {version}; this clods-pl reads version {FORMAT_VERSION}")
+        raise DatasetError(f"{path}: unsupported format version {version!r}; this clods-pl reads version "
+                           f"{FORMAT_VERSION!r} (a number)")
     dt = raw.get("dt")
     if not isinstance(dt, (int, float)) or not math.isfinite(dt) or dt <= 0:
         raise DatasetError(f"{path}: 'dt' must be a positive number, got {dt!r}")
     splits = raw.get("splits")
     if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
         raise DatasetError(f"{path}: 'splits' must map split names to lists of trajectory names")
+    extra = raw.get("extra", {})
+    if not isinstance(extra, dict):
+        raise DatasetError(f"{path}: 'extra' must be an object (or left out), got {type(extra).__name__}")
     owner: dict[str, str] = {}
     for split, names in splits.items():
         for n in names:
@@ -341,7 +421,7 @@ def read_dataset_info(root: str | Path) -> DatasetInfo:
             owner[str(n)] = split
     return DatasetInfo(name=str(raw.get("name", Path(root).name)), dt=float(dt),
                        splits={k: [str(n) for n in v] for k, v in splits.items()},
-                       format=fmt, version=int(version), extra=dict(raw.get("extra", {})))
+                       format=fmt, version=int(version), extra=dict(extra))
 
 
 def read_dataset(root: str | Path, validate: bool = True) -> Dataset:
@@ -354,6 +434,7 @@ def read_dataset(root: str | Path, validate: bool = True) -> Dataset:
             if not (ds.root / name).is_dir():
                 raise DatasetError(f"{ds.root / name}: trajectory listed in {DATASET_FILE} splits is missing")
             traj = ds.trajectory(name)
+            traj.check_masks()
             if traj.has_gt:
                 traj.load_gt_verts()  # shape, frame count and finiteness now, not in stage 3 or eval
     return ds

@@ -137,8 +137,24 @@ class Cameras:
         frames = data.get("frames")
         if not frames:
             raise ValueError(f"{source}: no 'frames' list")
+        if not isinstance(frames, list) or not all(isinstance(fr, dict) for fr in frames):
+            raise ValueError(f"{source}: 'frames' must be a list of per-view objects (transform_matrix, fl_x, ...)")
         Ks, w2cs, names, sizes = [], [], [], set()
         for i, fr in enumerate(frames):
+            model = str(fr.get("camera_model", data.get("camera_model", "OPENCV")))
+            if model not in PINHOLE_MODELS:
+                raise ValueError(
+                    f"{source}: frame {i} has camera_model {model}; clods-pl renders pinhole cameras "
+                    f"({', '.join(PINHOLE_MODELS)}): undistort the images first"
+                )
+            distortion = {k: fr.get(k, data.get(k, 0.0)) for k in DISTORTION_KEYS}
+            bent = {k: v for k, v in distortion.items() if isinstance(v, (int, float)) and v != 0}
+            if bent:
+                k, v = next(iter(bent.items()))
+                raise ValueError(
+                    f"{source}: frame {i} has lens distortion {k}={v}, which clods-pl does not model; "
+                    "undistort the images first and drop the coefficients"
+                )
             w, h = _field(fr, data, "w", i, source, int), _field(fr, data, "h", i, source, int)
             sizes.add((w, h))
             fx, fy, cx, cy = (_field(fr, data, k, i, source) for k in ("fl_x", "fl_y", "cx", "cy"))
@@ -164,6 +180,10 @@ class Cameras:
             raise ValueError(f"{source}: all views must share one image size, got {sorted(sizes)}")
         ((w, h),) = sizes
         return cls(torch.stack(Ks).float(), torch.stack(w2cs).float(), w, h, names)
+
+
+PINHOLE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE")  # nerfstudio/COLMAP names of an undistorted camera
+DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")  # nerfstudio's distortion coefficients
 
 
 def _field(frame: dict[str, Any], top: dict[str, Any], key: str, i: int, source: str, kind: Any = float) -> Any:

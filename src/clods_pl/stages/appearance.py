@@ -26,6 +26,7 @@ from clods_pl.smgs import OPACITY_MODES, SMGS, export_ply
 from clods_pl.smgs.io import SMGS_KEY, smgs_record
 from clods_pl.stages.lpips import local_lpips
 from clods_pl.utils.loggers import log_images
+from clods_pl.utils.settings import AT_LEAST_0, AT_LEAST_1, OPEN_UNIT_INTERVAL, UNIT_INTERVAL, check_ranges
 
 TOPOLOGY_KEY = SMGS_KEY
 PLY_NAME = "smgs_frame0.ply"
@@ -82,6 +83,21 @@ class AppearanceModule(L.LightningModule):
             raise ClodsError(f"stage1.model.opacity_mode={opacity_mode!r}; choose one of {OPACITY_MODES}")
         if supersample < 1:
             raise ClodsError(f"stage1.model.supersample={supersample}; it must be >= 1 (1: one sample per pixel)")
+        check_ranges(
+            "stage1.model",
+            locals(),
+            {
+                "init_opacity": OPEN_UNIT_INTERVAL,
+                **dict.fromkeys(("lr_color", "lr_opacity", "lr_scale", "lr_mlp", "lr_rotation"), AT_LEAST_0),
+                "ssim_weight": UNIT_INTERVAL,
+                "alpha_weight": AT_LEAST_0,
+                "background": UNIT_INTERVAL,
+                "mlp_hidden": AT_LEAST_1,
+                "mlp_layers": AT_LEAST_1,
+                "pe_frequencies": AT_LEAST_0,
+                "sh_degree": AT_LEAST_0,
+            },
+        )
         self.save_hyperparameters()
         self.smgs: SMGS | None = None
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)

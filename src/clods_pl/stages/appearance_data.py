@@ -14,8 +14,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from clods_pl.data.format import read_dataset
 from clods_pl.data.splits import training_views
-from clods_pl.errors import ClodsError, DatasetError
+from clods_pl.errors import DatasetError
 from clods_pl.geometry import Cameras
+from clods_pl.utils.settings import AT_LEAST_0, AT_LEAST_1, check_ranges
 
 
 @dataclass
@@ -90,9 +91,16 @@ class AppearanceDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in (("views_per_batch", views_per_batch), ("steps_per_epoch", steps_per_epoch)):
-            if value < 1:
-                raise ClodsError(f"stage1.data.{name}={value}; it must be >= 1")
+        check_ranges(
+            "stage1.data",
+            locals(),
+            {
+                "views_per_batch": AT_LEAST_1,
+                "steps_per_epoch": AT_LEAST_1,
+                "max_trajectories": AT_LEAST_1,
+                "extra_mesh_frames": AT_LEAST_0,
+            },
+        )
         self.dataset_dir, self.split, self.holdout_views = dataset_dir, split, [int(v) for v in holdout_views]
         self.views_per_batch, self.steps_per_epoch = views_per_batch, steps_per_epoch
         self.extra_mesh_frames, self.max_trajectories = extra_mesh_frames, max_trajectories

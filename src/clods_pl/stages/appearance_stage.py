@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from clods_pl.data.splits import training_views
 from clods_pl.stages.appearance import AppearanceModule
 from clods_pl.stages.appearance_data import AppearanceDataModule
 from clods_pl.stages.run_dir import STAGE1_CKPT, SUMMARY_FILE, RunDir
 from clods_pl.stages.stage import Stage, StageContext, StageJob
 from clods_pl.utils.files import atomic_write_json
+
+
+def check_dataset(ctx: StageContext, ds: Any) -> None:
+    """The held-out views exist (and leave some to fit) before anything trains."""
+    data = ctx.section("stage1.data")
+    names = ds.names(str(data.get("split", "train")))
+    if names:
+        views = len(ds.trajectory(names[0]).cameras)
+        training_views(views, data.get("holdout_views") or [], "stage1.data.holdout_views")
 
 
 def run_appearance(stage: Stage, ctx: StageContext, job: StageJob) -> dict[str, Path]:
@@ -35,4 +46,5 @@ STAGE = Stage(
     non_result_keys=frozenset({"data.num_workers"}),
     backend_keys=("model.backend",),
     resumable=True,
+    check_dataset=check_dataset,
 )

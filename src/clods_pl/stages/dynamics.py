@@ -29,6 +29,7 @@ from clods_pl.dynamics import MeshGraphNet
 from clods_pl.errors import DatasetError
 from clods_pl.geometry import NodeType
 from clods_pl.stages.dynamics_data import DynamicsConfigError
+from clods_pl.utils.settings import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT_INTERVAL, check_ranges
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -84,6 +85,21 @@ class DynamicsModule(L.LightningModule):
             raise DynamicsConfigError(f"stage3.model.rollout_length={rollout_length}; it must be >= 1")
         if one_step_warmup < 0:
             raise DynamicsConfigError(f"stage3.model.one_step_warmup={one_step_warmup}; it must be >= 0")
+        check_ranges(
+            "stage3.model",
+            locals(),
+            {
+                "latent": AT_LEAST_1,
+                "blocks": AT_LEAST_1,
+                "mlp_layers": AT_LEAST_1,
+                "noise_std": AT_LEAST_0,
+                "noise_gamma": UNIT_INTERVAL,
+                "normalizer_steps": AT_LEAST_0,
+                "lr": POSITIVE,
+                "lr_min": AT_LEAST_0,
+                "lr_decay_steps": POSITIVE,
+            },
+        )
         if compile_mode is not None and compile_mode not in COMPILE_MODES:
             raise DynamicsConfigError(f"model.compile_mode={compile_mode!r} is not one of {COMPILE_MODES} (or null)")
         if compile_mode is not None and message_passing != "native":

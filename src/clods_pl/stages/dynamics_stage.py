@@ -88,8 +88,20 @@ def check_settings(ctx: StageContext) -> None:
 
 
 def check_dataset(ctx: StageContext, ds: Any) -> None:
-    """Ground truth for the training trajectories of the ``gt``/``gt:N``/``mixed:N`` sources."""
+    """Training trajectories long enough for a window, and ground truth for those of the ``gt``/``gt:N``/``mixed:N``
+    sources; a trajectory shorter than a window is named (it is not trained on)."""
     train = str(ctx.section("stage3.data").get("train_split", "train"))
+    steps = ctx.section("stage3.data").get("rollout_length") or ctx.section("stage3.model").get("rollout_length") or 1
+    window = int(steps) + 2
+    frames = {name: ds.trajectory(name).num_frames for name in ds.names(train)}
+    if frames and max(frames.values()) < window:
+        raise ClodsError(
+            f"stage3 trains on windows of {window} frames (rollout_length {steps} + 2) but the longest '{train}' "
+            f"trajectory has {max(frames.values())}; set stage3.model.rollout_length <= {max(frames.values()) - 2}"
+        )
+    short = sorted(name for name, n in frames.items() if n < window)
+    if short:
+        print(f"[clods-pl] stage 3: {', '.join(short)}: fewer than the {window} frames of a window; not trained on")
     for source in stage3_sources(ctx):
         kind, n = parse_source(source)
         if kind == "recovered":

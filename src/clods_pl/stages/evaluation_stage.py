@@ -89,6 +89,19 @@ def check_dataset(ctx: StageContext, ds: Any) -> None:
                     f"{traj.root}: {traj.num_frames} frame(s); a trajectory eval scores "
                     "needs >= 3 (two start the rollout, the rest are predicted)"
                 )
+    if novel_views_enabled(ctx):  # stage 1's Gaussians sit on the training mesh: the test cloth must be that mesh
+        train = ds.names(str(ctx.section("stage1.data").get("split", "train")))
+        faces = ds.trajectory(train[0]).faces if train else None
+        settings = NovelViewSettings(**ctx.section(NAME)[NOVEL_VIEWS_KEY])
+        for split in settings.splits:
+            for name in ds.names(split) if split in ds.info.splits else []:
+                traj = ds.trajectory(name)
+                if faces is not None and not torch.equal(traj.faces, faces):
+                    raise ClodsError(
+                        f"{traj.root / 'mesh.npz'}: faces differ from the training mesh's ({train[0]}); the "
+                        "novel-view table renders stage 1's Gaussians on it, so it needs the same mesh; set "
+                        "eval.novel_views.enabled false"
+                    )
 
 
 def novel_view_table(ctx: StageContext, dataset: str, stage_dir: Path, views: dict[str, Any]) -> Path:

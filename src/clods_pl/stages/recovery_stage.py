@@ -8,6 +8,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 
+from clods_pl.data.splits import training_views
 from clods_pl.stages.mesh_cache import MeshCache
 from clods_pl.stages.recovery import RecoveryDataModule, RecoveryModule
 from clods_pl.stages.recovery_metrics import recovery_summary
@@ -124,6 +125,16 @@ def mesh_chain_staleness(ctx: StageContext) -> str | None:
     return None
 
 
+def check_dataset(ctx: StageContext, ds: Any) -> None:
+    """The held-out views exist in every trajectory stage 2 recovers (and leave some to fit), before stage 1
+    trains."""
+    data = ctx.section("stage2.data")
+    for split in data.get("splits") or []:
+        for name in ds.names(split) if split in ds.info.splits else []:
+            cameras = len(ds.trajectory(name).cameras)
+            training_views(cameras, data.get("holdout_views") or [], "stage2.data.holdout_views")
+
+
 STAGE = Stage(
     "stage2",
     ("stage1",),
@@ -136,4 +147,5 @@ STAGE = Stage(
     backend_keys=("model.backend",),
     extra_staleness=mesh_chain_staleness,
     is_shard=_is_shard,
+    check_dataset=check_dataset,
 )

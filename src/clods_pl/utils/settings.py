@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from clods_pl.errors import ClodsError
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -37,3 +40,24 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], limit: int = 3) -> 
     if len(changes) > limit:
         changes = changes[:limit] + [f"and {len(changes) - limit} more"]
     return changes
+
+
+# Ranges of numeric settings, checked by ``check_ranges``: a rule's words and its test.
+Rule = tuple[str, Callable[[Any], bool]]
+AT_LEAST_0 = (">= 0", lambda v: v >= 0)
+AT_LEAST_1 = (">= 1", lambda v: v >= 1)
+POSITIVE = ("> 0", lambda v: v > 0)
+UNIT_INTERVAL = ("in [0, 1]", lambda v: 0 <= v <= 1)
+OPEN_UNIT_INTERVAL = ("in (0, 1), exclusive", lambda v: 0 < v < 1)
+
+
+def check_ranges(prefix: str, values: Mapping[str, Any], rules: Mapping[str, Rule]) -> None:
+    """Raise a one-line ``ClodsError`` naming ``<prefix>.<name>`` for the first value outside its rule (None: unset,
+    not checked); lists and tuples are checked element by element."""
+    for name, (words, ok) in rules.items():
+        value = values[name]
+        if value is None:
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and ok(v) for v in items):
+            raise ClodsError(f"{prefix}.{name}={value!r}; it must be {words}")
