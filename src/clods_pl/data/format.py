@@ -7,7 +7,8 @@ Layout of one dataset folder::
     root/dataset.json                       format, version, dt, splits, extra
     root/<traj>/transforms.json             cameras (nerfstudio: camera-to-world, OpenGL axes, fl_x fl_y cx cy w h)
     root/<traj>/images/<view>/<t:05d>.png   RGBA uint8, square, w x h of the cameras
-    root/<traj>/mesh.npz                    faces (F,3), mesh_pos (V,2), node_type (V,), verts0 (V,3)[, handle_pos (T,P,3)]
+    root/<traj>/mesh.npz                    faces (F,3), mesh_pos (V,2), node_type (V,), verts0 (V,3)
+                                            [, handle_pos (T,P,3)]
     root/<traj>/gt.npz                      verts (T,V,3): evaluation / supervised baselines only (optional)
     root/<traj>/physics.json                simulator parameters: analysis only, never read by the pipeline
 """
@@ -18,19 +19,18 @@ import json
 import math
 import os
 import struct
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
-from clods_pl.data.splits import STANDARD_SPLITS
 from clods_pl.errors import DatasetError
 from clods_pl.geometry import Cameras, NodeType
-from clods_pl.utils.files import atomic_savez, atomic_write, atomic_write_json
 
 FORMAT_NAME = "clods-multiview"
 FORMAT_VERSION = 1
@@ -41,7 +41,6 @@ GT_FILE = "gt.npz"
 PHYSICS_FILE = "physics.json"
 IMAGES_DIR = "images"
 FRAME_PATTERN = "{t:05d}.png"
-
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -56,6 +55,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: must be a JSON object ({{...}}), got a {type(data).__name__}")
     return data
+
 
 @dataclass
 class DatasetInfo:
@@ -128,8 +128,9 @@ def _check_topology(path: Path, faces: np.ndarray, V: int) -> None:
     unused = np.setdiff1d(np.arange(V), faces.reshape(-1))
     if unused.size:
         hint = " (1-based indices? subtract 1)" if faces.min() == 1 else ""
-        raise DatasetError(f"{path}: vertex {int(unused[0])} is in no face ({unused.size} such){hint}; remove "
-                           "unreferenced vertices")
+        raise DatasetError(
+            f"{path}: vertex {int(unused[0])} is in no face ({unused.size} such){hint}; remove unreferenced vertices"
+        )
 
 
 def _check_rest_scale(path: Path, faces: np.ndarray, mesh_pos: np.ndarray, verts0: np.ndarray) -> None:
@@ -141,8 +142,10 @@ def _check_rest_scale(path: Path, faces: np.ndarray, mesh_pos: np.ndarray, verts
     if not rest > 0:
         raise DatasetError(f"{path}: mesh_pos edges have zero length; mesh_pos is the rest shape in metres")
     if not 0.2 <= world / rest <= 5.0:
-        raise DatasetError(f"{path}: verts0's edges are {world / rest:.3g}x mesh_pos's (median); give both in metres "
-                           "(mesh_pos is the rest shape of the same cloth)")
+        raise DatasetError(
+            f"{path}: verts0's edges are {world / rest:.3g}x mesh_pos's (median); give both in metres "
+            "(mesh_pos is the rest shape of the same cloth)"
+        )
 
 
 def _check_finite(path: Path, key: str, arr: np.ndarray) -> None:
@@ -174,20 +177,26 @@ class Trajectory:
         except ValueError as exc:
             raise DatasetError(str(exc)) from exc
         if self.cameras.width != self.cameras.height:
-            raise DatasetError(f"{tf_path}: images must be square, cameras say {self.cameras.width}x{self.cameras.height}")
+            raise DatasetError(
+                f"{tf_path}: images must be square, cameras say {self.cameras.width}x{self.cameras.height}"
+            )
         self._frame_pattern = str(tf.get("frame_pattern", FRAME_PATTERN))
         try:
             self._frame_pattern.format(t=0)
         except (KeyError, IndexError, ValueError):
-            raise DatasetError(f"{tf_path}: frame_pattern {self._frame_pattern!r} must name the frame index t, "
-                               f"e.g. {FRAME_PATTERN!r}") from None
-        self._view_dirs = [self.root / str(fr.get("file_path", f"{IMAGES_DIR}/{n}"))
-                           for fr, n in zip(tf["frames"], self.cameras.names)]
+            raise DatasetError(
+                f"{tf_path}: frame_pattern {self._frame_pattern!r} must name the frame index t, e.g. {FRAME_PATTERN!r}"
+            ) from None
+        self._view_dirs = [
+            self.root / str(fr.get("file_path", f"{IMAGES_DIR}/{n}")) for fr, n in zip(tf["frames"], self.cameras.names)
+        ]
         self.num_frames = self._validate_images()
         declared = tf.get("num_frames")
         if declared is not None and declared != self.num_frames:
-            raise DatasetError(f"{tf_path}: num_frames is {declared!r} but every view holds {self.num_frames} PNG "
-                               "frames; fix num_frames (or the frames)")
+            raise DatasetError(
+                f"{tf_path}: num_frames is {declared!r} but every view holds {self.num_frames} PNG "
+                "frames; fix num_frames (or the frames)"
+            )
 
         mesh_path = self.root / MESH_FILE
         mesh = _load_npz(mesh_path, ("faces", "mesh_pos", "node_type", "verts0"))
@@ -200,7 +209,9 @@ class Trajectory:
         if faces.ndim != 2 or faces.shape[1] != 3 or not np.issubdtype(faces.dtype, np.integer):
             raise DatasetError(f"{mesh_path}: faces must be (F, 3) integers, got {faces.shape} {faces.dtype}")
         if faces.size and faces.min() < 0:
-            raise DatasetError(f"{mesh_path}: faces hold a negative vertex index {int(faces.min())}; indices are 0..V-1")
+            raise DatasetError(
+                f"{mesh_path}: faces hold a negative vertex index {int(faces.min())}; indices are 0..V-1"
+            )
         if faces.size and faces.max() >= V:
             raise DatasetError(f"{mesh_path}: faces index vertex {int(faces.max())} but there are only V={V} vertices")
         _check_topology(mesh_path, faces.astype(np.int64), V)
@@ -218,11 +229,15 @@ class Trajectory:
             raise DatasetError(f"{mesh_path}: node_type must hold integers 0 (NORMAL, free) and 3 (HANDLE, pinned)")
         bad = sorted(set(np.unique(node_type).astype(np.int64).tolist()) - {int(t) for t in CLOTH_NODE_TYPES})
         if bad:
-            raise DatasetError(f"{mesh_path}: node_type holds {bad[0]}; a cloth mesh uses 0 (NORMAL, free) and 3 "
-                               "(HANDLE, pinned) only (a 0/1 pin mask: write 3 for 1)")
+            raise DatasetError(
+                f"{mesh_path}: node_type holds {bad[0]}; a cloth mesh uses 0 (NORMAL, free) and 3 "
+                "(HANDLE, pinned) only (a 0/1 pin mask: write 3 for 1)"
+            )
         if not (node_type == int(NodeType.NORMAL)).any():
-            raise DatasetError(f"{mesh_path}: node_type has no NORMAL ({int(NodeType.NORMAL)}) node: every vertex is "
-                               "prescribed, so there is no dynamics to learn or evaluate; mark the free vertices 0")
+            raise DatasetError(
+                f"{mesh_path}: node_type has no NORMAL ({int(NodeType.NORMAL)}) node: every vertex is "
+                "prescribed, so there is no dynamics to learn or evaluate; mark the free vertices 0"
+            )
         self.node_type = torch.from_numpy(node_type.astype(np.int64))
         self._check_views_see_mesh(tf_path, mesh_path)
         self.handle_pos: Tensor | None = None
@@ -230,7 +245,9 @@ class Trajectory:
             hp = mesh["handle_pos"]
             P = int((node_type == int(NodeType.HANDLE)).sum())
             if hp.shape != (self.num_frames, P, 3):
-                raise DatasetError(f"{mesh_path}: handle_pos must be (T, P, 3) = ({self.num_frames}, {P}, 3), got {hp.shape}")
+                raise DatasetError(
+                    f"{mesh_path}: handle_pos must be (T, P, 3) = ({self.num_frames}, {P}, 3), got {hp.shape}"
+                )
             _check_finite(mesh_path, "handle_pos", hp)
             self.handle_pos = torch.from_numpy(hp.astype(np.float32))
         self._gt_path = self.root / GT_FILE
@@ -242,14 +259,20 @@ class Trajectory:
         uv, depth = self.cameras.project(self.verts0)
         W, H = self.cameras.width, self.cameras.height
         inside = (depth > 0) & (uv[..., 0] >= 0) & (uv[..., 0] <= W) & (uv[..., 1] >= 0) & (uv[..., 1] <= H)
-        hint = ("transform_matrix must be camera-to-world with OpenGL axes (the camera looks down its -z; for "
-                "OpenCV axes multiply by diag(1, -1, -1, 1)), in the mesh's unit (metres)")
+        hint = (
+            "transform_matrix must be camera-to-world with OpenGL axes (the camera looks down its -z; for "
+            "OpenCV axes multiply by diag(1, -1, -1, 1)), in the mesh's unit (metres)"
+        )
         for c, name in enumerate(self.cameras.names):
             if not bool((depth[c] > 0).any()):
-                raise DatasetError(f"{tf_path}: every vertex of {mesh_path.name} verts0 is behind camera {name}; {hint}")
+                raise DatasetError(
+                    f"{tf_path}: every vertex of {mesh_path.name} verts0 is behind camera {name}; {hint}"
+                )
             if not bool(inside[c].any()):
-                raise DatasetError(f"{tf_path}: no vertex of {mesh_path.name} verts0 falls inside camera {name}'s "
-                                   f"{W}x{H} image; {hint}")
+                raise DatasetError(
+                    f"{tf_path}: no vertex of {mesh_path.name} verts0 falls inside camera {name}'s "
+                    f"{W}x{H} image; {hint}"
+                )
 
     def check_masks(self) -> None:
         """Frame 0's alpha in every view is a cloth mask: neither empty nor opaque over the whole image (an RGB image
@@ -258,11 +281,15 @@ class Trajectory:
         for c in range(len(self.cameras)):
             p = self._frame_path(c, 0)
             if not alpha[c].any():
-                raise DatasetError(f"{p}: alpha is 0 everywhere: the cloth covers no pixel; alpha must be the cloth's "
-                                   "coverage (0 = background)")
+                raise DatasetError(
+                    f"{p}: alpha is 0 everywhere: the cloth covers no pixel; alpha must be the cloth's "
+                    "coverage (0 = background)"
+                )
             if (alpha[c] == 255).all():
-                raise DatasetError(f"{p}: alpha is 255 everywhere, so there is no background; alpha must be the "
-                                   "cloth's coverage (0 = background), not the opaque channel of an RGB image")
+                raise DatasetError(
+                    f"{p}: alpha is 255 everywhere, so there is no background; alpha must be the "
+                    "cloth's coverage (0 = background), not the opaque channel of an RGB image"
+                )
 
     def _frame_path(self, view: int, t: int) -> Path:
         return self._view_dirs[view] / self._frame_pattern.format(t=t)
@@ -287,8 +314,10 @@ class Trajectory:
             found = {p.name for p in view_dir.glob("*.png")}
             if found != expected:
                 stray, missing = sorted(found - expected), sorted(expected - found)
-                raise DatasetError(f"{view_dir}: frames must be named {self._frame_pattern} for t = 0..{T - 1} with "
-                                   f"no gap; missing {missing[:3]}, unexpected {stray[:3]} (remove or rename them)")
+                raise DatasetError(
+                    f"{view_dir}: frames must be named {self._frame_pattern} for t = 0..{T - 1} with "
+                    f"no gap; missing {missing[:3]}, unexpected {stray[:3]} (remove or rename them)"
+                )
             for t in range(T):
                 self._check_png(self._frame_path(c, t))
         return T
@@ -298,8 +327,7 @@ class Trajectory:
         if w != h:
             raise DatasetError(f"{p}: image is {w}x{h}, the format needs square images")
         if (w, h) != (self.cameras.width, self.cameras.height):
-            raise DatasetError(f"{p}: image is {w}x{h} but the cameras say "
-                               f"{self.cameras.width}x{self.cameras.height}")
+            raise DatasetError(f"{p}: image is {w}x{h} but the cameras say {self.cameras.width}x{self.cameras.height}")
         if colour != "RGBA":
             raise DatasetError(f"{p}: image is {colour}, the format needs RGBA (8-bit, with alpha)")
 
@@ -319,8 +347,10 @@ class Trajectory:
             except (OSError, ValueError) as exc:
                 raise DatasetError(f"{p}: cannot decode PNG ({exc})") from exc
             if arr.shape != (self.cameras.height, self.cameras.width, 4):
-                raise DatasetError(f"{p}: image is {arr.shape[1]}x{arr.shape[0]} but the cameras say "
-                                   f"{self.cameras.width}x{self.cameras.height}")
+                raise DatasetError(
+                    f"{p}: image is {arr.shape[1]}x{arr.shape[0]} but the cameras say "
+                    f"{self.cameras.width}x{self.cameras.height}"
+                )
             out.append(arr)
         return np.stack(out)
 
@@ -353,8 +383,10 @@ class Trajectory:
         return torch.from_numpy(gt.astype(np.float32))
 
     def __repr__(self) -> str:
-        return (f"Trajectory({self.name!r}, frames={self.num_frames}, views={len(self.cameras)}, "
-                f"V={self.verts0.shape[0]}, F={self.faces.shape[0]})")
+        return (
+            f"Trajectory({self.name!r}, frames={self.num_frames}, views={len(self.cameras)}, "
+            f"V={self.verts0.shape[0]}, F={self.faces.shape[0]})"
+        )
 
 
 class Dataset:
@@ -401,8 +433,9 @@ def read_dataset_info(root: str | Path) -> DatasetInfo:
     if fmt != FORMAT_NAME:
         raise DatasetError(f"{path}: unknown format '{fmt}', expected '{FORMAT_NAME}'")
     if version != FORMAT_VERSION:
-        raise DatasetError(f"{path}: unsupported format version {version!r}; this clods-pl reads version "
-                           f"{FORMAT_VERSION!r} (a number)")
+        raise DatasetError(
+            f"{path}: unsupported format version {version!r}; this clods-pl reads version {FORMAT_VERSION!r} (a number)"
+        )
     dt = raw.get("dt")
     if not isinstance(dt, (int, float)) or not math.isfinite(dt) or dt <= 0:
         raise DatasetError(f"{path}: 'dt' must be a positive number, got {dt!r}")
@@ -416,12 +449,19 @@ def read_dataset_info(root: str | Path) -> DatasetInfo:
     for split, names in splits.items():
         for n in names:
             if str(n) in owner:
-                raise DatasetError(f"{path}: trajectory '{n}' is in splits '{owner[str(n)]}' and '{split}'; a "
-                                   "trajectory belongs to one split (a test trajectory seen in training is no test)")
+                raise DatasetError(
+                    f"{path}: trajectory '{n}' is in splits '{owner[str(n)]}' and '{split}'; a "
+                    "trajectory belongs to one split (a test trajectory seen in training is no test)"
+                )
             owner[str(n)] = split
-    return DatasetInfo(name=str(raw.get("name", Path(root).name)), dt=float(dt),
-                       splits={k: [str(n) for n in v] for k, v in splits.items()},
-                       format=fmt, version=int(version), extra=dict(extra))
+    return DatasetInfo(
+        name=str(raw.get("name", Path(root).name)),
+        dt=float(dt),
+        splits={k: [str(n) for n in v] for k, v in splits.items()},
+        format=fmt,
+        version=int(version),
+        extra=dict(extra),
+    )
 
 
 def read_dataset(root: str | Path, validate: bool = True) -> Dataset:

@@ -25,10 +25,11 @@ import yaml
 from torch import Tensor
 from tqdm import tqdm
 
-from clods_pl.data.format import STANDARD_SPLITS, DatasetInfo
-from clods_pl.data.writer import write_dataset_info, write_trajectory
+from clods_pl.data.format import DatasetInfo
 from clods_pl.data.mesh_renderer import DIFFUSE, make_mesh_renderer
 from clods_pl.data.simulator import ClothSimulator, FlagMesh, PhysicsParams, torch_threads
+from clods_pl.data.splits import STANDARD_SPLITS
+from clods_pl.data.writer import write_dataset_info, write_trajectory
 from clods_pl.errors import ClodsError
 from clods_pl.geometry import Cameras, NodeType, ring_cameras
 
@@ -38,8 +39,7 @@ class GenerateConfig:
     """Generator settings (presets: experiments/data/{tiny,small,paper}.yaml)."""
 
     name: str = "tiny"
-    splits: dict[str, int] = field(default_factory=lambda: {"train": 2, "val": 0, "test_viewed": 1,
-                                                             "test_unviewed": 1})
+    splits: dict[str, int] = field(default_factory=lambda: {"train": 2, "val": 0, "test_viewed": 1, "test_unviewed": 1})
     num_frames: int = 16
     test_num_frames: int | None = None  # test splits' frames (None: num_frames); longer: a true extrapolation regime
     num_views: int = 4
@@ -48,7 +48,7 @@ class GenerateConfig:
     flag_size: tuple[float, float] = (1.0, 0.7)
     pole_bottom: float = 0.3
     dt: float = 0.04
-    substeps: int = 40     # many small substeps with few iterations each: stiffer cloth for the same cost
+    substeps: int = 40  # many small substeps with few iterations each: stiffer cloth for the same cost
     iterations: int = 4
     camera_radius: float = 2.4
     camera_elevations_deg: list[float] = field(default_factory=lambda: [20.0, -5.0])
@@ -70,25 +70,38 @@ class GenerateConfig:
         return sum(self.splits.values())
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GenerateConfig":
+    def from_dict(cls, d: dict[str, Any]) -> GenerateConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ClodsError(f"unknown generator settings {unknown}; known: {sorted(known)}")
         d = dict(d)
         if "diffuse" in d and not 0.0 <= float(d["diffuse"]) <= 1.0:
-            raise ClodsError(f"diffuse={d['diffuse']}; the Lambert share of the light must be in [0, 1] (0: no shading)")
+            raise ClodsError(
+                f"diffuse={d['diffuse']}; the Lambert share of the light must be in [0, 1] (0: no shading)"
+            )
         if d.get("test_num_frames") is not None and int(d["test_num_frames"]) < 3:
-            raise ClodsError(f"test_num_frames={d['test_num_frames']}; a test trajectory needs >= 3 frames "
-                             "(two inputs and one predicted frame)")
+            raise ClodsError(
+                f"test_num_frames={d['test_num_frames']}; a test trajectory needs >= 3 frames "
+                "(two inputs and one predicted frame)"
+            )
         for key in ("gustiness", "lateral_swing_deg"):
             if key in d:
                 lo, hi = (float(x) for x in d[key])
                 if not 0.0 <= lo <= hi:
-                    raise ClodsError(f"{key}={list(d[key])}; give a range [low, high] with 0 <= low <= high "
-                                     "([0, 0] for a steady wind)")
-        for key in ("grid", "flag_size", "camera_target", "viewed_azimuth_deg", "unviewed_azimuth_deg", "gustiness",
-                    "lateral_swing_deg"):
+                    raise ClodsError(
+                        f"{key}={list(d[key])}; give a range [low, high] with 0 <= low <= high "
+                        "([0, 0] for a steady wind)"
+                    )
+        for key in (
+            "grid",
+            "flag_size",
+            "camera_target",
+            "viewed_azimuth_deg",
+            "unviewed_azimuth_deg",
+            "gustiness",
+            "lateral_swing_deg",
+        ):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -100,8 +113,9 @@ class GenerateConfig:
         az = self.unviewed_azimuth_deg if split == "test_unviewed" else self.viewed_azimuth_deg
         if split == "test_unviewed" and torch.rand((), generator=g) < 0.5:
             az = (-az[1], -az[0])
-        params = PhysicsParams.sample(g, azimuth_range=az, gustiness_range=self.gustiness,
-                                      swing_range=self.lateral_swing_deg)
+        params = PhysicsParams.sample(
+            g, azimuth_range=az, gustiness_range=self.gustiness, swing_range=self.lateral_swing_deg
+        )
         return params, g
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,11 +128,24 @@ class GenerateConfig:
 
 PRESETS: dict[str, GenerateConfig] = {
     "tiny": GenerateConfig(splits={"train": 4, "val": 0, "test_viewed": 2, "test_unviewed": 2}, num_views=8),
-    "small": GenerateConfig(name="small", splits={"train": 8, "val": 0, "test_viewed": 3, "test_unviewed": 3},
-                            num_frames=16, test_num_frames=32, num_views=8),
-    "paper": GenerateConfig(name="paper", splits={"train": 40, "val": 2, "test_viewed": 4, "test_unviewed": 4},
-                            num_frames=100, num_views=8, resolution=256, grid=(40, 28), substeps=100, iterations=2,
-                            supersample=2),
+    "small": GenerateConfig(
+        name="small",
+        splits={"train": 8, "val": 0, "test_viewed": 3, "test_unviewed": 3},
+        num_frames=16,
+        test_num_frames=32,
+        num_views=8,
+    ),
+    "paper": GenerateConfig(
+        name="paper",
+        splits={"train": 40, "val": 2, "test_viewed": 4, "test_unviewed": 4},
+        num_frames=100,
+        num_views=8,
+        resolution=256,
+        grid=(40, 28),
+        substeps=100,
+        iterations=2,
+        supersample=2,
+    ),
 }
 
 
@@ -134,9 +161,16 @@ def load_config(preset_or_path: str | GenerateConfig) -> GenerateConfig:
     return GenerateConfig.from_dict(yaml.safe_load(path.read_text()) or {})
 
 
-def default_cameras(verts: Tensor | np.ndarray, num_views: int, width: int, height: int, fov_deg: float = 45.0,
-                    elevations_deg: tuple[float, ...] = (20.0, -5.0), azimuth_offset_deg: float = 45.0,
-                    margin: float = 1.1) -> Cameras:
+def default_cameras(
+    verts: Tensor | np.ndarray,
+    num_views: int,
+    width: int,
+    height: int,
+    fov_deg: float = 45.0,
+    elevations_deg: tuple[float, ...] = (20.0, -5.0),
+    azimuth_offset_deg: float = 45.0,
+    margin: float = 1.1,
+) -> Cameras:
     """A ring of cameras framing every frame of ``verts`` ((T, V, 3) or (V, 3) world): each camera looks at the
     bounding-box centre from far enough that the bounding sphere (times ``margin``) fits the narrower field of view
     (``fov_deg`` is horizontal, as in :func:`ring_cameras`); world up +z."""
@@ -146,8 +180,16 @@ def default_cameras(verts: Tensor | np.ndarray, num_views: int, width: int, heig
     r = float((v - centre).norm(dim=-1).max())
     half = np.arctan(np.tan(np.radians(fov_deg) / 2) * min(1.0, height / width))
     dist = margin * r / np.sin(half)
-    return ring_cameras(num_views, dist, tuple(centre.tolist()), elevations_deg, fov_deg, width, height,
-                        azimuth_offset_deg=azimuth_offset_deg)
+    return ring_cameras(
+        num_views,
+        dist,
+        tuple(centre.tolist()),
+        elevations_deg,
+        fov_deg,
+        width,
+        height,
+        azimuth_offset_deg=azimuth_offset_deg,
+    )
 
 
 def normalized_uv(mesh_pos: Tensor) -> Tensor:
@@ -156,9 +198,17 @@ def normalized_uv(mesh_pos: Tensor) -> Tensor:
     return (mesh_pos - lo) / (hi - lo).clamp_min(1e-9)
 
 
-def render_sequence(verts: Tensor | np.ndarray, faces: Tensor | np.ndarray, mesh_pos: Tensor | np.ndarray,
-                    cameras: Cameras, renderer: str = "auto", supersample: int = 3,
-                    progress: bool = True, num_threads: int | None = 1, diffuse: float = DIFFUSE) -> np.ndarray:
+def render_sequence(
+    verts: Tensor | np.ndarray,
+    faces: Tensor | np.ndarray,
+    mesh_pos: Tensor | np.ndarray,
+    cameras: Cameras,
+    renderer: str = "auto",
+    supersample: int = 3,
+    progress: bool = True,
+    num_threads: int | None = 1,
+    diffuse: float = DIFFUSE,
+) -> np.ndarray:
     """Render every frame of ``verts`` (T, V, 3) world with texture coordinates from ``mesh_pos`` (V, 2)
     -> (T, C, H, W, 4) uint8 RGBA (straight alpha = coverage)."""
     r = make_mesh_renderer(renderer, supersample, diffuse)
@@ -173,8 +223,13 @@ def render_sequence(verts: Tensor | np.ndarray, faces: Tensor | np.ndarray, mesh
     return np.stack(out)
 
 
-def generate_dataset(config: str | GenerateConfig, out_dir: str | Path, seed: int | None = None,
-                     progress: bool = True, workers: int | None = None) -> Path:
+def generate_dataset(
+    config: str | GenerateConfig,
+    out_dir: str | Path,
+    seed: int | None = None,
+    progress: bool = True,
+    workers: int | None = None,
+) -> Path:
     """Simulate, render and write a dataset; returns its folder. ``workers``: processes for the trajectories (None:
     ``CLODS_PL_WORKERS``, else the cores not busy now; see :mod:`clods_pl.utils.workers`): the bytes are the same
     with any number, since every trajectory draws from its own seed."""
@@ -208,19 +263,45 @@ def _write_trajectory(job: _TrajectoryJob) -> str:
     with torch_threads(cfg.num_threads):
         mesh = FlagMesh.make(cfg.grid[0], cfg.grid[1], cfg.flag_size[0], cfg.flag_size[1], cfg.pole_bottom)
         sim = ClothSimulator(mesh, cfg.dt, cfg.substeps, cfg.iterations)
-        cams = ring_cameras(cfg.num_views, cfg.camera_radius, cfg.camera_target, cfg.camera_elevations_deg,
-                            cfg.camera_fov_deg, cfg.resolution, cfg.resolution,
-                            azimuth_offset_deg=cfg.camera_azimuth_offset_deg)
+        cams = ring_cameras(
+            cfg.num_views,
+            cfg.camera_radius,
+            cfg.camera_target,
+            cfg.camera_elevations_deg,
+            cfg.camera_fov_deg,
+            cfg.resolution,
+            cfg.resolution,
+            azimuth_offset_deg=cfg.camera_azimuth_offset_deg,
+        )
         params, g = cfg.physics(job.index, job.split)
         test = job.split.startswith("test") and cfg.test_num_frames
         frames_here = cfg.test_num_frames if test else cfg.num_frames
         verts = sim.simulate(params, frames_here, g, progress=job.progress, num_threads=None)
-        frames = render_sequence(verts, mesh.faces, mesh.mesh_pos, cams, cfg.renderer, cfg.supersample,
-                                 progress=job.progress, num_threads=None, diffuse=cfg.diffuse)
+        frames = render_sequence(
+            verts,
+            mesh.faces,
+            mesh.mesh_pos,
+            cams,
+            cfg.renderer,
+            cfg.supersample,
+            progress=job.progress,
+            num_threads=None,
+            diffuse=cfg.diffuse,
+        )
         handles = mesh.node_type == int(NodeType.HANDLE)
-        write_trajectory(job.out, job.name, cams, frames, mesh.faces, mesh.mesh_pos, mesh.node_type, verts[0],
-                         gt_verts=verts, handle_pos=verts[:, handles],
-                         physics={"split": job.split, **params.to_dict(), "dt": cfg.dt, "substeps": cfg.substeps})
+        write_trajectory(
+            job.out,
+            job.name,
+            cams,
+            frames,
+            mesh.faces,
+            mesh.mesh_pos,
+            mesh.node_type,
+            verts[0],
+            gt_verts=verts,
+            handle_pos=verts[:, handles],
+            physics={"split": job.split, **params.to_dict(), "dt": cfg.dt, "substeps": cfg.substeps},
+        )
     return job.name
 
 
@@ -241,8 +322,7 @@ def _generate(cfg: GenerateConfig, out: Path, progress: bool, workers: int | Non
     by_split: dict[str, list[str]] = {}
     for job, name in zip(jobs, names):
         by_split.setdefault(job.split, []).append(name)
-    write_dataset_info(out, DatasetInfo(name=cfg.name, dt=cfg.dt, splits=by_split,
-                                        extra={"generator": cfg.to_dict()}))
+    write_dataset_info(out, DatasetInfo(name=cfg.name, dt=cfg.dt, splits=by_split, extra={"generator": cfg.to_dict()}))
     if progress:
         print(f"[clods-pl] generated {len(jobs)} trajectories in {time.perf_counter() - start:.1f} s -> {out}")
     return out

@@ -47,7 +47,9 @@ def smooth_noise(edges: Tensor, free: Tensor, rms: float, rng: torch.Generator, 
     all vertices and coordinates, as the evaluation measures a rollout's error."""
     V = free.shape[0]
     n = torch.randn(V, 3, generator=rng, dtype=torch.float64)
-    deg = torch.zeros(V, dtype=torch.float64).index_add_(0, edges.reshape(-1), torch.ones(edges.numel(), dtype=torch.float64))
+    deg = torch.zeros(V, dtype=torch.float64).index_add_(
+        0, edges.reshape(-1), torch.ones(edges.numel(), dtype=torch.float64)
+    )
     for _ in range(passes):
         nb = torch.zeros_like(n).index_add_(0, edges[:, 0], n[edges[:, 1]]).index_add_(0, edges[:, 1], n[edges[:, 0]])
         n = 0.5 * (n + nb / deg.clamp_min(1).unsqueeze(-1))

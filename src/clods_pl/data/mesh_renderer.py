@@ -19,7 +19,7 @@ from clods_pl.errors import BackendUnavailableError
 from clods_pl.geometry import Cameras
 
 RENDERERS = ("auto", "torch", "pytorch3d")
-LIGHT_DIR = (0.3, -0.5, 0.8)   # world direction towards the light
+LIGHT_DIR = (0.3, -0.5, 0.8)  # world direction towards the light
 DIFFUSE = 0.65  # share of the light that follows the surface's angle to the light; the rest is ambient
 FAR = 1e10
 
@@ -28,8 +28,8 @@ FAR = 1e10
 class Fragments:
     """Per (camera, supersampled pixel): winning face (-1 = empty) and perspective-correct barycentrics."""
 
-    face: Tensor   # (C, Hs, Ws) int64
-    bary: Tensor   # (C, Hs, Ws, 3)
+    face: Tensor  # (C, Hs, Ws) int64
+    bary: Tensor  # (C, Hs, Ws, 3)
 
 
 class MeshRenderer(Protocol):
@@ -37,8 +37,18 @@ class MeshRenderer(Protocol):
         """verts (V, 3) world, faces (F, 3), uv (V, 2) in [0, 1] -> (C, H, W, 4) float32 RGBA in [0, 1]."""
 
 
+def _edge_function(p0: Tensor, p1: Tensor, q: Tensor) -> Tensor:
+    """Twice the signed area of the triangle (p0, p1, q) in the image plane: (..., 2) points -> (...)."""
+    return (p1[..., 0] - p0[..., 0]) * (q[..., 1] - p0[..., 1]) - (p1[..., 1] - p0[..., 1]) * (q[..., 0] - p0[..., 0])
+
+
 def shade(
-    frags: Fragments, verts: Tensor, faces: Tensor, uv: Tensor, cameras: Cameras, supersample: int,
+    frags: Fragments,
+    verts: Tensor,
+    faces: Tensor,
+    uv: Tensor,
+    cameras: Cameras,
+    supersample: int,
     diffuse: float = DIFFUSE,
 ) -> Tensor:
     """Texture + two-sided Lambert shading of the fragments (``1 - diffuse`` ambient plus ``diffuse`` x |n . l|;
@@ -100,17 +110,16 @@ class TorchMeshRenderer:
                 continue
             fid = torch.nonzero(ok).squeeze(-1)
             bw, bh = int(size[fid, 0].max()), int(size[fid, 1].max())
-            oy, ox = torch.meshgrid(torch.arange(bh, device=verts.device), torch.arange(bw, device=verts.device),
-                                    indexing="ij")
+            oy, ox = torch.meshgrid(
+                torch.arange(bh, device=verts.device), torch.arange(bw, device=verts.device), indexing="ij"
+            )
             px = lo[fid, 0, None, None] + ox  # (F', bh, bw)
             py = lo[fid, 1, None, None] + oy
             inside_box = (px <= hi[fid, 0, None, None]) & (py <= hi[fid, 1, None, None])
             p = torch.stack([px, py], -1).to(verts.dtype) + 0.5
             a, b, cc = tri[fid, 0, None, None], tri[fid, 1, None, None], tri[fid, 2, None, None]
-            area = (b[..., 0] - a[..., 0]) * (cc[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (cc[..., 0] - a[..., 0])
-            def edge(p0: Tensor, p1: Tensor) -> Tensor:
-                return (p1[..., 0] - p0[..., 0]) * (p[..., 1] - p0[..., 1]) - (p1[..., 1] - p0[..., 1]) * (p[..., 0] - p0[..., 0])
-            w0, w1, w2 = edge(b, cc), edge(cc, a), edge(a, b)
+            area = _edge_function(a, b, cc)
+            w0, w1, w2 = _edge_function(b, cc, p), _edge_function(cc, a, p), _edge_function(a, b, p)
             area_safe = torch.where(area.abs() > 1e-12, area, torch.ones_like(area))
             l0, l1, l2 = w0 / area_safe, w1 / area_safe, w2 / area_safe
             inside = inside_box & (l0 >= 0) & (l1 >= 0) & (l2 >= 0) & (area.abs() > 1e-12)
@@ -128,9 +137,14 @@ class TorchMeshRenderer:
             face_out[c] = best
             # perspective-correct barycentrics of the winner at each pixel
             sel = win & (fsel == best[pid])
-            pc = torch.stack([l0[inside][sel] / zf[..., 0].expand_as(l0)[inside][sel],
-                              l1[inside][sel] / zf[..., 1].expand_as(l1)[inside][sel],
-                              l2[inside][sel] / zf[..., 2].expand_as(l2)[inside][sel]], -1)
+            pc = torch.stack(
+                [
+                    l0[inside][sel] / zf[..., 0].expand_as(l0)[inside][sel],
+                    l1[inside][sel] / zf[..., 1].expand_as(l1)[inside][sel],
+                    l2[inside][sel] / zf[..., 2].expand_as(l2)[inside][sel],
+                ],
+                -1,
+            )
             bary_out[c, pid[sel]] = pc / pc.sum(-1, keepdim=True)
         return Fragments(face_out.reshape(C, Hs, Ws), bary_out.reshape(C, Hs, Ws, 3))
 
@@ -152,7 +166,8 @@ class Pytorch3dMeshRenderer:
         except ImportError as exc:
             raise BackendUnavailableError(
                 "renderer=pytorch3d needs pytorch3d (no PyPI wheel for Linux: `conda install -c pytorch3d "
-                f"pytorch3d`, see environment.yml); use renderer=torch ({exc})") from exc
+                f"pytorch3d`, see environment.yml); use renderer=torch ({exc})"
+            ) from exc
         self._rasterize, self._meshes, self.supersample = rasterize_meshes, Meshes, supersample
         self.diffuse = diffuse
 
@@ -164,8 +179,9 @@ class Pytorch3dMeshRenderer:
         short = float(min(Hs, Ws))
         ndc = torch.stack([(Ws - 2 * pix[..., 0]) / short, (Hs - 2 * pix[..., 1]) / short, z], -1)
         meshes = self._meshes(verts=list(ndc), faces=[faces] * ndc.shape[0])
-        p2f, _zbuf, bary, _ = self._rasterize(meshes, image_size=(Hs, Ws), blur_radius=0.0, faces_per_pixel=1,
-                                              perspective_correct=False)
+        p2f, _zbuf, bary, _ = self._rasterize(
+            meshes, image_size=(Hs, Ws), blur_radius=0.0, faces_per_pixel=1, perspective_correct=False
+        )
         F = faces.shape[0]
         face = p2f[..., 0]
         face = torch.where(face >= 0, face % F, face)
@@ -186,6 +202,7 @@ class Pytorch3dMeshRenderer:
 def pytorch3d_available() -> bool:
     try:
         import pytorch3d  # noqa: F401, PLC0415
+
         return True
     except ImportError:
         return False

@@ -22,7 +22,7 @@ LABEL_COLOUR = (40, 40, 40)
 def checkerboard(height: int, width: int, size: int = CHECKER_SIZE) -> np.ndarray:
     """(H, W, 3) uint8 grey checkerboard."""
     yy, xx = np.mgrid[0:height, 0:width]
-    light = ((yy // size + xx // size) % 2 == 0)
+    light = (yy // size + xx // size) % 2 == 0
     return np.where(light[..., None], CHECKER_LIGHT, CHECKER_DARK).astype(np.uint8).repeat(3, axis=2)
 
 
@@ -33,8 +33,9 @@ def evenly_spaced(n: int, k: int) -> list[int]:
     return sorted({int(round(i * (n - 1) / (k - 1))) for i in range(k)}) if k > 1 else [0]
 
 
-def write_contact_sheet(dataset: str | Path | Dataset, out_png: str | Path, traj: str | None = None,
-                        max_frames: int = 8, max_views: int = 8) -> Path:
+def write_contact_sheet(
+    dataset: str | Path | Dataset, out_png: str | Path, traj: str | None = None, max_frames: int = 8, max_views: int = 8
+) -> Path:
     """Write a PNG grid of one trajectory: row = view, column = frame (evenly spaced), GAP px white gutters.
 
     Args:
@@ -48,15 +49,16 @@ def write_contact_sheet(dataset: str | Path | Dataset, out_png: str | Path, traj
     frames = evenly_spaced(tr.num_frames, max_frames)
     views = evenly_spaced(len(tr.cameras), max_views)
     H, W = tr.cameras.height, tr.cameras.width
-    sheet = np.full((LABEL_TOP + len(views) * (H + GAP) - GAP, LABEL_LEFT + len(frames) * (W + GAP) - GAP, 3), 255,
-                    np.uint8)
+    sheet = np.full(
+        (LABEL_TOP + len(views) * (H + GAP) - GAP, LABEL_LEFT + len(frames) * (W + GAP) - GAP, 3), 255, np.uint8
+    )
     bg = torch.from_numpy(checkerboard(H, W)).float() / 255.0
     for j, t in enumerate(frames):
         imgs = tr.load_frame(t)
         for i, c in enumerate(views):
             y, x = tile_origin(i, j, H, W)
             rgb = composite(torch.from_numpy(imgs[c]).float() / 255.0, bg)  # over the checkerboard
-            sheet[y:y + H, x:x + W] = (rgb * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
+            sheet[y : y + H, x : x + W] = (rgb * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
     image = Image.fromarray(sheet, "RGB")
     draw = ImageDraw.Draw(image)
     for j, t in enumerate(frames):

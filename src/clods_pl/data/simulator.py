@@ -61,7 +61,7 @@ class FlagMesh:
     node_type: Tensor
 
     @classmethod
-    def make(cls, nx: int, ny: int, width: float, height: float, pole_bottom: float = 0.0) -> "FlagMesh":
+    def make(cls, nx: int, ny: int, width: float, height: float, pole_bottom: float = 0.0) -> FlagMesh:
         mesh_pos, faces = grid_mesh(nx, ny, width, height)
         rest = torch.stack([mesh_pos[:, 0], torch.zeros(nx * ny), pole_bottom + mesh_pos[:, 1]], -1)
         node_type = torch.full((nx * ny,), int(NodeType.NORMAL), dtype=torch.long)
@@ -73,34 +73,51 @@ class FlagMesh:
 class PhysicsParams:
     """One trajectory's physical conditions (written to physics.json; never read by the pipeline)."""
 
-    wind_speed: float = 6.0            # m/s, mean
-    wind_azimuth_deg: float = 0.0      # 0 = along +x (away from the pole)
+    wind_speed: float = 6.0  # m/s, mean
+    wind_azimuth_deg: float = 0.0  # 0 = along +x (away from the pole)
     wind_elevation_deg: float = 0.0
-    gustiness: float = 0.4             # relative amplitude of the gusts
+    gustiness: float = 0.4  # relative amplitude of the gusts
     gust_periods: list[float] = field(default_factory=lambda: [1.3, 0.7, 0.37])  # seconds
     gust_phases: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0])
     lateral_swing_deg: float = 15.0
-    drag: float = 1.0                  # aerodynamic coefficient
-    stretch: float = 0.9               # PBD stiffness per iteration in (0, 1]
+    drag: float = 1.0  # aerodynamic coefficient
+    stretch: float = 0.9  # PBD stiffness per iteration in (0, 1]
     bend: float = 0.05
-    density: float = 0.25              # kg/m^2
-    damping: float = 0.3               # 1/s
-    preroll_s: float = 1.0             # simulated before the first recorded frame
+    density: float = 0.25  # kg/m^2
+    damping: float = 0.3  # 1/s
+    preroll_s: float = 1.0  # simulated before the first recorded frame
 
     @classmethod
-    def sample(cls, g: torch.Generator, azimuth_range: tuple[float, float] = (-40.0, 40.0),
-               speed_range: tuple[float, float] = (3.0, 9.0), gustiness_range: tuple[float, float] = (0.2, 0.6),
-               swing_range: tuple[float, float] = (5.0, 25.0)) -> "PhysicsParams":
+    def sample(
+        cls,
+        g: torch.Generator,
+        azimuth_range: tuple[float, float] = (-40.0, 40.0),
+        speed_range: tuple[float, float] = (3.0, 9.0),
+        gustiness_range: tuple[float, float] = (0.2, 0.6),
+        swing_range: tuple[float, float] = (5.0, 25.0),
+    ) -> PhysicsParams:
         """Random "unknown conditions"; ``azimuth_range`` lets test splits use winds never seen in training;
         ``gustiness_range`` and ``swing_range`` (0, 0) give a steady wind. The draws are the same whatever the
         ranges, so changing one range changes no other parameter."""
+
         def u(a: float, b: float) -> float:
             return float(a + (b - a) * torch.rand((), generator=g))
-        return cls(wind_speed=u(*speed_range), wind_azimuth_deg=u(*azimuth_range), wind_elevation_deg=u(-10, 10),
-                   gustiness=u(*gustiness_range), gust_periods=[u(0.8, 2.0), u(0.4, 0.8), u(0.2, 0.45)],
-                   gust_phases=[u(0, 2 * math.pi) for _ in range(3)], lateral_swing_deg=u(*swing_range),
-                   drag=u(0.8, 1.4), stretch=u(0.85, 1.0), bend=u(0.02, 0.2), density=u(0.15, 0.4),
-                   damping=u(0.1, 0.6), preroll_s=u(0.5, 2.0))
+
+        return cls(
+            wind_speed=u(*speed_range),
+            wind_azimuth_deg=u(*azimuth_range),
+            wind_elevation_deg=u(-10, 10),
+            gustiness=u(*gustiness_range),
+            gust_periods=[u(0.8, 2.0), u(0.4, 0.8), u(0.2, 0.45)],
+            gust_phases=[u(0, 2 * math.pi) for _ in range(3)],
+            lateral_swing_deg=u(*swing_range),
+            drag=u(0.8, 1.4),
+            stretch=u(0.85, 1.0),
+            bend=u(0.02, 0.2),
+            density=u(0.15, 0.4),
+            damping=u(0.1, 0.6),
+            preroll_s=u(0.5, 2.0),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,7 +125,9 @@ class PhysicsParams:
 
 def wind_at(p: PhysicsParams, t: float) -> Tensor:
     """(3,) wind velocity at time t (mean direction, gusts, lateral swing)."""
-    gust = 1.0 + p.gustiness * sum(math.sin(2 * math.pi * t / T + ph) for T, ph in zip(p.gust_periods, p.gust_phases)) / 2
+    gust = (
+        1.0 + p.gustiness * sum(math.sin(2 * math.pi * t / T + ph) for T, ph in zip(p.gust_periods, p.gust_phases)) / 2
+    )
     az = math.radians(p.wind_azimuth_deg + p.lateral_swing_deg * math.sin(2 * math.pi * t / (3 * p.gust_periods[0])))
     el = math.radians(p.wind_elevation_deg)
     d = torch.tensor([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
@@ -129,8 +148,15 @@ def bending_pairs(faces: Tensor) -> Tensor:
 class ClothSimulator:
     """Simulates one flag; ``simulate`` returns the recorded frames."""
 
-    def __init__(self, mesh: FlagMesh, dt: float = 0.04, substeps: int = 10, iterations: int = 20,
-                 relaxation: float = 1.6, long_range: bool = True) -> None:
+    def __init__(
+        self,
+        mesh: FlagMesh,
+        dt: float = 0.04,
+        substeps: int = 10,
+        iterations: int = 20,
+        relaxation: float = 1.6,
+        long_range: bool = True,
+    ) -> None:
         self.mesh, self.dt, self.substeps, self.iterations = mesh, dt, substeps, iterations
         self.relaxation = relaxation  # Jacobi over-relaxation (Macklin et al. 2014)
         edges = unique_edges(mesh.faces)
@@ -170,10 +196,16 @@ class ClothSimulator:
         delta = torch.zeros_like(x).index_add_(0, i, -corr).index_add_(0, j, corr)
         return x + self.free * (self.relaxation * delta / self.count.unsqueeze(-1))
 
-    def simulate(self, params: PhysicsParams, num_frames: int, generator: torch.Generator | None = None,
-                 progress: bool = False, num_threads: int | None = 1,
-                 wind: Callable[[float], Tensor] | None = None,
-                 state_hook: Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None) -> Tensor:
+    def simulate(
+        self,
+        params: PhysicsParams,
+        num_frames: int,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        num_threads: int | None = 1,
+        wind: Callable[[float], Tensor] | None = None,
+        state_hook: Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+    ) -> Tensor:
         """-> verts (num_frames, V, 3) float32, after ``params.preroll_s`` seconds of pre-roll. ``wind``: the wind
         velocity (3,) at time t (s, from the start of the pre-roll) instead of ``params``' own (:func:`wind_at`;
         ``benchmarks/gust_floor.py`` changes the gusts after a given frame). ``state_hook(k, x, v) -> (x, v)``: may
@@ -182,9 +214,15 @@ class ClothSimulator:
         with torch_threads(num_threads):
             return self._simulate(params, num_frames, generator, progress, wind, state_hook)
 
-    def _simulate(self, params: PhysicsParams, num_frames: int, generator: torch.Generator | None,
-                  progress: bool, wind: Callable[[float], Tensor] | None = None,
-                  state_hook: Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None) -> Tensor:
+    def _simulate(
+        self,
+        params: PhysicsParams,
+        num_frames: int,
+        generator: torch.Generator | None,
+        progress: bool,
+        wind: Callable[[float], Tensor] | None = None,
+        state_hook: Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+    ) -> Tensor:
         mesh = self.mesh
         x = mesh.rest.clone()
         if generator is not None:  # a smooth random initial ripple (strain-free to first order)
@@ -227,8 +265,16 @@ class ClothSimulator:
         return out
 
 
-def simulate(params: PhysicsParams, mesh: FlagMesh, num_frames: int, dt: float = 0.04, substeps: int = 10,
-             generator: torch.Generator | None = None, iterations: int = 20, progress: bool = False) -> Tensor:
+def simulate(
+    params: PhysicsParams,
+    mesh: FlagMesh,
+    num_frames: int,
+    dt: float = 0.04,
+    substeps: int = 10,
+    generator: torch.Generator | None = None,
+    iterations: int = 20,
+    progress: bool = False,
+) -> Tensor:
     """Simulate one flag trajectory -> verts (num_frames, V, 3) float32, world, metres.
 
     ``generator`` draws the random initial ripple (None: start flat at rest); ``params.preroll_s`` seconds are

@@ -9,8 +9,8 @@ with CRC-32C (Castagnoli) masked as ``((crc >> 15) | (crc << 17)) + 0xa282ead8``
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -108,16 +108,16 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, bytes | int]]:
             value, pos = _varint(buf, pos)
             yield field, wire, value
         elif wire == 1:
-            yield field, wire, buf[pos:pos + 8]
+            yield field, wire, buf[pos : pos + 8]
             pos += 8
         elif wire == 2:
             n, pos = _varint(buf, pos)
             if pos + n > len(buf):
                 raise DatasetError("malformed protobuf: length-delimited field past the end")
-            yield field, wire, buf[pos:pos + n]
+            yield field, wire, buf[pos : pos + n]
             pos += n
         elif wire == 5:
-            yield field, wire, buf[pos:pos + 4]
+            yield field, wire, buf[pos : pos + 4]
             pos += 4
         else:
             raise DatasetError(f"malformed protobuf: unsupported wire type {wire}")
@@ -133,7 +133,7 @@ def _parse_feature(buf: bytes) -> FeatureValue:
             return [v for f, _, v in _fields(value) if f == 1]  # type: ignore[misc]
         if field == 2:  # FloatList
             floats: list[float] = []
-            for f, wire, v in _fields(value):
+            for _, wire, v in _fields(value):
                 if wire == 2:
                     floats.extend(np.frombuffer(v, "<f4").tolist())  # type: ignore[arg-type]
                 elif wire == 5:
@@ -141,7 +141,7 @@ def _parse_feature(buf: bytes) -> FeatureValue:
             return np.asarray(floats, np.float32)
         if field == 3:  # Int64List
             ints: list[int] = []
-            for f, wire, v in _fields(value):
+            for _, wire, v in _fields(value):
                 if wire == 2:
                     p = 0
                     while p < len(v):  # type: ignore[arg-type]

@@ -73,7 +73,9 @@ def write_trajectory(
         raise ValueError(f"frames must be (T, C, H, W, 4) uint8, got {frames.shape} {frames.dtype}")
     T, C, H, W, _ = frames.shape
     if C != len(cameras) or (H, W) != (cameras.height, cameras.width):
-        raise ValueError(f"frames {frames.shape} do not match {len(cameras)} cameras of {cameras.width}x{cameras.height}")
+        raise ValueError(
+            f"frames {frames.shape} do not match {len(cameras)} cameras of {cameras.width}x{cameras.height}"
+        )
     view_names = list(cameras.names)
     file_paths = [f"{IMAGES_DIR}/{v}" for v in view_names]
     tf = cameras.to_transforms(file_paths)
