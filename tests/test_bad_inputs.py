@@ -226,11 +226,11 @@ DATASET_CASES: dict[str, tuple[Callable[[dict], None], tuple[str, ...]]] = {
     ),
     "alpha_opaque_everywhere": (
         lambda c: [Image.open(frame(c, v, 0)).convert("RGB").convert("RGBA").save(frame(c, v, 0)) for v in range(3)],
-        ("00000.png", "alpha is 255 everywhere"),
+        ("traj_0000/images/*/00000.png", "alpha is 255 everywhere in every view"),
     ),
     "alpha_empty": (
-        lambda c: Image.new("RGBA", (24, 24)).save(frame(c, 1, 0)),
-        ("view_01/00000.png", "alpha is 0 everywhere"),
+        lambda c: [Image.new("RGBA", (24, 24)).save(frame(c, v, 0)) for v in range(3)],
+        ("traj_0000/images/*/00000.png", "alpha is 0 everywhere in every view"),
     ),
     "pin_mask_of_ones": (
         lambda c: edit_npz(

@@ -26,7 +26,7 @@ def test_contact_sheet_grid_and_pixels(tmp_path):
             frames[t, c, ..., 0] = 10 * t + c  # red encodes (t, c)
             frames[t, c, ..., 3] = 255
     frames[0, 0, 0, 0, 3] = 0  # one transparent pixel shows the checkerboard
-    frames[0, :, -1, -1, 3] = 0  # every view's frame 0 has background (the reader refuses an all-opaque alpha)
+    frames[0, :, -1, -1, 3] = 0  # frame 0 has background (the reader refuses one opaque in every view)
     mesh_pos, faces = grid_mesh(2, 2)
     verts0 = torch.cat([mesh_pos, torch.zeros(4, 1)], 1)
     write_trajectory(

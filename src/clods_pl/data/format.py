@@ -275,21 +275,22 @@ class Trajectory:
                 )
 
     def check_masks(self) -> None:
-        """Frame 0's alpha in every view is a cloth mask: neither empty nor opaque over the whole image (an RGB image
-        converted to RGBA, or a mask saved inverted, would otherwise train on the background)."""
+        """Frame 0's alpha is a cloth mask: not empty in every view, and not opaque over every whole image (an RGB
+        image converted to RGBA has no mask; stage 1 would fit the background as cloth). One view may be either: a
+        close-up camera can be all cloth."""
         alpha = self.load_frame(0)[..., 3]
-        for c in range(len(self.cameras)):
-            p = self._frame_path(c, 0)
-            if not alpha[c].any():
-                raise DatasetError(
-                    f"{p}: alpha is 0 everywhere: the cloth covers no pixel; alpha must be the cloth's "
-                    "coverage (0 = background)"
-                )
-            if (alpha[c] == 255).all():
-                raise DatasetError(
-                    f"{p}: alpha is 255 everywhere, so there is no background; alpha must be the "
-                    "cloth's coverage (0 = background), not the opaque channel of an RGB image"
-                )
+        folder = self._frame_path(0, 0).parent.parent
+        if not alpha.any():
+            raise DatasetError(
+                f"{folder}/*/{self._frame_pattern.format(t=0)}: alpha is 0 everywhere in every view: the cloth covers "
+                "no pixel; alpha must be the cloth's coverage (0 = background)"
+            )
+        if (alpha == 255).all():
+            raise DatasetError(
+                f"{folder}/*/{self._frame_pattern.format(t=0)}: alpha is 255 everywhere in every view, so there is "
+                "no background; alpha must be the cloth's coverage (0 = background), not the opaque channel of an RGB "
+                "image"
+            )
 
     def _frame_path(self, view: int, t: int) -> Path:
         return self._view_dirs[view] / self._frame_pattern.format(t=t)
