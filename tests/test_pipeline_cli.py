@@ -289,6 +289,19 @@ def test_stage3_resumes_each_source_with_its_own_checkpoint(dummy: dict, capsys:
     assert out.count("starting over") == 2 and "resuming" not in out
 
 
+def test_adding_a_source_to_stage3_trains_only_the_new_model(dummy: dict, capsys: pytest.CaptureFixture) -> None:
+    """Audit (session 13): each model's resume stamp held the whole list of sources and seeds, so adding a seed
+    for a paper table retrained every finished model from scratch."""
+    cfg = dummy["cfg"]
+    for stage in ("stage1", "stage2", "stage3"):
+        assert clods(dummy, [stage, "--config", cfg]) == 0
+    capsys.readouterr()
+    assert clods(dummy, ["stage3", "--config", cfg, "--stage3.sources", "[recovered, gt:1, gt]"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("stage3: resuming from") == 2 and "starting over" not in out  # recovered and gt:1: 0 steps
+    assert (dummy["run"] / "stage3" / "gt.ckpt").is_file()
+
+
 def test_dataset_edited_after_a_run_makes_the_stages_stale(dummy: dict, capsys: pytest.CaptureFixture) -> None:
     """Issue 11.5: shifting one trajectory's data after a run left `pipeline` reporting every stage up to date."""
     cfg = dummy["cfg"]

@@ -68,9 +68,12 @@ def consumed_stages(ctx: StageContext) -> tuple[str, ...]:
     return ("stage2",) if uses_recovered_meshes(ctx) else ()
 
 
+MODEL_LIST_KEYS = ("stage3.sources", "stage3.seeds")  # the stage's list of models (resolved_settings)
+
+
 def resolved_settings(ctx: StageContext) -> dict[str, Any]:
     """The sources and seeds with their defaults filled in (what staleness compares)."""
-    return {"stage3.sources": stage3_sources(ctx), "stage3.seeds": stage3_seeds(ctx)}
+    return dict(zip(MODEL_LIST_KEYS, (stage3_sources(ctx), stage3_seeds(ctx))))
 
 
 def check_settings(ctx: StageContext) -> None:
@@ -160,7 +163,13 @@ def train_model_job(job: ModelJob) -> Path:
     models train before it or beside it (``--workers``)."""
     seed = int(job.ctx.setting("seed_everything", 0)) if job.seed is None else job.seed
     L.seed_everything(seed, workers=True, verbose=False)
-    stamp = {"stage3.source": job.source, **({} if job.seed is None else {"stage3.seed": job.seed})}
+    stamp = {
+        "stage3.source": job.source,
+        **({} if job.seed is None else {"stage3.seed": job.seed}),
+        # which other models the stage trains does not change this one: adding a seed or a source to a finished
+        # stage resumes the finished models (0 steps) and trains only the new ones
+        **dict.fromkeys(MODEL_LIST_KEYS),
+    }
     return train_dynamics(
         job.stage, job.ctx, job.dataset, job.sub, job.cache_dir, job.source, stamp, job.name, job.ckpt
     )
