@@ -276,6 +276,19 @@ DATASET_CASES: dict[str, tuple[Callable[[dict], None], tuple[str, ...]]] = {
         lambda c: edit_npz(traj(c, "traj_0003") / "mesh.npz", lambda d: set_item(d, "faces", d["faces"][::-1].copy())),
         ("traj_0003/mesh.npz", "faces differ from the training mesh", "eval.novel_views.enabled false"),
     ),
+    "dt_is_a_boolean": (lambda c: edit_json(c["ds"] / "dataset.json", lambda d: set_item(d, "dt", True)), ("'dt'",)),
+    "image_size_not_whole": (
+        lambda c: edit_json(traj(c) / "transforms.json", lambda d: [fr.__setitem__("w", 24.5) for fr in d["frames"]]),
+        ("transforms.json", "'w' must be a whole number, got 24.5"),
+    ),
+    "trajectory_listed_twice_in_a_split": (
+        lambda c: edit_json(c["ds"] / "dataset.json", lambda d: d["splits"]["train"].append("traj_0000")),
+        ("split 'train' lists trajectory 'traj_0000' twice",),
+    ),
+    "trajectory_name_empty": (
+        lambda c: edit_json(c["ds"] / "dataset.json", lambda d: d["splits"]["train"].append("")),
+        ("split 'train' lists ''", "plain folder name"),
+    ),
     "gt_missing_for_a_test_trajectory": (
         lambda c: (traj(c, "traj_0003") / "gt.npz").unlink(),
         ("traj_0003/gt.npz is missing", "eval.splits"),

@@ -438,7 +438,7 @@ def read_dataset_info(root: str | Path) -> DatasetInfo:
             f"{path}: unsupported format version {version!r}; this clods-pl reads version {FORMAT_VERSION!r} (a number)"
         )
     dt = raw.get("dt")
-    if not isinstance(dt, (int, float)) or not math.isfinite(dt) or dt <= 0:
+    if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not math.isfinite(dt) or dt <= 0:
         raise DatasetError(f"{path}: 'dt' must be a positive number, got {dt!r}")
     splits = raw.get("splits")
     if not isinstance(splits, dict) or not all(isinstance(v, list) for v in splits.values()):
@@ -449,6 +449,13 @@ def read_dataset_info(root: str | Path) -> DatasetInfo:
     owner: dict[str, str] = {}
     for split, names in splits.items():
         for n in names:
+            if not isinstance(n, str) or not n.strip() or Path(n).name != n or n in (".", ".."):
+                raise DatasetError(
+                    f"{path}: split '{split}' lists {n!r}; a trajectory is named by its folder in {root} (a plain "
+                    "folder name)"
+                )
+            if owner.get(n) == split:
+                raise DatasetError(f"{path}: split '{split}' lists trajectory '{n}' twice; list it once")
             if str(n) in owner:
                 raise DatasetError(
                     f"{path}: trajectory '{n}' is in splits '{owner[str(n)]}' and '{split}'; a "

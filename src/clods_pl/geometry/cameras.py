@@ -195,9 +195,15 @@ def _field(frame: dict[str, Any], top: dict[str, Any], key: str, i: int, source:
     if kind is None:
         return value
     try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{source}: frame {i} '{key}' must be a number, got {value!r}") from None
+        if isinstance(value, bool):  # JSON true/false are not numbers, though Python would take them as 1/0
+            raise TypeError
+        number = float(value)
+        if kind is int and number != int(number):  # an image size of 64.9 pixels is a typo, not 64
+            raise ValueError
+        return kind(number) if kind is int else kind(value)
+    except (TypeError, ValueError, OverflowError):
+        words = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{source}: frame {i} '{key}' must be {words}, got {value!r}") from None
 
 
 def look_at(eye: Tensor, target: Tensor, up: Tensor) -> Tensor:
