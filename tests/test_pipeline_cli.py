@@ -624,3 +624,10 @@ def test_the_number_of_processes_is_a_result_setting() -> None:
     assert trainer_world_size({"devices": [0, 1], "num_nodes": 2}) == 4
     assert trainer_world_size({"devices": "0,1,", "num_nodes": 1}) == 2
     assert trainer_world_size({"devices": "auto", "accelerator": "cpu"}) == 1
+
+
+def test_the_dataset_path_counts_by_where_it_points_not_how_it_is_spelt() -> None:
+    evaluate = _real_runner().stage("stage1")
+    plain = _real_runner("--dataset", "data/tiny").stage_config(evaluate)
+    assert _real_runner("--dataset", "./data/tiny/").stage_config(evaluate) == plain
+    assert _real_runner("--dataset", "data/small").stage_config(evaluate) != plain

@@ -11,6 +11,7 @@ subcommand also ``--model.lr_color 0.01``). Arguments that the orchestrator fill
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -202,6 +203,7 @@ def result_config(cfg: Namespace, stage: Stage) -> dict[str, Any]:
     processes = trainer_world_size(trainer) if trainer else 1
     if processes != 1:  # one process: no key, as in the records of runs made before it counted
         out[f"{stage.name}.trainer.world_size"] = processes
-    out["dataset"] = cfg.get("dataset")
+    dataset = cfg.get("dataset")
+    out["dataset"] = os.path.normpath(str(dataset)) if dataset else dataset  # ./data/tiny/ is data/tiny
     out["seed_everything"] = cfg.get("seed_everything")
     return out

@@ -8,7 +8,7 @@ their prescribed/GT positions). **RMSE** over a set G of (trajectory, frame) pai
 i.e. the square root of the mean over vertices, xyz and frames (pooled over the trajectories of a split), in
 world units. Frames 0 and 1 (the inputs) are excluded. It is reported four ways, as in the paper: initial states
 **viewed** (split ``test_viewed``) or **unviewed** (``test_unviewed``) in training, x **interpolation** (frames
-t < ``train_horizon``, the training sequence length) or **extrapolation** (t >= ``train_horizon``).
+t < ``train_horizon``; by default the training sequence length) or **extrapolation** (t >= ``train_horizon``).
 A constant-velocity baseline (x_{t+1} = 2 x_t - x_{t-1}) is evaluated the same way. See docs/metrics.md.
 """
 
