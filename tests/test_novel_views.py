@@ -25,6 +25,7 @@ from clods_pl.stages.novel_views import (
     novel_view_rows,
     novel_view_table_markdown,
     run_novel_view_evaluation,
+    upper_bound_jobs,
 )
 
 MINI = GenerateConfig(
@@ -123,6 +124,16 @@ def test_evaluation_writes_json_and_table_with_every_row(mini: Path, fitted: SMG
     assert table[0].endswith("| frames | PSNR on the upper bound's frames |")
     best = f"**{data['rows']['dual']['psnr']:.2f}**"
     assert best in table[3]  # the fitted SMGS is the best model row (the upper bound is not ranked)
+
+
+def test_upper_bound_fits_only_the_training_views_and_scores_the_held_out_ones(mini: Path, fitted: SMGS) -> None:
+    """Audit (session 13): fitting the upper bound on every view, the held-out one included, passed every test."""
+    settings = NovelViewSettings(ablations=[], splits=["test_viewed"], upper_bound_steps=1)
+    ds = read_dataset(mini)
+    for job in upper_bound_jobs(ds, fitted, [1], (1.0, 1.0, 1.0), settings):
+        names = ds.trajectory(job.traj).cameras.names
+        assert job.cameras.names == [n for i, n in enumerate(names) if i != 1]
+        assert job.held_cameras.names == [names[1]] and job.images.shape[0] == len(names) - 1
 
 
 def test_table_markdown_orders_rows_and_marks_lpips_lower_is_better() -> None:

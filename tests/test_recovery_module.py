@@ -87,7 +87,8 @@ def test_predict_fills_caches_logs_and_plots(tmp_path) -> None:
         for p in batch:
             cache = MeshCache.load(cache_dir / f"{p['name']}.npz")
             assert cache.complete and cache.stage1_hash == "toy-stage1-hash"
-            assert p["rmse_rel_mean"] < 0.05
+            # a stage 2 that never steps scores 0.028 on a and b, 0.043 on c (audit, session 13: the bound was 0.05)
+            assert p["rmse_rel_mean"] < {"a": 0.006, "b": 0.006, "c": 0.03}[p["name"]], p
             assert (tmp_path / "stage2" / "plots" / f"{p['name']}_rmse.png").stat().st_size > 1000
     metrics = pd.read_csv(next((tmp_path / "logs").rglob("metrics.csv")))
     assert {"stage2/photo_loss", "stage2/edge_loss", "stage2/rmse", "stage2/chamfer", "stage2/c/rmse"} <= set(metrics)
@@ -103,6 +104,18 @@ def test_predict_fills_caches_logs_and_plots(tmp_path) -> None:
         holdout_views=[2],
     )
     np.testing.assert_array_equal(alone.verts, MeshCache.load(cache_dir / "b.npz").verts)
+    # the held-out view is never fitted: scrambling its images leaves the recovered meshes bit-identical (audit,
+    # session 13: recovering from every view passed, since the comparison above went through the same views)
+    scrambled = ToyTrajectory(num_frames=4, views=3, size=20, with_handle_pos=True)
+    for t in range(4):
+        images = scrambled.image_tensor(t).clone()
+        images[2] = torch.rand(images[2].shape, generator=torch.Generator().manual_seed(t))
+        scrambled._images[t] = images
+    blind = recover_trajectory(
+        "b", scrambled, DATASET.trajs["a"].renderer, tmp_path / "b_scrambled.npz", "toy-stage1-hash",
+        module.config, holdout_views=[2],
+    )  # fmt: skip
+    np.testing.assert_array_equal(blind.verts, alone.verts)
     # a second predict is a no-op resume (the caches are complete)
     before = (cache_dir / "a.npz").stat().st_mtime_ns
     trainer2 = L.Trainer(

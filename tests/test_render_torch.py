@@ -245,7 +245,8 @@ def test_per_camera_colours_and_depth() -> None:
     assert torch.allclose(out.rgb[1:], one.rgb)
     covered = out.alpha[..., 0] > 0.5
     d = out.depth[..., 0][covered]
-    assert bool(((d > 1.3) & (d < 2.7)).all())  # scene within 0.7 of the origin, cameras at radius 2
+    lo, hi = 2.0 - 0.3 * 3**0.5, 2.0 + 0.3 * 3**0.5  # centres within the cube of half-side 0.3, cameras at radius 2
+    assert bool(((d > lo) & (d < hi)).all()), (float(d.min()), float(d.max()))
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu"])

@@ -114,6 +114,13 @@ def test_opacity_modes_depend_on_the_right_inputs(mode: str) -> None:
     assert a0.shape == (smgs.num_gaussians,) and bool(((a0 > 0) & (a0 < 1)).all())
     depends_on_world = not torch.allclose(a0, a1)
     assert depends_on_world == (mode in ("world", "dual"))
+    # the same world centres, other material coordinates: only the mesh branch sees the difference (audit, session
+    # 13: a mesh branch multiplied by 0 passed, making `mesh` a constant and `dual` the `world` mode)
+    n = smgs.num_gaussians
+    world = torch.rand(n, 3, generator=torch.Generator().manual_seed(0))
+    uv = torch.rand(n, 2, generator=torch.Generator().manual_seed(1))
+    depends_on_mesh = not torch.allclose(smgs.opacity(world, uv), smgs.opacity(world, uv.flip(0)))
+    assert depends_on_mesh == (mode in ("mesh", "dual"))
     if mode == "static":
         assert {g["name"] for g in smgs.param_groups()} == {"color", "scale", "opacity"}
     else:
