@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +128,16 @@ def test_wind_ranges_out_of_order_are_refused_in_one_line() -> None:
         GenerateConfig.from_dict({"gustiness": [0.6, 0.2]})
     with pytest.raises(ClodsError, match=r"lateral_swing_deg=\[-5, 5\]"):
         GenerateConfig.from_dict({"lateral_swing_deg": [-5, 5]})
+
+
+def test_shared_conditions_give_every_trajectory_the_same_physics_but_its_own_start() -> None:
+    """`shared_conditions`: trajectory 0's wind and material for all; test_unviewed its own wind direction (from the
+    unviewed range); each its own pre-roll (start)."""
+    cfg = GenerateConfig(shared_conditions=True, gustiness=(0.0, 0.0), lateral_swing_deg=(0.0, 0.0))
+    p0, p1 = (cfg.physics(i, "train")[0] for i in (0, 1))
+    unviewed = cfg.physics(2, "test_unviewed")[0]
+    own = GenerateConfig(gustiness=(0.0, 0.0), lateral_swing_deg=(0.0, 0.0)).physics(1, "train")[0]
+    assert p1.preroll_s == own.preroll_s != p0.preroll_s
+    assert replace(p1, preroll_s=p0.preroll_s) == p0
+    assert abs(unviewed.wind_azimuth_deg) >= 45.0 and unviewed.wind_speed == p0.wind_speed
+    assert own.wind_speed != p0.wind_speed  # without the setting, each trajectory draws its own

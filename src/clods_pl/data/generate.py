@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,9 @@ class GenerateConfig:
     unviewed_azimuth_deg: tuple[float, float] = (45.0, 70.0)
     gustiness: tuple[float, float] = (0.2, 0.6)  # range of the gusts' relative amplitude; (0, 0): no gusts
     lateral_swing_deg: tuple[float, float] = (5.0, 25.0)  # range of the wind direction's swing; (0, 0): none
+    # every trajectory gets trajectory 0's conditions (wind, gusts, material; test_unviewed only its own wind
+    # direction from unviewed_azimuth_deg) and differs only in how long it ran before frame 0: known conditions
+    shared_conditions: bool = False
     supersample: int = 3
     diffuse: float = 0.65  # Lambert share of the light (the rest ambient); 0: no pose-dependent shading
     renderer: str = "auto"
@@ -116,6 +119,12 @@ class GenerateConfig:
         params = PhysicsParams.sample(
             g, azimuth_range=az, gustiness_range=self.gustiness, swing_range=self.lateral_swing_deg
         )
+        if self.shared_conditions:  # trajectory 0's draws (its azimuth's place in this split's range), own start
+            g0 = torch.Generator().manual_seed(self.seed * 100_003)
+            shared = PhysicsParams.sample(
+                g0, azimuth_range=az, gustiness_range=self.gustiness, swing_range=self.lateral_swing_deg
+            )
+            params = replace(shared, preroll_s=params.preroll_s)
         return params, g
 
     def to_dict(self) -> dict[str, Any]:
