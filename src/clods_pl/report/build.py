@@ -86,8 +86,9 @@ def dynamics_section(eval_dir: Path) -> Section | None:
     sec.table(rollout_table_markdown(m))
     words = (
         f"Each model starts from the ground-truth frames 0 and 1 of a test trajectory and predicts every later "
-        f"frame from its own predictions. RMSE over all vertices and predicted frames, in units of 10^-3 of the "
-        f"world unit (mm for metres). Interpolation: frames before {h}; extrapolation: frames {h} and later. "
+        f"frame from its own predictions. RMSE over all vertices, the three coordinates and the predicted frames "
+        f"(per coordinate, as in MeshGraphNets: a vertex's distance error reads 1.73x larger), in units of 10^-3 "
+        f"of the world unit (mm for metres). Interpolation: frames before {h}; extrapolation: frames {h} and later. "
     )
     if m.get("train_sequence_frames") and m.get("test_sequence_frames"):
         tr, te = m["train_sequence_frames"], m["test_sequence_frames"]
@@ -163,7 +164,8 @@ def stage_sections(run_dir: Path) -> list[Section]:
         sec = Section("Stage 2: meshes recovered from the videos, against ground truth (evaluation only)")
         sec.table("\n".join(lines))
         sec.text(
-            "Error: RMSE over vertices of the recovered mesh against the ground-truth mesh, in percent of the "
+            "Error: root mean square over vertices of each vertex's distance to its ground-truth position "
+            "(per vertex, unlike the per-coordinate rollout RMSE), in percent of the "
             "flag size (the larger side of its rest shape), averaged over frames 1..T-1. Drift: last-frame "
             "error over frame-1 error."
         )
