@@ -631,3 +631,16 @@ def test_the_dataset_path_counts_by_where_it_points_not_how_it_is_spelt() -> Non
     plain = _real_runner("--dataset", "data/tiny").stage_config(evaluate)
     assert _real_runner("--dataset", "./data/tiny/").stage_config(evaluate) == plain
     assert _real_runner("--dataset", "data/small").stage_config(evaluate) != plain
+
+
+def test_eval_without_stage1_says_how_to_score_the_rollouts_alone(dummy: dict, capsys: pytest.CaptureFixture) -> None:
+    """With the novel-view table on (the default), eval needs stages 1-2; a run that trained stage 3 on ground truth
+    alone is told how to do without them."""
+    from dataclasses import replace as with_
+
+    stages = (*dummy["stages"][:3], with_(dummy["stages"][3], uses_upstream=lambda ctx: ("stage3", "stage1", "stage2")))
+    cfg = dummy["cfg"]
+    assert main(["stage3", "--config", cfg, "--stage3.sources", "[gt:1]"], stages=stages) == 0
+    assert main(["eval", "--config", cfg, "--stage3.sources", "[gt:1]"], stages=stages) == 2
+    err = capsys.readouterr().err
+    assert "its input stage1 is out of date (stage1 never ran" in err and "--eval.novel_views.enabled false" in err

@@ -124,7 +124,7 @@ class StageRunner:
             if reason is not None:
                 raise ManifestError(
                     f"{stage.name} cannot run in {self.run_dir}: its input {up.name} is out of date "
-                    f"({reason}); run `clods-pl pipeline` or rerun {up.name} first"
+                    f"({reason}); run `clods-pl pipeline` or rerun {up.name} first{stage.upstream_note}"
                 )
             out.update(self.manifest.verified_outputs(up.name))
         return out

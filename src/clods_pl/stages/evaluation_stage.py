@@ -219,6 +219,7 @@ STAGE = Stage(
     non_result_keys=frozenset({"device"}),
     add_arguments=add_arguments,
     uses_upstream=consumed_stages,
+    upstream_note=" (stages 1-2 feed the novel-view table; `--eval.novel_views.enabled false` scores rollouts alone)",
     check=check_settings,
     check_dataset=check_dataset,
 )

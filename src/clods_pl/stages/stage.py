@@ -84,6 +84,7 @@ class Stage:
         backend_keys: settings that name a rasterizer backend (checked for CUDA before the stage runs).
         resumable: it resumes from the last Lightning checkpoint written with the same settings.
         add_arguments: adds the stage's settings outside its classes to the parser (``stage3.sources``).
+        upstream_note: appended to the error when an upstream stage is missing or stale (how to do without it).
         uses_upstream: which of ``upstream`` this run consumes with the current settings (default: all of them;
             stage 3 needs stage 2 only for recovered meshes, eval needs stages 1-2 only for the novel-view table).
         extra_config: result-relevant settings resolved from the config (defaults filled in) for staleness.
@@ -107,6 +108,7 @@ class Stage:
     resumable: bool = False
     add_arguments: Callable[[Any, str], None] | None = None
     uses_upstream: Callable[[StageContext], tuple[str, ...]] | None = None
+    upstream_note: str = ""
     extra_config: Callable[[StageContext], dict[str, Any]] | None = None
     check: Callable[[StageContext], None] | None = None
     check_dataset: Callable[[StageContext, Any], None] | None = None
