@@ -609,18 +609,32 @@ def test_force_rebuilds_the_mesh_caches(force: bool) -> None:
     assert seen.get("overwrite", False) is force
 
 
-def test_the_number_of_processes_is_a_result_setting() -> None:
+def test_the_number_of_processes_counts_for_the_stage_itself(dummy: dict) -> None:
     """Audit (session 13): devices and nodes were all result-neutral, but under DDP each process fits on its share
-    of the data, so a run of 1 device was reused (or resumed) for a job of 4. The accelerator and how the count is
-    spelt stay neutral."""
-    from clods_pl.pipeline.experiment import trainer_world_size
+    of the data, so a 1-device run was reused (or resumed) for a 4-device job. The count is the stage's own record:
+    a SLURM job passes its allocation to its own stage only, so a later job, rebuilding the upstream settings from
+    the YAML, must not find the upstream stale (review of the same session: that broke the SLURM chain)."""
+    from clods_pl.pipeline.experiment import build_parser, trainer_world_size
 
-    stage1 = _real_runner().stage("stage1")
-    one = _real_runner().stage_config(stage1)
-    assert "stage1.trainer.world_size" not in one  # one process: the key of older records
-    assert _real_runner("--stage1.trainer.devices", "2").stage_config(stage1)["stage1.trainer.world_size"] == 2
-    assert _real_runner("--stage1.trainer.num_nodes", "2").stage_config(stage1)["stage1.trainer.world_size"] == 2
-    assert _real_runner("--stage1.trainer.accelerator", "cpu").stage_config(stage1) == one
+    cfg, run = dummy["cfg"], dummy["run"]
+    for stage in ("stage1", "stage2"):
+        assert clods(dummy, [stage, "--config", cfg]) == 0
+    parser = build_parser(stages=dummy["stages"])
+
+    def runner_with(*args: str) -> runner.StageRunner:
+        return runner.StageRunner(parser, parser.parse_args(["--config", cfg, *args]), dummy["stages"])
+
+    one, two = runner_with(), runner_with("--stage1.trainer.devices", "2")
+    stage1, stage2 = one.stage("stage1"), one.stage("stage2")
+    assert one.staleness(stage1) is None and one.stage_config(stage1) == two.stage_config(stage1)
+    assert "stage1 ran as 1 process(es) and would now run as 2" in two.staleness(stage1)
+    assert one.settings_digest(stage1) != two.settings_digest(stage1)  # a resume never crosses world sizes
+    assert one.settings_digest(stage1) == runner_with("--stage1.trainer.accelerator", "cpu").settings_digest(stage1)
+    m = _manifest(run)  # stage 1 recorded as a 2-process job; stage 2's job knows nothing of that allocation
+    m["stages"]["stage1"]["processes"] = 2
+    (run / "manifest.json").write_text(json.dumps(m))
+    one.consumed(stage2)  # no error: the upstream is current
+    assert one.staleness(stage2) is None
     assert trainer_world_size({"devices": [0, 1], "num_nodes": 2}) == 4
     assert trainer_world_size({"devices": "0,1,", "num_nodes": 1}) == 2
     assert trainer_world_size({"devices": "auto", "accelerator": "cpu"}) == 1

@@ -29,8 +29,9 @@ LOGGER_KINDS = ("csv", "wandb", "both")
 # Trainer arguments the orchestrator owns.
 TRAINER_SKIP = {"logger", "callbacks", "default_root_dir"}
 # Trainer settings that do not change any stage's result (each stage declares its own: Stage.non_result_keys).
-# Devices and nodes are here as spelt, but the number of processes they make counts (``trainer_world_size``): under
-# DDP each process sees its share of the data, so a fit takes other steps.
+# Devices and nodes are here as spelt, but the number of processes they make counts for the stage itself
+# (``stage_processes``, recorded in the manifest and the resume stamp): under DDP each process sees its share of the
+# data, so a fit takes other steps.
 TRAINER_NON_RESULT_KEYS = frozenset(
     {
         "trainer.enable_progress_bar",
@@ -193,16 +194,19 @@ def trainer_world_size(trainer: dict[str, Any]) -> int | str:
     return max(1, per_node) * int(nodes) if str(nodes).isdigit() else f"{per_node}x{nodes}"
 
 
+def stage_processes(cfg: Namespace, stage: Stage) -> int | str:
+    """How many processes ``stage``'s Trainer runs with these settings (1 for a stage without a Trainer)."""
+    trainer = section(cfg, f"{stage.name}.trainer")
+    return trainer_world_size(trainer) if trainer else 1
+
+
 def result_config(cfg: Namespace, stage: Stage) -> dict[str, Any]:
-    """The flat settings that determine a stage's result (for staleness), e.g. ``stage1.model.lr``, and for a stage
-    with a Trainer the number of processes it runs when more than one (``<stage>.trainer.world_size``)."""
+    """The flat settings that determine a stage's result (for staleness), e.g. ``stage1.model.lr``. The number of
+    processes is not among them: a SLURM job passes its allocation to its own stage only, so a downstream job could
+    not rebuild it (``stage_processes``, checked by the stage itself)."""
     skip = TRAINER_NON_RESULT_KEYS | stage.non_result_keys
     flat = {k: v for k, v in flatten(section(cfg, stage.name)).items() if k not in skip}
     out = {f"{stage.name}.{k}": v for k, v in flat.items()}
-    trainer = section(cfg, f"{stage.name}.trainer")
-    processes = trainer_world_size(trainer) if trainer else 1
-    if processes != 1:  # one process: no key, as in the records of runs made before it counted
-        out[f"{stage.name}.trainer.world_size"] = processes
     dataset = cfg.get("dataset")
     out["dataset"] = os.path.normpath(str(dataset)) if dataset else dataset  # ./data/tiny/ is data/tiny
     out["seed_everything"] = cfg.get("seed_everything")

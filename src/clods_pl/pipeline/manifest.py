@@ -106,8 +106,11 @@ class Manifest:
             rec = data["stages"].setdefault(name, {})
             fn(rec)
 
-    def start_stage(self, name: str, config: dict[str, Any], consumed: dict[str, str]) -> None:
-        """Mark a stage running with the flat config and the upstream output hashes it consumes."""
+    def start_stage(
+        self, name: str, config: dict[str, Any], consumed: dict[str, str], processes: int | str = 1
+    ) -> None:
+        """Mark a stage running with the flat config, the upstream output hashes it consumes, and the number of
+        processes it runs as (recorded when above 1)."""
 
         def _fn(rec: dict[str, Any]) -> None:
             rec.clear()
@@ -120,6 +123,8 @@ class Manifest:
                 started=_now(),
                 code_version=code_version(),
             )
+            if processes != 1:
+                rec["processes"] = processes
 
         self.update_stage(name, _fn)
 
@@ -161,6 +166,11 @@ class Manifest:
         """An output path from the manifest, made absolute."""
         p = Path(rel)
         return p if p.is_absolute() else self.run_dir / p
+
+    def processes(self, name: str) -> int | str:
+        """How many processes stage ``name`` last ran as (1 when not recorded)."""
+        rec = self.stage(name)
+        return 1 if rec is None else rec.get("processes", 1)
 
     # ----- checks ------------------------------------------------------------------------------------
     def verified_outputs(self, name: str) -> dict[str, str]:

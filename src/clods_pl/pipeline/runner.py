@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from clods_pl.data.format import read_dataset
 from clods_pl.errors import ClodsError, ManifestError
 from clods_pl.pipeline.checks import check_backends, check_trainer_limits, dataset_of
-from clods_pl.pipeline.experiment import default_stages, result_config
+from clods_pl.pipeline.experiment import default_stages, result_config, stage_processes
 from clods_pl.pipeline.manifest import Manifest
 from clods_pl.pipeline.progress import EpochLine
 from clods_pl.pipeline.resume import SettingsStamp, discard_checkpoints, resume_checkpoint
@@ -143,6 +143,13 @@ class StageRunner:
         """Why ``stage`` must run (None when up to date): settings, inputs or outputs changed, or what the stage
         itself finds stale (stage 2: a mesh cache recovered from another stage-1 checkpoint than the recorded)."""
         reason = self.manifest.staleness(stage.name, self.stage_config(stage), self.consumed_quiet(stage))
+        if reason is None:
+            ran, now = self.manifest.processes(stage.name), stage_processes(self.cfg, stage)
+            if ran != now:
+                reason = (
+                    f"{stage.name} ran as {ran} process(es) and would now run as {now} (trainer.devices x "
+                    "num_nodes: under DDP each process fits on its share of the data)"
+                )
         if reason is None and stage.extra_staleness is not None:
             reason = stage.extra_staleness(self)
         return reason
@@ -202,8 +209,11 @@ class StageRunner:
             atomic_write_text(self.run_dir / stage.name / CONFIG_FILE, text)
 
     def settings_digest(self, stage: Stage, extra: dict[str, Any] | None = None) -> str:
-        """sha256 of what determines ``stage``'s result (its settings, upstream settings, dataset fingerprint)."""
-        return sha256_json({**self.stage_config(stage), **(extra or {})})
+        """sha256 of what determines ``stage``'s result (its settings, upstream settings, dataset fingerprint, and
+        its number of processes when above 1): a resume never continues a fit made with other settings."""
+        processes = stage_processes(self.cfg, stage)
+        world = {} if processes == 1 else {f"{stage.name}.trainer.world_size": processes}
+        return sha256_json({**self.stage_config(stage), **world, **(extra or {})})
 
     def resume_ckpt(self, ckpt_dir: Path, stage: str, extra: dict[str, Any] | None = None) -> str | None:
         """See :func:`clods_pl.pipeline.resume.resume_checkpoint` (the current settings' digest); with ``force``,
@@ -275,7 +285,7 @@ class StageRunner:
         is_rank0 = rank_zero_only.rank == 0
         self._loggers = []
         if is_rank0:
-            self.manifest.start_stage(stage.name, config, consumed)
+            self.manifest.start_stage(stage.name, config, consumed, stage_processes(self.cfg, stage))
         self._save_config(stage)
         L.seed_everything(int(self.cfg.get("seed_everything", 0)), workers=True, verbose=False)
         try:
