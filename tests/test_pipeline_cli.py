@@ -658,3 +658,16 @@ def test_eval_without_stage1_says_how_to_score_the_rollouts_alone(dummy: dict, c
     assert main(["eval", "--config", cfg, "--stage3.sources", "[gt:1]"], stages=stages) == 2
     err = capsys.readouterr().err
     assert "its input stage1 is out of date (stage1 never ran" in err and "--eval.novel_views.enabled false" in err
+
+
+def test_a_preemption_checkpoint_never_reaches_stage2(dummy: dict, capsys: pytest.CaptureFixture) -> None:
+    """Review (session 13): a stage-2 task preempted under SLURM left Lightning's `hpc_ckpt_<n>.ckpt` in stage2/,
+    which the requeued predict loaded into the module by itself and failed on; stage 2 resumes from its caches."""
+    cfg, run = dummy["cfg"], dummy["run"]
+    assert clods(dummy, ["stage1", "--config", cfg]) == 0
+    (run / "stage2").mkdir()
+    hpc = run / "stage2" / "hpc_ckpt_1.ckpt"
+    hpc.write_bytes(b"a preemption checkpoint")
+    capsys.readouterr()
+    assert clods(dummy, ["stage2", "--config", cfg]) == 0
+    assert not hpc.exists() and "removing the preemption checkpoint" in capsys.readouterr().out

@@ -30,7 +30,7 @@ from clods_pl.pipeline.checks import check_backends, check_trainer_limits, datas
 from clods_pl.pipeline.experiment import default_stages, result_config, stage_processes
 from clods_pl.pipeline.manifest import Manifest
 from clods_pl.pipeline.progress import EpochLine
-from clods_pl.pipeline.resume import SettingsStamp, discard_checkpoints, resume_checkpoint
+from clods_pl.pipeline.resume import SettingsStamp, discard_checkpoints, preemption_checkpoints, resume_checkpoint
 from clods_pl.pipeline.run_lock import RunLock
 from clods_pl.stages.run_dir import CHECKPOINTS_DIR, CONFIG_FILE, LOGS_DIR, RunDir
 from clods_pl.stages.stage import Stage, StageJob
@@ -282,6 +282,12 @@ class StageRunner:
         config = self.stage_config(stage)
         stage_dir = self.run_dir / stage.name
         resume_from = self.resume_ckpt(stage_dir / CHECKPOINTS_DIR, stage.name) if stage.resumable else None
+        if not stage.resumable and rank_zero_only.rank == 0:  # it resumes from its own outputs (stage 2: the caches)
+            for path in preemption_checkpoints(stage_dir):  # Lightning would load one into the module by itself
+                print(
+                    f"[clods-pl] {stage.name}: removing the preemption checkpoint {path} (it resumes from its outputs)"
+                )
+                path.unlink(missing_ok=True)
         is_rank0 = rank_zero_only.rank == 0
         self._loggers = []
         if is_rank0:
