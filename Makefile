@@ -100,7 +100,7 @@ sweep: $(STAMP) ## create the W&B sweep SWEEP (prints its id)
 	$(BIN)/wandb sweep $(SWEEP)
 
 agent: $(STAMP) ## run a W&B agent for SWEEP_ID
-	$(BIN)/wandb agent $(SWEEP_ID)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/wandb agent $(SWEEP_ID)  # the trials run `clods-pl` from PATH
 
 clean: ## remove generated data, runs, logs and caches (keeps .venv)
 	rm -rf data runs wandb lightning_logs .pytest_cache

@@ -86,6 +86,19 @@ def test_cpu_partial_chain_and_errors(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
+def test_a_dry_run_keeps_the_job_record_and_a_bad_shard_count_is_refused(tmp_path: Path) -> None:
+    """Review (session 13): CLODS_DRY_RUN=1 emptied RUN/slurm/jobs.txt, and CLODS_STAGE2_SHARDS=0 built --array=0--1."""
+    proc, _ = submit(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    jobs = tmp_path / "run" / "slurm" / "jobs.txt"
+    record = jobs.read_text()
+    proc, calls = submit(tmp_path, CLODS_DRY_RUN="1")
+    assert proc.returncode == 0 and "--array=0-3" in proc.stdout and jobs.read_text() == record
+    (tmp_path / "zero").mkdir()
+    proc, calls = submit(tmp_path / "zero", CLODS_STAGE2_SHARDS="0")
+    assert proc.returncode == 2 and "CLODS_STAGE2_SHARDS=0" in proc.stderr and calls == []
+
+
 @pytest.mark.parametrize("script", sorted(p.name for p in SLURM_DIR.glob("*.sbatch")))
 def test_sbatch_templates(script: str) -> None:
     text = (SLURM_DIR / script).read_text()

@@ -126,3 +126,17 @@ def test_sweep_overrides_through_the_cli(path: Path, tmp_path: Path) -> None:
         [exe, *cmd[1:], *args, "--print_config"], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_a_sweep_scored_on_a_split_runs_on_data_that_has_it(path: Path) -> None:
+    """Review (session 13): the stage-3 sweep scored `val/...` with `data.val_split: val` on the tiny data, which has
+    no val split, so every trial failed at setup."""
+    sweep = load(path)
+    split = sweep["parameters"].get("data.val_split", {}).get("value")
+    if split is None:
+        return
+    cmd = list(sweep["command"])
+    config = yaml.safe_load((REPO / cmd[cmd.index("--config") + 1]).read_text())
+    preset = yaml.safe_load((REPO / "experiments" / "data" / f"{Path(config['dataset']).name}.yaml").read_text())
+    assert preset["splits"].get(split, 0) > 0, f"{path.name}: data.val_split={split} but {config['dataset']} has none"

@@ -54,9 +54,14 @@ resources() {
 }
 if (( CLODS_GPUS_PER_NODE > 0 )); then TPN="$CLODS_GPUS_PER_NODE"; else TPN="$CLODS_CPU_TASKS_PER_NODE"; fi
 
+if ! [[ "$CLODS_STAGE2_SHARDS" =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: CLODS_STAGE2_SHARDS=$CLODS_STAGE2_SHARDS; give the number of stage-2 array tasks (>= 1)" >&2
+    exit 2
+fi
+
 dep="${CLODS_AFTER:-}"
 jobs_file="$LOGS/jobs.txt"
-: > "$jobs_file"
+[[ -z "${CLODS_DRY_RUN:-}" ]] && : > "$jobs_file"  # a dry run leaves the record of the last real submission
 # submit NAME SCRIPT [sbatch options...]: submit after the previous job, remember the id as the next dependency.
 submit() {
     local name="$1" script="$2"; shift 2

@@ -2,7 +2,7 @@
 
 Nothing here talks to a SLURM controller; everything reads environment variables and files, so it is testable
 with a monkeypatched environment. The sbatch templates in ``experiments/slurm/`` call the command line at the end
-(``python -m clods_pl.pipeline.slurm shard|resume ...``).
+(``python -m clods_pl.pipeline.slurm shard ...``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from clods_pl.errors import ClodsError
 ARRAY_TASK_ID = "SLURM_ARRAY_TASK_ID"
 ARRAY_TASK_COUNT = "SLURM_ARRAY_TASK_COUNT"
 ARRAY_TASK_MIN = "SLURM_ARRAY_TASK_MIN"
+SHARDS = "CLODS_STAGE2_SHARDS"  # the stage-2 array's size as submitted (experiments/slurm/cluster.env)
 
 
 class SlurmConfigError(ClodsError):
@@ -59,14 +60,25 @@ def shard_trajectories(names: Sequence[str], task_id: int, task_count: int) -> l
 
 
 def array_shard(names: Sequence[str], env: Mapping[str, str] | None = None) -> list[str]:
-    """This array task's shard of ``names`` from ``SLURM_ARRAY_TASK_ID/COUNT`` (all names outside an array job).
+    """This array task's shard of ``names`` (all names outside an array job).
 
-    Array indices are taken relative to ``SLURM_ARRAY_TASK_MIN`` so ``--array=1-4`` works like ``--array=0-3``.
+    With ``CLODS_STAGE2_SHARDS=N`` (what ``submit_pipeline.sh`` exports with its ``--array=0-(N-1)``) task ``i`` is
+    shard ``i`` of ``N`` whatever else the array holds, so resubmitting one task (``sbatch --array=5 ...``) redoes
+    exactly its shard. Without it, ``SLURM_ARRAY_TASK_ID/COUNT``, relative to ``SLURM_ARRAY_TASK_MIN`` so
+    ``--array=1-4`` works like ``--array=0-3``.
     """
     env = os.environ if env is None else env
     task_id = _int_or_none(env, ARRAY_TASK_ID)
     if task_id is None:
         return list(names)
+    shards = _int_or_none(env, SHARDS)
+    if shards is not None:
+        if shards < 1 or not 0 <= task_id < shards:
+            raise SlurmConfigError(
+                f"array task {task_id} with {SHARDS}={shards}: the array must run tasks 0..{SHARDS}-1 "
+                f"(sbatch --array=0-{max(shards, 1) - 1}, or one of them to redo its shard)"
+            )
+        return shard_trajectories(names, task_id, shards)
     count = _int_or_none(env, ARRAY_TASK_COUNT)
     if count is None:
         raise SlurmConfigError(f"{ARRAY_TASK_ID} is set but {ARRAY_TASK_COUNT} is not; submit with sbatch --array")
