@@ -143,12 +143,12 @@ class StageRunner:
         """Why ``stage`` must run (None when up to date): settings, inputs or outputs changed, or what the stage
         itself finds stale (stage 2: a mesh cache recovered from another stage-1 checkpoint than the recorded)."""
         reason = self.manifest.staleness(stage.name, self.stage_config(stage), self.consumed_quiet(stage))
-        if reason is None:
+        if reason is None and stage.resumable:
             ran, now = self.manifest.processes(stage.name), stage_processes(self.cfg, stage)
-            if ran != now:
-                reason = (
-                    f"{stage.name} ran as {ran} process(es) and would now run as {now} (trainer.devices x "
-                    "num_nodes: under DDP each process fits on its share of the data)"
+            if ran != now and rank_zero_only.rank == 0:  # said, not redone: the allocation is no result setting
+                print(
+                    f"[clods-pl] note: {stage.name} ran as {ran} process(es) and would now run as {now}; its outputs "
+                    f"are kept (under DDP each process fits on its share of the data: `--force true` refits)"
                 )
         if reason is None and stage.extra_staleness is not None:
             reason = stage.extra_staleness(self)
