@@ -673,3 +673,26 @@ def test_a_preemption_checkpoint_never_reaches_stage2(dummy: dict, capsys: pytes
     capsys.readouterr()
     assert clods(dummy, ["stage2", "--config", cfg]) == 0
     assert not hpc.exists() and "removing the preemption checkpoint" in capsys.readouterr().out
+
+
+def test_ranks_other_than_0_leave_eval_and_the_report_to_rank_0(
+    dummy: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review (session 13): in a multi-task job (pipeline.sbatch) every rank ran eval, each emptying eval/ and
+    writing the same files, then built the report while rank 0 was still evaluating."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from clods_pl.stages.evaluation_stage import STAGE, run_eval
+    from clods_pl.stages.stage import StageJob
+
+    assert clods(dummy, ["pipeline", "--config", dummy["cfg"]]) == 0
+    report = dummy["run"] / "report.md"
+    before = report.stat().st_mtime_ns
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text("{}")
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    assert run_eval(STAGE, SimpleNamespace(), StageJob("ds", tmp_path / "eval")) == {}
+    assert (tmp_path / "eval" / "metrics.json").exists()
+    assert main(["report", "--run_dir", str(dummy["run"])]) == 0 and report.stat().st_mtime_ns == before

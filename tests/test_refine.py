@@ -43,7 +43,7 @@ SHORT = {
 
 
 @pytest.mark.slow
-def test_refine_round_two(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_refine_round_two(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     data = generate_dataset(MINI, tmp_path / "ds", progress=False)
     (tmp_path / "short.yaml").write_text(yaml.safe_dump({**SHORT, "dataset": str(data)}))
     run = tmp_path / "run"
@@ -110,3 +110,14 @@ def test_refine_round_two(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
     assert main(["pipeline", *base, "--stage3.model.lr", "5e-4"]) == 0
     report = (run / "report.md").read_text()
     assert "Not shown: refine/summary.json was made on an earlier run" in report and "| 2 |" not in report
+    # a refine cut short records its round as failed (not 'running' forever), and the report still builds
+    from clods_pl.stages import recovery_stage
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(recovery_stage, "recover_meshes", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        main(["refine", *base, "--stage3.model.lr", "5e-4", "--refine.rounds", "2"])
+    assert json.loads((run / "manifest.json").read_text())["stages"]["refine2.stage2"]["status"] == "failed"
+    assert main(["report", "--run_dir", str(run)]) == 0

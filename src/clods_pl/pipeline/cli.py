@@ -93,10 +93,14 @@ def _report_command(argv: Sequence[str]) -> int:
     parser.add_argument("--run_dir", required=True)
     parser.add_argument("--config", action="append", default=[], help="accepted and ignored (Makefile symmetry)")
     args = parser.parse_args(list(argv))
+    from lightning.pytorch.utilities import rank_zero_only  # noqa: PLC0415  (commands load only what they use)
+
     from clods_pl.report import build_report  # noqa: PLC0415  (commands load only what they use)
 
     if not Path(args.run_dir).is_dir():
         raise ClodsError(f"run directory {args.run_dir} does not exist; run `clods-pl pipeline` first")
+    if rank_zero_only.rank != 0:  # a multi-task job (pipeline.sbatch): rank 0 writes it, after its eval
+        return 0
     print(f"[clods-pl] report written to {build_report(args.run_dir)}")
     return 0
 

@@ -24,6 +24,7 @@ import lightning as L
 import numpy as np
 
 from clods_pl.errors import ClodsError
+from clods_pl.pipeline.manifest import STATUS_RUNNING
 from clods_pl.report.tables import by_source
 from clods_pl.stages import dynamics_stage, evaluation_stage, recovery_stage
 from clods_pl.stages.recovery_config import INITS
@@ -143,67 +144,79 @@ def run_refine(runner: StageRunner, settings: RefineSettings) -> Path:
     previous = RunDir(runner.run_dir).stage3_checkpoints()[first]  # the first seed's model starts round 2
     eval_settings = evaluation_stage.rollout_settings(runner)
     eval_config = {k: v for k, v in eval_settings.items() if k not in evaluate.non_result_keys}
-    for k in range(2, settings.rounds + 1):
-        root = runner.run_dir / REFINE_DIR / f"round{k}"
-        s2, s3, ev = f"refine{k}.stage2", f"refine{k}.stage3", f"refine{k}.eval"
-        extra = {"refine.round": k, "refine.init": settings.init, "refine.prior_weight": settings.prior_weight}
-        consumed = {"dynamics_checkpoint": checkpoint_digest(previous)}
-        config2 = {**runner.stage_config(recover), **extra}
-        if runner.manifest.staleness(s2, config2, consumed) is not None:
-            print(f"[clods-pl] refine round {k}: stage 2 from the round-{k - 1} model")
-            runner.manifest.start_stage(s2, config2, consumed)
-            L.seed_everything(int(runner.cfg.get("seed_everything", 0)), workers=True, verbose=False)
-            recovery_stage.recover_meshes(
-                recover,
-                runner,
-                dataset,
-                root / recover.name,
-                f"refine{k}-stage2",
-                {
-                    "recompute_stale": True,
-                    "init": settings.init,
-                    "dynamics_checkpoint": str(previous),
-                    "prior_weight": settings.prior_weight,
-                },
-            )
-            cache_dir = root / recover.name / MESH_CACHE_DIR
-            runner.manifest.finish_stage(s2, RunDir.stage2_outputs({n: cache_dir / f"{n}.npz" for n in names}))
-        caches = runner.manifest.verified_outputs(s2)
-        config3 = {**runner.stage_config(dynamics), **extra}
-        ckpts = _round_checkpoints(root / dynamics.name, seeds)
-        if runner.manifest.staleness(s3, config3, caches) is not None:
-            print(f"[clods-pl] refine round {k}: stage 3 on the round-{k} meshes")
-            runner.manifest.start_stage(s3, config3, caches)
-            for seed, ckpt in zip(seeds or [None], ckpts.values()):  # every stage-3 seed, as in round 1
-                L.seed_everything(
-                    int(runner.cfg.get("seed_everything", 0)) if seed is None else seed, workers=True, verbose=False
-                )
-                stamp = {"stage3.source": RECOVERED, **({} if seed is None else {"stage3.seed": seed}), **extra}
-                dynamics_stage.train_dynamics(
-                    dynamics,
+    started: list[str] = []
+
+    def start(name: str, config: dict[str, Any], consumed: dict[str, str]) -> None:
+        runner.manifest.start_stage(name, config, consumed)
+        started.append(name)
+
+    try:
+        for k in range(2, settings.rounds + 1):
+            root = runner.run_dir / REFINE_DIR / f"round{k}"
+            s2, s3, ev = f"refine{k}.stage2", f"refine{k}.stage3", f"refine{k}.eval"
+            extra = {"refine.round": k, "refine.init": settings.init, "refine.prior_weight": settings.prior_weight}
+            consumed = {"dynamics_checkpoint": checkpoint_digest(previous)}
+            config2 = {**runner.stage_config(recover), **extra}
+            if runner.manifest.staleness(s2, config2, consumed) is not None:
+                print(f"[clods-pl] refine round {k}: stage 2 from the round-{k - 1} model")
+                start(s2, config2, consumed)
+                L.seed_everything(int(runner.cfg.get("seed_everything", 0)), workers=True, verbose=False)
+                recovery_stage.recover_meshes(
+                    recover,
                     runner,
                     dataset,
-                    ckpt.parent,
-                    root / recover.name / MESH_CACHE_DIR,
-                    RECOVERED,
-                    stamp,
-                    f"refine{k}-stage3" + ("" if seed is None else f"-seed{seed}"),
-                    ckpt,
+                    root / recover.name,
+                    f"refine{k}-stage2",
+                    {
+                        "recompute_stale": True,
+                        "init": settings.init,
+                        "dynamics_checkpoint": str(previous),
+                        "prior_weight": settings.prior_weight,
+                    },
                 )
-            runner.manifest.finish_stage(s3, RunDir.stage3_outputs(ckpts))
-        consumed_eval = runner.manifest.verified_outputs(s3)
-        if runner.manifest.staleness(ev, {**eval_config, **extra}, consumed_eval) is not None:
-            runner.manifest.start_stage(ev, {**eval_config, **extra}, consumed_eval)
-            assert evaluate.function is not None
-            evaluate.function(
-                dataset_dir=dataset,
-                checkpoints={key: str(ckpt) for key, ckpt in ckpts.items()},
-                out_dir=str(root / eval_name),
-                **eval_settings,
-            )
-            runner.manifest.finish_stage(ev, {"metrics": root / eval_name / EVAL_METRICS})
-        rows.append(_round_row(k, root / recover.name, root / eval_name, names))
-        previous = next(iter(ckpts.values()))  # the first seed's model starts the next round
+                cache_dir = root / recover.name / MESH_CACHE_DIR
+                runner.manifest.finish_stage(s2, RunDir.stage2_outputs({n: cache_dir / f"{n}.npz" for n in names}))
+            caches = runner.manifest.verified_outputs(s2)
+            config3 = {**runner.stage_config(dynamics), **extra}
+            ckpts = _round_checkpoints(root / dynamics.name, seeds)
+            if runner.manifest.staleness(s3, config3, caches) is not None:
+                print(f"[clods-pl] refine round {k}: stage 3 on the round-{k} meshes")
+                start(s3, config3, caches)
+                for seed, ckpt in zip(seeds or [None], ckpts.values()):  # every stage-3 seed, as in round 1
+                    L.seed_everything(
+                        int(runner.cfg.get("seed_everything", 0)) if seed is None else seed, workers=True, verbose=False
+                    )
+                    stamp = {"stage3.source": RECOVERED, **({} if seed is None else {"stage3.seed": seed}), **extra}
+                    dynamics_stage.train_dynamics(
+                        dynamics,
+                        runner,
+                        dataset,
+                        ckpt.parent,
+                        root / recover.name / MESH_CACHE_DIR,
+                        RECOVERED,
+                        stamp,
+                        f"refine{k}-stage3" + ("" if seed is None else f"-seed{seed}"),
+                        ckpt,
+                    )
+                runner.manifest.finish_stage(s3, RunDir.stage3_outputs(ckpts))
+            consumed_eval = runner.manifest.verified_outputs(s3)
+            if runner.manifest.staleness(ev, {**eval_config, **extra}, consumed_eval) is not None:
+                start(ev, {**eval_config, **extra}, consumed_eval)
+                assert evaluate.function is not None
+                evaluate.function(
+                    dataset_dir=dataset,
+                    checkpoints={key: str(ckpt) for key, ckpt in ckpts.items()},
+                    out_dir=str(root / eval_name),
+                    **eval_settings,
+                )
+                runner.manifest.finish_stage(ev, {"metrics": root / eval_name / EVAL_METRICS})
+            rows.append(_round_row(k, root / recover.name, root / eval_name, names))
+            previous = next(iter(ckpts.values()))  # the first seed's model starts the next round
+    except BaseException as exc:  # a round cut short is 'failed', not 'running' forever (the report checks)
+        for name in started:
+            if (runner.manifest.stage(name) or {}).get("status") == STATUS_RUNNING:
+                runner.manifest.fail_stage(name, f"{type(exc).__name__}: {exc}".splitlines()[0][:500])
+        raise
     out = runner.run_dir / REFINE_DIR / "summary.json"
     atomic_write_json(
         out,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 
 from clods_pl.data.format import read_dataset
 from clods_pl.errors import ClodsError, ManifestError
@@ -192,6 +193,8 @@ def clear_outputs(stage_dir: Path) -> None:
 def run_eval(stage: Stage, ctx: StageContext, job: StageJob) -> dict[str, Path]:
     """Eval in ``job.stage_dir`` (emptied first): ``metrics.json`` (+ tables, plots, videos) and the novel-view
     table."""
+    if rank_zero_only.rank != 0:  # one process's work: the other ranks of a multi-task job leave it to rank 0
+        return {}
     checkpoints = {key: str(path) for key, path in ctx.outputs.stage3_checkpoints().items()}
     if not checkpoints:
         raise ManifestError(f"stage3 recorded no checkpoints in {ctx.run_dir}; rerun `clods-pl stage3`")
