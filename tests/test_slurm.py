@@ -26,7 +26,7 @@ SLURM_VARS = (
     "SLURM_NODEID",
     "SLURM_LOCALID",
     "SLURM_NNODES",
-    "CLODS_STAGE2_SHARDS",
+    "CLODS_STAGE2_ARRAY_SIZE",
 )
 
 
@@ -70,9 +70,9 @@ def test_array_shard_reads_env(clean_env: pytest.MonkeyPatch) -> None:
 
 def test_a_resubmitted_array_task_redoes_its_own_shard(clean_env: pytest.MonkeyPatch) -> None:
     """Review (session 13): resubmitting one task (`sbatch --array=5`) made it shard 0 of 1, i.e. every trajectory,
-    and `--array=3,5` failed; with the array's size exported (CLODS_STAGE2_SHARDS) task i is always shard i."""
+    and `--array=3,5` failed; with the array's size as submitted (CLODS_STAGE2_ARRAY_SIZE) task i is always shard i."""
     names = [f"t{i}" for i in range(8)]
-    clean_env.setenv("CLODS_STAGE2_SHARDS", "4")
+    clean_env.setenv("CLODS_STAGE2_ARRAY_SIZE", "4")
     full = []
     for task in range(4):  # the array as submitted: --array=0-3
         clean_env.setenv("SLURM_ARRAY_TASK_ID", str(task))
@@ -85,7 +85,7 @@ def test_a_resubmitted_array_task_redoes_its_own_shard(clean_env: pytest.MonkeyP
         clean_env.setenv("SLURM_ARRAY_TASK_MIN", str(low))
         assert slurm.array_shard(names) == full[task]
     clean_env.setenv("SLURM_ARRAY_TASK_ID", "4")
-    with pytest.raises(slurm.SlurmConfigError, match="CLODS_STAGE2_SHARDS=4"):
+    with pytest.raises(slurm.SlurmConfigError, match="CLODS_STAGE2_ARRAY_SIZE=4"):
         slurm.array_shard(names)
 
 

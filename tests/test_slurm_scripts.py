@@ -90,6 +90,7 @@ def test_a_dry_run_keeps_the_job_record_and_a_bad_shard_count_is_refused(tmp_pat
     """Review (session 13): CLODS_DRY_RUN=1 emptied RUN/slurm/jobs.txt, and CLODS_STAGE2_SHARDS=0 built --array=0--1."""
     proc, _ = submit(tmp_path)
     assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "run" / "slurm" / "stage2_shards").read_text().strip() == "4"  # stage2.sbatch reads it
     jobs = tmp_path / "run" / "slurm" / "jobs.txt"
     record = jobs.read_text()
     proc, calls = submit(tmp_path, CLODS_DRY_RUN="1")

@@ -86,6 +86,7 @@ for step in $STAGES; do
             submit stage1 stage1.sbatch $(resources "$CLODS_NODES" "$TPN") --time="$CLODS_TIME_STAGE1" \
                 --output="$LOGS/%x-%j.out" ;;
         stage2)
+            [[ -z "${CLODS_DRY_RUN:-}" ]] && echo "$CLODS_STAGE2_SHARDS" > "$LOGS/stage2_shards"  # read by stage2.sbatch
             # shellcheck disable=SC2046
             submit stage2 stage2.sbatch $(resources "$CLODS_STAGE2_NODES" "${CLODS_STAGE2_TASKS_PER_NODE:-$TPN}") --time="$CLODS_TIME_STAGE2" \
                 --array="0-$((CLODS_STAGE2_SHARDS - 1))" --output="$LOGS/%x-%A_%a.out"

@@ -22,7 +22,7 @@ from clods_pl.errors import ClodsError
 ARRAY_TASK_ID = "SLURM_ARRAY_TASK_ID"
 ARRAY_TASK_COUNT = "SLURM_ARRAY_TASK_COUNT"
 ARRAY_TASK_MIN = "SLURM_ARRAY_TASK_MIN"
-SHARDS = "CLODS_STAGE2_SHARDS"  # the stage-2 array's size as submitted (experiments/slurm/cluster.env)
+SHARDS = "CLODS_STAGE2_ARRAY_SIZE"  # the stage-2 array's size as submitted (from RUN/slurm/stage2_shards)
 
 
 class SlurmConfigError(ClodsError):
@@ -62,10 +62,10 @@ def shard_trajectories(names: Sequence[str], task_id: int, task_count: int) -> l
 def array_shard(names: Sequence[str], env: Mapping[str, str] | None = None) -> list[str]:
     """This array task's shard of ``names`` (all names outside an array job).
 
-    With ``CLODS_STAGE2_SHARDS=N`` (what ``submit_pipeline.sh`` exports with its ``--array=0-(N-1)``) task ``i`` is
-    shard ``i`` of ``N`` whatever else the array holds, so resubmitting one task (``sbatch --array=5 ...``) redoes
-    exactly its shard. Without it, ``SLURM_ARRAY_TASK_ID/COUNT``, relative to ``SLURM_ARRAY_TASK_MIN`` so
-    ``--array=1-4`` works like ``--array=0-3``.
+    With ``CLODS_STAGE2_ARRAY_SIZE=N`` (``stage2.sbatch`` sets it from ``RUN/slurm/stage2_shards``, which
+    ``submit_pipeline.sh`` writes with its ``--array=0-(N-1)``) task ``i`` is shard ``i`` of ``N`` whatever else the
+    array holds, so resubmitting one task (``sbatch --array=5 ...``) redoes exactly its shard. Without it,
+    ``SLURM_ARRAY_TASK_ID/COUNT``, relative to ``SLURM_ARRAY_TASK_MIN`` so ``--array=1-4`` works like ``--array=0-3``.
     """
     env = os.environ if env is None else env
     task_id = _int_or_none(env, ARRAY_TASK_ID)
