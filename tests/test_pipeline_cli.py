@@ -284,6 +284,13 @@ def test_stage3_resumes_each_source_with_its_own_checkpoint(dummy: dict, capsys:
     assert clods(dummy, ["stage3", "--config", cfg, "--force", "true"]) == 0  # --force recomputes: no resuming
     out = capsys.readouterr().out
     assert out.count("--force: not resuming") == 2 and "stage3: resuming" not in out
+    # a requeued SLURM job reruns its command line: --force must not start it over at every restart (review)
+    _mark_running(dummy["run"], "stage3")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLURM_RESTART_COUNT", "1")
+        assert clods(dummy, ["stage3", "--config", cfg, "--force", "true"]) == 0
+    out = capsys.readouterr().out
+    assert "--force ignored: this is a requeued SLURM job" in out and out.count("stage3: resuming from") == 2
     assert clods(dummy, ["stage3", "--config", cfg, "--stage3.model.lr", "0.07"]) == 0
     out = capsys.readouterr().out
     assert out.count("starting over") == 2 and "resuming" not in out

@@ -18,6 +18,7 @@ Stage commands are jsonargparse/LightningCLI-style: ``--print_config`` prints th
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,7 +136,11 @@ def _experiment_command(command: str, argv: Sequence[str], stages: Sequence[Any]
     set_threads(cfg.get("threads"))
     check_workers(cfg.get("workers"))
     runner = StageRunner(parser, cfg, stages)
-    force = runner.force = bool(cfg.get("force"))
+    force = bool(cfg.get("force"))
+    if force and (os.environ.get("SLURM_RESTART_COUNT") or "0") not in ("", "0"):  # a requeued job: same argv
+        print("[clods-pl] --force ignored: this is a requeued SLURM job; it continues what the forced run started")
+        force = False
+    runner.force = force
     if command == "pipeline":
         runner.pipeline(force=force)
         _report_command(["--run_dir", str(runner.run_dir)])
