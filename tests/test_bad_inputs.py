@@ -256,6 +256,10 @@ DATASET_CASES: dict[str, tuple[Callable[[dict], None], tuple[str, ...]]] = {
         lambda c: edit_json(traj(c) / "transforms.json", lambda d: d["frames"][0].__setitem__("k1", -0.3)),
         ("transforms.json", "k1=-0.3", "undistort"),
     ),
+    "fisheye_camera_model": (
+        lambda c: edit_json(traj(c) / "transforms.json", lambda d: set_item(d, "camera_model", "OPENCV_FISHEYE")),
+        ("transforms.json", "OPENCV_FISHEYE", "pinhole"),
+    ),
     "frame_pattern_without_t": (
         lambda c: edit_json(traj(c) / "transforms.json", lambda d: set_item(d, "frame_pattern", "{frame:05d}.png")),
         ("transforms.json", "frame_pattern", "{t:05d}.png"),
@@ -452,3 +456,23 @@ def test_report_without_run(case: dict, capsys: pytest.CaptureFixture) -> None:
 
 def test_corpus_size() -> None:
     assert len(DATASET_CASES) + len(SETTING_CASES) + 7 >= 50
+
+
+def test_a_close_up_camera_that_sees_no_corner_is_accepted(case: dict) -> None:
+    """Review (session 13): the check that every camera sees the cloth refused a close-up inside one triangle (no
+    vertex in its image); a triangle reaching into the image counts."""
+    import torch
+
+    from clods_pl.data.format import read_dataset
+    from clods_pl.geometry.cameras import look_at
+
+    mesh = np.load(traj(case) / "mesh.npz")
+    v, f = mesh["verts0"].astype(np.float64), mesh["faces"]
+    a, b, c = v[f[len(f) // 2]]
+    normal = np.cross(b - a, c - a)
+    centre = (a + b + c) / 3
+    eye = centre + 0.01 * normal / np.linalg.norm(normal)  # 1 cm from the face: the image spans a few mm
+    w2c = look_at(torch.tensor(eye), torch.tensor(centre), torch.tensor([0.0, 0.0, 1.0])).double()
+    c2w_gl = torch.linalg.inv(w2c) @ torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
+    edit_json(traj(case) / "transforms.json", lambda d: d["frames"][0].__setitem__("transform_matrix", c2w_gl.tolist()))
+    read_dataset(case["ds"])  # accepted

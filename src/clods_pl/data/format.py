@@ -268,11 +268,18 @@ class Trajectory:
                 raise DatasetError(
                     f"{tf_path}: every vertex of {mesh_path.name} verts0 is behind camera {name}; {hint}"
                 )
-            if not bool(inside[c].any()):
+            if not bool(inside[c].any()) and not self._triangle_in_view(uv[c], depth[c], W, H):
                 raise DatasetError(
                     f"{tf_path}: no vertex of {mesh_path.name} verts0 falls inside camera {name}'s "
                     f"{W}x{H} image; {hint}"
                 )
+
+    def _triangle_in_view(self, uv: Tensor, depth: Tensor, W: int, H: int) -> bool:
+        """Whether some triangle in front of the camera reaches into the image (a close-up sees the inside of a
+        triangle without any of its corners): its image bounding box overlaps ``[0, W] x [0, H]``."""
+        tri, front = uv[self.faces], (depth[self.faces] > 0).all(1)  # (F, 3, 2), (F,)
+        lo, hi = tri.min(1).values, tri.max(1).values
+        return bool((front & (lo[:, 0] <= W) & (hi[:, 0] >= 0) & (lo[:, 1] <= H) & (hi[:, 1] >= 0)).any())
 
     def check_masks(self) -> None:
         """Frame 0's alpha is a cloth mask: not empty in every view, and not opaque over every whole image (an RGB
@@ -449,6 +456,8 @@ def read_dataset_info(root: str | Path) -> DatasetInfo:
     owner: dict[str, str] = {}
     for split, names in splits.items():
         for n in names:
+            if isinstance(n, int) and not isinstance(n, bool):  # a folder named 0, 1, ...
+                n = str(n)
             if not isinstance(n, str) or not n.strip() or Path(n).name != n or n in (".", ".."):
                 raise DatasetError(
                     f"{path}: split '{split}' lists {n!r}; a trajectory is named by its folder in {root} (a plain "
@@ -482,7 +491,6 @@ def read_dataset(root: str | Path, validate: bool = True) -> Dataset:
             if not (ds.root / name).is_dir():
                 raise DatasetError(f"{ds.root / name}: trajectory listed in {DATASET_FILE} splits is missing")
             traj = ds.trajectory(name)
-            traj.check_masks()
             if traj.has_gt:
                 traj.load_gt_verts()  # shape, frame count and finiteness now, not in stage 3 or eval
     return ds

@@ -142,10 +142,10 @@ class Cameras:
         Ks, w2cs, names, sizes = [], [], [], set()
         for i, fr in enumerate(frames):
             model = str(fr.get("camera_model", data.get("camera_model", "OPENCV")))
-            if model not in PINHOLE_MODELS:
+            if any(kind in model.upper() for kind in ("FISHEYE", "EQUIRECT")):  # not pinhole with zero coefficients
                 raise ValueError(
-                    f"{source}: frame {i} has camera_model {model}; clods-pl renders pinhole cameras "
-                    f"({', '.join(PINHOLE_MODELS)}): undistort the images first"
+                    f"{source}: frame {i} has camera_model {model}; clods-pl renders pinhole cameras: undistort the "
+                    "images to a pinhole model first"
                 )
             distortion = {k: fr.get(k, data.get(k, 0.0)) for k in DISTORTION_KEYS}
             bent = {k: v for k, v in distortion.items() if isinstance(v, (int, float)) and v != 0}
@@ -182,7 +182,6 @@ class Cameras:
         return cls(torch.stack(Ks).float(), torch.stack(w2cs).float(), w, h, names)
 
 
-PINHOLE_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE")  # nerfstudio/COLMAP names of an undistorted camera
 DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")  # nerfstudio's distortion coefficients
 
 

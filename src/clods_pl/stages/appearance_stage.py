@@ -14,7 +14,10 @@ from clods_pl.utils.files import atomic_write_json
 
 
 def check_dataset(ctx: StageContext, ds: Any) -> None:
-    """The held-out views exist (and leave some to fit) before anything trains."""
+    """Every trajectory's frame-0 alpha is a cloth mask (decoded once per command, before anything runs: not in
+    every ``read_dataset``), and the held-out views exist (and leave some to fit)."""
+    for name in ds.names():
+        ds.trajectory(name).check_masks()
     data = ctx.section("stage1.data")
     names = ds.names(str(data.get("split", "train")))
     if names:
