@@ -84,3 +84,24 @@ def test_corrupt_cache_raises_one_line_error(tmp_path, mesh, damage) -> None:
     msg = str(info.value)
     assert "\n" not in msg and str(path) in msg and "--stage2.model.overwrite true" in msg
     assert MeshCache.open(path, verts0, faces, T, "h", overwrite=True).frames_done == 1
+
+
+def test_recovery_summary_names_the_worst_frame(tmp_path, mesh, monkeypatch) -> None:
+    """Review (session 13): the summary's frame-1, last-frame and drift columns missed a wrong fold in the middle of
+    a sequence (small's traj_0007 at 3.6% for frames 7-11 read 0.34 / 0.46 / 1.34)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import clods_pl.data.format as fmt
+    from clods_pl.stages.recovery_metrics import recovery_summary
+
+    verts0, faces = mesh
+    cache = MeshCache.create(tmp_path / "a.npz", verts0, faces, 5, "h")
+    for t, err in zip(range(1, 5), (0.01, 0.05, 0.02, 0.012)):  # frame 2 folds wrong and comes back
+        cache.set_frame(t, verts0, 0.0, 0.0, gt_metrics={"rmse": err})
+    rest = SimpleNamespace(mesh_pos=torch.tensor([[0.0, 0.0], [2.0, 1.0]]))  # flag size 2
+    monkeypatch.setattr(fmt, "read_dataset", lambda *a, **k: SimpleNamespace(trajectory=lambda name: rest))
+    per = recovery_summary("ds", tmp_path, ["a"])["trajectories"]["a"]
+    assert per["worst_rel_rmse"] == pytest.approx(0.025) and per["worst_frame"] == 2
+    assert per["first_rel_rmse"] == pytest.approx(0.005) and per["last_rel_rmse"] == pytest.approx(0.006)

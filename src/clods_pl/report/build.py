@@ -54,6 +54,12 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
+def _worst(per_traj: dict[str, Any]) -> str:
+    """A trajectory's worst-frame error in percent and the frame ("-" in summaries that predate it)."""
+    worst, frame = per_traj.get("worst_rel_rmse"), per_traj.get("worst_frame")
+    return _pct(worst) if frame is None else f"{_pct(worst)} (frame {frame})"
+
+
 def training_words(recipe: dict[str, Any]) -> str:
     """One sentence on how the stage-3 models were trained (``stage3_training`` of ``eval/metrics.json``)."""
     steps, warm, length = (
@@ -102,15 +108,21 @@ def dynamics_section(eval_dir: Path) -> Section | None:
     if m.get("stage3_training"):
         words += training_words(m["stage3_training"])
     words += (
-        "Rows: constant velocity (x_t+1 = 2 x_t - x_t-1), MGN trained on ground-truth meshes, CloDS trained on "
-        "the meshes stage 2 recovered from the videos alone."
+        "Rows: constant velocity (x_t+1 = 2 x_t - x_t-1); MGN trained on the ground-truth meshes of every training "
+        "trajectory; MGN* on those of N of them only; CloDS + N GT (mixed) on N ground-truth trajectories and the "
+        "recovered meshes of the rest; CloDS (the paper's CloDS**) on the meshes stage 2 recovered from the videos "
+        "alone. Columns: viewed test trajectories start like the training ones (their wind from the training "
+        "range); unviewed ones blow in wind directions no training trajectory has (not camera views). "
     )
+    if (m.get("stage3_training") or {}).get("seeds"):
+        words += "Bold marks the lowest mean; where the ± spans overlap, the seeds do not separate the rows. "
     sec.text(words)
     for split in ("all", *m.get("splits", [])):
         sec.media(eval_dir / f"rmse_over_steps_{split}.png", f"RMSE over time, {split.replace('_', ' ')}")
     sec.media(eval_dir / "rmse_over_steps.png", "RMSE over time")
+    one_seed = " (each method's first seed)" if (m.get("stage3_training") or {}).get("seeds") else ""
     for video in m.get("videos", []):
-        sec.media(eval_dir / video, f"{Path(video).stem}: ground truth | each model (red), same axes")
+        sec.media(eval_dir / video, f"{Path(video).stem}: ground truth | each model{one_seed} (red), same axes")
     return sec
 
 
@@ -125,12 +137,15 @@ def novel_view_section(eval_dir: Path) -> Section | None:
         sec.table(table.read_text())
     sec.text(
         f"{result.get('definition', '')} Held-out views: {result.get('holdout_views')}; trajectories: "
-        f"{', '.join(result.get('trajectories', []))}."
+        f"{', '.join(result.get('trajectories', []))}. The per-frame 3DGS row is a reference fit, scored on its own "
+        "frames only (its 'frames' column): compare it with the last column, every model row on those same frames. "
+        "It is started from the SMGS and fitted for a fixed number of steps, so a model row may beat it."
     )
     sec.media(
         eval_dir / RECOVERED_RENDERS,
-        "Per row: a trajectory and view; per pair: the input image, then the "
-        "SMGS render of the mesh stage 2 recovered for that frame",
+        "Per row: a trajectory stage 2 recovered (a training trajectory) in one view (first a training view, then "
+        "the held-out view); per pair, left to right: the input image, then the SMGS render of the mesh stage 2 "
+        "recovered for that frame (frames 1, the middle and the last)",
     )
     return sec
 
@@ -148,17 +163,17 @@ def stage_sections(run_dir: Path) -> list[Section]:
         summary = json.loads(s2.read_text())
         per = summary.get("trajectories", {})
         lines = [
-            "| trajectory | mean error (%) | frame 1 (%) | last frame (%) | drift (last / frame 1) |",
-            "|---|---|---|---|---|",
+            "| trajectory | mean error (%) | frame 1 (%) | last frame (%) | worst frame (%) | drift (last / frame 1) |",
+            "|---|---|---|---|---|---|",
         ]
         lines += [
             f"| {n} | {_pct(v.get('mean_rel_rmse'))} | {_pct(v.get('first_rel_rmse'))} | "
-            f"{_pct(v.get('last_rel_rmse'))} | {v.get('drift_last_over_first', float('nan')):.2f} |"
+            f"{_pct(v.get('last_rel_rmse'))} | {_worst(v)} | {v.get('drift_last_over_first', float('nan')):.2f} |"
             for n, v in per.items()
         ]
         if "mean_rel_rmse" in summary:
             lines.append(
-                f"| **all** | **{_pct(summary['mean_rel_rmse'])}** | | | "
+                f"| **all** | **{_pct(summary['mean_rel_rmse'])}** | | | | "
                 f"max {summary.get('max_drift_last_over_first', float('nan')):.2f} |"
             )
         sec = Section("Stage 2: meshes recovered from the videos, against ground truth (evaluation only)")
@@ -166,7 +181,8 @@ def stage_sections(run_dir: Path) -> list[Section]:
         sec.text(
             "Error: root mean square over vertices of each vertex's distance to its ground-truth position "
             "(per vertex, unlike the per-coordinate rollout RMSE), in percent of the "
-            "flag size (the larger side of its rest shape), averaged over frames 1..T-1. Drift: last-frame "
+            "flag size (the larger side of its rest shape), averaged over frames 1..T-1. Worst frame: the largest "
+            "error of any frame (a wrong fold mid-sequence that the two ends do not show). Drift: last-frame "
             "error over frame-1 error."
         )
         cache_dir = run_dir / "stage2" / MESH_CACHE_DIR

@@ -77,7 +77,7 @@ def per_frame_gt_metrics(pred: Tensor, gt: Tensor) -> dict[str, float]:
 
 def recovery_summary(dataset: str, cache_dir: str | os.PathLike, names: list[str]) -> dict[str, Any]:
     """Stage-2 errors vs GT (evaluation only) from the mesh caches, relative to the flag size, per trajectory and
-    overall: mean over frames 1..T-1, frame 1, last frame, and last / frame-1 (drift)."""
+    overall: mean over frames 1..T-1, frame 1, last frame, the worst frame, and last / frame-1 (drift)."""
     from clods_pl.data.format import read_dataset  # noqa: PLC0415  (the data package loads lazily)
     from clods_pl.stages.mesh_cache import MeshCache  # noqa: PLC0415  (the one reader of mesh caches)
 
@@ -96,6 +96,8 @@ def recovery_summary(dataset: str, cache_dir: str | os.PathLike, names: list[str
                 "mean_rel_rmse": float(rmse.mean()),
                 "first_rel_rmse": float(rmse[0]),
                 "last_rel_rmse": float(rmse[-1]),
+                "worst_rel_rmse": float(rmse.max()),  # a wrong fold mid-sequence, which the ends do not show
+                "worst_frame": int(rmse.argmax()) + 1,
                 "drift_last_over_first": float(rmse[-1] / max(rmse[0], 1e-12)),
             }
     out: dict[str, Any] = {"trajectories": per}
