@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -116,15 +117,12 @@ class GenerateConfig:
         az = self.unviewed_azimuth_deg if split == "test_unviewed" else self.viewed_azimuth_deg
         if split == "test_unviewed" and torch.rand((), generator=g) < 0.5:
             az = (-az[1], -az[0])
-        params = PhysicsParams.sample(
-            g, azimuth_range=az, gustiness_range=self.gustiness, swing_range=self.lateral_swing_deg
+        draw = partial(
+            PhysicsParams.sample, azimuth_range=az, gustiness_range=self.gustiness, swing_range=self.lateral_swing_deg
         )
+        params = draw(g)
         if self.shared_conditions:  # trajectory 0's draws (its azimuth's place in this split's range), own start
-            g0 = torch.Generator().manual_seed(self.seed * 100_003)
-            shared = PhysicsParams.sample(
-                g0, azimuth_range=az, gustiness_range=self.gustiness, swing_range=self.lateral_swing_deg
-            )
-            params = replace(shared, preroll_s=params.preroll_s)
+            params = replace(draw(torch.Generator().manual_seed(self.seed * 100_003)), preroll_s=params.preroll_s)
         return params, g
 
     def to_dict(self) -> dict[str, Any]:
